@@ -1,0 +1,45 @@
+// Argument checking shared by the CPU and CUDA implementations: one place
+// per op family, so both backends reject the same inputs with the same text.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <string>
+
+namespace gflops {
+
+// One switch for the whole library: value checks on CUDA cost a host sync,
+// so they run there only when this is on (CPU always checks values).
+bool validation_enabled();
+void set_validation(bool enabled);
+
+// "none" -> false, "sum" -> true; anything else is an error.
+bool parse_reduction(const std::string& reduction, const char* op);
+
+// A loss op's inputs made contiguous, side tensors cast to the accumulation
+// dtype (float32, or float64 for float64 logits).
+struct LossInputs {
+  at::Tensor pred;    // (N, C) logits
+  at::Tensor index;   // QFL: label (N,) int64; unused by DFL
+  at::Tensor target;  // QFL: score (N,); DFL: target (N,)
+  at::Tensor weight;  // (N,) or undefined
+  int64_t rows = 0;
+  int64_t cols = 0;
+  bool sum = false;
+};
+
+at::ScalarType acc_dtype(const at::Tensor& pred);
+
+LossInputs qfl_prepare(const at::Tensor& pred, const at::Tensor& label, const at::Tensor& score,
+                       const c10::optional<at::Tensor>& weight, double beta,
+                       const std::string& reduction, const char* op);
+void qfl_check_values(const LossInputs& in, const char* op);
+
+LossInputs dfl_prepare(const at::Tensor& pred, const at::Tensor& target,
+                       const c10::optional<at::Tensor>& weight, const std::string& reduction,
+                       const char* op);
+void dfl_check_values(const LossInputs& in, const char* op);
+
+// The incoming gradient of a loss: () for "sum", (N,) for "none".
+at::Tensor check_loss_grad(const at::Tensor& grad, const LossInputs& in, const char* op);
+
+}  // namespace gflops

@@ -1,0 +1,55 @@
+// Distribution Focal Loss, per row of n+1 bin logits (SPEC.md section 2).
+// Torch-free; `scalar_t` is whatever the caller stores (float, half, ...).
+#pragma once
+
+#include "math.h"
+
+namespace gf {
+
+template <typename T> struct DflSplit { int l; T wl; T wr; };
+
+// The two bins around the target and their weights. Targets are clamped to
+// [0, n] so that a kernel run without validation never indexes outside the
+// row; in-range targets are unchanged.
+template <typename T> GF_HD DflSplit<T> dfl_split(T target, int n) {
+  T t = gmin(gmax(target, T(0)), T(n));
+  t = t == t ? t : T(0);  // NaN never becomes an index
+  int l = static_cast<int>(::floor(t));
+  l = l > n - 1 ? n - 1 : l;
+  DflSplit<T> r;
+  r.l = l;
+  r.wl = T(l + 1) - t;
+  r.wr = t - T(l);
+  return r;
+}
+
+// log-sum-exp of a row, max-shifted.
+template <typename T, typename scalar_t> GF_HD T row_logsumexp(const scalar_t* x, int n1) {
+  T m = cvt<T>(x[0]);
+  for (int k = 1; k < n1; ++k) m = gmax(m, cvt<T>(x[k]));
+  T s = T(0);
+  for (int k = 0; k < n1; ++k) s += gexp(cvt<T>(x[k]) - m);
+  return m + glog(s);
+}
+
+// -(wl*logS[l] + wr*logS[r]).
+template <typename T, typename scalar_t>
+GF_HD T dfl_row_loss(const scalar_t* x, int n1, T target) {
+  DflSplit<T> sp = dfl_split(target, n1 - 1);
+  T lse = row_logsumexp<T>(x, n1);
+  return sp.wl * (lse - cvt<T>(x[sp.l])) + sp.wr * (lse - cvt<T>(x[sp.l + 1]));
+}
+
+// grad[k] = scale * (softmax[k] - wl*[k==l] - wr*[k==l+1]).
+template <typename T, typename scalar_t>
+GF_HD void dfl_row_grad(const scalar_t* x, int n1, T target, T scale, scalar_t* g) {
+  DflSplit<T> sp = dfl_split(target, n1 - 1);
+  T lse = row_logsumexp<T>(x, n1);
+  for (int k = 0; k < n1; ++k) {
+    T p = gexp(cvt<T>(x[k]) - lse);
+    T hot = k == sp.l ? sp.wl : (k == sp.l + 1 ? sp.wr : T(0));
+    g[k] = cvt<scalar_t>(scale * (p - hot));
+  }
+}
+
+}  // namespace gf

@@ -1,0 +1,122 @@
+// Scalar math shared by the CPU loops and the CUDA kernels. Torch-free.
+//
+// On the device the CUDA libm is used. On the host, float goes through
+// branch-free polynomial exp/log (Cephes-style range reduction) so that the
+// CPU loops vectorise under `#pragma omp simd` with no libmvec; double keeps
+// std:: functions because it only serves gradcheck.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__CUDACC__)
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#define GF_HD __host__ __device__ __forceinline__
+#else
+#define GF_HD inline __attribute__((always_inline))
+#endif
+
+namespace gf {
+
+// Storage <-> arithmetic conversion. PyTorch builds CUDA code with the
+// implicit half/bfloat16 conversions switched off, hence the explicit ones.
+template <typename T, typename S> GF_HD T cvt(S v) { return static_cast<T>(v); }
+#if defined(__CUDACC__)
+template <> GF_HD float cvt<float, __half>(__half v) { return __half2float(v); }
+template <> GF_HD __half cvt<__half, float>(float v) { return __float2half_rn(v); }
+template <> GF_HD float cvt<float, __nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <> GF_HD __nv_bfloat16 cvt<__nv_bfloat16, float>(float v) { return __float2bfloat16_rn(v); }
+#endif
+
+template <typename T> GF_HD T gmax(T a, T b) { return a > b ? a : b; }
+template <typename T> GF_HD T gmin(T a, T b) { return a < b ? a : b; }
+
+#if !defined(__CUDA_ARCH__)
+GF_HD float bits_to_float(int32_t i) { float f; std::memcpy(&f, &i, 4); return f; }
+GF_HD int32_t float_to_bits(float f) { int32_t i; std::memcpy(&i, &f, 4); return i; }
+
+// exp(x) for x in float range; ~1 ulp on [-87, 88], 0 below.
+GF_HD float host_expf(float x) {
+  x = gmin(gmax(x, -87.33654f), 88.37626f);
+  float fx = std::floor(x * 1.44269504088896341f + 0.5f);
+  float r = x - fx * 0.693359375f;
+  r = r + fx * 2.12194440e-4f;
+  float z = r * r;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  float y = p * z + r + 1.0f;
+  int32_t e = static_cast<int32_t>(fx) + 127;
+  return y * bits_to_float(e << 23);
+}
+
+// log(x) for finite x > 0 (normal range), ~1 ulp.
+GF_HD float host_logf(float x) {
+  int32_t bits = float_to_bits(x);
+  int32_t e = ((bits >> 23) & 0xff) - 126;
+  float m = bits_to_float((bits & 0x007fffff) | 0x3f000000);  // [0.5, 1)
+  bool small = m < 0.707106781186547524f;
+  e = small ? e - 1 : e;
+  m = small ? m + m - 1.0f : m - 1.0f;
+  float fe = static_cast<float>(e);
+  float z = m * m;
+  float p = 7.0376836292e-2f;
+  p = p * m - 1.1514610310e-1f;
+  p = p * m + 1.1676998740e-1f;
+  p = p * m - 1.2420140846e-1f;
+  p = p * m + 1.4249322787e-1f;
+  p = p * m - 1.6668057665e-1f;
+  p = p * m + 2.0000714765e-1f;
+  p = p * m - 2.4999993993e-1f;
+  p = p * m + 3.3333331174e-1f;
+  float y = m * z * p;
+  y = y - 2.12194440e-4f * fe;
+  y = y - 0.5f * z;
+  return m + y + 0.693359375f * fe;
+}
+#endif
+
+GF_HD float gexp(float x) {
+#if defined(__CUDA_ARCH__)
+  return ::expf(x);
+#else
+  return host_expf(x);
+#endif
+}
+GF_HD double gexp(double x) { return ::exp(x); }
+
+GF_HD float glog(float x) {
+#if defined(__CUDA_ARCH__)
+  return ::logf(x);
+#else
+  return host_logf(x);
+#endif
+}
+GF_HD double glog(double x) { return ::log(x); }
+
+// log1p(e) for e in [0, 1]: log(1+e) corrected by e/((1+e)-1) keeps full
+// relative accuracy when e is tiny (logits far from zero).
+GF_HD float glog1p_unit(float e) {
+#if defined(__CUDA_ARCH__)
+  return ::log1pf(e);
+#else
+  float u = 1.0f + e;
+  float d = u - 1.0f;
+  return d == 0.0f ? e : host_logf(u) * (e / d);
+#endif
+}
+GF_HD double glog1p_unit(double e) { return ::log1p(e); }
+
+// a^b for a >= 0 with 0^0 = 1 (the convention SPEC section 1 asks for).
+template <typename T> GF_HD T gpow_nonneg(T a, T b) {
+  T safe = a > T(0) ? a : T(1);
+  T v = gexp(b * glog(safe));
+  return a > T(0) ? v : (b == T(0) ? T(1) : T(0));
+}
+
+}  // namespace gf

@@ -1,0 +1,49 @@
+// Quality Focal Loss, per element (SPEC.md section 1). Torch-free.
+#pragma once
+
+#include "math.h"
+
+namespace gf {
+
+// sigmoid(x) and BCE(x, y) from a single exp(-|x|).
+template <typename T> struct SigBce { T s; T bce; };
+
+template <typename T> GF_HD SigBce<T> sigmoid_bce(T x, T y) {
+  T e = gexp(-(x < T(0) ? -x : x));
+  T inv = T(1) / (T(1) + e);
+  SigBce<T> r;
+  r.s = x >= T(0) ? inv : e * inv;
+  r.bce = gmax(x, T(0)) - x * y + glog1p_unit(e);
+  return r;
+}
+
+// loss = BCE(x, y) * |y - s|^beta. BETA2 is the beta == 2 fast path.
+template <typename T, bool BETA2> GF_HD T qfl_loss(T x, T y, T beta) {
+  SigBce<T> sb = sigmoid_bce(x, y);
+  T d = sb.s - y;
+  T ad = d < T(0) ? -d : d;
+  T mod = BETA2 ? d * d : gpow_nonneg(ad, beta);
+  return sb.bce * mod;
+}
+
+// d loss / d x, with the modulating factor not detached:
+// beta*|d|^(beta-1)*sign(d)*s*(1-s)*BCE + |d|^beta*d, first term 0 when d == 0.
+template <typename T, bool BETA2> GF_HD T qfl_grad(T x, T y, T beta) {
+  SigBce<T> sb = sigmoid_bce(x, y);
+  T s = sb.s;
+  T d = s - y;
+  T ds = s * (T(1) - s);
+  if (BETA2) return T(2) * d * ds * sb.bce + d * d * d;
+  T ad = d < T(0) ? -d : d;
+  T sign = d > T(0) ? T(1) : (d < T(0) ? T(-1) : T(0));
+  T first = ad > T(0) ? beta * gpow_nonneg(ad, beta - T(1)) * sign * ds * sb.bce : T(0);
+  return first + gpow_nonneg(ad, beta) * d;
+}
+
+// The target of element (row, c): the row's score on its label column, else 0.
+// Labels outside [0, C) are background, so they never match a column.
+template <typename T> GF_HD T qfl_target(int64_t c, int64_t label, T score) {
+  return c == label ? score : T(0);
+}
+
+}  // namespace gf

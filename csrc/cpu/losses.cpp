@@ -1,0 +1,214 @@
+// CPU kernels of the QFL/DFL family: at::parallel_for over fixed row blocks.
+//
+// Sums are taken per fixed block of rows (sized from the row length only,
+// never from the thread count) and the block partials are added in order,
+// so results are bitwise identical whatever the number of threads.
+// The row loops are compiled for several x86-64 levels (target_clones) and
+// picked at load time, so one binary runs anywhere and uses AVX2/AVX-512
+// where the CPU has it.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "../checks.h"
+#include "../common/dfl.h"
+#include "../common/qfl.h"
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define GF_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define GF_CPU_CLONES
+#endif
+
+namespace gflops {
+namespace {
+
+constexpr int64_t kBlockElems = 1 << 15;
+
+int64_t rows_per_block(int64_t cols) { return std::max<int64_t>(1, kBlockElems / std::max<int64_t>(cols, 1)); }
+
+template <typename acc_t>
+acc_t row_weight(const acc_t* weight, int64_t r) { return weight ? weight[r] : acc_t(1); }
+
+// Sum of the weighted QFL of rows [r0, r1); writes each row's loss when row_out is set.
+template <typename scalar_t, typename acc_t, bool BETA2>
+GF_CPU_CLONES acc_t qfl_rows(const scalar_t* pred, const int64_t* label, const acc_t* score,
+                             const acc_t* weight, int64_t C, acc_t beta, int64_t r0, int64_t r1,
+                             acc_t* row_out) {
+  acc_t total = 0;
+  for (int64_t r = r0; r < r1; ++r) {
+    const scalar_t* x = pred + r * C;
+    const int64_t lab = label[r];
+    const acc_t sc = score[r];
+    acc_t acc = 0;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t c = 0; c < C; ++c)
+      acc += gf::qfl_loss<acc_t, BETA2>(gf::cvt<acc_t>(x[c]), gf::qfl_target(c, lab, sc), beta);
+    acc *= row_weight(weight, r);
+    if (row_out) row_out[r] = acc;
+    total += acc;
+  }
+  return total;
+}
+
+template <typename scalar_t, typename acc_t, bool BETA2>
+GF_CPU_CLONES void qfl_grad_rows(const scalar_t* pred, const int64_t* label, const acc_t* score,
+                                 const acc_t* weight, const acc_t* grad, bool grad_per_row,
+                                 int64_t C, acc_t beta, int64_t r0, int64_t r1, scalar_t* out) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const scalar_t* x = pred + r * C;
+    scalar_t* g = out + r * C;
+    const int64_t lab = label[r];
+    const acc_t sc = score[r];
+    const acc_t scale = grad[grad_per_row ? r : 0] * row_weight(weight, r);
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c)
+      g[c] = gf::cvt<scalar_t>(
+          scale * gf::qfl_grad<acc_t, BETA2>(gf::cvt<acc_t>(x[c]), gf::qfl_target(c, lab, sc), beta));
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+acc_t dfl_rows(const scalar_t* pred, const acc_t* target, const acc_t* weight, int n1, int64_t r0,
+               int64_t r1, acc_t* row_out) {
+  acc_t total = 0;
+  for (int64_t r = r0; r < r1; ++r) {
+    acc_t l = gf::dfl_row_loss<acc_t>(pred + r * n1, n1, target[r]) * row_weight(weight, r);
+    if (row_out) row_out[r] = l;
+    total += l;
+  }
+  return total;
+}
+
+// Runs `rows_fn(r0, r1, row_out)` over fixed blocks; returns (N,) or the ordered sum.
+template <typename acc_t, typename F>
+at::Tensor reduce_rows(const LossInputs& in, F rows_fn) {
+  const auto opts = in.pred.options().dtype(acc_dtype(in.pred));
+  const int64_t N = in.rows;
+  const int64_t rpb = rows_per_block(in.cols);
+  if (!in.sum) {
+    at::Tensor out = at::empty({N}, opts);
+    acc_t* o = out.data_ptr<acc_t>();
+    at::parallel_for(0, N, rpb, [&](int64_t r0, int64_t r1) { rows_fn(r0, r1, o); });
+    return out;
+  }
+  const int64_t nblocks = (N + rpb - 1) / rpb;
+  std::vector<acc_t> partial(nblocks);
+  at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b)
+      partial[b] = rows_fn(b * rpb, std::min(N, (b + 1) * rpb), nullptr);
+  });
+  acc_t total = 0;
+  for (acc_t p : partial) total += p;
+  return at::scalar_tensor(total, opts);
+}
+
+template <typename acc_t>
+const acc_t* opt_ptr(const at::Tensor& t) { return t.defined() ? t.data_ptr<acc_t>() : nullptr; }
+
+at::Tensor qfl_forward_cpu(const at::Tensor& pred, const at::Tensor& label, const at::Tensor& score,
+                           const c10::optional<at::Tensor>& weight, double beta,
+                           c10::string_view reduction) {
+  const char* op = "gflops.quality_focal_loss";
+  LossInputs in = qfl_prepare(pred, label, score, weight, beta, std::string(reduction), op);
+  qfl_check_values(in, op);
+  at::Tensor out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.pred.scalar_type(), "qfl_forward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* p = in.pred.data_ptr<scalar_t>();
+    const int64_t* lab = in.index.data_ptr<int64_t>();
+    const acc_t* sc = in.target.data_ptr<acc_t>();
+    const acc_t* w = opt_ptr<acc_t>(in.weight);
+    const acc_t b = static_cast<acc_t>(beta);
+    const int64_t C = in.cols;
+    out = reduce_rows<acc_t>(in, [&](int64_t r0, int64_t r1, acc_t* o) {
+      return beta == 2.0 ? qfl_rows<scalar_t, acc_t, true>(p, lab, sc, w, C, b, r0, r1, o)
+                         : qfl_rows<scalar_t, acc_t, false>(p, lab, sc, w, C, b, r0, r1, o);
+    });
+  });
+  return out;
+}
+
+at::Tensor qfl_backward_cpu(const at::Tensor& grad, const at::Tensor& pred, const at::Tensor& label,
+                            const at::Tensor& score, const c10::optional<at::Tensor>& weight,
+                            double beta, c10::string_view reduction) {
+  const char* op = "gflops.quality_focal_loss_backward";
+  LossInputs in = qfl_prepare(pred, label, score, weight, beta, std::string(reduction), op);
+  at::Tensor g = check_loss_grad(grad, in, op);
+  at::Tensor out = at::empty_like(in.pred);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.pred.scalar_type(), "qfl_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* p = in.pred.data_ptr<scalar_t>();
+    const int64_t* lab = in.index.data_ptr<int64_t>();
+    const acc_t* sc = in.target.data_ptr<acc_t>();
+    const acc_t* w = opt_ptr<acc_t>(in.weight);
+    const acc_t* gp = g.data_ptr<acc_t>();
+    const acc_t b = static_cast<acc_t>(beta);
+    const int64_t C = in.cols;
+    scalar_t* o = out.data_ptr<scalar_t>();
+    at::parallel_for(0, in.rows, rows_per_block(C), [&](int64_t r0, int64_t r1) {
+      if (beta == 2.0)
+        qfl_grad_rows<scalar_t, acc_t, true>(p, lab, sc, w, gp, !in.sum, C, b, r0, r1, o);
+      else
+        qfl_grad_rows<scalar_t, acc_t, false>(p, lab, sc, w, gp, !in.sum, C, b, r0, r1, o);
+    });
+  });
+  return out;
+}
+
+at::Tensor dfl_forward_cpu(const at::Tensor& pred, const at::Tensor& target,
+                           const c10::optional<at::Tensor>& weight, c10::string_view reduction) {
+  const char* op = "gflops.distribution_focal_loss";
+  LossInputs in = dfl_prepare(pred, target, weight, std::string(reduction), op);
+  dfl_check_values(in, op);
+  at::Tensor out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.pred.scalar_type(), "dfl_forward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* p = in.pred.data_ptr<scalar_t>();
+    const acc_t* t = in.target.data_ptr<acc_t>();
+    const acc_t* w = opt_ptr<acc_t>(in.weight);
+    const int n1 = static_cast<int>(in.cols);
+    out = reduce_rows<acc_t>(in, [&](int64_t r0, int64_t r1, acc_t* o) {
+      return dfl_rows<scalar_t, acc_t>(p, t, w, n1, r0, r1, o);
+    });
+  });
+  return out;
+}
+
+at::Tensor dfl_backward_cpu(const at::Tensor& grad, const at::Tensor& pred, const at::Tensor& target,
+                            const c10::optional<at::Tensor>& weight, c10::string_view reduction) {
+  const char* op = "gflops.distribution_focal_loss_backward";
+  LossInputs in = dfl_prepare(pred, target, weight, std::string(reduction), op);
+  at::Tensor g = check_loss_grad(grad, in, op);
+  at::Tensor out = at::empty_like(in.pred);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.pred.scalar_type(), "dfl_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* p = in.pred.data_ptr<scalar_t>();
+    const acc_t* t = in.target.data_ptr<acc_t>();
+    const acc_t* w = opt_ptr<acc_t>(in.weight);
+    const acc_t* gp = g.data_ptr<acc_t>();
+    const int n1 = static_cast<int>(in.cols);
+    scalar_t* o = out.data_ptr<scalar_t>();
+    at::parallel_for(0, in.rows, rows_per_block(n1), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const acc_t scale = gp[in.sum ? 0 : r] * row_weight(w, r);
+        gf::dfl_row_grad<acc_t>(p + r * n1, n1, t[r], scale, o + r * n1);
+      }
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gflops, CPU, m) {
+  m.impl("quality_focal_loss", &qfl_forward_cpu);
+  m.impl("quality_focal_loss_backward", &qfl_backward_cpu);
+  m.impl("distribution_focal_loss", &dfl_forward_cpu);
+  m.impl("distribution_focal_loss_backward", &dfl_backward_cpu);
+}
+
+}  // namespace gflops

@@ -1,0 +1,120 @@
+// CUDA registrations of the QFL/DFL family: shared checks, then the
+// torch-free entry points of losses_kernels.cuh on the current stream.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "../checks.h"
+#include "losses_kernels.cuh"
+
+namespace gflops {
+namespace {
+
+namespace gc = gf::cuda;
+
+// SM count per device, read once (a host attribute query, no sync).
+int num_sms(int device) {
+  static int cache[64] = {0};
+  int& n = cache[device & 63];
+  if (n == 0) C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
+  return n;
+}
+
+gc::LossArgs make_args(const LossInputs& in) {
+  gc::LossArgs a;
+  switch (in.pred.scalar_type()) {
+    case at::kFloat: a.dtype = gc::DType::Float; break;
+    case at::kDouble: a.dtype = gc::DType::Double; break;
+    case at::kHalf: a.dtype = gc::DType::Half; break;
+    case at::kBFloat16: a.dtype = gc::DType::BFloat16; break;
+    default: TORCH_CHECK(false, "gflops: unsupported dtype ", in.pred.scalar_type());
+  }
+  a.pred = in.pred.data_ptr();
+  a.label = in.index.defined() ? in.index.data_ptr<int64_t>() : nullptr;
+  a.target = in.target.data_ptr();
+  a.weight = in.weight.defined() ? in.weight.data_ptr() : nullptr;
+  a.rows = in.rows;
+  a.cols = in.cols;
+  const int64_t width = 16 / static_cast<int64_t>(in.pred.element_size());
+  a.vectorized = reinterpret_cast<uintptr_t>(a.pred) % 16 == 0 && in.cols % width == 0;
+  a.num_sms = num_sms(in.pred.get_device());
+  return a;
+}
+
+at::Tensor loss_output(const LossInputs& in) {
+  auto opts = in.pred.options().dtype(acc_dtype(in.pred));
+  return in.sum ? at::empty({}, opts) : at::empty({in.rows}, opts);
+}
+
+at::Tensor qfl_forward_cuda(const at::Tensor& pred, const at::Tensor& label, const at::Tensor& score,
+                            const c10::optional<at::Tensor>& weight, double beta,
+                            c10::string_view reduction) {
+  const char* op = "gflops.quality_focal_loss";
+  LossInputs in = qfl_prepare(pred, label, score, weight, beta, std::string(reduction), op);
+  if (validation_enabled()) qfl_check_values(in, op);
+  const c10::cuda::CUDAGuard guard(in.pred.device());
+  gc::LossArgs a = make_args(in);
+  a.beta = beta;
+  at::Tensor out = loss_output(in);
+  at::Tensor partials = at::empty({gc::qfl_forward_blocks(a)}, out.options());
+  C10_CUDA_CHECK(gc::qfl_forward(a, in.sum, out.data_ptr(), partials.data_ptr(),
+                                 c10::cuda::getCurrentCUDAStream()));
+  return out;
+}
+
+at::Tensor qfl_backward_cuda(const at::Tensor& grad, const at::Tensor& pred, const at::Tensor& label,
+                             const at::Tensor& score, const c10::optional<at::Tensor>& weight,
+                             double beta, c10::string_view reduction) {
+  const char* op = "gflops.quality_focal_loss_backward";
+  LossInputs in = qfl_prepare(pred, label, score, weight, beta, std::string(reduction), op);
+  at::Tensor g = check_loss_grad(grad, in, op);
+  const c10::cuda::CUDAGuard guard(in.pred.device());
+  gc::LossArgs a = make_args(in);
+  a.beta = beta;
+  a.grad = g.data_ptr();
+  a.grad_per_row = !in.sum;
+  at::Tensor out = at::empty_like(in.pred);
+  C10_CUDA_CHECK(gc::qfl_backward(a, out.data_ptr(), c10::cuda::getCurrentCUDAStream()));
+  return out;
+}
+
+at::Tensor dfl_forward_cuda(const at::Tensor& pred, const at::Tensor& target,
+                            const c10::optional<at::Tensor>& weight, c10::string_view reduction) {
+  const char* op = "gflops.distribution_focal_loss";
+  LossInputs in = dfl_prepare(pred, target, weight, std::string(reduction), op);
+  if (validation_enabled()) dfl_check_values(in, op);
+  const c10::cuda::CUDAGuard guard(in.pred.device());
+  gc::LossArgs a = make_args(in);
+  at::Tensor out = loss_output(in);
+  at::Tensor partials = at::empty({gc::dfl_forward_blocks(a)}, out.options());
+  C10_CUDA_CHECK(gc::dfl_forward(a, in.sum, out.data_ptr(), partials.data_ptr(),
+                                 c10::cuda::getCurrentCUDAStream()));
+  return out;
+}
+
+at::Tensor dfl_backward_cuda(const at::Tensor& grad, const at::Tensor& pred, const at::Tensor& target,
+                             const c10::optional<at::Tensor>& weight, c10::string_view reduction) {
+  const char* op = "gflops.distribution_focal_loss_backward";
+  LossInputs in = dfl_prepare(pred, target, weight, std::string(reduction), op);
+  at::Tensor g = check_loss_grad(grad, in, op);
+  const c10::cuda::CUDAGuard guard(in.pred.device());
+  gc::LossArgs a = make_args(in);
+  a.grad = g.data_ptr();
+  a.grad_per_row = !in.sum;
+  at::Tensor out = at::empty_like(in.pred);
+  C10_CUDA_CHECK(gc::dfl_backward(a, out.data_ptr(), c10::cuda::getCurrentCUDAStream()));
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gflops, CUDA, m) {
+  m.impl("quality_focal_loss", &qfl_forward_cuda);
+  m.impl("quality_focal_loss_backward", &qfl_backward_cuda);
+  m.impl("distribution_focal_loss", &dfl_forward_cuda);
+  m.impl("distribution_focal_loss_backward", &dfl_backward_cuda);
+}
+
+}  // namespace gflops

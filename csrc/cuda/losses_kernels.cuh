@@ -1,0 +1,289 @@
+// CUDA kernels of the QFL/DFL family and their torch-free host entry points.
+// Raw pointers only, so CI compiles this header with nvcc on a machine whose
+// PyTorch has no CUDA. Included by losses.cu alone.
+//
+// QFL forward (sum) and backward walk the logits as one flat array in 16-byte
+// packs (rows never straddle a pack: C % VEC == 0 is checked by the caller);
+// QFL forward (none) gives each row one warp; DFL gives each row one thread.
+// Without validation nothing here reads or writes out of bounds for any
+// value: labels outside [0, C) match no column and DFL targets are clamped
+// to [0, reg_max] (gf::dfl_split).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "../common/dfl.h"
+#include "../common/qfl.h"
+#include "reduce.cuh"
+
+namespace gf {
+namespace cuda {
+
+enum class DType { Float, Double, Half, BFloat16 };
+
+template <typename scalar_t, int VEC> struct alignas(sizeof(scalar_t) * VEC) Pack {
+  scalar_t v[VEC];
+};
+
+// Elements per 16-byte pack.
+template <typename scalar_t> constexpr int pack_width() { return 16 / static_cast<int>(sizeof(scalar_t)); }
+
+struct LossArgs {
+  const void* pred = nullptr;      // (rows, cols) logits, contiguous
+  const int64_t* label = nullptr;  // QFL: (rows,)
+  const void* target = nullptr;    // QFL score / DFL target, (rows,), accumulation dtype
+  const void* weight = nullptr;    // (rows,) accumulation dtype, or null
+  const void* grad = nullptr;      // backward: () or (rows,), accumulation dtype
+  bool grad_per_row = false;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  double beta = 2.0;
+  DType dtype = DType::Float;
+  bool vectorized = false;         // pred is 16-byte aligned and cols % pack_width == 0
+  int num_sms = 1;
+};
+
+template <typename acc_t> __device__ __forceinline__ acc_t weight_of(const acc_t* w, int64_t r) {
+  return w ? w[r] : acc_t(1);
+}
+
+template <typename scalar_t, typename acc_t, int VEC, bool BETA2, typename index_t>
+__global__ void __launch_bounds__(kThreads)
+qfl_forward_sum_kernel(const scalar_t* __restrict__ pred, const int64_t* __restrict__ label,
+                       const acc_t* __restrict__ score, const acc_t* __restrict__ weight,
+                       index_t rows, index_t cols, acc_t beta, acc_t* __restrict__ partials) {
+  using P = Pack<scalar_t, VEC>;
+  const index_t npacks = rows * cols / VEC;
+  const index_t stride = static_cast<index_t>(gridDim.x) * blockDim.x;
+  acc_t acc = acc_t(0);
+  for (index_t v = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; v < npacks; v += stride) {
+    const index_t e0 = v * VEC;
+    const index_t row = e0 / cols;
+    const index_t c0 = e0 - row * cols;
+    const P pk = reinterpret_cast<const P*>(pred)[v];
+    const int64_t lab = label[row];
+    const acc_t sc = score[row];
+    acc_t rs = acc_t(0);
+#pragma unroll
+    for (int k = 0; k < VEC; ++k)
+      rs += qfl_loss<acc_t, BETA2>(cvt<acc_t>(pk.v[k]), qfl_target<acc_t>(c0 + k, lab, sc), beta);
+    acc += rs * weight_of(weight, row);
+  }
+  acc = block_sum(acc);
+  if (threadIdx.x == 0) partials[blockIdx.x] = acc;
+}
+
+template <typename scalar_t, typename acc_t, int VEC, bool BETA2>
+__global__ void __launch_bounds__(kThreads)
+qfl_forward_rows_kernel(const scalar_t* __restrict__ pred, const int64_t* __restrict__ label,
+                        const acc_t* __restrict__ score, const acc_t* __restrict__ weight,
+                        int64_t rows, int64_t cols, acc_t beta, acc_t* __restrict__ out) {
+  using P = Pack<scalar_t, VEC>;
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x >> 5);
+  const int64_t npacks = cols / VEC;
+  for (int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5); row < rows;
+       row += warps) {
+    const P* rp = reinterpret_cast<const P*>(pred + row * cols);
+    const int64_t lab = label[row];
+    const acc_t sc = score[row];
+    acc_t acc = acc_t(0);
+    for (int64_t p = lane; p < npacks; p += 32) {
+      const P pk = rp[p];
+#pragma unroll
+      for (int k = 0; k < VEC; ++k)
+        acc += qfl_loss<acc_t, BETA2>(cvt<acc_t>(pk.v[k]), qfl_target<acc_t>(p * VEC + k, lab, sc), beta);
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) out[row] = acc * weight_of(weight, row);
+  }
+}
+
+template <typename scalar_t, typename acc_t, int VEC, bool BETA2, typename index_t>
+__global__ void __launch_bounds__(kThreads)
+qfl_backward_kernel(const scalar_t* __restrict__ pred, const int64_t* __restrict__ label,
+                    const acc_t* __restrict__ score, const acc_t* __restrict__ weight,
+                    const acc_t* __restrict__ grad, bool grad_per_row, index_t rows, index_t cols,
+                    acc_t beta, scalar_t* __restrict__ out) {
+  using P = Pack<scalar_t, VEC>;
+  const index_t npacks = rows * cols / VEC;
+  const index_t stride = static_cast<index_t>(gridDim.x) * blockDim.x;
+  const acc_t g0 = grad[0];
+  for (index_t v = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; v < npacks; v += stride) {
+    const index_t e0 = v * VEC;
+    const index_t row = e0 / cols;
+    const index_t c0 = e0 - row * cols;
+    const P pk = reinterpret_cast<const P*>(pred)[v];
+    const int64_t lab = label[row];
+    const acc_t sc = score[row];
+    const acc_t scale = (grad_per_row ? grad[row] : g0) * weight_of(weight, row);
+    P res;
+#pragma unroll
+    for (int k = 0; k < VEC; ++k)
+      res.v[k] = cvt<scalar_t>(scale * qfl_grad<acc_t, BETA2>(cvt<acc_t>(pk.v[k]),
+                                                               qfl_target<acc_t>(c0 + k, lab, sc), beta));
+    reinterpret_cast<P*>(out)[v] = res;
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+dfl_forward_kernel(const scalar_t* __restrict__ pred, const acc_t* __restrict__ target,
+                   const acc_t* __restrict__ weight, int64_t rows, int n1, acc_t* __restrict__ row_out,
+                   acc_t* __restrict__ partials) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  acc_t acc = acc_t(0);
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; r < rows; r += stride) {
+    const acc_t l = dfl_row_loss<acc_t>(pred + r * n1, n1, target[r]) * weight_of(weight, r);
+    if (row_out) row_out[r] = l;
+    acc += l;
+  }
+  if (partials) {  // uniform across the grid, so every thread reaches block_sum
+    acc = block_sum(acc);
+    if (threadIdx.x == 0) partials[blockIdx.x] = acc;
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+dfl_backward_kernel(const scalar_t* __restrict__ pred, const acc_t* __restrict__ target,
+                    const acc_t* __restrict__ weight, const acc_t* __restrict__ grad, bool grad_per_row,
+                    int64_t rows, int n1, scalar_t* __restrict__ out) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const acc_t g0 = grad[0];
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; r < rows; r += stride) {
+    const acc_t scale = (grad_per_row ? grad[r] : g0) * weight_of(weight, r);
+    dfl_row_grad<acc_t>(pred + r * n1, n1, target[r], scale, out + r * n1);
+  }
+}
+
+// ---- host side -------------------------------------------------------------
+
+template <typename S, typename A> struct Types { using scalar_t = S; using acc_t = A; };
+
+template <typename F> void dispatch_dtype(DType dt, F&& f) {
+  switch (dt) {
+    case DType::Float: f(Types<float, float>{}); break;
+    case DType::Double: f(Types<double, double>{}); break;
+    case DType::Half: f(Types<__half, float>{}); break;
+    case DType::BFloat16: f(Types<__nv_bfloat16, float>{}); break;
+  }
+}
+
+// 32-bit indexing when the flat index and its grid stride stay below 2^31.
+inline bool fits_int32(int64_t n) { return n < (int64_t(1) << 30); }
+
+// Blocks that qfl_forward/dfl_forward will use, i.e. the size of `partials`.
+inline int qfl_forward_blocks(const LossArgs& a) { return grid_for(a.rows * a.cols, a.num_sms); }
+inline int dfl_forward_blocks(const LossArgs& a) { return grid_for(a.rows, a.num_sms); }
+
+// out: (rows,) when `sum` is false, else a scalar; partials: qfl_forward_blocks() entries.
+cudaError_t qfl_forward(const LossArgs& a, bool sum, void* out, void* partials, cudaStream_t stream) {
+  if (a.rows == 0 || (a.cols == 0 && !sum)) {
+    if (a.rows > 0) {
+      const size_t esz = a.dtype == DType::Double ? sizeof(double) : sizeof(float);
+      return cudaMemsetAsync(out, 0, esz * a.rows, stream);
+    }
+    return sum ? cudaMemsetAsync(out, 0, a.dtype == DType::Double ? 8 : 4, stream) : cudaSuccess;
+  }
+  dispatch_dtype(a.dtype, [&](auto t) {
+    using scalar_t = typename decltype(t)::scalar_t;
+    using acc_t = typename decltype(t)::acc_t;
+    constexpr int V = pack_width<scalar_t>();
+    const auto* pred = static_cast<const scalar_t*>(a.pred);
+    const auto* score = static_cast<const acc_t*>(a.target);
+    const auto* weight = static_cast<const acc_t*>(a.weight);
+    const acc_t beta = static_cast<acc_t>(a.beta);
+    const bool b2 = a.beta == 2.0;
+    if (!sum) {
+      const int grid = grid_for(a.rows * 32, a.num_sms);
+      auto* o = static_cast<acc_t*>(out);
+#define GF_QFL_ROWS(VV, BB) \
+  qfl_forward_rows_kernel<scalar_t, acc_t, VV, BB><<<grid, kThreads, 0, stream>>>(pred, a.label, score, weight, a.rows, a.cols, beta, o)
+      if (a.vectorized) { if (b2) GF_QFL_ROWS(V, true); else GF_QFL_ROWS(V, false); }
+      else { if (b2) GF_QFL_ROWS(1, true); else GF_QFL_ROWS(1, false); }
+#undef GF_QFL_ROWS
+      return;
+    }
+    const int grid = qfl_forward_blocks(a);
+    auto* part = static_cast<acc_t*>(partials);
+#define GF_QFL_SUM(VV, BB, IT)                                                                    \
+  qfl_forward_sum_kernel<scalar_t, acc_t, VV, BB, IT><<<grid, kThreads, 0, stream>>>( \
+      pred, a.label, score, weight, static_cast<IT>(a.rows), static_cast<IT>(a.cols), beta, part)
+    if (fits_int32(a.rows * a.cols)) {
+      if (a.vectorized) { if (b2) GF_QFL_SUM(V, true, int32_t); else GF_QFL_SUM(V, false, int32_t); }
+      else { if (b2) GF_QFL_SUM(1, true, int32_t); else GF_QFL_SUM(1, false, int32_t); }
+    } else {
+      if (a.vectorized) { if (b2) GF_QFL_SUM(V, true, int64_t); else GF_QFL_SUM(V, false, int64_t); }
+      else { if (b2) GF_QFL_SUM(1, true, int64_t); else GF_QFL_SUM(1, false, int64_t); }
+    }
+#undef GF_QFL_SUM
+    sum_partials_kernel<acc_t><<<1, kThreads, 0, stream>>>(part, grid, static_cast<acc_t*>(out));
+  });
+  return cudaGetLastError();
+}
+
+// out: (rows, cols) in the logits' dtype.
+cudaError_t qfl_backward(const LossArgs& a, void* out, cudaStream_t stream) {
+  if (a.rows * a.cols == 0) return cudaSuccess;
+  dispatch_dtype(a.dtype, [&](auto t) {
+    using scalar_t = typename decltype(t)::scalar_t;
+    using acc_t = typename decltype(t)::acc_t;
+    constexpr int V = pack_width<scalar_t>();
+    const auto* pred = static_cast<const scalar_t*>(a.pred);
+    const auto* score = static_cast<const acc_t*>(a.target);
+    const auto* weight = static_cast<const acc_t*>(a.weight);
+    const auto* grad = static_cast<const acc_t*>(a.grad);
+    auto* o = static_cast<scalar_t*>(out);
+    const acc_t beta = static_cast<acc_t>(a.beta);
+    const bool b2 = a.beta == 2.0;
+    const int grid = grid_for(a.rows * a.cols / (a.vectorized ? V : 1), a.num_sms);
+#define GF_QFL_BWD(VV, BB, IT)                                                                     \
+  qfl_backward_kernel<scalar_t, acc_t, VV, BB, IT><<<grid, kThreads, 0, stream>>>(                 \
+      pred, a.label, score, weight, grad, a.grad_per_row, static_cast<IT>(a.rows), static_cast<IT>(a.cols), \
+      beta, o)
+    if (fits_int32(a.rows * a.cols)) {
+      if (a.vectorized) { if (b2) GF_QFL_BWD(V, true, int32_t); else GF_QFL_BWD(V, false, int32_t); }
+      else { if (b2) GF_QFL_BWD(1, true, int32_t); else GF_QFL_BWD(1, false, int32_t); }
+    } else {
+      if (a.vectorized) { if (b2) GF_QFL_BWD(V, true, int64_t); else GF_QFL_BWD(V, false, int64_t); }
+      else { if (b2) GF_QFL_BWD(1, true, int64_t); else GF_QFL_BWD(1, false, int64_t); }
+    }
+#undef GF_QFL_BWD
+  });
+  return cudaGetLastError();
+}
+
+cudaError_t dfl_forward(const LossArgs& a, bool sum, void* out, void* partials, cudaStream_t stream) {
+  if (a.rows == 0) return sum ? cudaMemsetAsync(out, 0, a.dtype == DType::Double ? 8 : 4, stream) : cudaSuccess;
+  dispatch_dtype(a.dtype, [&](auto t) {
+    using scalar_t = typename decltype(t)::scalar_t;
+    using acc_t = typename decltype(t)::acc_t;
+    const int grid = dfl_forward_blocks(a);
+    auto* part = sum ? static_cast<acc_t*>(partials) : nullptr;
+    dfl_forward_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
+        static_cast<const scalar_t*>(a.pred), static_cast<const acc_t*>(a.target),
+        static_cast<const acc_t*>(a.weight), a.rows, static_cast<int>(a.cols),
+        sum ? nullptr : static_cast<acc_t*>(out), part);
+    if (sum) sum_partials_kernel<acc_t><<<1, kThreads, 0, stream>>>(part, grid, static_cast<acc_t*>(out));
+  });
+  return cudaGetLastError();
+}
+
+cudaError_t dfl_backward(const LossArgs& a, void* out, cudaStream_t stream) {
+  if (a.rows == 0) return cudaSuccess;
+  dispatch_dtype(a.dtype, [&](auto t) {
+    using scalar_t = typename decltype(t)::scalar_t;
+    using acc_t = typename decltype(t)::acc_t;
+    dfl_backward_kernel<scalar_t, acc_t><<<grid_for(a.rows, a.num_sms), kThreads, 0, stream>>>(
+        static_cast<const scalar_t*>(a.pred), static_cast<const acc_t*>(a.target),
+        static_cast<const acc_t*>(a.weight), static_cast<const acc_t*>(a.grad), a.grad_per_row, a.rows,
+        static_cast<int>(a.cols), static_cast<scalar_t*>(out));
+  });
+  return cudaGetLastError();
+}
+
+}  // namespace cuda
+}  // namespace gf

@@ -1,0 +1,46 @@
+"""gflops: fused CUDA/C++ kernels for Generalized-Focal-Loss detectors.
+
+Every op is a `torch.ops.gflops.*` operator (CPU and CUDA kernels, fake
+kernels for torch.compile, autograd); the functions here are thin wrappers
+with the calling conventions detectors of this family already use.
+"""
+from . import _ext
+
+_C = _ext.load()
+
+from . import _autograd, _fake  # noqa: E402,F401  (registrations)
+from .losses import (  # noqa: E402
+    DistributionFocalLoss,
+    QualityFocalLoss,
+    distribution_focal_loss,
+    quality_focal_loss,
+)
+
+__version__ = "0.1.0"
+
+
+def has_cuda() -> bool:
+    """True when the CUDA kernels are compiled into the loaded library."""
+    return bool(_C.cuda_compiled())
+
+
+def set_validation(enabled: bool) -> None:
+    """Switch value checks on CUDA inputs (score in [0, 1], DFL targets in
+    range) on or off. They cost a host sync, so they are off by default; the
+    env var GFLOPS_VALIDATE=1 turns them on at start. CPU always checks."""
+    _C.set_validation(bool(enabled))
+
+
+def validation_enabled() -> bool:
+    return bool(_C.validation_enabled())
+
+
+__all__ = [
+    "quality_focal_loss",
+    "distribution_focal_loss",
+    "QualityFocalLoss",
+    "DistributionFocalLoss",
+    "has_cuda",
+    "set_validation",
+    "validation_enabled",
+]

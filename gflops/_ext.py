@@ -1,0 +1,81 @@
+"""Loads the compiled library: the ahead-of-time build (gflops._C) if present,
+else a just-in-time ninja build of the same sources into a cache directory."""
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+_ROOT = Path(__file__).resolve().parent.parent
+CSRC = _ROOT / "csrc"
+
+CXX_FLAGS = ["-O3", "-fopenmp-simd"]
+NVCC_FLAGS = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
+
+
+def sources():
+    """(C++ sources, CUDA sources) of the extension, relative to the repo root."""
+    cpp = [CSRC / "module.cpp", CSRC / "ops.cpp", CSRC / "checks.cpp"]
+    cpp += sorted((CSRC / "cpu").glob("*.cpp"))
+    cu = sorted((CSRC / "cuda").glob("*.cu"))
+    return [str(p) for p in cpp], [str(p) for p in cu]
+
+
+def want_cuda():
+    """CUDA kernels are built when a GPU and nvcc are usable, or FORCE_CUDA=1."""
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    if os.environ.get("FORCE_CUDA", "0") == "1":
+        return True
+    return torch.version.cuda is not None and torch.cuda.is_available() and CUDA_HOME is not None
+
+
+def _cache_dir(with_cuda):
+    tag = f"py{sys.version_info.major}{sys.version_info.minor}-torch{torch.__version__}"
+    tag += "-cuda" if with_cuda else "-cpu"
+    root = os.environ.get("GFLOPS_JIT_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "gflops"
+    )
+    digest = hashlib.sha1(str(_ROOT).encode()).hexdigest()[:8]
+    return os.path.join(root, f"{tag}-{digest}")
+
+
+def _jit_build():
+    from filelock import FileLock
+    from torch.utils import cpp_extension
+
+    cpp, cu = sources()
+    if not (CSRC / "ops.cpp").exists():
+        raise ImportError(
+            f"gflops: no ahead-of-time build found and no sources at {CSRC} to JIT-build from; "
+            "install with `pip install --no-build-isolation -e .` from a source checkout"
+        )
+    with_cuda = want_cuda()
+    build_dir = _cache_dir(with_cuda)
+    os.makedirs(build_dir, exist_ok=True)
+    print(f"gflops: no ahead-of-time build in use; JIT-building the extension "
+          f"({'CPU+CUDA' if with_cuda else 'CPU'}) in {build_dir}", file=sys.stderr)
+    with FileLock(os.path.join(build_dir, "gflops.lock")):
+        return cpp_extension.load(
+            name="gflops_C",
+            sources=cpp + (cu if with_cuda else []),
+            extra_cflags=CXX_FLAGS + (["-DGFLOPS_WITH_CUDA"] if with_cuda else []),
+            extra_cuda_cflags=NVCC_FLAGS + ["-DGFLOPS_WITH_CUDA"],
+            extra_include_paths=[str(CSRC)],
+            build_directory=build_dir,
+            with_cuda=with_cuda,
+            verbose=os.environ.get("GFLOPS_VERBOSE_BUILD", "0") == "1",
+        )
+
+
+def load():
+    """The extension module; registers the torch.ops.gflops operators."""
+    if os.environ.get("GFLOPS_FORCE_JIT", "0") != "1":
+        try:
+            from gflops import _C
+
+            return _C
+        except ImportError:
+            pass
+    return _jit_build()
