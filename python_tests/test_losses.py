@@ -1,0 +1,421 @@
+"""QFL / DFL: agreement with reference/, gradients, registration, edge cases, errors."""
+import pytest
+import torch
+
+import gflops
+import reference
+from conftest import needs_cuda
+from loss_cases import dfl_inputs, qfl_inputs, tol
+
+REDUCTIONS = ["none", "sum", "mean"]
+QFL_SHAPES = [(1, 1), (1, 80), (7, 81), (333, 80), (100003, 8), (64, 3)]
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+def _grads(fn, pred, *args, **kw):
+    p = pred.detach().clone().requires_grad_(True)
+    out = fn(p, *args, **kw)
+    # A non-uniform upstream gradient, so 'none' checks every row's scale.
+    up = torch.linspace(0.5, 1.5, out.numel(), dtype=out.dtype, device=out.device).reshape(out.shape)
+    (out * up).sum().backward()
+    return out.detach(), p.grad
+
+
+def _assert_close(a, b, dtype, what):
+    rtol, atol = tol(dtype)
+    torch.testing.assert_close(a.to(b.dtype), b, rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
+
+
+# ---- QFL ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", QFL_SHAPES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_qfl_matches_reference(device, shape, reduction):
+    pred, label, score, weight = qfl_inputs(*shape, device, weight=True)
+    ours, g_ours = _grads(gflops.quality_focal_loss, pred, label, score, weight, reduction=reduction)
+    ref, g_ref = _grads(reference.quality_focal_loss, pred, label, score, weight, reduction=reduction)
+    _assert_close(ours, ref, torch.float32, "loss")
+    _assert_close(g_ours, g_ref, torch.float32, "grad")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_qfl_dtypes(device, dtype):
+    pred, label, score, _ = qfl_inputs(257, 80, device, dtype=dtype)
+    ours, g_ours = _grads(gflops.quality_focal_loss, pred, label, score, reduction="sum")
+    ref, g_ref = _grads(reference.quality_focal_loss, pred, label, score, reduction="sum")
+    assert ours.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert g_ours.dtype == dtype
+    _assert_close(ours, ref, torch.float32 if dtype != torch.float64 else dtype, "loss")
+    _assert_close(g_ours, g_ref, dtype, "grad")
+
+
+@pytest.mark.parametrize("beta", [0.0, 1.0, 1.5, 2.0, 2.5])
+def test_qfl_beta(device, beta):
+    pred, label, score, weight = qfl_inputs(300, 17, device, weight=True, seed=3)
+    ours, g_ours = _grads(gflops.quality_focal_loss, pred, label, score, weight, beta=beta, reduction="none")
+    ref, g_ref = _grads(reference.quality_focal_loss, pred, label, score, weight, beta=beta, reduction="none")
+    _assert_close(ours, ref, torch.float32, "loss")
+    if beta >= 1.0:  # below 1 the reference's own gradient is inf*0 where y == s
+        _assert_close(g_ours, g_ref, torch.float32, "grad")
+
+
+@pytest.mark.parametrize("case", ["extreme_logits", "score_0_and_1", "all_background", "all_positive",
+                                  "labels_out_of_range", "non_contiguous"])
+def test_qfl_adversarial(device, case):
+    pred, label, score, weight = qfl_inputs(512, 80, device, weight=True, seed=7)
+    if case == "extreme_logits":
+        pred = torch.where(torch.rand_like(pred) > 0.5, 60.0, -60.0)
+        pred[::3] *= 0.5
+    elif case == "score_0_and_1":
+        score = (torch.arange(512, device=device) % 2).float()
+    elif case == "all_background":
+        label = torch.full_like(label, 80)
+    elif case == "all_positive":
+        label = torch.arange(512, device=device) % 80
+    elif case == "labels_out_of_range":
+        label = torch.tensor([-1, 80, 81, 10**9, -(10**9), 5], device=device).repeat(86)[:512]
+    elif case == "non_contiguous":
+        pred = torch.randn(80, 1024, device=device).t()[::2]
+        label = torch.randint(0, 81, (1024,), device=device)[::2]
+        score = torch.rand(1024, device=device)[1::2]
+        weight = torch.rand(2, 512, device=device)[1]
+        assert not pred.is_contiguous() and not label.is_contiguous()
+    for reduction in REDUCTIONS:
+        ours, g_ours = _grads(gflops.quality_focal_loss, pred, label, score, weight, reduction=reduction)
+        ref, g_ref = _grads(reference.quality_focal_loss, pred, label, score, weight, reduction=reduction)
+        assert torch.isfinite(ours).all() and torch.isfinite(g_ours).all()
+        _assert_close(ours, ref, torch.float32, f"{case}/{reduction} loss")
+        _assert_close(g_ours, g_ref, torch.float32, f"{case}/{reduction} grad")
+
+
+def test_qfl_extreme_logits_exact_values():
+    # A confident, correct background logit costs ~nothing; a confident wrong one costs ~x.
+    pred = torch.tensor([[-60.0, 60.0]])
+    label = torch.tensor([2])
+    loss = gflops.quality_focal_loss(pred, label, torch.tensor([0.0]), reduction="none")
+    assert loss.item() == pytest.approx(60.0, rel=1e-6)
+    loss = gflops.quality_focal_loss(pred[:, :1], label, torch.tensor([0.0]), reduction="none")
+    assert 0 <= loss.item() < 1e-40
+
+
+@pytest.mark.parametrize("avg", ["number", "tensor"])
+def test_qfl_avg_factor(device, avg):
+    pred, label, score, weight = qfl_inputs(100, 20, device, weight=True)
+    factor = 37.5 if avg == "number" else torch.tensor(37.5, device=device)
+    ours = gflops.quality_focal_loss(pred, label, score, weight, avg_factor=factor)
+    ref = reference.quality_focal_loss(pred, label, score, weight, avg_factor=factor)
+    summed = gflops.quality_focal_loss(pred, label, score, weight, reduction="sum")
+    _assert_close(ours, ref, torch.float32, "loss")
+    _assert_close(ours, summed / 37.5, torch.float32, "mean vs sum")
+
+
+def test_qfl_module(device):
+    pred, label, score, weight = qfl_inputs(64, 10, device, weight=True)
+    mod = gflops.QualityFocalLoss(beta=2.0, loss_weight=0.5)
+    out = mod(pred, (label, score), weight=weight, avg_factor=8.0)
+    ref = 0.5 * reference.quality_focal_loss(pred, label, score, weight, avg_factor=8.0)
+    _assert_close(out, ref, torch.float32, "module")
+    none = mod(pred, (label, score), reduction_override="none")
+    assert none.shape == (64,)
+
+
+def test_qfl_gradcheck(device):
+    pred, label, score, weight = qfl_inputs(6, 5, device, dtype=torch.float64, weight=True, pos_frac=0.6)
+    pred.requires_grad_(True)
+    for beta in (2.0, 1.5):
+        for reduction in REDUCTIONS:
+            assert torch.autograd.gradcheck(
+                lambda p: gflops.quality_focal_loss(p, label, score, weight, beta=beta, reduction=reduction),
+                (pred,))
+
+
+def test_qfl_empty(device):
+    pred = torch.zeros(0, 80, device=device, requires_grad=True)
+    label = torch.zeros(0, dtype=torch.long, device=device)
+    score = torch.zeros(0, device=device)
+    assert gflops.quality_focal_loss(pred, label, score, reduction="none").shape == (0,)
+    for reduction in ("sum", "mean"):
+        out = gflops.quality_focal_loss(pred, label, score, reduction=reduction)
+        assert out.shape == () and out.item() == 0.0
+        out.backward()
+        assert pred.grad.shape == (0, 80)
+    zero_cols = gflops.quality_focal_loss(torch.zeros(4, 0, device=device), torch.zeros(4, dtype=torch.long,
+                                          device=device), torch.zeros(4, device=device), reduction="none")
+    assert zero_cols.tolist() == [0.0] * 4
+
+
+def test_qfl_deterministic(device):
+    pred, label, score, weight = qfl_inputs(20011, 80, device, weight=True)
+    pred.requires_grad_(True)
+    runs = []
+    for _ in range(2):
+        pred.grad = None
+        loss = gflops.quality_focal_loss(pred, label, score, weight, reduction="sum")
+        loss.backward()
+        runs.append((loss.detach().clone(), pred.grad.clone()))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+
+
+def test_qfl_thread_count_does_not_change_sum():
+    pred, label, score, weight = qfl_inputs(50000, 80, "cpu", weight=True)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = gflops.quality_focal_loss(pred, label, score, weight, reduction="sum")
+        torch.set_num_threads(max(2, before))
+        many = gflops.quality_focal_loss(pred, label, score, weight, reduction="sum")
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, many)
+
+
+def test_qfl_validation_switch():
+    before = gflops.validation_enabled()
+    try:
+        gflops.set_validation(True)
+        assert gflops.validation_enabled()
+        gflops.set_validation(False)
+        assert not gflops.validation_enabled()
+    finally:
+        gflops.set_validation(before)
+
+
+def _qfl_bad(device):
+    pred, label, score, weight = qfl_inputs(8, 4, device, weight=True)
+    return dict(pred=pred, label=label, score=score, weight=weight)
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda a: a.update(pred=a["pred"][0]), "pred must be 2-D"),
+    (lambda a: a.update(pred=a["pred"].long()), "pred must be float32"),
+    (lambda a: a.update(label=a["label"][:5]), "label must have shape"),
+    (lambda a: a.update(label=a["label"].int()), "label must be int64"),
+    (lambda a: a.update(score=a["score"][:, None]), "score must have shape"),
+    (lambda a: a.update(score=a["score"].long()), "score must be a floating tensor"),
+    (lambda a: a.update(weight=a["weight"][:3]), "weight must have shape"),
+    (lambda a: a.update(beta=-1.0), "beta must be finite and >= 0"),
+])
+def test_qfl_bad_shapes_and_dtypes(device, change, message):
+    args = _qfl_bad(device)
+    args.setdefault("beta", 2.0)
+    change(args)
+    with pytest.raises(RuntimeError, match=message):
+        gflops.quality_focal_loss(args["pred"], args["label"], args["score"], args["weight"], beta=args["beta"])
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan")])
+def test_qfl_bad_score_values(device, validation, bad):
+    args = _qfl_bad(device)
+    args["score"][3] = bad
+    with pytest.raises(RuntimeError, match=r"score must lie in \[0, 1\].* at index 3"):
+        gflops.quality_focal_loss(args["pred"], args["label"], args["score"])
+
+
+def test_qfl_bad_python_args():
+    args = _qfl_bad("cpu")
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        gflops.quality_focal_loss(args["pred"], args["label"], args["score"], reduction="avg")
+    with pytest.raises(ValueError, match="avg_factor can not be used"):
+        gflops.quality_focal_loss(args["pred"], args["label"], args["score"], reduction="sum", avg_factor=2.0)
+    with pytest.raises(ValueError, match="score requires grad"):
+        gflops.quality_focal_loss(args["pred"], args["label"], args["score"].requires_grad_(True))
+    with pytest.raises(RuntimeError, match="reduction must be 'none' or 'sum'"):
+        torch.ops.gflops.quality_focal_loss(args["pred"], args["label"], args["score"], None, 2.0, "mean")
+
+
+def test_qfl_mixed_devices_meta():
+    # On a CPU-only machine, a meta tensor stands in for "another device".
+    args = _qfl_bad("cpu")
+    with pytest.raises(RuntimeError, match="label is on meta but pred is on cpu"):
+        torch.ops.gflops.quality_focal_loss(args["pred"], args["label"].to("meta"), args["score"], None, 2.0, "sum")
+
+
+@needs_cuda
+def test_qfl_mixed_devices_cuda():
+    args = _qfl_bad("cpu")
+    with pytest.raises(RuntimeError, match="all inputs must be on one device"):
+        gflops.quality_focal_loss(args["pred"].cuda(), args["label"], args["score"].cuda())
+
+
+# ---- DFL ---------------------------------------------------------------------
+
+DFL_SHAPES = [(1, 1), (1, 16), (64000, 16), (777, 7), (33, 63)]
+
+
+@pytest.mark.parametrize("shape", DFL_SHAPES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_dfl_matches_reference(device, shape, reduction):
+    pred, target, weight = dfl_inputs(*shape, device, weight=True)
+    ours, g_ours = _grads(gflops.distribution_focal_loss, pred, target, weight, reduction=reduction)
+    ref, g_ref = _grads(reference.distribution_focal_loss, pred, target, weight, reduction=reduction)
+    _assert_close(ours, ref, torch.float32, "loss")
+    _assert_close(g_ours, g_ref, torch.float32, "grad")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dfl_dtypes(device, dtype):
+    pred, target, weight = dfl_inputs(999, 16, device, dtype=dtype, weight=True)
+    ours, g_ours = _grads(gflops.distribution_focal_loss, pred, target, weight, reduction="sum")
+    ref, g_ref = _grads(reference.distribution_focal_loss, pred, target, weight, reduction="sum")
+    assert g_ours.dtype == dtype
+    _assert_close(ours, ref, torch.float32 if dtype != torch.float64 else dtype, "loss")
+    _assert_close(g_ours, g_ref, dtype, "grad")
+
+
+@pytest.mark.parametrize("case", ["integer_targets", "edge_targets", "extreme_logits", "non_contiguous"])
+def test_dfl_adversarial(device, case):
+    pred, target, weight = dfl_inputs(400, 16, device, weight=True, seed=5)
+    if case == "integer_targets":
+        target = (torch.arange(400, device=device) % 16).float()
+    elif case == "edge_targets":
+        target = torch.tensor([0.0, 15.9, 16 - 0.01, 16 - 1e-6, 1e-7, 7.5], device=device).repeat(67)[:400]
+    elif case == "extreme_logits":
+        pred = torch.where(torch.rand_like(pred) > 0.5, 60.0, -60.0)
+    elif case == "non_contiguous":
+        pred = torch.randn(17, 800, device=device).t()[::2]
+        target = (torch.rand(800, device=device) * 15.9)[1::2]
+    for reduction in REDUCTIONS:
+        ours, g_ours = _grads(gflops.distribution_focal_loss, pred, target, weight, reduction=reduction)
+        ref, g_ref = _grads(reference.distribution_focal_loss, pred, target, weight, reduction=reduction)
+        assert torch.isfinite(ours).all() and torch.isfinite(g_ours).all()
+        _assert_close(ours, ref, torch.float32, f"{case}/{reduction} loss")
+        _assert_close(g_ours, g_ref, torch.float32, f"{case}/{reduction} grad")
+
+
+def test_dfl_known_value():
+    # Uniform logits over n+1 bins: the loss is log(n+1) whatever the target.
+    loss = gflops.distribution_focal_loss(torch.zeros(3, 17), torch.tensor([0.0, 3.3, 15.9]), reduction="none")
+    torch.testing.assert_close(loss, torch.full((3,), torch.log(torch.tensor(17.0)).item()))
+
+
+@pytest.mark.parametrize("avg", ["number", "tensor"])
+def test_dfl_avg_factor_and_module(device, avg):
+    pred, target, weight = dfl_inputs(80, 16, device, weight=True)
+    factor = 4.0 if avg == "number" else torch.tensor(4.0, device=device)
+    out = gflops.DistributionFocalLoss(loss_weight=0.25)(pred, target, weight=weight, avg_factor=factor)
+    ref = 0.25 * reference.distribution_focal_loss(pred, target, weight, avg_factor=factor)
+    _assert_close(out, ref, torch.float32, "module")
+
+
+def test_dfl_gradcheck(device):
+    pred, target, weight = dfl_inputs(7, 6, device, dtype=torch.float64, weight=True)
+    pred.requires_grad_(True)
+    for reduction in REDUCTIONS:
+        assert torch.autograd.gradcheck(
+            lambda p: gflops.distribution_focal_loss(p, target, weight, reduction=reduction), (pred,))
+
+
+def test_dfl_empty(device):
+    pred = torch.zeros(0, 17, device=device, requires_grad=True)
+    target = torch.zeros(0, device=device)
+    assert gflops.distribution_focal_loss(pred, target, reduction="none").shape == (0,)
+    out = gflops.distribution_focal_loss(pred, target)
+    assert out.item() == 0.0
+    out.backward()
+    assert pred.grad.shape == (0, 17)
+
+
+def test_dfl_deterministic(device):
+    pred, target, weight = dfl_inputs(64000, 16, device, weight=True)
+    a = gflops.distribution_focal_loss(pred, target, weight, reduction="sum")
+    b = gflops.distribution_focal_loss(pred, target, weight, reduction="sum")
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda a: a.update(pred=a["pred"][0]), "pred must be 2-D"),
+    (lambda a: a.update(pred=a["pred"][:, :1]), "reg_max \\+ 1 >= 2 bins"),
+    (lambda a: a.update(pred=a["pred"].int()), "pred must be float32"),
+    (lambda a: a.update(target=a["target"][:2]), "target must have shape"),
+    (lambda a: a.update(target=a["target"].long()), "target must be a floating tensor"),
+    (lambda a: a.update(weight=a["weight"][:, None]), "weight must have shape"),
+])
+def test_dfl_bad_shapes_and_dtypes(device, change, message):
+    pred, target, weight = dfl_inputs(8, 16, device, weight=True)
+    args = dict(pred=pred, target=target, weight=weight)
+    change(args)
+    with pytest.raises(RuntimeError, match=message):
+        gflops.distribution_focal_loss(args["pred"], args["target"], args["weight"])
+
+
+@pytest.mark.parametrize("bad", [-0.5, 16.0, 20.0, float("nan")])
+def test_dfl_bad_target_values(device, validation, bad):
+    pred, target, _ = dfl_inputs(8, 16, device)
+    target[5] = bad
+    with pytest.raises(RuntimeError, match=r"target must lie in \[0, reg_max\) = \[0, 16\).* at index 5"):
+        gflops.distribution_focal_loss(pred, target)
+
+
+@needs_cuda
+def test_dfl_unvalidated_cuda_stays_in_bounds():
+    gflops.set_validation(False)
+    pred, target, _ = dfl_inputs(1000, 16, "cuda")
+    target[::7] = 1e9
+    target[1::7] = -1e9
+    target[2::7] = float("nan")
+    pred.requires_grad_(True)
+    out = gflops.distribution_focal_loss(pred, target, reduction="sum")
+    out.backward()
+    torch.cuda.synchronize()
+    assert torch.isfinite(out) and torch.isfinite(pred.grad).all()
+
+
+# ---- registration, compile, CPU vs CUDA --------------------------------------
+
+
+def test_opcheck(device):
+    pred, label, score, weight = qfl_inputs(33, 12, device, weight=True)
+    pred.requires_grad_(True)
+    for reduction in ("none", "sum"):
+        torch.library.opcheck(torch.ops.gflops.quality_focal_loss, (pred, label, score, weight, 2.0, reduction))
+        torch.library.opcheck(torch.ops.gflops.quality_focal_loss, (pred, label, score, None, 1.5, reduction))
+    dpred, target, dweight = dfl_inputs(40, 16, device, weight=True)
+    dpred.requires_grad_(True)
+    for reduction in ("none", "sum"):
+        torch.library.opcheck(torch.ops.gflops.distribution_focal_loss, (dpred, target, dweight, reduction))
+        torch.library.opcheck(torch.ops.gflops.distribution_focal_loss, (dpred, target, None, reduction))
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_torch_compile_fullgraph(device, backend):
+    pred, label, score, weight = qfl_inputs(64, 16, device, weight=True)
+    dpred, target, dweight = dfl_inputs(48, 16, device, weight=True)
+
+    def step(p, dp, avg):
+        qfl = gflops.quality_focal_loss(p, label, score, weight, avg_factor=avg)
+        dfl = gflops.distribution_focal_loss(dp, target, dweight, avg_factor=4.0)
+        return qfl + dfl
+
+    compiled = torch.compile(step, fullgraph=True, backend=backend)
+    avg = torch.tensor(10.0, device=device)
+    p1, dp1 = pred.clone().requires_grad_(True), dpred.clone().requires_grad_(True)
+    p2, dp2 = pred.clone().requires_grad_(True), dpred.clone().requires_grad_(True)
+    out_c = compiled(p1, dp1, avg)
+    out_e = step(p2, dp2, avg)
+    out_c.backward()
+    out_e.backward()
+    torch.testing.assert_close(out_c, out_e)
+    torch.testing.assert_close(p1.grad, p2.grad)
+    torch.testing.assert_close(dp1.grad, dp2.grad)
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cpu_cuda_agree(dtype):
+    for vec_friendly in (True, False):
+        c = 80 if vec_friendly else 81
+        pred, label, score, weight = qfl_inputs(3001, c, "cpu", dtype=dtype, weight=True)
+        for reduction in ("none", "sum"):
+            cpu, g_cpu = _grads(gflops.quality_focal_loss, pred, label, score, weight, reduction=reduction)
+            gpu, g_gpu = _grads(gflops.quality_focal_loss, pred.cuda(), label.cuda(), score.cuda(),
+                                weight.cuda(), reduction=reduction)
+            _assert_close(gpu.cpu(), cpu, torch.float32 if dtype != torch.float64 else dtype, "qfl loss")
+            _assert_close(g_gpu.cpu(), g_cpu, dtype, "qfl grad")
+    pred, target, weight = dfl_inputs(5000, 16, "cpu", dtype=dtype, weight=True)
+    for reduction in ("none", "sum"):
+        cpu, g_cpu = _grads(gflops.distribution_focal_loss, pred, target, weight, reduction=reduction)
+        gpu, g_gpu = _grads(gflops.distribution_focal_loss, pred.cuda(), target.cuda(), weight.cuda(),
+                            reduction=reduction)
+        _assert_close(gpu.cpu(), cpu, torch.float32 if dtype != torch.float64 else dtype, "dfl loss")
+        _assert_close(g_gpu.cpu(), g_cpu, dtype, "dfl grad")
