@@ -10,7 +10,11 @@ import torch
 _ROOT = Path(__file__).resolve().parent.parent
 CSRC = _ROOT / "csrc"
 
-CXX_FLAGS = ["-O3", "-fopenmp-simd"]
+# -fopenmp: at::parallel_for is header code that runs serially without it
+# (the runtime is the libgomp torch already loaded). -fno-trapping-math lets
+# GCC if-convert the branch-free selects in csrc/common and vectorise loops.
+CXX_FLAGS = ["-O3", "-fopenmp", "-fno-trapping-math"]
+LD_FLAGS = ["-fopenmp"]
 NVCC_FLAGS = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
 
 
@@ -62,6 +66,7 @@ def _jit_build():
             sources=cpp + (cu if with_cuda else []),
             extra_cflags=CXX_FLAGS + (["-DGFLOPS_WITH_CUDA"] if with_cuda else []),
             extra_cuda_cflags=NVCC_FLAGS + ["-DGFLOPS_WITH_CUDA"],
+            extra_ldflags=LD_FLAGS,
             extra_include_paths=[str(CSRC)],
             build_directory=build_dir,
             with_cuda=with_cuda,

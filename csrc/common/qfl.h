@@ -22,7 +22,8 @@ template <typename T, bool BETA2> GF_HD T qfl_loss(T x, T y, T beta) {
   SigBce<T> sb = sigmoid_bce(x, y);
   T d = sb.s - y;
   T ad = d < T(0) ? -d : d;
-  T mod = BETA2 ? d * d : gpow_nonneg(ad, beta);
+  T mod;
+  if constexpr (BETA2) mod = d * d; else mod = gpow_nonneg(ad, beta);
   return sb.bce * mod;
 }
 
@@ -33,17 +34,20 @@ template <typename T, bool BETA2> GF_HD T qfl_grad(T x, T y, T beta) {
   T s = sb.s;
   T d = s - y;
   T ds = s * (T(1) - s);
-  if (BETA2) return T(2) * d * ds * sb.bce + d * d * d;
-  T ad = d < T(0) ? -d : d;
-  T sign = d > T(0) ? T(1) : (d < T(0) ? T(-1) : T(0));
-  T first = ad > T(0) ? beta * gpow_nonneg(ad, beta - T(1)) * sign * ds * sb.bce : T(0);
-  return first + gpow_nonneg(ad, beta) * d;
+  if constexpr (BETA2) {
+    return T(2) * d * ds * sb.bce + d * d * d;
+  } else {
+    T ad = d < T(0) ? -d : d;
+    T sign = d > T(0) ? T(1) : (d < T(0) ? T(-1) : T(0));
+    T first = ad > T(0) ? beta * gpow_nonneg(ad, beta - T(1)) * sign * ds * sb.bce : T(0);
+    return first + gpow_nonneg(ad, beta) * d;
+  }
 }
 
 // The target of element (row, c): the row's score on its label column, else 0.
 // Labels outside [0, C) are background, so they never match a column.
 template <typename T> GF_HD T qfl_target(int64_t c, int64_t label, T score) {
-  return c == label ? score : T(0);
+  return score * static_cast<T>(c == label);  // arithmetic, not a branch: keeps CPU loops vectorisable
 }
 
 }  // namespace gf

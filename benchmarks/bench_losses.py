@@ -1,0 +1,113 @@
+"""QFL and DFL forward, backward and forward+backward: reference eager vs
+torch.compile(reference) vs gflops, on COCO-like sizes.
+
+    python -m benchmarks.bench_losses [--device cuda] [--size coco|small]
+"""
+import argparse
+import sys
+
+import torch
+
+import gflops
+import reference
+from benchmarks.harness import copy_gbps, median_ms, peak_mb, write_results
+
+# (batch, anchors per image, classes); DFL: 4 sides x batch x positives, reg_max.
+SIZES = {"coco": dict(batch=16, anchors=22400, classes=80, pos=1000, reg_max=16),
+         "small": dict(batch=2, anchors=22400, classes=80, pos=1000, reg_max=16)}
+
+
+def qfl_case(s, device, dtype):
+    g = torch.Generator().manual_seed(0)
+    n, c = s["batch"] * s["anchors"], s["classes"]
+    pred = torch.randn(n, c, generator=g).to(device, dtype)
+    label = torch.full((n,), c, dtype=torch.long)
+    pos = torch.randperm(n, generator=g)[: s["batch"] * s["pos"]]
+    label[pos] = torch.randint(0, c, (pos.numel(),), generator=g)
+    score = torch.zeros(n)
+    score[pos] = torch.rand(pos.numel(), generator=g)
+    avg = torch.tensor(float(pos.numel()), device=device)
+    args = (pred, label.to(device), score.to(device))
+    kw = dict(avg_factor=avg)
+    esz = pred.element_size()
+    side = n * (8 + 4)
+    nbytes = {"fwd": n * c * esz + side, "bwd": 2 * n * c * esz + side, "fwd+bwd": 3 * n * c * esz + 2 * side}
+    return f"QFL {n}x{c}", args, kw, nbytes
+
+
+def dfl_case(s, device, dtype):
+    g = torch.Generator().manual_seed(1)
+    m, n1 = 4 * s["batch"] * s["pos"], s["reg_max"] + 1
+    pred = torch.randn(m, n1, generator=g).to(device, dtype)
+    target = (torch.rand(m, generator=g) * (s["reg_max"] - 0.1)).to(device)
+    weight = torch.rand(m, generator=g).to(device)
+    esz = pred.element_size()
+    side = m * 8
+    nbytes = {"fwd": m * n1 * esz + side, "bwd": 2 * m * n1 * esz + side, "fwd+bwd": 3 * m * n1 * esz + 2 * side}
+    return f"DFL {m}x{n1}", (pred, target, weight), dict(avg_factor=4.0), nbytes
+
+
+def modes(fn, args, kw):
+    """Closures for fwd, bwd (on a retained graph) and fwd+bwd."""
+    pred = args[0].detach().requires_grad_(True)
+    rest = args[1:]
+
+    def fwd():
+        with torch.no_grad():
+            return fn(pred, *rest, **kw)
+
+    loss = fn(pred, *rest, **kw)
+
+    def bwd():
+        pred.grad = None
+        loss.backward(retain_graph=True)
+
+    def fwd_bwd():
+        pred.grad = None
+        fn(pred, *rest, **kw).backward()
+
+    return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd_bwd}
+
+
+def run(device, size, dtype, providers):
+    s = SIZES[size]
+    copy = copy_gbps(device)
+    rows = []
+    for case, ref_fn, ours in [(qfl_case, reference.quality_focal_loss, gflops.quality_focal_loss),
+                               (dfl_case, reference.distribution_focal_loss, gflops.distribution_focal_loss)]:
+        name, args, kw, nbytes = case(s, device, dtype)
+        fns = {"reference": ref_fn, "compile": torch.compile(ref_fn), "gflops": ours}
+        base = {}
+        for prov in providers:
+            for mode, f in modes(fns[prov], args, kw).items():
+                ms = median_ms(f, device)
+                mem = peak_mb(f, device)
+                base.setdefault(mode, {})[prov] = ms
+                gbps = nbytes[mode] / (ms * 1e-3) / 1e9
+                rows.append(dict(op=name, mode=mode, provider=prov, median_ms=ms,
+                                 vs_eager=base[mode].get("reference", float("nan")) / ms,
+                                 vs_compile=base[mode].get("compile", float("nan")) / ms,
+                                 peak_mib=mem, gbps=gbps if device.type == "cuda" else None,
+                                 pct_copy_bw=100 * gbps / copy if copy else None))
+                print(f"{name:18s} {mode:8s} {prov:10s} {ms:9.3f} ms  peak {mem:8.1f} MiB", file=sys.stderr)
+    meta = dict(device=str(device), size=size, dtype=str(dtype), torch=torch.__version__,
+                threads=torch.get_num_threads(), copy_gbps=copy,
+                note="vs_eager / vs_compile are speedups (x); bytes are what a fused kernel must move")
+    return write_results(f"losses_{size}_{str(dtype).split('.')[-1]}", device, rows, meta)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--size", choices=sorted(SIZES), default=None,
+                   help="coco on GPU, small (batch 2) on CPU by default")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    p.add_argument("--providers", default="reference,compile,gflops")
+    a = p.parse_args(argv)
+    device = torch.device(a.device)
+    size = a.size or ("coco" if device.type == "cuda" else "small")
+    print(run(device, size, getattr(torch, a.dtype), a.providers.split(",")))
+
+
+if __name__ == "__main__":
+    main()

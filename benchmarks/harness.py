@@ -1,0 +1,102 @@
+"""Timing, peak memory, bandwidth and result files shared by the benchmarks."""
+import csv
+import json
+import platform
+import re
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_ms(fn, device, warmup=3, min_iters=10, max_iters=200, budget_s=2.0):
+    """Median wall time of fn() in ms; CUDA events per call on GPU."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    start = time.perf_counter()
+    while len(times) < max_iters and (len(times) < min_iters or time.perf_counter() - start < budget_s):
+        if device.type == "cuda":
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def peak_mb(fn, device):
+    """Peak memory allocated during one fn() call beyond what was held before, in MiB."""
+    if device.type == "cuda":
+        sync(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        sync(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    # CPU: replay the profiler's allocation events and track the running total.
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.events() if e.cpu_memory_usage != 0), key=lambda e: e.time_range.start)
+    cur = peak = 0
+    for e in events:
+        cur += e.cpu_memory_usage
+        peak = max(peak, cur)
+    return peak / 2**20
+
+
+def copy_gbps(device, nbytes=1 << 30):
+    """Achieved bandwidth of a device-to-device copy (bytes read + written per second)."""
+    if device.type != "cuda":
+        return None
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    ms = median_ms(lambda: dst.copy_(src), device, warmup=5, min_iters=20, budget_s=1.0)
+    del src, dst
+    return 2 * nbytes / (ms * 1e-3) / 1e9
+
+
+def device_tag(device):
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"cpu-{platform.processor() or platform.machine()}-{torch.get_num_threads()}t"
+    return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
+
+
+def write_results(name, device, rows, meta):
+    """benchmarks/results/<name>_<device>.{md,csv,json}; returns the markdown table."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = RESULTS / f"{name}_{device_tag(device)}"
+    cols = list(rows[0].keys())
+    with open(stem.with_suffix(".csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+
+    def fmt(v):
+        return f"{v:.3f}" if isinstance(v, float) else ("" if v is None else str(v))
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
+    head = "\n".join(f"- {k}: {v}" for k, v in meta.items())
+    table = "\n".join(lines)
+    stem.with_suffix(".md").write_text(f"# {name} on {device_tag(device)}\n\n{head}\n\n{table}\n")
+    return table
