@@ -1,0 +1,40 @@
+"""The two build paths and the library switches."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+import gflops
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _import_gflops(env_extra):
+    env = dict(os.environ, **env_extra)
+    code = "import gflops, torch; print(gflops.has_cuda(), hasattr(torch.ops.gflops, 'quality_focal_loss'))"
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=1800)
+
+
+def test_has_cuda_is_bool():
+    assert isinstance(gflops.has_cuda(), bool)
+    if torch.version.cuda is None:  # a CPU-only torch cannot have CUDA kernels built against it
+        assert not gflops.has_cuda()
+
+
+def test_forced_jit_build_says_so_once():
+    r = _import_gflops({"GFLOPS_FORCE_JIT": "1"})
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("JIT-building") == 1
+    assert r.stdout.split()[1] == "True"
+
+
+def test_ops_registered():
+    for name in ("quality_focal_loss", "quality_focal_loss_backward",
+                 "distribution_focal_loss", "distribution_focal_loss_backward"):
+        assert hasattr(torch.ops.gflops, name)
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("gflops::quality_focal_loss", "CPU")
+    if gflops.has_cuda():
+        assert torch._C._dispatch_has_kernel_for_dispatch_key("gflops::quality_focal_loss", "CUDA")
