@@ -48,7 +48,8 @@ def dfl_case(s, device, dtype):
 
 
 def modes(fn, args, kw):
-    """Closures for fwd, bwd (on a retained graph) and fwd+bwd."""
+    """(timed closure, untimed setup) for fwd, bwd (on a retained graph) and fwd+bwd.
+    The setup drops the last gradient, so peak memory counts the new one."""
     pred = args[0].detach().requires_grad_(True)
     rest = args[1:]
 
@@ -56,17 +57,13 @@ def modes(fn, args, kw):
         with torch.no_grad():
             return fn(pred, *rest, **kw)
 
+    def drop_grad():
+        pred.grad = None
+
     loss = fn(pred, *rest, **kw)
-
-    def bwd():
-        pred.grad = None
-        loss.backward(retain_graph=True)
-
-    def fwd_bwd():
-        pred.grad = None
-        fn(pred, *rest, **kw).backward()
-
-    return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd_bwd}
+    return {"fwd": (fwd, drop_grad),
+            "bwd": (lambda: loss.backward(retain_graph=True), drop_grad),
+            "fwd+bwd": (lambda: fn(pred, *rest, **kw).backward(), drop_grad)}
 
 
 def run(device, size, dtype, providers):
@@ -79,9 +76,9 @@ def run(device, size, dtype, providers):
         fns = {"reference": ref_fn, "compile": torch.compile(ref_fn), "gflops": ours}
         base = {}
         for prov in providers:
-            for mode, f in modes(fns[prov], args, kw).items():
-                ms = median_ms(f, device)
-                mem = peak_mb(f, device)
+            for mode, (f, setup) in modes(fns[prov], args, kw).items():
+                ms = median_ms(f, device, setup=setup)
+                mem = peak_mb(f, device, setup=setup)
                 base.setdefault(mode, {})[prov] = ms
                 gbps = nbytes[mode] / (ms * 1e-3) / 1e9
                 rows.append(dict(op=name, mode=mode, provider=prov, median_ms=ms,

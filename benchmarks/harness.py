@@ -17,14 +17,21 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def median_ms(fn, device, warmup=3, min_iters=10, max_iters=200, budget_s=2.0):
-    """Median wall time of fn() in ms; CUDA events per call on GPU."""
+def _nothing():
+    pass
+
+
+def median_ms(fn, device, warmup=3, min_iters=10, max_iters=200, budget_s=2.0, setup=_nothing):
+    """Median wall time of fn() in ms (setup() runs untimed before each call);
+    CUDA events per call on GPU."""
     for _ in range(warmup):
+        setup()
         fn()
     sync(device)
     times = []
     start = time.perf_counter()
     while len(times) < max_iters and (len(times) < min_iters or time.perf_counter() - start < budget_s):
+        setup()
         if device.type == "cuda":
             a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             a.record()
@@ -39,8 +46,9 @@ def median_ms(fn, device, warmup=3, min_iters=10, max_iters=200, budget_s=2.0):
     return statistics.median(times)
 
 
-def peak_mb(fn, device):
+def peak_mb(fn, device, setup=_nothing):
     """Peak memory allocated during one fn() call beyond what was held before, in MiB."""
+    setup()
     if device.type == "cuda":
         sync(device)
         base = torch.cuda.memory_allocated(device)
@@ -53,10 +61,11 @@ def peak_mb(fn, device):
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    events = sorted((e for e in prof.events() if e.cpu_memory_usage != 0), key=lambda e: e.time_range.start)
+    # self_ (not inclusive) usage: each allocation is counted once, at its op.
+    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage != 0), key=lambda e: e.time_range.start)
     cur = peak = 0
     for e in events:
-        cur += e.cpu_memory_usage
+        cur += e.self_cpu_memory_usage
         peak = max(peak, cur)
     return peak / 2**20
 

@@ -23,6 +23,18 @@ template <typename T> GF_HD DflSplit<T> dfl_split(T target, int n) {
   return r;
 }
 
+// The loss of a row from its log-sum-exp and the logits of the two bins:
+// -(wl*logS[l] + wr*logS[l+1]).
+template <typename T> GF_HD T dfl_loss_from_lse(T lse, T x_left, T x_right, const DflSplit<T>& sp) {
+  return sp.wl * (lse - x_left) + sp.wr * (lse - x_right);
+}
+
+// d loss / d x_k = softmax[k] - wl*[k==l] - wr*[k==l+1].
+template <typename T> GF_HD T dfl_grad_from_lse(T x_k, int k, T lse, const DflSplit<T>& sp) {
+  T hot = k == sp.l ? sp.wl : (k == sp.l + 1 ? sp.wr : T(0));
+  return gexp(x_k - lse) - hot;
+}
+
 // log-sum-exp of a row, max-shifted.
 template <typename T, typename scalar_t> GF_HD T row_logsumexp(const scalar_t* x, int n1) {
   T m = cvt<T>(x[0]);
@@ -32,24 +44,17 @@ template <typename T, typename scalar_t> GF_HD T row_logsumexp(const scalar_t* x
   return m + glog(s);
 }
 
-// -(wl*logS[l] + wr*logS[r]).
 template <typename T, typename scalar_t>
 GF_HD T dfl_row_loss(const scalar_t* x, int n1, T target) {
   DflSplit<T> sp = dfl_split(target, n1 - 1);
-  T lse = row_logsumexp<T>(x, n1);
-  return sp.wl * (lse - cvt<T>(x[sp.l])) + sp.wr * (lse - cvt<T>(x[sp.l + 1]));
+  return dfl_loss_from_lse(row_logsumexp<T>(x, n1), cvt<T>(x[sp.l]), cvt<T>(x[sp.l + 1]), sp);
 }
 
-// grad[k] = scale * (softmax[k] - wl*[k==l] - wr*[k==l+1]).
 template <typename T, typename scalar_t>
 GF_HD void dfl_row_grad(const scalar_t* x, int n1, T target, T scale, scalar_t* g) {
   DflSplit<T> sp = dfl_split(target, n1 - 1);
   T lse = row_logsumexp<T>(x, n1);
-  for (int k = 0; k < n1; ++k) {
-    T p = gexp(cvt<T>(x[k]) - lse);
-    T hot = k == sp.l ? sp.wl : (k == sp.l + 1 ? sp.wr : T(0));
-    g[k] = cvt<scalar_t>(scale * (p - hot));
-  }
+  for (int k = 0; k < n1; ++k) g[k] = cvt<scalar_t>(scale * dfl_grad_from_lse(cvt<T>(x[k]), k, lse, sp));
 }
 
 }  // namespace gf

@@ -71,16 +71,76 @@ GF_CPU_CLONES void qfl_grad_rows(const scalar_t* pred, const int64_t* label, con
   }
 }
 
+// DFL runs over tiles of kTile consecutive rows, stepping bin by bin with
+// one vector op across the tile's rows (a row has only reg_max + 1 ~ 17
+// bins, too few to vectorise along). The tail of a block goes row by row.
+constexpr int kTile = 16;
+
 template <typename scalar_t, typename acc_t>
-acc_t dfl_rows(const scalar_t* pred, const acc_t* target, const acc_t* weight, int n1, int64_t r0,
-               int64_t r1, acc_t* row_out) {
+GF_HD void dfl_tile_lse(const scalar_t* x0, int n1, int64_t t0, int64_t r1, acc_t* lse) {
+  if (t0 + kTile > r1) {
+    for (int64_t r = t0; r < r1; ++r) lse[r - t0] = gf::row_logsumexp<acc_t>(x0 + (r - t0) * n1, n1);
+    return;
+  }
+  acc_t m[kTile], s[kTile];
+#pragma omp simd
+  for (int j = 0; j < kTile; ++j) {
+    m[j] = gf::cvt<acc_t>(x0[j * n1]);
+    s[j] = 0;
+  }
+  for (int k = 1; k < n1; ++k) {
+#pragma omp simd
+    for (int j = 0; j < kTile; ++j) m[j] = gf::gmax(m[j], gf::cvt<acc_t>(x0[j * n1 + k]));
+  }
+  for (int k = 0; k < n1; ++k) {
+#pragma omp simd
+    for (int j = 0; j < kTile; ++j) s[j] += gf::gexp(gf::cvt<acc_t>(x0[j * n1 + k]) - m[j]);
+  }
+#pragma omp simd
+  for (int j = 0; j < kTile; ++j) lse[j] = m[j] + gf::glog(s[j]);
+}
+
+template <typename scalar_t, typename acc_t>
+GF_CPU_CLONES acc_t dfl_rows(const scalar_t* pred, const acc_t* target, const acc_t* weight, int n1,
+                             int64_t r0, int64_t r1, acc_t* row_out) {
   acc_t total = 0;
-  for (int64_t r = r0; r < r1; ++r) {
-    acc_t l = gf::dfl_row_loss<acc_t>(pred + r * n1, n1, target[r]) * row_weight(weight, r);
-    if (row_out) row_out[r] = l;
-    total += l;
+  for (int64_t t0 = r0; t0 < r1; t0 += kTile) {
+    const int nr = static_cast<int>(std::min<int64_t>(kTile, r1 - t0));
+    acc_t lse[kTile];
+    dfl_tile_lse(pred + t0 * n1, n1, t0, r1, lse);
+    for (int j = 0; j < nr; ++j) {
+      const int64_t r = t0 + j;
+      const scalar_t* x = pred + r * n1;
+      const auto sp = gf::dfl_split(target[r], n1 - 1);
+      acc_t l = gf::dfl_loss_from_lse(lse[j], gf::cvt<acc_t>(x[sp.l]), gf::cvt<acc_t>(x[sp.l + 1]), sp) *
+                row_weight(weight, r);
+      if (row_out) row_out[r] = l;
+      total += l;
+    }
   }
   return total;
+}
+
+template <typename scalar_t, typename acc_t>
+GF_CPU_CLONES void dfl_grad_rows(const scalar_t* pred, const acc_t* target, const acc_t* weight,
+                                 const acc_t* grad, bool grad_per_row, int n1, int64_t r0, int64_t r1,
+                                 scalar_t* out) {
+  for (int64_t t0 = r0; t0 < r1; t0 += kTile) {
+    const int nr = static_cast<int>(std::min<int64_t>(kTile, r1 - t0));
+    acc_t lse[kTile];
+    dfl_tile_lse(pred + t0 * n1, n1, t0, r1, lse);
+    for (int j = 0; j < nr; ++j) {
+      const int64_t r = t0 + j;
+      const scalar_t* x = pred + r * n1;
+      scalar_t* g = out + r * n1;
+      const auto sp = gf::dfl_split(target[r], n1 - 1);
+      const acc_t scale = grad[grad_per_row ? r : 0] * row_weight(weight, r);
+      const acc_t lj = lse[j];
+#pragma omp simd
+      for (int k = 0; k < n1; ++k)
+        g[k] = gf::cvt<scalar_t>(scale * gf::dfl_grad_from_lse(gf::cvt<acc_t>(x[k]), k, lj, sp));
+    }
+  }
 }
 
 // Runs `rows_fn(r0, r1, row_out)` over fixed blocks; returns (N,) or the ordered sum.
@@ -193,10 +253,7 @@ at::Tensor dfl_backward_cpu(const at::Tensor& grad, const at::Tensor& pred, cons
     const int n1 = static_cast<int>(in.cols);
     scalar_t* o = out.data_ptr<scalar_t>();
     at::parallel_for(0, in.rows, rows_per_block(n1), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const acc_t scale = gp[in.sum ? 0 : r] * row_weight(w, r);
-        gf::dfl_row_grad<acc_t>(p + r * n1, n1, t[r], scale, o + r * n1);
-      }
+      dfl_grad_rows<scalar_t, acc_t>(p, t, w, gp, !in.sum, n1, r0, r1, o);
     });
   });
   return out;
