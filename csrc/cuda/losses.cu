@@ -58,7 +58,7 @@ at::Tensor qfl_forward_cuda(const at::Tensor& pred, const at::Tensor& label, con
   gc::LossArgs a = make_args(in);
   a.beta = beta;
   at::Tensor out = loss_output(in);
-  at::Tensor partials = at::empty({gc::qfl_forward_blocks(a)}, out.options());
+  at::Tensor partials = at::empty({in.sum ? gc::qfl_forward_blocks(a) : 0}, out.options());
   C10_CUDA_CHECK(gc::qfl_forward(a, in.sum, out.data_ptr(), partials.data_ptr(),
                                  c10::cuda::getCurrentCUDAStream()));
   return out;
@@ -88,7 +88,7 @@ at::Tensor dfl_forward_cuda(const at::Tensor& pred, const at::Tensor& target,
   const c10::cuda::CUDAGuard guard(in.pred.device());
   gc::LossArgs a = make_args(in);
   at::Tensor out = loss_output(in);
-  at::Tensor partials = at::empty({gc::dfl_forward_blocks(a)}, out.options());
+  at::Tensor partials = at::empty({in.sum ? gc::dfl_forward_blocks(a) : 0}, out.options());
   C10_CUDA_CHECK(gc::dfl_forward(a, in.sum, out.data_ptr(), partials.data_ptr(),
                                  c10::cuda::getCurrentCUDAStream()));
   return out;
