@@ -15,16 +15,6 @@ std::atomic<bool>& validation_flag() {
   return flag;
 }
 
-bool is_float_dtype(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
-}
-
-void check_same_device(const at::Tensor& a, const at::Tensor& b, const char* op, const char* an,
-                       const char* bn) {
-  TORCH_CHECK(a.device() == b.device(), op, ": ", an, " is on ", a.device(), " but ", bn, " is on ",
-              b.device(), "; all inputs must be on one device");
-}
-
 // A per-row side input: 1-D, one entry per row of pred, floating, same device.
 at::Tensor row_vector(const at::Tensor& t, const at::Tensor& pred, const char* op,
                       const char* name) {
@@ -41,8 +31,7 @@ at::Tensor row_vector(const at::Tensor& t, const at::Tensor& pred, const char* o
 LossInputs prepare_common(const at::Tensor& pred, const c10::optional<at::Tensor>& weight,
                           const std::string& reduction, const char* op, const char* shape) {
   TORCH_CHECK(pred.dim() == 2, op, ": pred must be 2-D ", shape, ", got shape ", pred.sizes());
-  TORCH_CHECK(is_float_dtype(pred.scalar_type()), op,
-              ": pred must be float32, float64, float16 or bfloat16, got ", pred.scalar_type());
+  check_float(pred, op, "pred");
   LossInputs in;
   in.pred = pred.contiguous();
   in.rows = pred.size(0);
@@ -52,15 +41,29 @@ LossInputs prepare_common(const at::Tensor& pred, const c10::optional<at::Tensor
   return in;
 }
 
-// Reports the first offending entry of a 1-D tensor; `bad` is its mask.
+}  // namespace
+
+bool is_float_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+void check_float(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK(is_float_dtype(t.scalar_type()), op, ": ", name,
+              " must be float32, float64, float16 or bfloat16, got ", t.scalar_type());
+}
+
+void check_same_device(const at::Tensor& a, const at::Tensor& b, const char* op, const char* an,
+                       const char* bn) {
+  TORCH_CHECK(a.device() == b.device(), op, ": ", an, " is on ", a.device(), " but ", bn, " is on ",
+              b.device(), "; all inputs must be on one device");
+}
+
 void fail_on_first(const at::Tensor& bad, const at::Tensor& values, const char* op,
                    const char* what) {
   if (!bad.any().item<bool>()) return;
   int64_t i = bad.nonzero()[0][0].item<int64_t>();
   TORCH_CHECK(false, op, ": ", what, ", got ", values[i].item<double>(), " at index ", i);
 }
-
-}  // namespace
 
 bool validation_enabled() { return validation_flag().load(std::memory_order_relaxed); }
 void set_validation(bool enabled) { validation_flag().store(enabled); }

@@ -29,6 +29,14 @@ struct LossInputs {
 
 at::ScalarType acc_dtype(const at::Tensor& pred);
 
+// Generic pieces the per-family checks are made of.
+bool is_float_dtype(at::ScalarType t);
+void check_float(const at::Tensor& t, const char* op, const char* name);
+void check_same_device(const at::Tensor& a, const at::Tensor& b, const char* op, const char* an,
+                       const char* bn);
+// Entries of a 1-D mask that are set: fails naming the first, with its value.
+void fail_on_first(const at::Tensor& bad, const at::Tensor& values, const char* op, const char* what);
+
 LossInputs qfl_prepare(const at::Tensor& pred, const at::Tensor& label, const at::Tensor& score,
                        const c10::optional<at::Tensor>& weight, double beta,
                        const std::string& reduction, const char* op);

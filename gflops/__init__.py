@@ -9,6 +9,14 @@ from . import _ext
 _C = _ext.load()
 
 from . import _autograd, _fake  # noqa: E402,F401  (registrations)
+from .boxes import GIoULoss, box_iou, giou_loss  # noqa: E402
+from .decode import (  # noqa: E402
+    bbox2distance,
+    decode_distribution,
+    distance2bbox,
+    gfl_box_branch,
+    integral,
+)
 from .losses import (  # noqa: E402
     DistributionFocalLoss,
     QualityFocalLoss,
@@ -36,6 +44,14 @@ def validation_enabled() -> bool:
 
 
 __all__ = [
+    "box_iou",
+    "giou_loss",
+    "GIoULoss",
+    "integral",
+    "distance2bbox",
+    "bbox2distance",
+    "decode_distribution",
+    "gfl_box_branch",
     "quality_focal_loss",
     "distribution_focal_loss",
     "QualityFocalLoss",

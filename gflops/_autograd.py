@@ -35,3 +35,56 @@ def _dfl_backward(ctx, grad):
 
 torch.library.register_autograd("gflops::quality_focal_loss", _qfl_backward, setup_context=_qfl_setup)
 torch.library.register_autograd("gflops::distribution_focal_loss", _dfl_backward, setup_context=_dfl_setup)
+
+
+def _giou_setup(ctx, inputs, output):
+    pred, target, weight, eps, reduction = inputs
+    ctx.save_for_backward(pred, target, weight)
+    ctx.eps, ctx.reduction = eps, reduction
+
+
+def _giou_backward(ctx, grad):
+    pred, target, weight = ctx.saved_tensors
+    return ops.giou_loss_backward(grad, pred, target, weight, ctx.eps, ctx.reduction), None, None, None, None
+
+
+def _integral_setup(ctx, inputs, output):
+    pred, reg_max = inputs
+    ctx.save_for_backward(pred)
+    ctx.reg_max = reg_max
+
+
+def _integral_backward(ctx, grad):
+    (pred,) = ctx.saved_tensors
+    return ops.integral_backward(grad, pred, ctx.reg_max), None
+
+
+def _decode_setup(ctx, inputs, output):
+    pred, points, strides, reg_max, max_shape = inputs
+    ctx.save_for_backward(pred, points, strides)
+    ctx.reg_max, ctx.max_shape = reg_max, max_shape
+
+
+def _decode_backward(ctx, grad):
+    pred, points, strides = ctx.saved_tensors
+    g = ops.decode_distribution_backward(grad, pred, points, strides, ctx.reg_max, ctx.max_shape)
+    return g, None, None, None, None
+
+
+def _branch_setup(ctx, inputs, output):
+    pred, points, strides, gt_boxes, weight, reg_max = inputs
+    ctx.save_for_backward(pred, points, strides, gt_boxes, weight)
+    ctx.reg_max = reg_max
+    ctx.mark_non_differentiable(output[2])  # the quality score is computed from detached boxes
+
+
+def _branch_backward(ctx, grad_giou, grad_dfl, grad_score):
+    pred, points, strides, gt_boxes, weight = ctx.saved_tensors
+    g = ops.gfl_box_branch_backward(grad_giou, grad_dfl, pred, points, strides, gt_boxes, weight, ctx.reg_max)
+    return g, None, None, None, None, None
+
+
+torch.library.register_autograd("gflops::giou_loss", _giou_backward, setup_context=_giou_setup)
+torch.library.register_autograd("gflops::integral", _integral_backward, setup_context=_integral_setup)
+torch.library.register_autograd("gflops::decode_distribution", _decode_backward, setup_context=_decode_setup)
+torch.library.register_autograd("gflops::gfl_box_branch", _branch_backward, setup_context=_branch_setup)

@@ -11,24 +11,15 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <vector>
-
 #include "../checks.h"
 #include "../common/dfl.h"
 #include "../common/qfl.h"
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define GF_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define GF_CPU_CLONES
-#endif
+#include "reduce.h"
 
 namespace gflops {
 namespace {
 
-constexpr int64_t kBlockElems = 1 << 15;
-
-int64_t rows_per_block(int64_t cols) { return std::max<int64_t>(1, kBlockElems / std::max<int64_t>(cols, 1)); }
+using cpu::rows_per_block;
 
 template <typename acc_t>
 acc_t row_weight(const acc_t* weight, int64_t r) { return weight ? weight[r] : acc_t(1); }
@@ -147,23 +138,17 @@ GF_CPU_CLONES void dfl_grad_rows(const scalar_t* pred, const acc_t* target, cons
 template <typename acc_t, typename F>
 at::Tensor reduce_rows(const LossInputs& in, F rows_fn) {
   const auto opts = in.pred.options().dtype(acc_dtype(in.pred));
-  const int64_t N = in.rows;
   const int64_t rpb = rows_per_block(in.cols);
   if (!in.sum) {
-    at::Tensor out = at::empty({N}, opts);
+    at::Tensor out = at::empty({in.rows}, opts);
     acc_t* o = out.data_ptr<acc_t>();
-    at::parallel_for(0, N, rpb, [&](int64_t r0, int64_t r1) { rows_fn(r0, r1, o); });
+    at::parallel_for(0, in.rows, rpb, [&](int64_t r0, int64_t r1) { rows_fn(r0, r1, o); });
     return out;
   }
-  const int64_t nblocks = (N + rpb - 1) / rpb;
-  std::vector<acc_t> partial(nblocks);
-  at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b)
-      partial[b] = rows_fn(b * rpb, std::min(N, (b + 1) * rpb), nullptr);
+  auto total = cpu::blocked_sums<acc_t, 1>(in.rows, rpb, [&](int64_t r0, int64_t r1, acc_t* sums) {
+    sums[0] += rows_fn(r0, r1, nullptr);
   });
-  acc_t total = 0;
-  for (acc_t p : partial) total += p;
-  return at::scalar_tensor(total, opts);
+  return at::scalar_tensor(total[0], opts);
 }
 
 template <typename acc_t>

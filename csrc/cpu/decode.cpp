@@ -1,0 +1,196 @@
+// CPU kernels of the decoding family: integral, the fused decode to pixel
+// boxes, and the fused GFL box branch.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "../box_checks.h"
+#include "../common/box_branch.h"
+#include "reduce.h"
+
+namespace gflops {
+namespace {
+
+#define GF_DISPATCH(T, NAME, ...) AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, T, NAME, __VA_ARGS__)
+
+at::Tensor integral_cpu(const at::Tensor& pred, int64_t reg_max) {
+  DistInputs in = integral_prepare(pred, reg_max, "gflops.integral");
+  at::Tensor out = at::empty(in.out_shape, in.pred.options());
+  GF_DISPATCH(in.pred.scalar_type(), "integral_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* p = in.pred.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    const int n1 = in.n1;
+    at::parallel_for(0, in.rows, cpu::rows_per_block(n1), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const scalar_t* x = p + r * n1;
+        o[r] = gf::cvt<scalar_t>(gf::integral_from_lse<acc_t>(x, n1, gf::row_logsumexp<acc_t>(x, n1)));
+      }
+    });
+  });
+  return out;
+}
+
+at::Tensor integral_backward_cpu(const at::Tensor& grad, const at::Tensor& pred, int64_t reg_max) {
+  const char* op = "gflops.integral_backward";
+  DistInputs in = integral_prepare(pred, reg_max, op);
+  check_same_device(in.pred, grad, op, "pred", "grad");
+  TORCH_CHECK(grad.sizes() == at::IntArrayRef(in.out_shape), op, ": grad must have shape ",
+              at::IntArrayRef(in.out_shape), ", got ", grad.sizes());
+  at::Tensor g = grad.to(acc_dtype(in.pred)).contiguous();
+  at::Tensor out = at::empty_like(in.pred);
+  GF_DISPATCH(in.pred.scalar_type(), "integral_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* p = in.pred.data_ptr<scalar_t>();
+    const acc_t* gp = g.data_ptr<acc_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    const int n1 = in.n1;
+    at::parallel_for(0, in.rows, cpu::rows_per_block(n1), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const scalar_t* x = p + r * n1;
+        const acc_t lse = gf::row_logsumexp<acc_t>(x, n1);
+        const acc_t d = gf::integral_from_lse<acc_t>(x, n1, lse);
+        for (int b = 0; b < n1; ++b)
+          o[r * n1 + b] = gf::cvt<scalar_t>(gp[r] * gf::integral_grad(gf::cvt<acc_t>(x[b]), b, lse, d));
+      }
+    });
+  });
+  return out;
+}
+
+at::Tensor decode_cpu(const at::Tensor& pred, const at::Tensor& points, const at::Tensor& strides,
+                      int64_t reg_max, c10::optional<at::ArrayRef<double>> max_shape) {
+  const char* op = "gflops.decode_distribution";
+  DecodeInputs in = decode_prepare(pred, points, strides, reg_max, max_shape, op);
+  check_strides_positive(in.strides, op);
+  at::Tensor out = at::empty(in.dist.out_shape, in.dist.pred.options());
+  GF_DISPATCH(in.dist.pred.scalar_type(), "decode_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* p = in.dist.pred.data_ptr<scalar_t>();
+    const acc_t* pts = in.points.data_ptr<acc_t>();
+    const acc_t* st = in.strides.data_ptr<acc_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    const int n1 = in.dist.n1;
+    const int64_t boxes = in.dist.rows / 4, A = in.anchors;
+    const acc_t h = static_cast<acc_t>(in.max_h), w = static_cast<acc_t>(in.max_w);
+    at::parallel_for(0, boxes, cpu::rows_per_block(4 * n1), [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t a = i % A;
+        const auto b = gf::decode_forward<acc_t>(p + i * 4 * n1, n1, pts[2 * a], pts[2 * a + 1], st[a], in.clamp, h, w);
+        o[4 * i + 0] = gf::cvt<scalar_t>(b.x1);
+        o[4 * i + 1] = gf::cvt<scalar_t>(b.y1);
+        o[4 * i + 2] = gf::cvt<scalar_t>(b.x2);
+        o[4 * i + 3] = gf::cvt<scalar_t>(b.y2);
+      }
+    });
+  });
+  return out;
+}
+
+at::Tensor decode_backward_cpu(const at::Tensor& grad, const at::Tensor& pred, const at::Tensor& points,
+                               const at::Tensor& strides, int64_t reg_max,
+                               c10::optional<at::ArrayRef<double>> max_shape) {
+  const char* op = "gflops.decode_distribution_backward";
+  DecodeInputs in = decode_prepare(pred, points, strides, reg_max, max_shape, op);
+  check_same_device(in.dist.pred, grad, op, "pred", "grad");
+  TORCH_CHECK(grad.sizes() == at::IntArrayRef(in.dist.out_shape), op, ": grad must have shape ",
+              at::IntArrayRef(in.dist.out_shape), ", got ", grad.sizes());
+  at::Tensor g = grad.to(acc_dtype(in.dist.pred)).contiguous();
+  at::Tensor out = at::empty_like(in.dist.pred);
+  GF_DISPATCH(in.dist.pred.scalar_type(), "decode_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* p = in.dist.pred.data_ptr<scalar_t>();
+    const acc_t* pts = in.points.data_ptr<acc_t>();
+    const acc_t* st = in.strides.data_ptr<acc_t>();
+    const acc_t* gp = g.data_ptr<acc_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    const int n1 = in.dist.n1;
+    const int64_t boxes = in.dist.rows / 4, A = in.anchors;
+    const acc_t h = static_cast<acc_t>(in.max_h), w = static_cast<acc_t>(in.max_w);
+    at::parallel_for(0, boxes, cpu::rows_per_block(4 * n1), [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t a = i % A;
+        gf::decode_backward<acc_t>(p + i * 4 * n1, n1, pts[2 * a], pts[2 * a + 1], st[a], in.clamp, h, w,
+                                   gp + 4 * i, o + i * 4 * n1);
+      }
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> box_branch_cpu(
+    const at::Tensor& pred, const at::Tensor& points, const at::Tensor& strides, const at::Tensor& gt_boxes,
+    const at::Tensor& weight, int64_t reg_max) {
+  const char* op = "gflops.gfl_box_branch";
+  BoxBranchInputs in = box_branch_prepare(pred, points, strides, gt_boxes, weight, reg_max, op);
+  check_strides_positive(in.dec.strides, op);
+  const auto opts = in.dec.dist.pred.options().dtype(acc_dtype(in.dec.dist.pred));
+  const int64_t P = in.dec.anchors;
+  at::Tensor score = at::empty({P}, opts);
+  at::Tensor giou_sum, dfl_sum;
+  GF_DISPATCH(in.dec.dist.pred.scalar_type(), "box_branch_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* p = in.dec.dist.pred.data_ptr<scalar_t>();
+    const acc_t* pts = in.dec.points.data_ptr<acc_t>();
+    const acc_t* st = in.dec.strides.data_ptr<acc_t>();
+    const acc_t* gt = in.gt.data_ptr<acc_t>();
+    const acc_t* w = in.weight.data_ptr<acc_t>();
+    acc_t* sc = score.data_ptr<acc_t>();
+    const int n1 = in.dec.dist.n1;
+    auto sums = cpu::blocked_sums<acc_t, 2>(P, cpu::rows_per_block(4 * n1), [&](int64_t i0, int64_t i1, acc_t* s) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const auto r = gf::box_branch_forward<acc_t>(p + i * 4 * n1, n1, pts[2 * i], pts[2 * i + 1], st[i], gt + 4 * i, w[i]);
+        s[0] += r.giou_loss;
+        s[1] += r.dfl;
+        sc[i] = r.score;
+      }
+    });
+    giou_sum = at::scalar_tensor(sums[0], opts);
+    dfl_sum = at::scalar_tensor(sums[1], opts);
+  });
+  return {giou_sum, dfl_sum, score};
+}
+
+at::Tensor box_branch_backward_cpu(const at::Tensor& grad_giou, const at::Tensor& grad_dfl, const at::Tensor& pred,
+                                   const at::Tensor& points, const at::Tensor& strides, const at::Tensor& gt_boxes,
+                                   const at::Tensor& weight, int64_t reg_max) {
+  const char* op = "gflops.gfl_box_branch_backward";
+  BoxBranchInputs in = box_branch_prepare(pred, points, strides, gt_boxes, weight, reg_max, op);
+  TORCH_CHECK(grad_giou.numel() == 1 && grad_dfl.numel() == 1, op, ": the loss gradients must be scalars");
+  check_same_device(in.dec.dist.pred, grad_giou, op, "pred", "grad_giou");
+  check_same_device(in.dec.dist.pred, grad_dfl, op, "pred", "grad_dfl");
+  const at::Tensor gg = grad_giou.to(acc_dtype(in.dec.dist.pred)).reshape({1});
+  const at::Tensor gd = grad_dfl.to(acc_dtype(in.dec.dist.pred)).reshape({1});
+  at::Tensor out = at::empty_like(in.dec.dist.pred);
+  GF_DISPATCH(in.dec.dist.pred.scalar_type(), "box_branch_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* p = in.dec.dist.pred.data_ptr<scalar_t>();
+    const acc_t* pts = in.dec.points.data_ptr<acc_t>();
+    const acc_t* st = in.dec.strides.data_ptr<acc_t>();
+    const acc_t* gt = in.gt.data_ptr<acc_t>();
+    const acc_t* w = in.weight.data_ptr<acc_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    const int n1 = in.dec.dist.n1;
+    const acc_t g_giou = *gg.data_ptr<acc_t>(), g_dfl = *gd.data_ptr<acc_t>();
+    at::parallel_for(0, in.dec.anchors, cpu::rows_per_block(4 * n1), [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i)
+        gf::box_branch_backward<acc_t>(p + i * 4 * n1, n1, pts[2 * i], pts[2 * i + 1], st[i], gt + 4 * i, w[i],
+                                       g_giou, g_dfl, o + i * 4 * n1);
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gflops, CPU, m) {
+  m.impl("integral", &integral_cpu);
+  m.impl("integral_backward", &integral_backward_cpu);
+  m.impl("decode_distribution", &decode_cpu);
+  m.impl("decode_distribution_backward", &decode_backward_cpu);
+  m.impl("gfl_box_branch", &box_branch_cpu);
+  m.impl("gfl_box_branch_backward", &box_branch_backward_cpu);
+}
+
+}  // namespace gflops

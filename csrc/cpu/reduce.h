@@ -1,0 +1,49 @@
+// Deterministic CPU reductions: rows are cut into fixed blocks (sized from
+// the row length only, never from the thread count), each block is summed
+// by one thread, and the block partials are added in order. So a result is
+// bitwise the same whatever torch.get_num_threads() says.
+#pragma once
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <vector>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+// Row loops are compiled for x86-64-v4, v3 and baseline; the loader picks one.
+#define GF_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define GF_CPU_CLONES
+#endif
+
+namespace gflops {
+namespace cpu {
+
+constexpr int64_t kBlockElems = 1 << 15;
+
+inline int64_t rows_per_block(int64_t cols) {
+  return std::max<int64_t>(1, kBlockElems / std::max<int64_t>(cols, 1));
+}
+
+// K ordered sums over rows [0, n): fn(r0, r1, sums) adds rows r0..r1 into sums[0..K).
+template <typename acc_t, int K, typename F>
+std::array<acc_t, K> blocked_sums(int64_t n, int64_t rpb, const F& fn) {
+  const int64_t nblocks = (n + rpb - 1) / rpb;
+  std::vector<std::array<acc_t, K>> partial(nblocks);
+  at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      partial[b].fill(acc_t(0));
+      fn(b * rpb, std::min(n, (b + 1) * rpb), partial[b].data());
+    }
+  });
+  std::array<acc_t, K> total;
+  total.fill(acc_t(0));
+  for (const auto& p : partial)
+    for (int k = 0; k < K; ++k) total[k] += p[k];
+  return total;
+}
+
+}  // namespace cpu
+}  // namespace gflops
