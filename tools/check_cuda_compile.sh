@@ -14,8 +14,9 @@ flags=(-O3 --expt-relaxed-constexpr -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HAL
        -D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__)
 for h in csrc/cuda/*_kernels.cuh; do
   echo "nvcc: $h (sm_80, sm_90)"
-  "$NVCC" -std=c++17 -x cu -c "$h" -o "$tmp/k.o" "${flags[@]}" -Wno-deprecated-gpu-targets \
-    -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 2>&1 | grep -v "pragma once" || true
+  echo "#include \"$PWD/$h\"" > "$tmp/k.cu"
+  "$NVCC" -std=c++17 -c "$tmp/k.cu" -o "$tmp/k.o" "${flags[@]}" -Wno-deprecated-gpu-targets \
+    -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
   test -s "$tmp/k.o"
   rm -f "$tmp/k.o"
 done
@@ -27,7 +28,8 @@ for cu in csrc/cuda/*.cu; do
   echo "nvcc: $cu (sm_90, against torch headers)"
   # shellcheck disable=SC2086
   "$NVCC" -std=c++20 -x cu -c "$cu" -o "$tmp/l.o" "${flags[@]}" -I"$tmp/stub" $inc -Icsrc \
-    -D_GLIBCXX_USE_CXX11_ABI="$abi" -DGFLOPS_WITH_CUDA -gencode arch=compute_90,code=sm_90
+    -D_GLIBCXX_USE_CXX11_ABI="$abi" -DGFLOPS_WITH_CUDA -gencode arch=compute_90,code=sm_90 \
+    -diag-suppress 3306
   test -s "$tmp/l.o"
   rm -f "$tmp/l.o"
 done

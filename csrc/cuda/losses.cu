@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include "../checks.h"
+#include "launch.h"
 #include "losses_kernels.cuh"
 
 namespace gflops {
@@ -14,27 +15,13 @@ namespace {
 
 namespace gc = gf::cuda;
 
-// SM count per device, read once (a host attribute query, no sync).
-int num_sms(int device) {
-  static int cache[64] = {0};
-  int& n = cache[device & 63];
-  if (n == 0) C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
-  return n;
-}
-
 gc::LossArgs make_args(const LossInputs& in) {
   gc::LossArgs a;
-  switch (in.pred.scalar_type()) {
-    case at::kFloat: a.dtype = gc::DType::Float; break;
-    case at::kDouble: a.dtype = gc::DType::Double; break;
-    case at::kHalf: a.dtype = gc::DType::Half; break;
-    case at::kBFloat16: a.dtype = gc::DType::BFloat16; break;
-    default: TORCH_CHECK(false, "gflops: unsupported dtype ", in.pred.scalar_type());
-  }
+  a.dtype = kernel_dtype(in.pred.scalar_type());
   a.pred = in.pred.data_ptr();
   a.label = in.index.defined() ? in.index.data_ptr<int64_t>() : nullptr;
   a.target = in.target.data_ptr();
-  a.weight = in.weight.defined() ? in.weight.data_ptr() : nullptr;
+  a.weight = opt_ptr(in.weight);
   a.rows = in.rows;
   a.cols = in.cols;
   const int64_t width = 16 / static_cast<int64_t>(in.pred.element_size());

@@ -16,19 +16,10 @@
 
 #include "../common/dfl.h"
 #include "../common/qfl.h"
-#include "reduce.cuh"
+#include "common.cuh"
 
 namespace gf {
 namespace cuda {
-
-enum class DType { Float, Double, Half, BFloat16 };
-
-template <typename scalar_t, int VEC> struct alignas(sizeof(scalar_t) * VEC) Pack {
-  scalar_t v[VEC];
-};
-
-// Elements per 16-byte pack.
-template <typename scalar_t> constexpr int pack_width() { return 16 / static_cast<int>(sizeof(scalar_t)); }
 
 struct LossArgs {
   const void* pred = nullptr;      // (rows, cols) logits, contiguous
@@ -44,10 +35,6 @@ struct LossArgs {
   bool vectorized = false;         // pred is 16-byte aligned and cols % pack_width == 0
   int num_sms = 1;
 };
-
-template <typename acc_t> __device__ __forceinline__ acc_t weight_of(const acc_t* w, int64_t r) {
-  return w ? w[r] : acc_t(1);
-}
 
 template <typename scalar_t, typename acc_t, int VEC, bool BETA2, typename index_t>
 __global__ void __launch_bounds__(kThreads)
@@ -161,20 +148,6 @@ dfl_backward_kernel(const scalar_t* __restrict__ pred, const acc_t* __restrict__
 
 // ---- host side -------------------------------------------------------------
 
-template <typename S, typename A> struct Types { using scalar_t = S; using acc_t = A; };
-
-template <typename F> void dispatch_dtype(DType dt, F&& f) {
-  switch (dt) {
-    case DType::Float: f(Types<float, float>{}); break;
-    case DType::Double: f(Types<double, double>{}); break;
-    case DType::Half: f(Types<__half, float>{}); break;
-    case DType::BFloat16: f(Types<__nv_bfloat16, float>{}); break;
-  }
-}
-
-// 32-bit indexing when the flat index and its grid stride stay below 2^31.
-inline bool fits_int32(int64_t n) { return n < (int64_t(1) << 30); }
-
 // Blocks that qfl_forward/dfl_forward will use, i.e. the size of `partials`.
 inline int qfl_forward_blocks(const LossArgs& a) { return grid_for(a.rows * a.cols, a.num_sms); }
 inline int dfl_forward_blocks(const LossArgs& a) { return grid_for(a.rows, a.num_sms); }
@@ -182,11 +155,8 @@ inline int dfl_forward_blocks(const LossArgs& a) { return grid_for(a.rows, a.num
 // out: (rows,) when `sum` is false, else a scalar; partials: qfl_forward_blocks() entries.
 cudaError_t qfl_forward(const LossArgs& a, bool sum, void* out, void* partials, cudaStream_t stream) {
   if (a.rows == 0 || (a.cols == 0 && !sum)) {
-    if (a.rows > 0) {
-      const size_t esz = a.dtype == DType::Double ? sizeof(double) : sizeof(float);
-      return cudaMemsetAsync(out, 0, esz * a.rows, stream);
-    }
-    return sum ? cudaMemsetAsync(out, 0, a.dtype == DType::Double ? 8 : 4, stream) : cudaSuccess;
+    if (a.rows > 0) return cudaMemsetAsync(out, 0, acc_size(a.dtype) * a.rows, stream);
+    return sum ? cudaMemsetAsync(out, 0, acc_size(a.dtype), stream) : cudaSuccess;
   }
   dispatch_dtype(a.dtype, [&](auto t) {
     using scalar_t = typename decltype(t)::scalar_t;
@@ -257,7 +227,7 @@ cudaError_t qfl_backward(const LossArgs& a, void* out, cudaStream_t stream) {
 }
 
 cudaError_t dfl_forward(const LossArgs& a, bool sum, void* out, void* partials, cudaStream_t stream) {
-  if (a.rows == 0) return sum ? cudaMemsetAsync(out, 0, a.dtype == DType::Double ? 8 : 4, stream) : cudaSuccess;
+  if (a.rows == 0) return sum ? cudaMemsetAsync(out, 0, acc_size(a.dtype), stream) : cudaSuccess;
   dispatch_dtype(a.dtype, [&](auto t) {
     using scalar_t = typename decltype(t)::scalar_t;
     using acc_t = typename decltype(t)::acc_t;

@@ -28,7 +28,8 @@ template <typename T> __device__ __forceinline__ T warp_sum(T v) {
   return v;
 }
 
-// Sum over the block; the result is valid in thread 0. Every thread must call.
+// Sum over the block; the result is valid in thread 0. Every thread must
+// call. Ends with a barrier, so it can be called again in the same kernel.
 template <typename T> __device__ T block_sum(T v) {
   __shared__ T warp_totals[32];
   const int lane = threadIdx.x & 31;
@@ -39,6 +40,7 @@ template <typename T> __device__ T block_sum(T v) {
   const int nwarps = (blockDim.x + 31) >> 5;
   v = threadIdx.x < nwarps ? warp_totals[threadIdx.x] : T(0);
   if (warp == 0) v = warp_sum(v);
+  __syncthreads();
   return v;
 }
 

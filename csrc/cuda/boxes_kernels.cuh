@@ -1,0 +1,155 @@
+// CUDA kernels of the box family (box_iou, GIoU loss) and their torch-free
+// host entry points. Included by boxes.cu alone.
+//
+// Pairwise IoU: a block computes a 32 x 32 tile of the (N, M) matrix of one
+// image; both tiles of boxes are staged through shared memory once and each
+// thread writes four outputs of one column, so stores are coalesced along M.
+#pragma once
+
+#include "../common/box.h"
+#include "common.cuh"
+
+namespace gf {
+namespace cuda {
+
+constexpr int kIouTile = 32;
+constexpr int kIouRowsPerThread = 4;  // block is 32 x 8 threads
+
+template <typename scalar_t, typename acc_t, bool GIOU>
+__global__ void __launch_bounds__(kIouTile * kIouTile / kIouRowsPerThread)
+box_iou_pairwise_kernel(const scalar_t* __restrict__ a, const scalar_t* __restrict__ b, int64_t n, int64_t m,
+                        acc_t eps, scalar_t* __restrict__ out) {
+  __shared__ acc_t sa[kIouTile][4];
+  __shared__ acc_t sb[kIouTile][4];
+  const int64_t img = blockIdx.z;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.y) * kIouTile;
+  const int64_t col0 = static_cast<int64_t>(blockIdx.x) * kIouTile;
+  const int tid = threadIdx.y * kIouTile + threadIdx.x;
+  if (tid < kIouTile * 4) {
+    const int r = tid >> 2, c = tid & 3;
+    sa[r][c] = row0 + r < n ? cvt<acc_t>(a[(img * n + row0 + r) * 4 + c]) : acc_t(0);
+    sb[r][c] = col0 + r < m ? cvt<acc_t>(b[(img * m + col0 + r) * 4 + c]) : acc_t(0);
+  }
+  __syncthreads();
+  const int64_t col = col0 + threadIdx.x;
+  if (col >= m) return;
+  const Box4<acc_t> bb{sb[threadIdx.x][0], sb[threadIdx.x][1], sb[threadIdx.x][2], sb[threadIdx.x][3]};
+#pragma unroll
+  for (int k = 0; k < kIouRowsPerThread; ++k) {
+    const int r = threadIdx.y + k * (kIouTile / kIouRowsPerThread);
+    const int64_t row = row0 + r;
+    if (row < n) {
+      const Box4<acc_t> ba{sa[r][0], sa[r][1], sa[r][2], sa[r][3]};
+      out[(img * n + row) * m + col] = cvt<scalar_t>(iou_or_giou(ba, bb, eps, GIOU));
+    }
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ Box4<acc_t> load_box_as(const scalar_t* p) {
+  return Box4<acc_t>{cvt<acc_t>(p[0]), cvt<acc_t>(p[1]), cvt<acc_t>(p[2]), cvt<acc_t>(p[3])};
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+box_iou_aligned_kernel(const scalar_t* __restrict__ a, const scalar_t* __restrict__ b, int64_t n, acc_t eps,
+                       bool giou, scalar_t* __restrict__ out) {
+  GF_GRID_STRIDE(i, n) {
+    out[i] = cvt<scalar_t>(iou_or_giou(load_box_as<scalar_t, acc_t>(a + 4 * i), load_box_as<scalar_t, acc_t>(b + 4 * i),
+                                       eps, giou));
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+giou_loss_kernel(const scalar_t* __restrict__ pred, const acc_t* __restrict__ target, const acc_t* __restrict__ weight,
+                 int64_t n, acc_t eps, acc_t* __restrict__ row_out, acc_t* __restrict__ partials) {
+  acc_t acc = acc_t(0);
+  GF_GRID_STRIDE(i, n) {
+    const Overlap<acc_t> o = overlap(load_box_as<scalar_t, acc_t>(pred + 4 * i), load_box(target + 4 * i), eps);
+    const acc_t l = (acc_t(1) - o.giou) * weight_of(weight, i);
+    if (row_out) row_out[i] = l;
+    acc += l;
+  }
+  if (partials) {  // uniform across the grid
+    acc = block_sum(acc);
+    if (threadIdx.x == 0) partials[blockIdx.x] = acc;
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+giou_loss_backward_kernel(const scalar_t* __restrict__ pred, const acc_t* __restrict__ target,
+                          const acc_t* __restrict__ weight, const acc_t* __restrict__ grad, bool grad_per_row,
+                          int64_t n, acc_t eps, scalar_t* __restrict__ out) {
+  GF_GRID_STRIDE(i, n) {
+    const acc_t g = -grad[grad_per_row ? i : 0] * weight_of(weight, i);  // loss = 1 - giou
+    const Box4<acc_t> d = overlap_grad_a(load_box_as<scalar_t, acc_t>(pred + 4 * i), load_box(target + 4 * i), eps, true, g);
+    out[4 * i + 0] = cvt<scalar_t>(d.x1);
+    out[4 * i + 1] = cvt<scalar_t>(d.y1);
+    out[4 * i + 2] = cvt<scalar_t>(d.x2);
+    out[4 * i + 3] = cvt<scalar_t>(d.y2);
+  }
+}
+
+// ---- host side -------------------------------------------------------------
+
+// Pairwise: a (batch, n, 4), b (batch, m, 4) -> out (batch, n, m). Aligned: a, b (n, 4) -> out (n,).
+cudaError_t box_iou(DType dt, const void* a, const void* b, int64_t batch, int64_t n, int64_t m, bool aligned,
+                    bool giou, double eps, void* out, int num_sms, cudaStream_t stream) {
+  if (aligned ? n == 0 : batch * n * m == 0) return cudaSuccess;
+  if (!aligned && (batch > 65535 || (n + kIouTile - 1) / kIouTile > 65535)) return cudaErrorInvalidConfiguration;
+  dispatch_dtype(dt, [&](auto t) {
+    using scalar_t = typename decltype(t)::scalar_t;
+    using acc_t = typename decltype(t)::acc_t;
+    const auto* pa = static_cast<const scalar_t*>(a);
+    const auto* pb = static_cast<const scalar_t*>(b);
+    auto* o = static_cast<scalar_t*>(out);
+    const acc_t e = static_cast<acc_t>(eps);
+    if (aligned) {
+      box_iou_aligned_kernel<scalar_t, acc_t><<<grid_for(n, num_sms), kThreads, 0, stream>>>(pa, pb, n, e, giou, o);
+      return;
+    }
+    const dim3 block(kIouTile, kIouTile / kIouRowsPerThread);
+    const dim3 grid(static_cast<unsigned>((m + kIouTile - 1) / kIouTile),
+                    static_cast<unsigned>((n + kIouTile - 1) / kIouTile), static_cast<unsigned>(batch));
+    if (giou) box_iou_pairwise_kernel<scalar_t, acc_t, true><<<grid, block, 0, stream>>>(pa, pb, n, m, e, o);
+    else box_iou_pairwise_kernel<scalar_t, acc_t, false><<<grid, block, 0, stream>>>(pa, pb, n, m, e, o);
+  });
+  return cudaGetLastError();
+}
+
+inline int giou_loss_blocks(int64_t n, int num_sms) { return grid_for(n, num_sms); }
+
+// out: (n,) when `sum` is false, else a scalar; partials: giou_loss_blocks() entries.
+cudaError_t giou_loss(DType dt, const void* pred, const void* target, const void* weight, int64_t n, double eps,
+                      bool sum, void* out, void* partials, int num_sms, cudaStream_t stream) {
+  if (n == 0) return sum ? cudaMemsetAsync(out, 0, acc_size(dt), stream) : cudaSuccess;
+  dispatch_dtype(dt, [&](auto t) {
+    using scalar_t = typename decltype(t)::scalar_t;
+    using acc_t = typename decltype(t)::acc_t;
+    const int grid = giou_loss_blocks(n, num_sms);
+    auto* part = sum ? static_cast<acc_t*>(partials) : nullptr;
+    giou_loss_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
+        static_cast<const scalar_t*>(pred), static_cast<const acc_t*>(target), static_cast<const acc_t*>(weight), n,
+        static_cast<acc_t>(eps), sum ? nullptr : static_cast<acc_t*>(out), part);
+    if (sum) sum_partials_kernel<acc_t><<<1, kThreads, 0, stream>>>(part, grid, static_cast<acc_t*>(out));
+  });
+  return cudaGetLastError();
+}
+
+cudaError_t giou_loss_backward(DType dt, const void* pred, const void* target, const void* weight, const void* grad,
+                               bool grad_per_row, int64_t n, double eps, void* out, int num_sms, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  dispatch_dtype(dt, [&](auto t) {
+    using scalar_t = typename decltype(t)::scalar_t;
+    using acc_t = typename decltype(t)::acc_t;
+    giou_loss_backward_kernel<scalar_t, acc_t><<<grid_for(n, num_sms), kThreads, 0, stream>>>(
+        static_cast<const scalar_t*>(pred), static_cast<const acc_t*>(target), static_cast<const acc_t*>(weight),
+        static_cast<const acc_t*>(grad), grad_per_row, n, static_cast<acc_t>(eps), static_cast<scalar_t*>(out));
+  });
+  return cudaGetLastError();
+}
+
+}  // namespace cuda
+}  // namespace gf

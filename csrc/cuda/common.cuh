@@ -1,0 +1,51 @@
+// Torch-free pieces every CUDA kernel header uses: the dtype switch of the
+// host entry points, 16-byte packs, and the deterministic reductions.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "reduce.cuh"
+
+namespace gf {
+namespace cuda {
+
+enum class DType { Float, Double, Half, BFloat16 };
+
+template <typename scalar_t, int VEC> struct alignas(sizeof(scalar_t) * VEC) Pack {
+  scalar_t v[VEC];
+};
+
+// Elements per 16-byte pack.
+template <typename scalar_t> constexpr int pack_width() { return 16 / static_cast<int>(sizeof(scalar_t)); }
+
+// Storage type and arithmetic type for each dtype.
+template <typename S, typename A> struct Types { using scalar_t = S; using acc_t = A; };
+
+template <typename F> void dispatch_dtype(DType dt, F&& f) {
+  switch (dt) {
+    case DType::Float: f(Types<float, float>{}); break;
+    case DType::Double: f(Types<double, double>{}); break;
+    case DType::Half: f(Types<__half, float>{}); break;
+    case DType::BFloat16: f(Types<__nv_bfloat16, float>{}); break;
+  }
+}
+
+inline size_t acc_size(DType dt) { return dt == DType::Double ? sizeof(double) : sizeof(float); }
+
+// 32-bit indexing when the flat index and its grid stride stay below 2^31.
+inline bool fits_int32(int64_t n) { return n < (int64_t(1) << 30); }
+
+template <typename acc_t> __device__ __forceinline__ acc_t weight_of(const acc_t* w, int64_t r) {
+  return w ? w[r] : acc_t(1);
+}
+
+#define GF_GRID_STRIDE(i, n)                                                              \
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); \
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+
+}  // namespace cuda
+}  // namespace gf
