@@ -14,7 +14,7 @@ build: deps
 	$(PY) -m pip install --no-build-isolation -e .
 
 demo: deps
-	$(PY) -m benchmarks.bench_losses
+	$(PY) -m benchmarks
 
 test: deps
 	$(PY) -m pytest -q

@@ -4,13 +4,11 @@ torch.compile(reference) vs gflops, on COCO-like sizes.
     python -m benchmarks.bench_losses [--device cuda] [--size coco|small]
 """
 import argparse
-import sys
-
 import torch
 
 import gflops
 import reference
-from benchmarks.harness import copy_gbps, median_ms, peak_mb, write_results
+from benchmarks.harness import bench_providers, copy_gbps, grad_modes, meta_for, write_results
 
 # (batch, anchors per image, classes); DFL: 4 sides x batch x positives, reg_max.
 SIZES = {"coco": dict(batch=16, anchors=22400, classes=80, pos=1000, reg_max=16),
@@ -47,25 +45,6 @@ def dfl_case(s, device, dtype):
     return f"DFL {m}x{n1}", (pred, target, weight), dict(avg_factor=4.0), nbytes
 
 
-def modes(fn, args, kw):
-    """(timed closure, untimed setup) for fwd, bwd (on a retained graph) and fwd+bwd.
-    The setup drops the last gradient, so peak memory counts the new one."""
-    pred = args[0].detach().requires_grad_(True)
-    rest = args[1:]
-
-    def fwd():
-        with torch.no_grad():
-            return fn(pred, *rest, **kw)
-
-    def drop_grad():
-        pred.grad = None
-
-    loss = fn(pred, *rest, **kw)
-    return {"fwd": (fwd, drop_grad),
-            "bwd": (lambda: loss.backward(retain_graph=True), drop_grad),
-            "fwd+bwd": (lambda: fn(pred, *rest, **kw).backward(), drop_grad)}
-
-
 def run(device, size, dtype, providers):
     s = SIZES[size]
     copy = copy_gbps(device)
@@ -74,23 +53,10 @@ def run(device, size, dtype, providers):
                                (dfl_case, reference.distribution_focal_loss, gflops.distribution_focal_loss)]:
         name, args, kw, nbytes = case(s, device, dtype)
         fns = {"reference": ref_fn, "compile": torch.compile(ref_fn), "gflops": ours}
-        base = {}
-        for prov in providers:
-            for mode, (f, setup) in modes(fns[prov], args, kw).items():
-                ms = median_ms(f, device, setup=setup)
-                mem = peak_mb(f, device, setup=setup)
-                base.setdefault(mode, {})[prov] = ms
-                gbps = nbytes[mode] / (ms * 1e-3) / 1e9
-                rows.append(dict(op=name, mode=mode, provider=prov, median_ms=ms,
-                                 vs_eager=base[mode].get("reference", float("nan")) / ms,
-                                 vs_compile=base[mode].get("compile", float("nan")) / ms,
-                                 peak_mib=mem, gbps=gbps if device.type == "cuda" else None,
-                                 pct_copy_bw=100 * gbps / copy if copy else None))
-                print(f"{name:18s} {mode:8s} {prov:10s} {ms:9.3f} ms  peak {mem:8.1f} MiB", file=sys.stderr)
-    meta = dict(device=str(device), size=size, dtype=str(dtype), torch=torch.__version__,
-                threads=torch.get_num_threads(), copy_gbps=copy,
-                note="vs_eager / vs_compile are speedups (x); bytes are what a fused kernel must move")
-    return write_results(f"losses_{size}_{str(dtype).split('.')[-1]}", device, rows, meta)
+        rows += bench_providers(name, fns, lambda fn: grad_modes(fn, args, kw, lambda out: out), nbytes,
+                                device, copy, providers)
+    return write_results(f"losses_{size}_{str(dtype).split('.')[-1]}", device, rows,
+                         meta_for(device, size, dtype, copy))
 
 
 def main(argv=None):

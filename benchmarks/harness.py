@@ -4,6 +4,7 @@ import json
 import platform
 import re
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -109,3 +110,51 @@ def write_results(name, device, rows, meta):
     table = "\n".join(lines)
     stem.with_suffix(".md").write_text(f"# {name} on {device_tag(device)}\n\n{head}\n\n{table}\n")
     return table
+
+
+def grad_modes(fn, args, kw, loss_of):
+    """(timed closure, untimed setup) for fwd, bwd (on a retained graph) and
+    fwd+bwd of fn(pred, *rest); the setup drops the last gradient, so peak
+    memory counts the new one. loss_of turns fn's output into a scalar."""
+    pred = args[0].detach().requires_grad_(True)
+    rest = args[1:]
+
+    def fwd():
+        with torch.no_grad():
+            return fn(pred, *rest, **kw)
+
+    def drop_grad():
+        pred.grad = None
+
+    loss = loss_of(fn(pred, *rest, **kw))
+    return {"fwd": (fwd, drop_grad),
+            "bwd": (lambda: loss.backward(retain_graph=True), drop_grad),
+            "fwd+bwd": (lambda: loss_of(fn(pred, *rest, **kw)).backward(), drop_grad)}
+
+
+def forward_modes(fn, args, kw):
+    return {"fwd": (lambda: fn(*args, **kw), _nothing)}
+
+
+def bench_providers(name, fns, make_modes, nbytes, device, copy, providers):
+    """Rows of one op: every provider (reference, compile, gflops) in every mode."""
+    rows, base = [], {}
+    for prov in providers:
+        for mode, (f, setup) in make_modes(fns[prov]).items():
+            ms = median_ms(f, device, setup=setup)
+            mem = peak_mb(f, device, setup=setup)
+            base.setdefault(mode, {})[prov] = ms
+            gbps = nbytes[mode] / (ms * 1e-3) / 1e9
+            rows.append(dict(op=name, mode=mode, provider=prov, median_ms=ms,
+                             vs_eager=base[mode].get("reference", float("nan")) / ms,
+                             vs_compile=base[mode].get("compile", float("nan")) / ms,
+                             peak_mib=mem, gbps=gbps if device.type == "cuda" else None,
+                             pct_copy_bw=100 * gbps / copy if copy else None))
+            print(f"{name:24s} {mode:8s} {prov:10s} {ms:9.3f} ms  peak {mem:8.1f} MiB", file=sys.stderr)
+    return rows
+
+
+def meta_for(device, size, dtype, copy):
+    return dict(device=str(device), size=size, dtype=str(dtype), torch=torch.__version__,
+                threads=torch.get_num_threads(), copy_gbps=copy,
+                note="vs_eager / vs_compile are speedups (x); bytes are what a fused kernel must move")

@@ -14,19 +14,18 @@ constexpr double kDflTargetEps = 0.1;  // bbox2distance eps for DFL targets
 // Per side: log-sum-exp and expected distance (bins, i.e. stride units).
 template <typename T, typename scalar_t>
 GF_HD void sides_lse_dist(const scalar_t* x, int n1, T* lse, T* dist) {
-  for (int k = 0; k < 4; ++k) {
-    lse[k] = row_logsumexp<T>(x + k * n1, n1);
-    dist[k] = integral_from_lse<T>(x + k * n1, n1, lse[k]);
-  }
+  for (int k = 0; k < 4; ++k) row_lse_dist<T>(x + k * n1, n1, lse[k], dist[k]);
 }
 
 template <typename T> struct BranchOut { T giou_loss, dfl, score; };
 
+// From the sides' log-sum-exp and expected distances (sides_lse_dist), so a
+// CPU loop can compute those for many rows at once.
 template <typename T, typename scalar_t>
-GF_HD BranchOut<T> box_branch_forward(const scalar_t* x, int n1, T px, T py, T stride, const T* gt, T w) {
+GF_HD BranchOut<T> box_branch_forward_stats(const scalar_t* x, int n1, T px, T py, T stride, const T* gt, T w,
+                                            const T* lse, const T* dist) {
   const T eps = T(kBranchEps);
-  T lse[4], dist[4], tgt_dist[4];
-  sides_lse_dist(x, n1, lse, dist);
+  T tgt_dist[4];
   const T cx = px / stride, cy = py / stride;
   const Box4<T> box = distance2bbox(cx, cy, dist);
   const Box4<T> tgt{gt[0] / stride, gt[1] / stride, gt[2] / stride, gt[3] / stride};
@@ -41,38 +40,53 @@ GF_HD BranchOut<T> box_branch_forward(const scalar_t* x, int n1, T px, T py, T s
   return BranchOut<T>{w * (T(1) - o.giou), w * dfl, o.iou};
 }
 
+template <typename T, typename scalar_t>
+GF_HD BranchOut<T> box_branch_forward(const scalar_t* x, int n1, T px, T py, T stride, const T* gt, T w) {
+  T lse[4], dist[4];
+  sides_lse_dist(x, n1, lse, dist);
+  return box_branch_forward_stats(x, n1, px, py, stride, gt, w, lse, dist);
+}
+
 // d(g_giou * giou_loss + g_dfl * dfl) / d x, written to g (4 * (n+1)).
 template <typename T, typename scalar_t>
-GF_HD void box_branch_backward(const scalar_t* x, int n1, T px, T py, T stride, const T* gt, T w,
-                               T g_giou, T g_dfl, scalar_t* g) {
+GF_HD void box_branch_backward_stats(const scalar_t* x, int n1, T px, T py, T stride, const T* gt, T w, T g_giou,
+                                     T g_dfl, const T* lse, const T* dist, scalar_t* g) {
   const T eps = T(kBranchEps);
-  T lse[4], dist[4], tgt_dist[4];
-  sides_lse_dist(x, n1, lse, dist);
+  T tgt_dist[4];
   const T cx = px / stride, cy = py / stride;
   const Box4<T> box = distance2bbox(cx, cy, dist);
   const Box4<T> tgt{gt[0] / stride, gt[1] / stride, gt[2] / stride, gt[3] / stride};
   const Box4<T> d = overlap_grad_a(box, tgt, eps, true, -g_giou * w);
   const T g_dist[4] = {-d.x1, -d.y1, d.x2, d.y2};
   bbox2distance(cx, cy, tgt, T(n1 - 1), T(kDflTargetEps), tgt_dist);
+  const T gdw = g_dfl * w;
   for (int k = 0; k < 4; ++k) {
     const scalar_t* xk = x + k * n1;
+    scalar_t* gk = g + k * n1;
     const DflSplit<T> sp = dfl_split(tgt_dist[k], n1 - 1);
+    const T gdk = g_dist[k], lk = lse[k], dk = dist[k];
+    GF_SIMD
     for (int b = 0; b < n1; ++b) {
-      const T xb = cvt<T>(xk[b]);
-      g[k * n1 + b] = cvt<scalar_t>(g_dist[k] * integral_grad(xb, b, lse[k], dist[k]) +
-                                    g_dfl * w * dfl_grad_from_lse(xb, b, lse[k], sp));
+      const T p = gexp(cvt<T>(xk[b]) - lk);
+      gk[b] = cvt<scalar_t>(gdk * integral_grad_from_p(p, b, dk) + gdw * dfl_grad_from_p(p, b, sp));
     }
   }
 }
 
-// Pixel box of one anchor: distance2bbox(point, integral(x) * stride), clamped
-// to [0, W] x [0, H] when clamp is set.
 template <typename T, typename scalar_t>
-GF_HD Box4<T> decode_forward(const scalar_t* x, int n1, T px, T py, T stride, bool clamp, T h, T w) {
+GF_HD void box_branch_backward(const scalar_t* x, int n1, T px, T py, T stride, const T* gt, T w, T g_giou, T g_dfl,
+                               scalar_t* g) {
   T lse[4], dist[4];
   sides_lse_dist(x, n1, lse, dist);
-  for (int k = 0; k < 4; ++k) dist[k] *= stride;
-  Box4<T> b = distance2bbox(px, py, dist);
+  box_branch_backward_stats(x, n1, px, py, stride, gt, w, g_giou, g_dfl, lse, dist, g);
+}
+
+// Pixel box of one anchor: distance2bbox(point, dist * stride), clamped to
+// [0, W] x [0, H] when clamp is set.
+template <typename T>
+GF_HD Box4<T> decode_box(const T* dist, T px, T py, T stride, bool clamp, T h, T w) {
+  const T d[4] = {dist[0] * stride, dist[1] * stride, dist[2] * stride, dist[3] * stride};
+  Box4<T> b = distance2bbox(px, py, d);
   if (clamp) {
     b.x1 = gmin(gmax(b.x1, T(0)), w); b.x2 = gmin(gmax(b.x2, T(0)), w);
     b.y1 = gmin(gmax(b.y1, T(0)), h); b.y2 = gmin(gmax(b.y2, T(0)), h);
@@ -80,24 +94,38 @@ GF_HD Box4<T> decode_forward(const scalar_t* x, int n1, T px, T py, T stride, bo
   return b;
 }
 
+template <typename T, typename scalar_t>
+GF_HD Box4<T> decode_forward(const scalar_t* x, int n1, T px, T py, T stride, bool clamp, T h, T w) {
+  T lse[4], dist[4];
+  sides_lse_dist(x, n1, lse, dist);
+  return decode_box(dist, px, py, stride, clamp, h, w);
+}
+
 // d(sum_c gb[c] * box[c]) / d x; a clamped coordinate passes no gradient
 // (clamp passes it when min <= v <= max, as autograd does).
 template <typename T, typename scalar_t>
-GF_HD void decode_backward(const scalar_t* x, int n1, T px, T py, T stride, bool clamp, T h, T w,
-                           const T* gb, scalar_t* g) {
-  T lse[4], dist[4];
-  sides_lse_dist(x, n1, lse, dist);
+GF_HD void decode_backward_stats(const scalar_t* x, int n1, T px, T py, T stride, bool clamp, T h, T w, const T* gb,
+                                 const T* lse, const T* dist, scalar_t* g) {
   const T lim[4] = {w, h, w, h};
   const T sign[4] = {T(-1), T(-1), T(1), T(1)};
   const T pt[4] = {px, py, px, py};
   for (int k = 0; k < 4; ++k) {
-    const T v = pt[k] + sign[k] * dist[k] * stride;
+    const T v = pt[k] + sign[k] * (dist[k] * stride);
     const T pass = clamp ? (v >= T(0) && v <= lim[k] ? T(1) : T(0)) : T(1);
-    const T gd = gb[k] * sign[k] * stride * pass;
+    const T gd = gb[k] * sign[k] * stride * pass, lk = lse[k], dk = dist[k];
     const scalar_t* xk = x + k * n1;
-    for (int b = 0; b < n1; ++b)
-      g[k * n1 + b] = cvt<scalar_t>(gd * integral_grad(cvt<T>(xk[b]), b, lse[k], dist[k]));
+    scalar_t* gk = g + k * n1;
+    GF_SIMD
+    for (int b = 0; b < n1; ++b) gk[b] = cvt<scalar_t>(gd * integral_grad(cvt<T>(xk[b]), b, lk, dk));
   }
+}
+
+template <typename T, typename scalar_t>
+GF_HD void decode_backward(const scalar_t* x, int n1, T px, T py, T stride, bool clamp, T h, T w, const T* gb,
+                           scalar_t* g) {
+  T lse[4], dist[4];
+  sides_lse_dist(x, n1, lse, dist);
+  decode_backward_stats(x, n1, px, py, stride, clamp, h, w, gb, lse, dist, g);
 }
 
 }  // namespace gf

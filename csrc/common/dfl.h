@@ -29,10 +29,14 @@ template <typename T> GF_HD T dfl_loss_from_lse(T lse, T x_left, T x_right, cons
   return sp.wl * (lse - x_left) + sp.wr * (lse - x_right);
 }
 
-// d loss / d x_k = softmax[k] - wl*[k==l] - wr*[k==l+1].
+// d loss / d x_k = softmax[k] - wl*[k==l] - wr*[k==l+1], from p = softmax[k].
+// Arithmetic rather than a branch, so that CPU loops over k vectorise.
+template <typename T> GF_HD T dfl_grad_from_p(T p, int k, DflSplit<T> sp) {
+  return p - (sp.wl * T(k == sp.l) + sp.wr * T(k == sp.l + 1));
+}
+
 template <typename T> GF_HD T dfl_grad_from_lse(T x_k, int k, T lse, const DflSplit<T>& sp) {
-  T hot = k == sp.l ? sp.wl : (k == sp.l + 1 ? sp.wr : T(0));
-  return gexp(x_k - lse) - hot;
+  return dfl_grad_from_p(gexp(x_k - lse), k, sp);
 }
 
 // log-sum-exp of a row, max-shifted.

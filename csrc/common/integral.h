@@ -6,16 +6,26 @@
 
 namespace gf {
 
-// sum_b softmax(x)[b] * b, given the row's log-sum-exp.
-template <typename T, typename scalar_t> GF_HD T integral_from_lse(const scalar_t* x, int n1, T lse) {
-  T d = T(0);
-  for (int b = 1; b < n1; ++b) d += gexp(cvt<T>(x[b]) - lse) * T(b);
-  return d;
+// The row's log-sum-exp and expected bin sum_b softmax(x)[b] * b, from one
+// pass of exponentials: dist = sum_b e_b * b / sum_b e_b, e_b = exp(x_b - max).
+template <typename T, typename scalar_t> GF_HD void row_lse_dist(const scalar_t* x, int n1, T& lse, T& dist) {
+  T m = cvt<T>(x[0]);
+  for (int b = 1; b < n1; ++b) m = gmax(m, cvt<T>(x[b]));
+  T s = T(0), d = T(0);
+  for (int b = 0; b < n1; ++b) {
+    const T e = gexp(cvt<T>(x[b]) - m);
+    s += e;
+    d += e * T(b);
+  }
+  lse = m + glog(s);
+  dist = d / s;
 }
 
-// d dist / d x_b = p_b * (b - dist).
+// d dist / d x_b = p_b * (b - dist), from p_b = softmax[b].
+template <typename T> GF_HD T integral_grad_from_p(T p, int b, T dist) { return p * (T(b) - dist); }
+
 template <typename T> GF_HD T integral_grad(T x_b, int b, T lse, T dist) {
-  return gexp(x_b - lse) * (T(b) - dist);
+  return integral_grad_from_p(gexp(x_b - lse), b, dist);
 }
 
 }  // namespace gf

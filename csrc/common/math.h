@@ -17,6 +17,14 @@
 #define GF_HD inline __attribute__((always_inline))
 #endif
 
+// Vectorise the loop that follows in host builds (CPU kernels are compiled
+// with -fopenmp); nothing in CUDA builds.
+#if defined(__CUDACC__)
+#define GF_SIMD
+#else
+#define GF_SIMD _Pragma("omp simd")
+#endif
+
 namespace gf {
 
 // Storage <-> arithmetic conversion. PyTorch builds CUDA code with the

@@ -8,11 +8,122 @@
 #include "../box_checks.h"
 #include "../common/box_branch.h"
 #include "reduce.h"
+#include "tiles.h"
 
 namespace gflops {
 namespace {
 
 #define GF_DISPATCH(T, NAME, ...) AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, T, NAME, __VA_ARGS__)
+
+template <typename scalar_t, typename acc_t>
+GF_CPU_CLONES void integral_rows(const scalar_t* p, int n1, int64_t r0, int64_t r1, scalar_t* out) {
+  for (int64_t t0 = r0; t0 < r1; t0 += cpu::kTile) {
+    const int nr = static_cast<int>(std::min<int64_t>(cpu::kTile, r1 - t0));
+    acc_t lse[cpu::kTile], dist[cpu::kTile];
+    cpu::tile_row_stats(p + t0 * n1, n1, nr, lse, dist);
+    for (int j = 0; j < nr; ++j) out[t0 + j] = gf::cvt<scalar_t>(dist[j]);
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+GF_CPU_CLONES void integral_grad_rows(const scalar_t* p, const acc_t* grad, int n1, int64_t r0, int64_t r1,
+                                      scalar_t* out) {
+  for (int64_t t0 = r0; t0 < r1; t0 += cpu::kTile) {
+    const int nr = static_cast<int>(std::min<int64_t>(cpu::kTile, r1 - t0));
+    acc_t lse[cpu::kTile], dist[cpu::kTile];
+    cpu::tile_row_stats(p + t0 * n1, n1, nr, lse, dist);
+    for (int j = 0; j < nr; ++j) {
+      const int64_t r = t0 + j;
+      const scalar_t* x = p + r * n1;
+      const acc_t g = grad[r], l = lse[j], d = dist[j];
+#pragma omp simd
+      for (int b = 0; b < n1; ++b) out[r * n1 + b] = gf::cvt<scalar_t>(g * gf::integral_grad(gf::cvt<acc_t>(x[b]), b, l, d));
+    }
+  }
+}
+
+// Boxes go kTile / 4 at a time: the sides' statistics of a tile of boxes are
+// one tile of rows. The loops are written out per op (no callbacks) so that
+// each is compiled inside its target_clones function.
+constexpr int kTileBoxes = cpu::kTile / 4;
+
+template <typename scalar_t, typename acc_t>
+GF_HD int box_tile_stats(const scalar_t* p, int n1, int64_t t0, int64_t i1, acc_t* lse, acc_t* dist) {
+  const int nb = static_cast<int>(std::min<int64_t>(kTileBoxes, i1 - t0));
+  cpu::tile_row_stats(p + t0 * 4 * n1, n1, 4 * nb, lse, dist);
+  return nb;
+}
+
+struct DecodeGeom {
+  int64_t anchors;
+  bool clamp;
+  double h, w;
+};
+
+template <typename scalar_t, typename acc_t>
+GF_CPU_CLONES void decode_rows(const scalar_t* p, const acc_t* pts, const acc_t* st, DecodeGeom geo, int n1,
+                               int64_t i0, int64_t i1, scalar_t* o) {
+  const acc_t h = static_cast<acc_t>(geo.h), w = static_cast<acc_t>(geo.w);
+  for (int64_t t0 = i0; t0 < i1; t0 += kTileBoxes) {
+    acc_t lse[cpu::kTile], dist[cpu::kTile];
+    const int nb = box_tile_stats(p, n1, t0, i1, lse, dist);
+    for (int j = 0; j < nb; ++j) {
+      const int64_t i = t0 + j, a = i % geo.anchors;
+      const auto b = gf::decode_box(dist + 4 * j, pts[2 * a], pts[2 * a + 1], st[a], geo.clamp, h, w);
+      o[4 * i + 0] = gf::cvt<scalar_t>(b.x1);
+      o[4 * i + 1] = gf::cvt<scalar_t>(b.y1);
+      o[4 * i + 2] = gf::cvt<scalar_t>(b.x2);
+      o[4 * i + 3] = gf::cvt<scalar_t>(b.y2);
+    }
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+GF_CPU_CLONES void decode_grad_rows(const scalar_t* p, const acc_t* pts, const acc_t* st, const acc_t* grad,
+                                    DecodeGeom geo, int n1, int64_t i0, int64_t i1, scalar_t* o) {
+  const acc_t h = static_cast<acc_t>(geo.h), w = static_cast<acc_t>(geo.w);
+  for (int64_t t0 = i0; t0 < i1; t0 += kTileBoxes) {
+    acc_t lse[cpu::kTile], dist[cpu::kTile];
+    const int nb = box_tile_stats(p, n1, t0, i1, lse, dist);
+    for (int j = 0; j < nb; ++j) {
+      const int64_t i = t0 + j, a = i % geo.anchors;
+      gf::decode_backward_stats<acc_t>(p + i * 4 * n1, n1, pts[2 * a], pts[2 * a + 1], st[a], geo.clamp, h, w,
+                                       grad + 4 * i, lse + 4 * j, dist + 4 * j, o + i * 4 * n1);
+    }
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+GF_CPU_CLONES void branch_rows(const scalar_t* p, const acc_t* pts, const acc_t* st, const acc_t* gt, const acc_t* w,
+                               int n1, int64_t i0, int64_t i1, acc_t* sums, acc_t* score) {
+  for (int64_t t0 = i0; t0 < i1; t0 += kTileBoxes) {
+    acc_t lse[cpu::kTile], dist[cpu::kTile];
+    const int nb = box_tile_stats(p, n1, t0, i1, lse, dist);
+    for (int j = 0; j < nb; ++j) {
+      const int64_t i = t0 + j;
+      const auto r = gf::box_branch_forward_stats<acc_t>(p + i * 4 * n1, n1, pts[2 * i], pts[2 * i + 1], st[i],
+                                                         gt + 4 * i, w[i], lse + 4 * j, dist + 4 * j);
+      sums[0] += r.giou_loss;
+      sums[1] += r.dfl;
+      score[i] = r.score;
+    }
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+GF_CPU_CLONES void branch_grad_rows(const scalar_t* p, const acc_t* pts, const acc_t* st, const acc_t* gt,
+                                    const acc_t* w, acc_t g_giou, acc_t g_dfl, int n1, int64_t i0, int64_t i1,
+                                    scalar_t* o) {
+  for (int64_t t0 = i0; t0 < i1; t0 += kTileBoxes) {
+    acc_t lse[cpu::kTile], dist[cpu::kTile];
+    const int nb = box_tile_stats(p, n1, t0, i1, lse, dist);
+    for (int j = 0; j < nb; ++j) {
+      const int64_t i = t0 + j;
+      gf::box_branch_backward_stats<acc_t>(p + i * 4 * n1, n1, pts[2 * i], pts[2 * i + 1], st[i], gt + 4 * i, w[i],
+                                           g_giou, g_dfl, lse + 4 * j, dist + 4 * j, o + i * 4 * n1);
+    }
+  }
+}
 
 at::Tensor integral_cpu(const at::Tensor& pred, int64_t reg_max) {
   DistInputs in = integral_prepare(pred, reg_max, "gflops.integral");
@@ -23,10 +134,7 @@ at::Tensor integral_cpu(const at::Tensor& pred, int64_t reg_max) {
     scalar_t* o = out.data_ptr<scalar_t>();
     const int n1 = in.n1;
     at::parallel_for(0, in.rows, cpu::rows_per_block(n1), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const scalar_t* x = p + r * n1;
-        o[r] = gf::cvt<scalar_t>(gf::integral_from_lse<acc_t>(x, n1, gf::row_logsumexp<acc_t>(x, n1)));
-      }
+      integral_rows<scalar_t, acc_t>(p, n1, r0, r1, o);
     });
   });
   return out;
@@ -47,13 +155,7 @@ at::Tensor integral_backward_cpu(const at::Tensor& grad, const at::Tensor& pred,
     scalar_t* o = out.data_ptr<scalar_t>();
     const int n1 = in.n1;
     at::parallel_for(0, in.rows, cpu::rows_per_block(n1), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const scalar_t* x = p + r * n1;
-        const acc_t lse = gf::row_logsumexp<acc_t>(x, n1);
-        const acc_t d = gf::integral_from_lse<acc_t>(x, n1, lse);
-        for (int b = 0; b < n1; ++b)
-          o[r * n1 + b] = gf::cvt<scalar_t>(gp[r] * gf::integral_grad(gf::cvt<acc_t>(x[b]), b, lse, d));
-      }
+      integral_grad_rows<scalar_t, acc_t>(p, gp, n1, r0, r1, o);
     });
   });
   return out;
@@ -73,16 +175,8 @@ at::Tensor decode_cpu(const at::Tensor& pred, const at::Tensor& points, const at
     scalar_t* o = out.data_ptr<scalar_t>();
     const int n1 = in.dist.n1;
     const int64_t boxes = in.dist.rows / 4, A = in.anchors;
-    const acc_t h = static_cast<acc_t>(in.max_h), w = static_cast<acc_t>(in.max_w);
     at::parallel_for(0, boxes, cpu::rows_per_block(4 * n1), [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        const int64_t a = i % A;
-        const auto b = gf::decode_forward<acc_t>(p + i * 4 * n1, n1, pts[2 * a], pts[2 * a + 1], st[a], in.clamp, h, w);
-        o[4 * i + 0] = gf::cvt<scalar_t>(b.x1);
-        o[4 * i + 1] = gf::cvt<scalar_t>(b.y1);
-        o[4 * i + 2] = gf::cvt<scalar_t>(b.x2);
-        o[4 * i + 3] = gf::cvt<scalar_t>(b.y2);
-      }
+      decode_rows<scalar_t, acc_t>(p, pts, st, DecodeGeom{A, in.clamp, in.max_h, in.max_w}, n1, i0, i1, o);
     });
   });
   return out;
@@ -107,13 +201,8 @@ at::Tensor decode_backward_cpu(const at::Tensor& grad, const at::Tensor& pred, c
     scalar_t* o = out.data_ptr<scalar_t>();
     const int n1 = in.dist.n1;
     const int64_t boxes = in.dist.rows / 4, A = in.anchors;
-    const acc_t h = static_cast<acc_t>(in.max_h), w = static_cast<acc_t>(in.max_w);
     at::parallel_for(0, boxes, cpu::rows_per_block(4 * n1), [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        const int64_t a = i % A;
-        gf::decode_backward<acc_t>(p + i * 4 * n1, n1, pts[2 * a], pts[2 * a + 1], st[a], in.clamp, h, w,
-                                   gp + 4 * i, o + i * 4 * n1);
-      }
+      decode_grad_rows<scalar_t, acc_t>(p, pts, st, gp, DecodeGeom{A, in.clamp, in.max_h, in.max_w}, n1, i0, i1, o);
     });
   });
   return out;
@@ -139,12 +228,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> box_branch_cpu(
     acc_t* sc = score.data_ptr<acc_t>();
     const int n1 = in.dec.dist.n1;
     auto sums = cpu::blocked_sums<acc_t, 2>(P, cpu::rows_per_block(4 * n1), [&](int64_t i0, int64_t i1, acc_t* s) {
-      for (int64_t i = i0; i < i1; ++i) {
-        const auto r = gf::box_branch_forward<acc_t>(p + i * 4 * n1, n1, pts[2 * i], pts[2 * i + 1], st[i], gt + 4 * i, w[i]);
-        s[0] += r.giou_loss;
-        s[1] += r.dfl;
-        sc[i] = r.score;
-      }
+      branch_rows<scalar_t, acc_t>(p, pts, st, gt, w, n1, i0, i1, s, sc);
     });
     giou_sum = at::scalar_tensor(sums[0], opts);
     dfl_sum = at::scalar_tensor(sums[1], opts);
@@ -174,9 +258,7 @@ at::Tensor box_branch_backward_cpu(const at::Tensor& grad_giou, const at::Tensor
     const int n1 = in.dec.dist.n1;
     const acc_t g_giou = *gg.data_ptr<acc_t>(), g_dfl = *gd.data_ptr<acc_t>();
     at::parallel_for(0, in.dec.anchors, cpu::rows_per_block(4 * n1), [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i)
-        gf::box_branch_backward<acc_t>(p + i * 4 * n1, n1, pts[2 * i], pts[2 * i + 1], st[i], gt + 4 * i, w[i],
-                                       g_giou, g_dfl, o + i * 4 * n1);
+      branch_grad_rows<scalar_t, acc_t>(p, pts, st, gt, w, g_giou, g_dfl, n1, i0, i1, o);
     });
   });
   return out;

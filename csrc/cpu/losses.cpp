@@ -15,6 +15,7 @@
 #include "../common/dfl.h"
 #include "../common/qfl.h"
 #include "reduce.h"
+#include "tiles.h"
 
 namespace gflops {
 namespace {
@@ -62,43 +63,14 @@ GF_CPU_CLONES void qfl_grad_rows(const scalar_t* pred, const int64_t* label, con
   }
 }
 
-// DFL runs over tiles of kTile consecutive rows, stepping bin by bin with
-// one vector op across the tile's rows (a row has only reg_max + 1 ~ 17
-// bins, too few to vectorise along). The tail of a block goes row by row.
-constexpr int kTile = 16;
-
-template <typename scalar_t, typename acc_t>
-GF_HD void dfl_tile_lse(const scalar_t* x0, int n1, int64_t t0, int64_t r1, acc_t* lse) {
-  if (t0 + kTile > r1) {
-    for (int64_t r = t0; r < r1; ++r) lse[r - t0] = gf::row_logsumexp<acc_t>(x0 + (r - t0) * n1, n1);
-    return;
-  }
-  acc_t m[kTile], s[kTile];
-#pragma omp simd
-  for (int j = 0; j < kTile; ++j) {
-    m[j] = gf::cvt<acc_t>(x0[j * n1]);
-    s[j] = 0;
-  }
-  for (int k = 1; k < n1; ++k) {
-#pragma omp simd
-    for (int j = 0; j < kTile; ++j) m[j] = gf::gmax(m[j], gf::cvt<acc_t>(x0[j * n1 + k]));
-  }
-  for (int k = 0; k < n1; ++k) {
-#pragma omp simd
-    for (int j = 0; j < kTile; ++j) s[j] += gf::gexp(gf::cvt<acc_t>(x0[j * n1 + k]) - m[j]);
-  }
-#pragma omp simd
-  for (int j = 0; j < kTile; ++j) lse[j] = m[j] + gf::glog(s[j]);
-}
-
 template <typename scalar_t, typename acc_t>
 GF_CPU_CLONES acc_t dfl_rows(const scalar_t* pred, const acc_t* target, const acc_t* weight, int n1,
                              int64_t r0, int64_t r1, acc_t* row_out) {
   acc_t total = 0;
-  for (int64_t t0 = r0; t0 < r1; t0 += kTile) {
-    const int nr = static_cast<int>(std::min<int64_t>(kTile, r1 - t0));
-    acc_t lse[kTile];
-    dfl_tile_lse(pred + t0 * n1, n1, t0, r1, lse);
+  for (int64_t t0 = r0; t0 < r1; t0 += cpu::kTile) {
+    const int nr = static_cast<int>(std::min<int64_t>(cpu::kTile, r1 - t0));
+    acc_t lse[cpu::kTile];
+    cpu::tile_row_stats(pred + t0 * n1, n1, nr, lse, static_cast<acc_t*>(nullptr));
     for (int j = 0; j < nr; ++j) {
       const int64_t r = t0 + j;
       const scalar_t* x = pred + r * n1;
@@ -116,10 +88,10 @@ template <typename scalar_t, typename acc_t>
 GF_CPU_CLONES void dfl_grad_rows(const scalar_t* pred, const acc_t* target, const acc_t* weight,
                                  const acc_t* grad, bool grad_per_row, int n1, int64_t r0, int64_t r1,
                                  scalar_t* out) {
-  for (int64_t t0 = r0; t0 < r1; t0 += kTile) {
-    const int nr = static_cast<int>(std::min<int64_t>(kTile, r1 - t0));
-    acc_t lse[kTile];
-    dfl_tile_lse(pred + t0 * n1, n1, t0, r1, lse);
+  for (int64_t t0 = r0; t0 < r1; t0 += cpu::kTile) {
+    const int nr = static_cast<int>(std::min<int64_t>(cpu::kTile, r1 - t0));
+    acc_t lse[cpu::kTile];
+    cpu::tile_row_stats(pred + t0 * n1, n1, nr, lse, static_cast<acc_t*>(nullptr));
     for (int j = 0; j < nr; ++j) {
       const int64_t r = t0 + j;
       const scalar_t* x = pred + r * n1;

@@ -14,8 +14,9 @@ template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
 integral_kernel(const scalar_t* __restrict__ pred, int64_t rows, int n1, scalar_t* __restrict__ out) {
   GF_GRID_STRIDE(r, rows) {
-    const scalar_t* x = pred + r * n1;
-    out[r] = cvt<scalar_t>(integral_from_lse<acc_t>(x, n1, row_logsumexp<acc_t>(x, n1)));
+    acc_t lse, dist;
+    row_lse_dist<acc_t>(pred + r * n1, n1, lse, dist);
+    out[r] = cvt<scalar_t>(dist);
   }
 }
 
@@ -25,8 +26,8 @@ integral_backward_kernel(const acc_t* __restrict__ grad, const scalar_t* __restr
                          scalar_t* __restrict__ out) {
   GF_GRID_STRIDE(r, rows) {
     const scalar_t* x = pred + r * n1;
-    const acc_t lse = row_logsumexp<acc_t>(x, n1);
-    const acc_t d = integral_from_lse<acc_t>(x, n1, lse);
+    acc_t lse, d;
+    row_lse_dist<acc_t>(x, n1, lse, d);
     const acc_t g = grad[r];
     for (int b = 0; b < n1; ++b) out[r * n1 + b] = cvt<scalar_t>(g * integral_grad(cvt<acc_t>(x[b]), b, lse, d));
   }

@@ -1,0 +1,102 @@
+"""Pairwise IoU, integral decode and the fused GFL box branch: reference eager
+vs torch.compile(reference) vs gflops, on COCO-like sizes.
+
+    python -m benchmarks.bench_boxes [--device cuda] [--size coco|small]
+"""
+import argparse
+
+import torch
+
+import gflops
+import reference
+from benchmarks.harness import bench_providers, copy_gbps, forward_modes, grad_modes, meta_for, write_results
+
+SIZES = {"coco": dict(batch=16, anchors=22400, gts=100, pos=1000, reg_max=16),
+         "small": dict(batch=2, anchors=22400, gts=100, pos=1000, reg_max=16)}
+
+
+def _boxes(*shape, g, device, dtype):
+    xy = torch.rand(*shape, 2, generator=g) * 800
+    wh = torch.rand(*shape, 2, generator=g) * 200 + 1
+    return torch.cat([xy, xy + wh], -1).to(device, dtype)
+
+
+def iou_case(s, device, dtype):
+    g = torch.Generator().manual_seed(0)
+    a = _boxes(s["batch"], s["anchors"], g=g, device=device, dtype=dtype)
+    b = _boxes(s["batch"], s["gts"], g=g, device=device, dtype=dtype)
+    esz = a.element_size()
+    out = s["batch"] * s["anchors"] * s["gts"] * esz
+    nbytes = {"fwd": a.numel() * esz + b.numel() * esz + out}
+    return f"box_iou {s['batch']}x{s['anchors']}x{s['gts']}", (a, b), {}, nbytes
+
+
+def decode_case(s, device, dtype):
+    g = torch.Generator().manual_seed(1)
+    n1 = s["reg_max"] + 1
+    pred = torch.randn(s["batch"], s["anchors"], 4 * n1, generator=g).to(device, dtype)
+    points = (torch.rand(s["anchors"], 2, generator=g) * 1333).to(device)
+    strides = torch.tensor([8.0, 16, 32, 64, 128])[torch.arange(s["anchors"]) % 5].to(device)
+    esz = pred.element_size()
+    logits = pred.numel() * esz
+    boxes = s["batch"] * s["anchors"] * 4 * esz
+    nbytes = {"fwd": logits + boxes, "bwd": 2 * logits + boxes, "fwd+bwd": 3 * logits + 2 * boxes}
+    return (f"decode {s['batch']}x{s['anchors']}", (pred, points, strides, s["reg_max"], (800, 1333)), {}, nbytes)
+
+
+def branch_case(s, device, dtype):
+    g = torch.Generator().manual_seed(2)
+    p, n1 = s["batch"] * s["pos"], s["reg_max"] + 1
+    pred = torch.randn(p, 4 * n1, generator=g).to(device, dtype)
+    strides = torch.tensor([8.0, 16, 32, 64, 128])[torch.arange(p) % 5]
+    points = torch.rand(p, 2, generator=g) * 800
+    gt = torch.cat([points - torch.rand(p, 2, generator=g) * strides[:, None] * 6,
+                    points + torch.rand(p, 2, generator=g) * strides[:, None] * 6], 1)
+    weight = torch.rand(p, generator=g)
+    args = (pred, points.to(device), strides.to(device), gt.to(device), weight.to(device), s["reg_max"])
+    esz = pred.element_size()
+    logits = pred.numel() * esz
+    side = p * 4 * 12
+    nbytes = {"fwd": logits + side, "bwd": 2 * logits + side, "fwd+bwd": 3 * logits + 2 * side}
+    return f"gfl_box_branch P={p}", args, {}, nbytes
+
+
+def run(device, size, dtype, providers):
+    s = SIZES[size]
+    copy = copy_gbps(device)
+    rows = []
+    name, args, kw, nbytes = iou_case(s, device, dtype)
+    fns = {"reference": lambda a, b: reference.box_iou(a, b, "iou"),
+           "gflops": lambda a, b: gflops.box_iou(a, b, "iou")}
+    fns["compile"] = torch.compile(fns["reference"])
+    rows += bench_providers(name, fns, lambda fn: forward_modes(fn, args, kw), nbytes, device, copy, providers)
+
+    name, args, kw, nbytes = decode_case(s, device, dtype)
+    fns = {"reference": reference.decode_distribution, "gflops": gflops.decode_distribution,
+           "compile": torch.compile(reference.decode_distribution)}
+    rows += bench_providers(name, fns, lambda fn: grad_modes(fn, args, kw, lambda out: out.float().sum()),
+                            nbytes, device, copy, providers)
+
+    name, args, kw, nbytes = branch_case(s, device, dtype)
+    fns = {"reference": reference.gfl_box_branch, "gflops": gflops.gfl_box_branch,
+           "compile": torch.compile(reference.gfl_box_branch)}
+    rows += bench_providers(name, fns, lambda fn: grad_modes(fn, args, kw, lambda out: 2.0 * out[0] + 0.25 * out[1]),
+                            nbytes, device, copy, providers)
+    return write_results(f"boxes_{size}_{str(dtype).split('.')[-1]}", device, rows, meta_for(device, size, dtype, copy))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--size", choices=sorted(SIZES), default=None,
+                   help="coco on GPU, small (batch 2) on CPU by default")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    p.add_argument("--providers", default="reference,compile,gflops")
+    a = p.parse_args(argv)
+    device = torch.device(a.device)
+    size = a.size or ("coco" if device.type == "cuda" else "small")
+    print(run(device, size, getattr(torch, a.dtype), a.providers.split(",")))
+
+
+if __name__ == "__main__":
+    main()

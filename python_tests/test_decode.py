@@ -1,0 +1,216 @@
+"""integral, decode_distribution, gfl_box_branch, distance2bbox/bbox2distance."""
+import pytest
+import torch
+
+import gflops
+import reference
+from box_cases import branch_inputs, distribution_inputs
+from conftest import needs_cuda
+
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+def _tol(dtype):
+    return dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else (
+        dict(rtol=2e-5, atol=2e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2))
+
+
+def _grads(fn, pred, *args, **kw):
+    p = pred.detach().clone().requires_grad_(True)
+    out = fn(p, *args, **kw)
+    up = torch.linspace(0.5, 1.5, out.numel(), dtype=out.dtype, device=out.device).reshape(out.shape)
+    (out * up).sum().backward()
+    return out.detach(), p.grad
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reg_max", [1, 7, 16])
+def test_integral_matches_reference(device, dtype, reg_max):
+    pred, _, _ = distribution_inputs(3, 41, reg_max, device=device, dtype=dtype)
+    ours, g = _grads(gflops.integral, pred, reg_max)
+    ref, g_ref = _grads(reference.integral, pred, reg_max)
+    assert ours.shape == (3, 41, 4) and ours.dtype == dtype and g.dtype == dtype
+    torch.testing.assert_close(ours, ref, **_tol(dtype))
+    torch.testing.assert_close(g, g_ref, **_tol(dtype))
+
+
+def test_integral_extreme_and_known(device):
+    pred = torch.full((2, 68), -60.0, device=device)
+    pred[0, 3] = pred[0, 17 + 16] = 60.0   # one-hot at bins 3 and 16
+    out = gflops.integral(pred)
+    torch.testing.assert_close(out[0, :2], torch.tensor([3.0, 16.0], device=device))
+    torch.testing.assert_close(out[1], torch.full((4,), 8.0, device=device))  # uniform -> mean bin
+
+
+@pytest.mark.parametrize("max_shape", [None, (300, 400)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_decode_matches_reference(device, dtype, max_shape):
+    pred, points, strides = distribution_inputs(2, 97, 16, device=device, dtype=dtype)
+    ours, g = _grads(gflops.decode_distribution, pred, points, strides, 16, max_shape)
+    ref, g_ref = _grads(reference.decode_distribution, pred, points, strides, 16, max_shape)
+    assert ours.shape == (2, 97, 4) and ours.dtype == dtype
+    tol = _tol(dtype) if dtype != torch.float32 else dict(rtol=1e-5, atol=1e-3)  # pixels up to ~2000
+    torch.testing.assert_close(ours, ref, **tol)
+    # p_b * (b - dist) cancels near b ~ dist, so float32 errors scale with the largest gradient.
+    gtol = _tol(dtype) if dtype != torch.float32 else dict(rtol=1e-4, atol=1e-5 * g_ref.abs().max().item())
+    torch.testing.assert_close(g, g_ref, **gtol)
+    if max_shape is not None:
+        assert ours[..., 0::2].min() >= 0 and ours[..., 0::2].max() <= 400
+        assert ours[..., 1::2].max() <= 300
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_box_branch_matches_reference(device, dtype):
+    pred, points, strides, gt, weight = branch_inputs(301, 16, device=device, dtype=dtype)
+    p1, p2 = pred.clone().requires_grad_(True), pred.clone().requires_grad_(True)
+    ours = gflops.gfl_box_branch(p1, points, strides, gt, weight)
+    ref = reference.gfl_box_branch(p2, points, strides, gt, weight)
+    tol = _tol(dtype) if dtype in (torch.float64,) else dict(rtol=1e-4, atol=1e-4)
+    for a, b, name in zip(ours, ref, ("giou", "dfl", "score")):
+        torch.testing.assert_close(a, b, **tol, msg=lambda m: f"{name}: {m}")
+    assert not ours[2].requires_grad
+    (2.0 * ours[0] + 0.25 * ours[1]).backward()
+    (2.0 * ref[0] + 0.25 * ref[1]).backward()
+    torch.testing.assert_close(p1.grad, p2.grad, **_tol(dtype))
+
+
+def test_box_branch_degenerate(device):
+    # A GT that is a point at the anchor centre and one far outside: finite everything.
+    pred, points, strides, gt, weight = branch_inputs(4, 16, device=device)
+    gt[0] = torch.cat([points[0], points[0]])
+    gt[1] = torch.tensor([1e4, 1e4, 1e4 + 1, 1e4 + 1], device=device)
+    gt[2, 2:] = gt[2, :2] - 1  # x2 < x1
+    p = pred.requires_grad_(True)
+    out = gflops.gfl_box_branch(p, points, strides, gt, weight)
+    ref = reference.gfl_box_branch(pred.detach(), points, strides, gt, weight)
+    (out[0] + out[1]).backward()
+    assert all(torch.isfinite(t).all() for t in out) and torch.isfinite(p.grad).all()
+    for a, b in zip(out, ref):
+        torch.testing.assert_close(a.detach(), b, rtol=1e-4, atol=1e-4)
+
+
+def test_gradcheck(device):
+    f64 = dict(device=device, dtype=torch.float64)
+    pred, points, strides = distribution_inputs(2, 3, 4, **f64)
+    pred.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda p: gflops.integral(p, 4), (pred,))
+    assert torch.autograd.gradcheck(lambda p: gflops.decode_distribution(p, points.double(), strides.double(), 4),
+                                    (pred,))
+    bp, bpts, bst, bgt, bw = branch_inputs(5, 4, **f64)
+    bp.requires_grad_(True)
+    args = (bpts.double(), bst.double(), bgt.double(), bw.double())
+    assert torch.autograd.gradcheck(lambda p: torch.stack(gflops.gfl_box_branch(p, *args, reg_max=4)[:2]), (bp,))
+
+
+def test_empty(device):
+    pred, points, strides = distribution_inputs(0, 5, 16, device=device)
+    assert gflops.integral(pred).shape == (0, 5, 4)
+    assert gflops.decode_distribution(pred, points, strides).shape == (0, 5, 4)
+    bp, bpts, bst, bgt, bw = branch_inputs(0, 16, device=device)
+    bp.requires_grad_(True)
+    giou, dfl, score = gflops.gfl_box_branch(bp, bpts, bst, bgt, bw)
+    assert giou.item() == 0.0 and dfl.item() == 0.0 and score.shape == (0,)
+    (giou + dfl).backward()
+    assert bp.grad.shape == (0, 68)
+
+
+def test_deterministic(device):
+    pred, points, strides, gt, weight = branch_inputs(16000, 16, device=device)
+    a = gflops.gfl_box_branch(pred, points, strides, gt, weight)
+    b = gflops.gfl_box_branch(pred, points, strides, gt, weight)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_bad_inputs(device, validation):
+    pred, points, strides = distribution_inputs(2, 5, 16, device=device)
+    with pytest.raises(RuntimeError, match=r"last dimension of 4 \* \(reg_max \+ 1\) = 68"):
+        gflops.integral(pred[..., :60])
+    with pytest.raises(RuntimeError, match="reg_max must be >= 1"):
+        gflops.integral(pred, reg_max=0)
+    with pytest.raises(RuntimeError, match="points must have shape"):
+        gflops.decode_distribution(pred, points[:4], strides)
+    with pytest.raises(RuntimeError, match="strides must have shape"):
+        gflops.decode_distribution(pred, points, strides[:, None])
+    with pytest.raises(RuntimeError, match="max_shape must be"):
+        torch.ops.gflops.decode_distribution(pred, points, strides, 16, [1.0, 2.0, 3.0])
+    bad = strides.clone()
+    bad[2] = 0
+    with pytest.raises(RuntimeError, match="strides must be > 0.* at index 2"):
+        gflops.decode_distribution(pred, points, bad)
+    bp, bpts, bst, bgt, bw = branch_inputs(6, 16, device=device)
+    with pytest.raises(RuntimeError, match="gt_boxes must have shape"):
+        gflops.gfl_box_branch(bp, bpts, bst, bgt[:, :3], bw)
+    with pytest.raises(RuntimeError, match="weight must have shape"):
+        gflops.gfl_box_branch(bp, bpts, bst, bgt, bw[:5])
+    with pytest.raises(RuntimeError, match=r"pred must be \(P, 4 \* \(reg_max \+ 1\)\)"):
+        gflops.gfl_box_branch(bp[None], bpts, bst, bgt, bw)
+    with pytest.raises(ValueError, match="gt_boxes requires grad"):
+        gflops.gfl_box_branch(bp, bpts, bst, bgt.requires_grad_(True), bw)
+
+
+def test_opcheck(device):
+    pred, points, strides = distribution_inputs(2, 6, 7, device=device)
+    pred.requires_grad_(True)
+    torch.library.opcheck(torch.ops.gflops.integral, (pred, 7))
+    torch.library.opcheck(torch.ops.gflops.decode_distribution, (pred, points, strides, 7, None))
+    torch.library.opcheck(torch.ops.gflops.decode_distribution, (pred, points, strides, 7, [100.0, 200.0]))
+    bp, bpts, bst, bgt, bw = branch_inputs(9, 7, device=device)
+    bp.requires_grad_(True)
+    torch.library.opcheck(torch.ops.gflops.gfl_box_branch, (bp, bpts, bst, bgt, bw, 7))
+
+
+def test_compile_fullgraph(device):
+    bp, bpts, bst, bgt, bw = branch_inputs(40, 16, device=device)
+    pred, points, strides = distribution_inputs(2, 10, 16, device=device)
+
+    def f(p, q):
+        giou, dfl, score = gflops.gfl_box_branch(p, bpts, bst, bgt, bw)
+        boxes = gflops.decode_distribution(q, points, strides, max_shape=(320, 320))
+        return 2.0 * giou + 0.25 * dfl + score.sum() + boxes.mean()
+
+    p1, q1 = bp.clone().requires_grad_(True), pred.clone().requires_grad_(True)
+    p2, q2 = bp.clone().requires_grad_(True), pred.clone().requires_grad_(True)
+    out_c = torch.compile(f, fullgraph=True)(p1, q1)
+    out_e = f(p2, q2)
+    out_c.backward()
+    out_e.backward()
+    torch.testing.assert_close(out_c, out_e)
+    torch.testing.assert_close(p1.grad, p2.grad)
+    torch.testing.assert_close(q1.grad, q2.grad)
+
+
+def test_distance2bbox_roundtrip(device):
+    points = torch.rand(50, 2, device=device) * 100
+    dist = (torch.rand(50, 4, device=device) * 20).requires_grad_(True)
+    boxes = gflops.distance2bbox(points, dist)
+    torch.testing.assert_close(boxes, reference.distance2bbox(points, dist))
+    torch.testing.assert_close(gflops.bbox2distance(points, boxes), dist)
+    clamped = gflops.bbox2distance(points, boxes, max_dis=16, eps=0.1)
+    assert clamped.min() >= 0 and clamped.max() <= 15.9
+    boxes.sum().backward()
+    torch.testing.assert_close(dist.grad, torch.tensor([-1.0, -1.0, 1.0, 1.0], device=device).expand(50, 4))
+    torch.testing.assert_close(gflops.distance2bbox(points, dist, max_shape=(30, 40)),
+                               reference.distance2bbox(points, dist, max_shape=(30, 40)))
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cpu_cuda_agree(dtype):
+    pred, points, strides = distribution_inputs(3, 50, 16, dtype=dtype)
+    for fn, args in ((gflops.integral, ()), (gflops.decode_distribution, (points, strides, 16, (200, 300)))):
+        cpu, g_cpu = _grads(fn, pred, *args)
+        gpu, g_gpu = _grads(fn, pred.cuda(), *[a.cuda() if torch.is_tensor(a) else a for a in args])
+        torch.testing.assert_close(gpu.cpu(), cpu, **(_tol(dtype) if dtype != torch.float32 else
+                                                      dict(rtol=1e-5, atol=1e-3)))
+        gtol = _tol(dtype) if dtype != torch.float32 else dict(rtol=1e-4, atol=1e-5 * g_cpu.abs().max().item())
+        torch.testing.assert_close(g_gpu.cpu(), g_cpu, **gtol)
+    bp, bpts, bst, bgt, bw = branch_inputs(500, 16, dtype=dtype)
+    cuda_args = [t.cuda() for t in (bpts, bst, bgt, bw)]
+    p1, p2 = bp.clone().requires_grad_(True), bp.cuda().requires_grad_(True)
+    c = gflops.gfl_box_branch(p1, bpts, bst, bgt, bw)
+    g = gflops.gfl_box_branch(p2, *cuda_args)
+    for a, b in zip(g, c):
+        torch.testing.assert_close(a.detach().cpu(), b.detach(), rtol=1e-4, atol=1e-4)
+    (c[0] + c[1]).backward()
+    (g[0] + g[1]).backward()
+    torch.testing.assert_close(p2.grad.cpu(), p1.grad, **_tol(dtype))
