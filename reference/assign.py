@@ -1,0 +1,73 @@
+"""ATSS label assignment, batched over a padded batch of GT boxes (SPEC.md section 5).
+
+Written plainly: it builds the (B, G, N) distance and IoU matrices, which a
+kernel would not, and it is the oracle for one.
+"""
+import torch
+
+from .boxes import box_iou
+
+
+def _centers(boxes):
+    return torch.stack([(boxes[..., 0] + boxes[..., 2]) / 2, (boxes[..., 1] + boxes[..., 3]) / 2], -1)
+
+
+def atss_assign(anchors, num_level_anchors, gt_boxes, gt_labels, gt_valid, num_classes, topk=9,
+                anchor_valid=None):
+    """Assign anchors (N, 4) to padded GT boxes (B, G, 4).
+
+    gt_labels (B, G) int64; gt_valid (B, G) bool; anchor_valid (N,) or (B, N)
+    bool, or None for all valid. Returns
+      assigned_gt (B, N) int64: 0 background, g + 1 for GT g;
+      assigned_label (B, N) int64: the GT's label, `num_classes` for background;
+      max_iou (B, N): IoU with the assigned GT, 0 for background.
+    """
+    B, G = gt_boxes.shape[:2]
+    N = anchors.shape[0]
+    device = anchors.device
+    if G == 0:
+        zeros = torch.zeros(B, N, dtype=torch.long, device=device)
+        return zeros, torch.full_like(zeros, num_classes), torch.zeros(B, N, dtype=anchors.dtype, device=device)
+    if anchor_valid is None:
+        anchor_valid = torch.ones(B, N, dtype=torch.bool, device=device)
+    elif anchor_valid.dim() == 1:
+        anchor_valid = anchor_valid[None].expand(B, N)
+    gt_boxes = gt_boxes.to(anchors.dtype)
+
+    ious = box_iou(gt_boxes, anchors[None].expand(B, N, 4))                       # (B, G, N)
+    dist = torch.cdist(_centers(gt_boxes), _centers(anchors)[None].expand(B, N, 2))  # (B, G, N)
+    dist = dist.masked_fill(~anchor_valid[:, None, :], float("inf"))
+
+    cand_idx, cand_ok = [], []
+    start = 0
+    for n_l in num_level_anchors:
+        k = min(topk, n_l)
+        # Stable sort: equal distances keep the lower anchor index first.
+        order = torch.sort(dist[..., start:start + n_l], dim=-1, stable=True).indices[..., :k]
+        cand_idx.append(order + start)
+        start += n_l
+    cand_idx = torch.cat(cand_idx, -1)                                            # (B, G, K)
+    cand_ok = torch.gather(anchor_valid[:, None, :].expand(B, G, N), 2, cand_idx) & gt_valid[..., None]
+    cand_iou = torch.gather(ious, 2, cand_idx)
+
+    n = cand_ok.sum(-1, keepdim=True).to(ious.dtype)
+    mean = (cand_iou * cand_ok).sum(-1, keepdim=True) / n.clamp(min=1)
+    var = (((cand_iou - mean) ** 2) * cand_ok).sum(-1, keepdim=True) / (n - 1).clamp(min=1)
+    thr = mean + var.sqrt()
+
+    c = _centers(anchors)[cand_idx]                                               # (B, G, K, 2)
+    g = gt_boxes[:, :, None, :]
+    inside = torch.stack([c[..., 0] - g[..., 0], c[..., 1] - g[..., 1],
+                          g[..., 2] - c[..., 0], g[..., 3] - c[..., 1]], -1).amin(-1) > 0.01
+    pos = cand_ok & (cand_iou >= thr) & inside
+
+    scored = torch.full_like(ious, float("-inf"))
+    scored.scatter_(2, cand_idx, torch.where(pos, cand_iou, torch.full_like(cand_iou, float("-inf"))))
+    best_gt = scored.argmax(dim=1)  # the first maximum: equal IoU goes to the lower GT index
+    best_iou = torch.gather(scored, 1, best_gt[:, None]).squeeze(1)
+    assigned = best_iou > float("-inf")
+    assigned_gt = torch.where(assigned, best_gt + 1, torch.zeros_like(best_gt))
+    labels = torch.gather(gt_labels, 1, best_gt)
+    assigned_label = torch.where(assigned, labels, torch.full_like(labels, num_classes))
+    max_iou = torch.where(assigned, best_iou, torch.zeros_like(best_iou))
+    return assigned_gt, assigned_label, max_iou

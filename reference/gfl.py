@@ -1,0 +1,139 @@
+"""The GFL detector (Li et al., 2020) as MMDetection configures it: ResNet +
+FPN (P3-P7) + the GFL head with ATSS assignment, QFL (1.0), DFL (0.25) and
+GIoU (2.0). Every op of the head goes through an `Ops` namespace, so the same
+detector runs on reference/ ops or on gflops."""
+import math
+
+import torch
+from torch import nn
+
+from .backbone import FPN, ResNet
+from .nms import multiclass_nms
+from .ops import Ops
+
+STRIDES = (8, 16, 32, 64, 128)
+
+
+def _identity(t):
+    return t
+
+
+class Scale(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, x):
+        return x * self.scale
+
+
+def _tower(cin, channels, n):
+    layers = []
+    for i in range(n):
+        layers += [nn.Conv2d(cin if i == 0 else channels, channels, 3, padding=1, bias=False),
+                   nn.GroupNorm(min(32, channels), channels), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+class GFLHead(nn.Module):
+    """Shared 4-conv towers with GroupNorm, one square anchor of 8 x stride per
+    location, reg_max + 1 bins per side, a learnable scale per level."""
+
+    def __init__(self, num_classes, in_channels=256, stacked_convs=4, reg_max=16):
+        super().__init__()
+        self.num_classes, self.reg_max = num_classes, reg_max
+        self.cls_tower = _tower(in_channels, in_channels, stacked_convs)
+        self.reg_tower = _tower(in_channels, in_channels, stacked_convs)
+        self.cls = nn.Conv2d(in_channels, num_classes, 3, padding=1)
+        self.reg = nn.Conv2d(in_channels, 4 * (reg_max + 1), 3, padding=1)
+        self.scales = nn.ModuleList(Scale() for _ in STRIDES)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, std=0.01)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        nn.init.constant_(self.cls.bias, -math.log((1 - 0.01) / 0.01))
+
+    def forward(self, feats):
+        """(B, N, C) class logits and (B, N, 4 (reg_max+1)) box logits, level by level, row-major."""
+        cls, reg = [], []
+        for f, scale in zip(feats, self.scales):
+            cls.append(self.cls(self.cls_tower(f)).flatten(2).transpose(1, 2))
+            reg.append(scale(self.reg(self.reg_tower(f))).flatten(2).transpose(1, 2))
+        return torch.cat(cls, 1), torch.cat(reg, 1)
+
+
+def anchors(feat_shapes, device, octave_base_scale=8):
+    """Anchor centres (N, 2) at (x * stride, y * stride), strides (N,), square
+    anchor boxes (N, 4) of side octave_base_scale * stride, and level sizes."""
+    points, strides, boxes, sizes = [], [], [], []
+    for (h, w), s in zip(feat_shapes, STRIDES):
+        ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+        p = torch.stack([xs.flatten(), ys.flatten()], 1).float() * s
+        half = octave_base_scale * s / 2
+        points.append(p)
+        strides.append(torch.full((h * w,), float(s), device=device))
+        boxes.append(torch.cat([p - half, p + half], 1))
+        sizes.append(h * w)
+    return torch.cat(points), torch.cat(strides), torch.cat(boxes), sizes
+
+
+class GFL(nn.Module):
+    def __init__(self, num_classes, depth=50, base_width=64, fpn_channels=256, stacked_convs=4, reg_max=16,
+                 ops=None):
+        super().__init__()
+        self.num_classes, self.reg_max = num_classes, reg_max
+        self.backbone = ResNet(depth, base_width)
+        self.neck = FPN(self.backbone.out_channels, fpn_channels)
+        self.head = GFLHead(num_classes, fpn_channels, stacked_convs, reg_max)
+        self.ops = ops or Ops("reference")
+
+    def forward(self, images):
+        feats = self.neck(self.backbone(images))
+        cls, reg = self.head(feats)
+        return cls, reg, [tuple(f.shape[-2:]) for f in feats]
+
+    def loss(self, images, gt_boxes, gt_labels, gt_valid, img_shapes, reduce_mean=_identity):
+        """QFL + GIoU + DFL as SPEC section 4; normalisers stay on the device.
+        reduce_mean averages a tensor over processes under DDP."""
+        cls, reg, shapes = self(images)
+        B, N, C = cls.shape
+        points, strides, anchor_boxes, sizes = anchors(shapes, images.device)
+        hw = torch.tensor(img_shapes, device=images.device, dtype=points.dtype)  # (B, 2) as (h, w)
+        anchor_valid = (points[None, :, 0] < hw[:, None, 1]) & (points[None, :, 1] < hw[:, None, 0])
+        assigned_gt, labels, _ = self.ops.atss_assign(anchor_boxes, sizes, gt_boxes, gt_labels.clamp(min=0),
+                                                      gt_valid, C, 9, anchor_valid)
+        cls_flat, reg_flat = cls.reshape(B * N, C), reg.reshape(B * N, -1)
+        pos = (assigned_gt > 0).flatten()
+        pos_idx = torch.nonzero(pos).squeeze(1)
+        img, anchor = pos_idx // N, pos_idx % N
+        gt = gt_boxes[img, assigned_gt.flatten()[pos_idx] - 1]
+        weight = cls_flat.detach().float().sigmoid().max(1).values[pos_idx]
+        giou_sum, dfl_sum, score_pos = self.ops.gfl_box_branch(reg_flat[pos_idx], points[anchor], strides[anchor],
+                                                               gt, weight, self.reg_max)
+        score = torch.zeros(B * N, device=images.device, dtype=score_pos.dtype)
+        score[pos_idx] = score_pos
+        num_pos = reduce_mean(pos.sum().float()).clamp(min=1)
+        w_sum = reduce_mean(weight.sum()).clamp(min=1)
+        loss_cls = self.ops.quality_focal_loss(cls_flat, labels.flatten(), score, avg_factor=num_pos)
+        return dict(loss_cls=loss_cls, loss_bbox=2.0 * giou_sum / w_sum, loss_dfl=0.25 * dfl_sum / 4 / w_sum)
+
+    @torch.no_grad()
+    def predict(self, images, metas, score_thr=0.05, nms_pre=1000, iou_threshold=0.6, max_per_img=100):
+        """Per image: boxes (K, 4) in original image pixels, scores (K,), labels (K,)."""
+        cls, reg, shapes = self(images)
+        points, strides, _, sizes = anchors(shapes, images.device)
+
+        def decode(pred, pts, st, shape):
+            return self.ops.decode_distribution(pred, pts, st, self.reg_max, (float(shape[0]), float(shape[1])))
+
+        boxes, scores, labels, counts = multiclass_nms(
+            cls, reg, points, strides, sizes, [m["img_shape"] for m in metas], decode, score_thr, nms_pre,
+            iou_threshold, max_per_img, nms_fn=self.ops.batched_nms)
+        out = []
+        for b, m in enumerate(metas):
+            k = int(counts[b])
+            sx, sy = m["scale_factor"]
+            scale = torch.tensor([sx, sy, sx, sy], device=boxes.device)
+            out.append(dict(boxes=boxes[b, :k] / scale, scores=scores[b, :k], labels=labels[b, :k]))
+        return out

@@ -1,0 +1,76 @@
+"""Greedy NMS and the detector's multiclass post-process (SPEC.md section 7)."""
+import torch
+
+from .boxes import box_iou
+
+
+def _order(scores):
+    """Indices by descending score; equal scores keep the lower index first."""
+    return torch.sort(-scores, stable=True).indices
+
+
+def nms(boxes, scores, iou_threshold):
+    """Keep a box unless its IoU with an already kept box is > iou_threshold.
+    Returns kept indices (int64) sorted by descending score."""
+    if boxes.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.long, device=boxes.device)
+    order = _order(scores)
+    iou = box_iou(boxes[order].float(), boxes[order].float()).cpu()
+    keep = torch.ones(len(order), dtype=torch.bool)
+    for i in range(len(order)):
+        if keep[i]:
+            keep[i + 1:] &= iou[i, i + 1:] <= iou_threshold
+    return order[keep.to(order.device)]
+
+
+def batched_nms(boxes, scores, idxs, iou_threshold):
+    """NMS within each value of idxs (class), merged and sorted by score.
+    Boxes of different classes are moved apart so one pass never mixes them."""
+    if boxes.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.long, device=boxes.device)
+    span = boxes.max() - boxes.min() + 1
+    shifted = boxes + (idxs.to(boxes.dtype) * span)[:, None]
+    return nms(shifted, scores, iou_threshold)
+
+
+def multiclass_nms(cls_scores, bbox_preds, points, strides, level_sizes, image_shapes, decode, score_thr=0.05,
+                   nms_pre=1000, iou_threshold=0.6, max_per_img=100, nms_fn=batched_nms):
+    """The GFL post-process over a batch.
+
+    cls_scores (B, N, C) logits; bbox_preds (B, N, 4 * (reg_max + 1)); points
+    (N, 2) and strides (N,) of the anchors, level by level (level_sizes);
+    image_shapes: (H, W) per image for clamping; decode(pred, points, strides,
+    max_shape) -> boxes. Returns padded boxes (B, max_per_img, 4), scores
+    (B, max_per_img), labels (B, max_per_img) (-1 for padding) and counts (B,).
+    """
+    B, N, C = cls_scores.shape
+    device = cls_scores.device
+    out_boxes = torch.zeros(B, max_per_img, 4, device=device)
+    out_scores = torch.zeros(B, max_per_img, device=device)
+    out_labels = torch.full((B, max_per_img), -1, dtype=torch.long, device=device)
+    counts = torch.zeros(B, dtype=torch.long, device=device)
+    for b in range(B):
+        boxes_l, scores_l, labels_l = [], [], []
+        start = 0
+        for n_l in level_sizes:
+            sl = slice(start, start + n_l)
+            start += n_l
+            scores = cls_scores[b, sl].float().sigmoid().flatten()
+            keep = scores > score_thr
+            flat = torch.nonzero(keep).squeeze(1)
+            s = scores[flat]
+            if s.numel() > nms_pre:
+                top = _order(s)[:nms_pre]
+                flat, s = flat[top], s[top]
+            anchor = flat // C
+            boxes = decode(bbox_preds[b, sl][anchor], points[sl][anchor], strides[sl][anchor],
+                           image_shapes[b])
+            boxes_l.append(boxes.float())
+            scores_l.append(s)
+            labels_l.append(flat % C)
+        boxes, scores, labels = torch.cat(boxes_l), torch.cat(scores_l), torch.cat(labels_l)
+        kept = nms_fn(boxes, scores, labels, iou_threshold)[:max_per_img]
+        k = kept.numel()
+        out_boxes[b, :k], out_scores[b, :k], out_labels[b, :k] = boxes[kept], scores[kept], labels[kept]
+        counts[b] = k
+    return out_boxes, out_scores, out_labels, counts
