@@ -3,17 +3,20 @@
 # machines without torch (a bare `pip install torch` pulls GBs of CUDA wheels).
 PY ?= python3
 
-.PHONY: deps build demo test cuda-compile
+.PHONY: deps build demo bench test cuda-compile
 
 deps:
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	@$(PY) -c "import ninja, pybind11, pytest, numpy, filelock" 2>/dev/null || \
-		$(PY) -m pip install -q ninja pybind11 pytest numpy filelock
+	@$(PY) -c "import ninja, pybind11, pytest, numpy, filelock, pycocotools, PIL, tqdm, matplotlib" 2>/dev/null || \
+		$(PY) -m pip install -q ninja pybind11 pytest numpy filelock pycocotools pillow tqdm matplotlib
 
 build: deps
 	$(PY) -m pip install --no-build-isolation -e .
 
 demo: deps
+	$(PY) -m reference.demo
+
+bench: deps
 	$(PY) -m benchmarks
 
 test: deps

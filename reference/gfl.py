@@ -88,7 +88,14 @@ class GFL(nn.Module):
         self.head = GFLHead(num_classes, fpn_channels, stacked_convs, reg_max)
         self.ops = ops or Ops("reference")
 
-    def forward(self, images):
+    def forward(self, images, gt_boxes=None, gt_labels=None, gt_valid=None, img_shapes=None,
+                reduce_mean=_identity):
+        """The losses when GT is given (so DDP sees the training forward), else the raw outputs."""
+        if gt_boxes is not None:
+            return self.loss(images, gt_boxes, gt_labels, gt_valid, img_shapes, reduce_mean)
+        return self.raw(images)
+
+    def raw(self, images):
         feats = self.neck(self.backbone(images))
         cls, reg = self.head(feats)
         return cls, reg, [tuple(f.shape[-2:]) for f in feats]
@@ -96,7 +103,7 @@ class GFL(nn.Module):
     def loss(self, images, gt_boxes, gt_labels, gt_valid, img_shapes, reduce_mean=_identity):
         """QFL + GIoU + DFL as SPEC section 4; normalisers stay on the device.
         reduce_mean averages a tensor over processes under DDP."""
-        cls, reg, shapes = self(images)
+        cls, reg, shapes = self.raw(images)
         B, N, C = cls.shape
         points, strides, anchor_boxes, sizes = anchors(shapes, images.device)
         hw = torch.tensor(img_shapes, device=images.device, dtype=points.dtype)  # (B, 2) as (h, w)
@@ -119,10 +126,14 @@ class GFL(nn.Module):
         return dict(loss_cls=loss_cls, loss_bbox=2.0 * giou_sum / w_sum, loss_dfl=0.25 * dfl_sum / 4 / w_sum)
 
     @torch.no_grad()
-    def predict(self, images, metas, score_thr=0.05, nms_pre=1000, iou_threshold=0.6, max_per_img=100):
+    def predict(self, images, metas, **kw):
         """Per image: boxes (K, 4) in original image pixels, scores (K,), labels (K,)."""
-        cls, reg, shapes = self(images)
-        points, strides, _, sizes = anchors(shapes, images.device)
+        return self.postprocess(*self.raw(images), metas, **kw)
+
+    @torch.no_grad()
+    def postprocess(self, cls, reg, shapes, metas, score_thr=0.05, nms_pre=1000, iou_threshold=0.6,
+                    max_per_img=100):
+        points, strides, _, sizes = anchors(shapes, cls.device)
 
         def decode(pred, pts, st, shape):
             return self.ops.decode_distribution(pred, pts, st, self.reg_max, (float(shape[0]), float(shape[1])))

@@ -1,0 +1,182 @@
+"""Train the GFL detector.
+
+    python -m reference.train --preset small --ops gflops --work-dir work_dirs/gflops
+    torchrun --nproc-per-node 2 -m reference.train --preset tiny
+
+Without --data-root / --ann-file it trains on the built-in synthetic COCO-format
+dataset (generated on first use under data/synthetic-<preset>).
+"""
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from . import distributed
+from .config import PRESETS
+from .data import CocoDetection, collate, generate
+from .gfl import GFL
+from .ops import Ops
+
+
+def default_data(preset, root="data"):
+    """The synthetic dataset of a preset: (train images, train json, val images, val json)."""
+    cfg = PRESETS[preset]
+    out = Path(root) / f"synthetic-{preset}"
+    train_json = out / "annotations" / "instances_train.json"
+    val_json = out / "annotations" / "instances_val.json"
+    if not train_json.exists():
+        generate(out, cfg["images"], cfg["image_size"], seed=0, split="train")
+    if not val_json.exists():
+        generate(out, cfg["val_images"], cfg["image_size"], seed=1, split="val")
+    return out / "train", train_json, out / "val", val_json
+
+
+def build_model(num_classes, preset, ops_backend, weights=None):
+    cfg = PRESETS[preset]
+    model = GFL(num_classes, cfg["depth"], cfg["base_width"], cfg["fpn_channels"], cfg["stacked_convs"],
+                ops=Ops(ops_backend))
+    if weights:
+        state = torch.load(weights, map_location="cpu")
+        missing, unexpected = model.load_state_dict(state.get("model", state), strict=False)
+        print(f"loaded {weights}: {len(missing)} missing, {len(unexpected)} unexpected keys")
+    return model
+
+
+def peak_memory_mib(device):
+    """Peak memory of this process: CUDA allocations on GPU, resident set size on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def lr_at(it, base_lr, warmup_iters, steps, warmup_ratio=0.001):
+    """Linear warm-up from warmup_ratio * lr, then x0.1 at each step."""
+    lr = base_lr * 0.1 ** sum(it >= s for s in steps)
+    if it < warmup_iters:
+        lr *= warmup_ratio + (1 - warmup_ratio) * it / warmup_iters
+    return lr
+
+
+def train(args):
+    rank, world, device = distributed.init(args.device)
+    cfg = PRESETS[args.preset]
+    torch.manual_seed(args.seed)
+    if args.data_root:
+        img_dir, ann = Path(args.data_root), Path(args.ann_file)
+    else:
+        if rank == 0:
+            default_data(args.preset)
+        if world > 1:
+            torch.distributed.barrier()
+        img_dir, ann, _, _ = default_data(args.preset)
+    scale = tuple(args.scale) if args.scale else cfg["scale"]
+    ds = CocoDetection(img_dir, ann, scale=scale, flip=0.5, seed=args.seed + rank)
+    batch = args.batch_size or cfg["batch_size"]
+    sampler = (torch.utils.data.distributed.DistributedSampler(ds, world, rank, seed=args.seed) if world > 1
+               else torch.utils.data.RandomSampler(ds, generator=torch.Generator().manual_seed(args.seed)))
+    loader = torch.utils.data.DataLoader(ds, batch, sampler=sampler, collate_fn=collate, num_workers=args.workers,
+                                         drop_last=True)
+    model = build_model(ds.num_classes, args.preset, args.ops, args.weights).to(device)
+    if rank == 0:
+        print(f"ops: {model.ops.report()}")
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                        else None)
+    base_lr = (args.lr or cfg["lr"]) * batch * world / 16 if args.scale_lr else (args.lr or cfg["lr"])
+    opt = torch.optim.SGD(model.parameters(), lr=base_lr, momentum=0.9, weight_decay=1e-4)
+    iters = args.iters or cfg["iters"]
+    steps = [int(iters * 8 / 12), int(iters * 11 / 12)]
+    warmup = args.warmup_iters if args.warmup_iters is not None else cfg["warmup_iters"]
+    amp = device.type == "cuda" and not args.no_amp
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    work = Path(args.work_dir)
+    if rank == 0:
+        work.mkdir(parents=True, exist_ok=True)
+    log = open(work / "log.jsonl", "w") if rank == 0 else None
+    history = []
+    it, epoch = 0, 0
+    bar = tqdm(total=iters, disable=rank != 0 or args.quiet, desc="train")
+    model.train()
+    while it < iters:
+        if world > 1:
+            sampler.set_epoch(epoch)
+        for data in loader:
+            if it >= iters:
+                break
+            for g in opt.param_groups:
+                g["lr"] = lr_at(it, base_lr, warmup, steps)
+            t0 = time.perf_counter()
+            images = data["images"].to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                losses = net(images, data["gt_boxes"].to(device), data["gt_labels"].to(device),
+                             data["gt_valid"].to(device), [m["img_shape"] for m in data["metas"]],
+                             distributed.reduce_mean)
+            total = sum(losses.values())
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(total).backward()
+            scaler.unscale_(opt)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+            scaler.step(opt)
+            scaler.update()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            step_s = time.perf_counter() - t0
+            it += 1
+            if rank == 0 and (it % args.log_interval == 0 or it == iters):
+                rec = dict(iter=it, lr=opt.param_groups[0]["lr"], step_s=step_s, grad_norm=float(grad_norm),
+                           **{k: float(v.detach()) for k, v in losses.items()}, loss=float(total.detach()))
+                history.append(rec)
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+                bar.set_postfix(loss=f"{rec['loss']:.3f}", cls=f"{rec['loss_cls']:.3f}",
+                                bbox=f"{rec['loss_bbox']:.3f}", dfl=f"{rec['loss_dfl']:.3f}")
+            bar.update(1)
+        epoch += 1
+    bar.close()
+    if rank == 0:
+        summary = dict(summary=True, iters=it, peak_mem_mib=peak_memory_mib(device), ops=model.ops.sources,
+                       median_step_s=sorted(r["step_s"] for r in history)[len(history) // 2] if history else None)
+        log.write(json.dumps(summary) + "\n")
+        torch.save(dict(model=model.state_dict(), optimizer=opt.state_dict(), iter=it, preset=args.preset,
+                        num_classes=ds.num_classes, ops=args.ops), work / "latest.pth")
+        log.close()
+    distributed.cleanup()
+    return history
+
+
+def parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="small")
+    p.add_argument("--ops", choices=["reference", "gflops"], default="reference")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-root", help="COCO image folder (default: the built-in synthetic dataset)")
+    p.add_argument("--ann-file", help="COCO instances JSON for --data-root")
+    p.add_argument("--scale", type=int, nargs=2, help="resize to fit (long, short), e.g. 1333 800")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--iters", type=int)
+    p.add_argument("--lr", type=float, help="base learning rate (0.01 for batch 16)")
+    p.add_argument("--scale-lr", action="store_true", help="scale lr linearly with the total batch / 16")
+    p.add_argument("--warmup-iters", type=int)
+    p.add_argument("--clip", type=float, default=35.0, help="gradient clipping max norm")
+    p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    p.add_argument("--weights", help="a state_dict file to start from (e.g. a pretrained backbone)")
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--log-interval", type=int, default=1)
+    p.add_argument("--work-dir", default="work_dirs/gfl")
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def main(argv=None):
+    train(parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
