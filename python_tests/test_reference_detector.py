@@ -200,7 +200,7 @@ def test_anchors_layout():
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo smoke test runs on Linux")
 def test_torchrun_two_process_gloo(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "reference.train", "--preset", "tiny", "--iters", "2", "--device", "cpu", "--quiet",
            "--work-dir", str(tmp_path / "ddp")]
     r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

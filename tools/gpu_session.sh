@@ -28,5 +28,10 @@ fi
 for dt in float32 bfloat16; do
   python3 -m benchmarks.bench_losses --device cuda --dtype "$dt" 2>&1 | tail -22
 done
-cp benchmarks/results/*.md benchmarks/results/*.json "$OUT/" 2>/dev/null
+# The detector demo needs pycocotools: carry its wheel in .whl (see the device tool's README).
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+python3 -c "import pycocotools" 2>/dev/null && python3 -m reference.demo --device cuda --preset small 2>&1 | tail -12
+tar czf "$OUT/results.tgz" benchmarks/results
 ls "$OUT"
