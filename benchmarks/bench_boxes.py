@@ -3,13 +3,12 @@ vs torch.compile(reference) vs gflops, on COCO-like sizes.
 
     python -m benchmarks.bench_boxes [--device cuda] [--size coco|small]
 """
-import argparse
-
 import torch
 
 import gflops
 import reference
-from benchmarks.harness import bench_providers, copy_gbps, forward_modes, grad_modes, meta_for, write_results
+from benchmarks.harness import (bench_providers, cli, copy_gbps, forward_modes, grad_modes, meta_for,
+                                write_results)
 
 SIZES = {"coco": dict(batch=16, anchors=22400, gts=100, pos=1000, reg_max=16),
          "small": dict(batch=2, anchors=22400, gts=100, pos=1000, reg_max=16)}
@@ -86,16 +85,7 @@ def run(device, size, dtype, providers):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--size", choices=sorted(SIZES), default=None,
-                   help="coco on GPU, small (batch 2) on CPU by default")
-    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
-    p.add_argument("--providers", default="reference,compile,gflops")
-    a = p.parse_args(argv)
-    device = torch.device(a.device)
-    size = a.size or ("coco" if device.type == "cuda" else "small")
-    print(run(device, size, getattr(torch, a.dtype), a.providers.split(",")))
+    cli(run, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -158,3 +158,19 @@ def meta_for(device, size, dtype, copy):
     return dict(device=str(device), size=size, dtype=str(dtype), torch=torch.__version__,
                 threads=torch.get_num_threads(), copy_gbps=copy,
                 note="vs_eager / vs_compile are speedups (x); bytes are what a fused kernel must move")
+
+
+def cli(run, doc, argv=None):
+    """The benchmarks' shared command line: run(device, size, dtype, providers) prints its table."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--size", choices=["coco", "small"], default=None,
+                   help="coco on GPU, small (batch 2) on CPU by default")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    p.add_argument("--providers", default="reference,compile,gflops")
+    a = p.parse_args(argv)
+    device = torch.device(a.device)
+    size = a.size or ("coco" if device.type == "cuda" else "small")
+    print(run(device, size, getattr(torch, a.dtype), a.providers.split(",")))

@@ -30,3 +30,13 @@ def tol(dtype):
     if dtype == torch.float32:
         return 2e-5, 1e-6
     return 2e-2, 1e-3  # gradients are rounded to the 16-bit dtype
+
+
+def grads(fn, pred, *args, **kw):
+    """fn(pred, ...) and d(sum(out * up))/d pred for a fixed non-uniform upstream
+    gradient `up`, so per-row scales are checked too."""
+    p = pred.detach().clone().requires_grad_(True)
+    out = fn(p, *args, **kw)
+    up = torch.linspace(0.5, 1.5, out.numel(), dtype=out.dtype, device=out.device).reshape(out.shape)
+    (out * up).sum().backward()
+    return out.detach(), p.grad

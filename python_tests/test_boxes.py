@@ -6,6 +6,7 @@ import gflops
 import reference
 from box_cases import adversarial_pairs, random_boxes
 from conftest import needs_cuda
+from loss_cases import grads
 
 MODES = ["iou", "giou"]
 
@@ -88,14 +89,6 @@ def test_box_iou_refuses_grad():
         gflops.box_iou(a, random_boxes(3))
 
 
-def _grads(fn, pred, *args, **kw):
-    p = pred.detach().clone().requires_grad_(True)
-    out = fn(p, *args, **kw)
-    up = torch.linspace(0.5, 1.5, out.numel(), dtype=out.dtype, device=out.device).reshape(out.shape)
-    (out * up).sum().backward()
-    return out.detach(), p.grad
-
-
 @pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
 @pytest.mark.parametrize("case", ["random", "adversarial"])
 def test_giou_loss_matches_reference(device, reduction, case):
@@ -104,8 +97,8 @@ def test_giou_loss_matches_reference(device, reduction, case):
     else:
         pred, target = adversarial_pairs(device)
     weight = torch.rand(pred.shape[0], device=device)
-    ours, g_ours = _grads(gflops.giou_loss, pred, target, weight, reduction=reduction)
-    ref, g_ref = _grads(reference.giou_loss, pred, target, weight, reduction=reduction)
+    ours, g_ours = grads(gflops.giou_loss, pred, target, weight, reduction=reduction)
+    ref, g_ref = grads(reference.giou_loss, pred, target, weight, reduction=reduction)
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(g_ours, g_ref, rtol=1e-4, atol=1e-6)
     assert torch.isfinite(g_ours).all()
@@ -116,8 +109,8 @@ def test_giou_loss_avg_factor_module_dtypes(device):
     out = gflops.GIoULoss(loss_weight=2.0)(pred, target, avg_factor=torch.tensor(10.0, device=device))
     torch.testing.assert_close(out, 2.0 * reference.giou_loss(pred, target, avg_factor=10.0))
     for dtype in (torch.float16, torch.bfloat16):
-        _, g = _grads(gflops.giou_loss, pred.to(dtype), target)
-        _, g_ref = _grads(reference.giou_loss, pred.to(dtype), target)
+        _, g = grads(gflops.giou_loss, pred.to(dtype), target)
+        _, g_ref = grads(reference.giou_loss, pred.to(dtype), target)
         assert g.dtype == dtype
         torch.testing.assert_close(g, g_ref, rtol=2e-2, atol=1e-3)
 
@@ -185,7 +178,7 @@ def test_box_cpu_cuda_agree():
         for mode in MODES:
             torch.testing.assert_close(gflops.box_iou(a.cuda(), b.cuda(), mode).cpu(), gflops.box_iou(a, b, mode))
         pa, pb = a.reshape(-1, 4)[:280], b.reshape(-1, 4)[:280]
-        cpu, g_cpu = _grads(gflops.giou_loss, pa, pb.float(), reduction="sum")
-        gpu, g_gpu = _grads(gflops.giou_loss, pa.cuda(), pb.float().cuda(), reduction="sum")
+        cpu, g_cpu = grads(gflops.giou_loss, pa, pb.float(), reduction="sum")
+        gpu, g_gpu = grads(gflops.giou_loss, pa.cuda(), pb.float().cuda(), reduction="sum")
         torch.testing.assert_close(gpu.cpu(), cpu)
         torch.testing.assert_close(g_gpu.cpu(), g_cpu)

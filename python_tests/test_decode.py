@@ -6,6 +6,7 @@ import gflops
 import reference
 from box_cases import branch_inputs, distribution_inputs
 from conftest import needs_cuda
+from loss_cases import grads
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
@@ -15,20 +16,12 @@ def _tol(dtype):
         dict(rtol=2e-5, atol=2e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2))
 
 
-def _grads(fn, pred, *args, **kw):
-    p = pred.detach().clone().requires_grad_(True)
-    out = fn(p, *args, **kw)
-    up = torch.linspace(0.5, 1.5, out.numel(), dtype=out.dtype, device=out.device).reshape(out.shape)
-    (out * up).sum().backward()
-    return out.detach(), p.grad
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("reg_max", [1, 7, 16])
 def test_integral_matches_reference(device, dtype, reg_max):
     pred, _, _ = distribution_inputs(3, 41, reg_max, device=device, dtype=dtype)
-    ours, g = _grads(gflops.integral, pred, reg_max)
-    ref, g_ref = _grads(reference.integral, pred, reg_max)
+    ours, g = grads(gflops.integral, pred, reg_max)
+    ref, g_ref = grads(reference.integral, pred, reg_max)
     assert ours.shape == (3, 41, 4) and ours.dtype == dtype and g.dtype == dtype
     torch.testing.assert_close(ours, ref, **_tol(dtype))
     torch.testing.assert_close(g, g_ref, **_tol(dtype))
@@ -46,8 +39,8 @@ def test_integral_extreme_and_known(device):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_decode_matches_reference(device, dtype, max_shape):
     pred, points, strides = distribution_inputs(2, 97, 16, device=device, dtype=dtype)
-    ours, g = _grads(gflops.decode_distribution, pred, points, strides, 16, max_shape)
-    ref, g_ref = _grads(reference.decode_distribution, pred, points, strides, 16, max_shape)
+    ours, g = grads(gflops.decode_distribution, pred, points, strides, 16, max_shape)
+    ref, g_ref = grads(reference.decode_distribution, pred, points, strides, 16, max_shape)
     assert ours.shape == (2, 97, 4) and ours.dtype == dtype
     tol = _tol(dtype) if dtype != torch.float32 else dict(rtol=1e-5, atol=1e-3)  # pixels up to ~2000
     torch.testing.assert_close(ours, ref, **tol)
@@ -198,8 +191,8 @@ def test_distance2bbox_roundtrip(device):
 def test_cpu_cuda_agree(dtype):
     pred, points, strides = distribution_inputs(3, 50, 16, dtype=dtype)
     for fn, args in ((gflops.integral, ()), (gflops.decode_distribution, (points, strides, 16, (200, 300)))):
-        cpu, g_cpu = _grads(fn, pred, *args)
-        gpu, g_gpu = _grads(fn, pred.cuda(), *[a.cuda() if torch.is_tensor(a) else a for a in args])
+        cpu, g_cpu = grads(fn, pred, *args)
+        gpu, g_gpu = grads(fn, pred.cuda(), *[a.cuda() if torch.is_tensor(a) else a for a in args])
         torch.testing.assert_close(gpu.cpu(), cpu, **(_tol(dtype) if dtype != torch.float32 else
                                                       dict(rtol=1e-5, atol=1e-3)))
         gtol = _tol(dtype) if dtype != torch.float32 else dict(rtol=1e-4, atol=1e-5 * g_cpu.abs().max().item())

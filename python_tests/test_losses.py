@@ -5,20 +5,11 @@ import torch
 import gflops
 import reference
 from conftest import needs_cuda
-from loss_cases import dfl_inputs, qfl_inputs, tol
+from loss_cases import dfl_inputs, grads, qfl_inputs, tol
 
 REDUCTIONS = ["none", "sum", "mean"]
 QFL_SHAPES = [(1, 1), (1, 80), (7, 81), (333, 80), (100003, 8), (64, 3)]
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-
-
-def _grads(fn, pred, *args, **kw):
-    p = pred.detach().clone().requires_grad_(True)
-    out = fn(p, *args, **kw)
-    # A non-uniform upstream gradient, so 'none' checks every row's scale.
-    up = torch.linspace(0.5, 1.5, out.numel(), dtype=out.dtype, device=out.device).reshape(out.shape)
-    (out * up).sum().backward()
-    return out.detach(), p.grad
 
 
 def _assert_close(a, b, dtype, what):
@@ -33,8 +24,8 @@ def _assert_close(a, b, dtype, what):
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_qfl_matches_reference(device, shape, reduction):
     pred, label, score, weight = qfl_inputs(*shape, device, weight=True)
-    ours, g_ours = _grads(gflops.quality_focal_loss, pred, label, score, weight, reduction=reduction)
-    ref, g_ref = _grads(reference.quality_focal_loss, pred, label, score, weight, reduction=reduction)
+    ours, g_ours = grads(gflops.quality_focal_loss, pred, label, score, weight, reduction=reduction)
+    ref, g_ref = grads(reference.quality_focal_loss, pred, label, score, weight, reduction=reduction)
     _assert_close(ours, ref, torch.float32, "loss")
     _assert_close(g_ours, g_ref, torch.float32, "grad")
 
@@ -42,8 +33,8 @@ def test_qfl_matches_reference(device, shape, reduction):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_qfl_dtypes(device, dtype):
     pred, label, score, _ = qfl_inputs(257, 80, device, dtype=dtype)
-    ours, g_ours = _grads(gflops.quality_focal_loss, pred, label, score, reduction="sum")
-    ref, g_ref = _grads(reference.quality_focal_loss, pred, label, score, reduction="sum")
+    ours, g_ours = grads(gflops.quality_focal_loss, pred, label, score, reduction="sum")
+    ref, g_ref = grads(reference.quality_focal_loss, pred, label, score, reduction="sum")
     assert ours.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     assert g_ours.dtype == dtype
     _assert_close(ours, ref, torch.float32 if dtype != torch.float64 else dtype, "loss")
@@ -53,8 +44,8 @@ def test_qfl_dtypes(device, dtype):
 @pytest.mark.parametrize("beta", [0.0, 1.0, 1.5, 2.0, 2.5])
 def test_qfl_beta(device, beta):
     pred, label, score, weight = qfl_inputs(300, 17, device, weight=True, seed=3)
-    ours, g_ours = _grads(gflops.quality_focal_loss, pred, label, score, weight, beta=beta, reduction="none")
-    ref, g_ref = _grads(reference.quality_focal_loss, pred, label, score, weight, beta=beta, reduction="none")
+    ours, g_ours = grads(gflops.quality_focal_loss, pred, label, score, weight, beta=beta, reduction="none")
+    ref, g_ref = grads(reference.quality_focal_loss, pred, label, score, weight, beta=beta, reduction="none")
     _assert_close(ours, ref, torch.float32, "loss")
     if beta >= 1.0:  # below 1 the reference's own gradient is inf*0 where y == s
         _assert_close(g_ours, g_ref, torch.float32, "grad")
@@ -82,8 +73,8 @@ def test_qfl_adversarial(device, case):
         weight = torch.rand(2, 512, device=device)[1]
         assert not pred.is_contiguous() and not label.is_contiguous()
     for reduction in REDUCTIONS:
-        ours, g_ours = _grads(gflops.quality_focal_loss, pred, label, score, weight, reduction=reduction)
-        ref, g_ref = _grads(reference.quality_focal_loss, pred, label, score, weight, reduction=reduction)
+        ours, g_ours = grads(gflops.quality_focal_loss, pred, label, score, weight, reduction=reduction)
+        ref, g_ref = grads(reference.quality_focal_loss, pred, label, score, weight, reduction=reduction)
         assert torch.isfinite(ours).all() and torch.isfinite(g_ours).all()
         _assert_close(ours, ref, torch.float32, f"{case}/{reduction} loss")
         _assert_close(g_ours, g_ref, torch.float32, f"{case}/{reduction} grad")
@@ -247,8 +238,8 @@ DFL_SHAPES = [(1, 1), (1, 16), (64000, 16), (777, 7), (33, 63)]
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_dfl_matches_reference(device, shape, reduction):
     pred, target, weight = dfl_inputs(*shape, device, weight=True)
-    ours, g_ours = _grads(gflops.distribution_focal_loss, pred, target, weight, reduction=reduction)
-    ref, g_ref = _grads(reference.distribution_focal_loss, pred, target, weight, reduction=reduction)
+    ours, g_ours = grads(gflops.distribution_focal_loss, pred, target, weight, reduction=reduction)
+    ref, g_ref = grads(reference.distribution_focal_loss, pred, target, weight, reduction=reduction)
     _assert_close(ours, ref, torch.float32, "loss")
     _assert_close(g_ours, g_ref, torch.float32, "grad")
 
@@ -256,8 +247,8 @@ def test_dfl_matches_reference(device, shape, reduction):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_dfl_dtypes(device, dtype):
     pred, target, weight = dfl_inputs(999, 16, device, dtype=dtype, weight=True)
-    ours, g_ours = _grads(gflops.distribution_focal_loss, pred, target, weight, reduction="sum")
-    ref, g_ref = _grads(reference.distribution_focal_loss, pred, target, weight, reduction="sum")
+    ours, g_ours = grads(gflops.distribution_focal_loss, pred, target, weight, reduction="sum")
+    ref, g_ref = grads(reference.distribution_focal_loss, pred, target, weight, reduction="sum")
     assert g_ours.dtype == dtype
     _assert_close(ours, ref, torch.float32 if dtype != torch.float64 else dtype, "loss")
     _assert_close(g_ours, g_ref, dtype, "grad")
@@ -276,8 +267,8 @@ def test_dfl_adversarial(device, case):
         pred = torch.randn(17, 800, device=device).t()[::2]
         target = (torch.rand(800, device=device) * 15.9)[1::2]
     for reduction in REDUCTIONS:
-        ours, g_ours = _grads(gflops.distribution_focal_loss, pred, target, weight, reduction=reduction)
-        ref, g_ref = _grads(reference.distribution_focal_loss, pred, target, weight, reduction=reduction)
+        ours, g_ours = grads(gflops.distribution_focal_loss, pred, target, weight, reduction=reduction)
+        ref, g_ref = grads(reference.distribution_focal_loss, pred, target, weight, reduction=reduction)
         assert torch.isfinite(ours).all() and torch.isfinite(g_ours).all()
         _assert_close(ours, ref, torch.float32, f"{case}/{reduction} loss")
         _assert_close(g_ours, g_ref, torch.float32, f"{case}/{reduction} grad")
@@ -407,15 +398,15 @@ def test_cpu_cuda_agree(dtype):
         c = 80 if vec_friendly else 81
         pred, label, score, weight = qfl_inputs(3001, c, "cpu", dtype=dtype, weight=True)
         for reduction in ("none", "sum"):
-            cpu, g_cpu = _grads(gflops.quality_focal_loss, pred, label, score, weight, reduction=reduction)
-            gpu, g_gpu = _grads(gflops.quality_focal_loss, pred.cuda(), label.cuda(), score.cuda(),
+            cpu, g_cpu = grads(gflops.quality_focal_loss, pred, label, score, weight, reduction=reduction)
+            gpu, g_gpu = grads(gflops.quality_focal_loss, pred.cuda(), label.cuda(), score.cuda(),
                                 weight.cuda(), reduction=reduction)
             _assert_close(gpu.cpu(), cpu, torch.float32 if dtype != torch.float64 else dtype, "qfl loss")
             _assert_close(g_gpu.cpu(), g_cpu, dtype, "qfl grad")
     pred, target, weight = dfl_inputs(5000, 16, "cpu", dtype=dtype, weight=True)
     for reduction in ("none", "sum"):
-        cpu, g_cpu = _grads(gflops.distribution_focal_loss, pred, target, weight, reduction=reduction)
-        gpu, g_gpu = _grads(gflops.distribution_focal_loss, pred.cuda(), target.cuda(), weight.cuda(),
+        cpu, g_cpu = grads(gflops.distribution_focal_loss, pred, target, weight, reduction=reduction)
+        gpu, g_gpu = grads(gflops.distribution_focal_loss, pred.cuda(), target.cuda(), weight.cuda(),
                             reduction=reduction)
         _assert_close(gpu.cpu(), cpu, torch.float32 if dtype != torch.float64 else dtype, "dfl loss")
         _assert_close(g_gpu.cpu(), g_cpu, dtype, "dfl grad")
