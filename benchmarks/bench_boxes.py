@@ -8,7 +8,7 @@ import torch
 import gflops
 import reference
 from benchmarks.harness import (bench_providers, cli, copy_gbps, forward_modes, grad_modes, meta_for,
-                                write_results)
+                                subset_tag, write_results)
 
 SIZES = {"coco": dict(batch=16, anchors=22400, gts=100, pos=1000, reg_max=16),
          "small": dict(batch=2, anchors=22400, gts=100, pos=1000, reg_max=16)}
@@ -81,7 +81,7 @@ def run(device, size, dtype, providers):
            "compile": torch.compile(reference.gfl_box_branch)}
     rows += bench_providers(name, fns, lambda fn: grad_modes(fn, args, kw, lambda out: 2.0 * out[0] + 0.25 * out[1]),
                             nbytes, device, copy, providers)
-    return write_results(f"boxes_{size}_{str(dtype).split('.')[-1]}", device, rows, meta_for(device, size, dtype, copy))
+    return write_results(f"boxes_{size}_{str(dtype).split('.')[-1]}{subset_tag(providers)}", device, rows, meta_for(device, size, dtype, copy))
 
 
 def main(argv=None):

@@ -7,7 +7,7 @@ import torch
 
 import gflops
 import reference
-from benchmarks.harness import bench_providers, cli, copy_gbps, grad_modes, meta_for, write_results
+from benchmarks.harness import bench_providers, cli, copy_gbps, grad_modes, meta_for, subset_tag, write_results
 
 # (batch, anchors per image, classes); DFL: 4 sides x batch x positives, reg_max.
 SIZES = {"coco": dict(batch=16, anchors=22400, classes=80, pos=1000, reg_max=16),
@@ -54,7 +54,7 @@ def run(device, size, dtype, providers):
         fns = {"reference": ref_fn, "compile": torch.compile(ref_fn), "gflops": ours}
         rows += bench_providers(name, fns, lambda fn: grad_modes(fn, args, kw, lambda out: out), nbytes,
                                 device, copy, providers)
-    return write_results(f"losses_{size}_{str(dtype).split('.')[-1]}", device, rows,
+    return write_results(f"losses_{size}_{str(dtype).split('.')[-1]}{subset_tag(providers)}", device, rows,
                          meta_for(device, size, dtype, copy))
 
 

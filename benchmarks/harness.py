@@ -160,6 +160,14 @@ def meta_for(device, size, dtype, copy):
                 note="vs_eager / vs_compile are speedups (x); bytes are what a fused kernel must move")
 
 
+PROVIDERS = ("reference", "compile", "gflops")
+
+
+def subset_tag(providers):
+    """A file-name suffix for runs of fewer providers, so they never overwrite a full comparison."""
+    return "" if set(providers) == set(PROVIDERS) else "_" + "-".join(providers)
+
+
 def cli(run, doc, argv=None):
     """The benchmarks' shared command line: run(device, size, dtype, providers) prints its table."""
     import argparse
@@ -169,7 +177,7 @@ def cli(run, doc, argv=None):
     p.add_argument("--size", choices=["coco", "small"], default=None,
                    help="coco on GPU, small (batch 2) on CPU by default")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
-    p.add_argument("--providers", default="reference,compile,gflops")
+    p.add_argument("--providers", default=",".join(PROVIDERS))
     a = p.parse_args(argv)
     device = torch.device(a.device)
     size = a.size or ("coco" if device.type == "cuda" else "small")
