@@ -6,11 +6,11 @@ def _acc_dtype(pred):
     return torch.float64 if pred.dtype == torch.float64 else torch.float32
 
 
-def _same_device(op, pred, **others):
+def _same_device(op, pred, main="pred", **others):
     for name, t in others.items():
         if t is not None:
             torch._check(t.device == pred.device,
-                         lambda: f"{op}: {name} is on {t.device} but pred is on {pred.device}")
+                         lambda: f"{op}: {name} is on {t.device} but {main} is on {pred.device}")
 
 
 def _loss_out(op, pred, reduction):
@@ -45,7 +45,7 @@ def _dfl_bwd(grad, pred, target, weight, reduction):
 
 @torch.library.register_fake("gflops::box_iou")
 def _box_iou(boxes1, boxes2, mode, aligned, eps):
-    _same_device("gflops.box_iou", boxes1, boxes2=boxes2)
+    _same_device("gflops.box_iou", boxes1, "boxes1", boxes2=boxes2)
     if aligned:
         return boxes1.new_empty(boxes1.shape[:-1])
     return boxes1.new_empty((*boxes1.shape[:-1], boxes2.shape[-2]))

@@ -83,6 +83,11 @@ def test_box_iou_bad_inputs(device, args, message):
         gflops.box_iou(a, b, eps=0.0)
 
 
+def test_box_iou_mixed_devices_meta():
+    with pytest.raises(RuntimeError, match="boxes2 is on meta but boxes1 is on cpu"):
+        torch.ops.gflops.box_iou(random_boxes(3), random_boxes(4).to("meta"), "iou", False, 1e-6)
+
+
 def test_box_iou_refuses_grad():
     a = random_boxes(5).requires_grad_(True)
     with pytest.raises(ValueError, match="boxes1 requires grad"):

@@ -137,6 +137,11 @@ def test_bad_inputs(device, validation):
         gflops.gfl_box_branch(bp, bpts, bst, bgt, bw[:5])
     with pytest.raises(RuntimeError, match=r"pred must be \(P, 4 \* \(reg_max \+ 1\)\)"):
         gflops.gfl_box_branch(bp[None], bpts, bst, bgt, bw)
+    if device == "cpu":  # a meta tensor stands in for "another device"
+        with pytest.raises(RuntimeError, match="points is on meta but pred is on cpu"):
+            torch.ops.gflops.decode_distribution(pred, points.to("meta"), strides, 16, None)
+        with pytest.raises(RuntimeError, match="weight is on meta but pred is on cpu"):
+            torch.ops.gflops.gfl_box_branch(bp, bpts, bst, bgt, bw.to("meta"), 16)
     with pytest.raises(ValueError, match="gt_boxes requires grad"):
         gflops.gfl_box_branch(bp, bpts, bst, bgt.requires_grad_(True), bw)
 
