@@ -116,6 +116,13 @@ void dfl_check_values(const LossInputs& in, const char* op) {
                 ("target must lie in [0, reg_max) = [0, " + std::to_string(n) + ")").c_str());
 }
 
+at::Tensor check_grad_shape(const at::Tensor& grad, const at::Tensor& pred, at::IntArrayRef shape,
+                            const char* op, const char* name) {
+  check_same_device(pred, grad, op, "pred", name);
+  TORCH_CHECK(grad.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ", grad.sizes());
+  return grad.to(acc_dtype(pred)).contiguous();
+}
+
 at::Tensor check_loss_grad(const at::Tensor& grad, const LossInputs& in, const char* op) {
   check_same_device(in.pred, grad, op, "pred", "grad");
   if (in.sum) {

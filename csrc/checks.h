@@ -47,6 +47,11 @@ LossInputs dfl_prepare(const at::Tensor& pred, const at::Tensor& target,
                        const char* op);
 void dfl_check_values(const LossInputs& in, const char* op);
 
+// An incoming gradient of a given shape on pred's device, made contiguous in
+// the accumulation dtype.
+at::Tensor check_grad_shape(const at::Tensor& grad, const at::Tensor& pred, at::IntArrayRef shape,
+                            const char* op, const char* name = "grad");
+
 // The incoming gradient of a loss: () for "sum", (N,) for "none".
 at::Tensor check_loss_grad(const at::Tensor& grad, const LossInputs& in, const char* op);
 

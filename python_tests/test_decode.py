@@ -212,3 +212,14 @@ def test_cpu_cuda_agree(dtype):
     (c[0] + c[1]).backward()
     (g[0] + g[1]).backward()
     torch.testing.assert_close(p2.grad.cpu(), p1.grad, **_tol(dtype))
+
+
+def test_backward_ops_check_their_gradients():
+    pred, points, strides = distribution_inputs(2, 5, 16)
+    with pytest.raises(RuntimeError, match=r"grad must have shape \[2, 5, 4\]"):
+        torch.ops.gflops.integral_backward(torch.ones(2, 5, 3), pred, 16)
+    with pytest.raises(RuntimeError, match="grad must have shape"):
+        torch.ops.gflops.decode_distribution_backward(torch.ones(10, 4), pred, points, strides, 16, None)
+    bp, bpts, bst, bgt, bw = branch_inputs(3, 16)
+    with pytest.raises(RuntimeError, match=r"grad_dfl must have shape \[\]"):
+        torch.ops.gflops.gfl_box_branch_backward(torch.tensor(1.0), torch.ones(2), bp, bpts, bst, bgt, bw, 16)

@@ -143,10 +143,7 @@ at::Tensor integral_cpu(const at::Tensor& pred, int64_t reg_max) {
 at::Tensor integral_backward_cpu(const at::Tensor& grad, const at::Tensor& pred, int64_t reg_max) {
   const char* op = "gflops.integral_backward";
   DistInputs in = integral_prepare(pred, reg_max, op);
-  check_same_device(in.pred, grad, op, "pred", "grad");
-  TORCH_CHECK(grad.sizes() == at::IntArrayRef(in.out_shape), op, ": grad must have shape ",
-              at::IntArrayRef(in.out_shape), ", got ", grad.sizes());
-  at::Tensor g = grad.to(acc_dtype(in.pred)).contiguous();
+  at::Tensor g = check_grad_shape(grad, in.pred, in.out_shape, op);
   at::Tensor out = at::empty_like(in.pred);
   GF_DISPATCH(in.pred.scalar_type(), "integral_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -187,10 +184,7 @@ at::Tensor decode_backward_cpu(const at::Tensor& grad, const at::Tensor& pred, c
                                c10::optional<at::ArrayRef<double>> max_shape) {
   const char* op = "gflops.decode_distribution_backward";
   DecodeInputs in = decode_prepare(pred, points, strides, reg_max, max_shape, op);
-  check_same_device(in.dist.pred, grad, op, "pred", "grad");
-  TORCH_CHECK(grad.sizes() == at::IntArrayRef(in.dist.out_shape), op, ": grad must have shape ",
-              at::IntArrayRef(in.dist.out_shape), ", got ", grad.sizes());
-  at::Tensor g = grad.to(acc_dtype(in.dist.pred)).contiguous();
+  at::Tensor g = check_grad_shape(grad, in.dist.pred, in.dist.out_shape, op);
   at::Tensor out = at::empty_like(in.dist.pred);
   GF_DISPATCH(in.dist.pred.scalar_type(), "decode_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -241,11 +235,8 @@ at::Tensor box_branch_backward_cpu(const at::Tensor& grad_giou, const at::Tensor
                                    const at::Tensor& weight, int64_t reg_max) {
   const char* op = "gflops.gfl_box_branch_backward";
   BoxBranchInputs in = box_branch_prepare(pred, points, strides, gt_boxes, weight, reg_max, op);
-  TORCH_CHECK(grad_giou.numel() == 1 && grad_dfl.numel() == 1, op, ": the loss gradients must be scalars");
-  check_same_device(in.dec.dist.pred, grad_giou, op, "pred", "grad_giou");
-  check_same_device(in.dec.dist.pred, grad_dfl, op, "pred", "grad_dfl");
-  const at::Tensor gg = grad_giou.to(acc_dtype(in.dec.dist.pred)).reshape({1});
-  const at::Tensor gd = grad_dfl.to(acc_dtype(in.dec.dist.pred)).reshape({1});
+  const at::Tensor gg = check_grad_shape(grad_giou, in.dec.dist.pred, {}, op, "grad_giou");
+  const at::Tensor gd = check_grad_shape(grad_dfl, in.dec.dist.pred, {}, op, "grad_dfl");
   at::Tensor out = at::empty_like(in.dec.dist.pred);
   GF_DISPATCH(in.dec.dist.pred.scalar_type(), "box_branch_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;

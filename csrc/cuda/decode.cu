@@ -14,12 +14,6 @@ namespace {
 
 namespace gc = gf::cuda;
 
-at::Tensor grad_like(const at::Tensor& grad, const at::Tensor& pred, at::IntArrayRef shape, const char* op) {
-  check_same_device(pred, grad, op, "pred", "grad");
-  TORCH_CHECK(grad.sizes() == shape, op, ": grad must have shape ", shape, ", got ", grad.sizes());
-  return grad.to(acc_dtype(pred)).contiguous();
-}
-
 at::Tensor integral_cuda(const at::Tensor& pred, int64_t reg_max) {
   DistInputs in = integral_prepare(pred, reg_max, "gflops.integral");
   const c10::cuda::CUDAGuard guard(in.pred.device());
@@ -32,7 +26,7 @@ at::Tensor integral_cuda(const at::Tensor& pred, int64_t reg_max) {
 at::Tensor integral_backward_cuda(const at::Tensor& grad, const at::Tensor& pred, int64_t reg_max) {
   const char* op = "gflops.integral_backward";
   DistInputs in = integral_prepare(pred, reg_max, op);
-  at::Tensor g = grad_like(grad, in.pred, in.out_shape, op);
+  at::Tensor g = check_grad_shape(grad, in.pred, in.out_shape, op);
   const c10::cuda::CUDAGuard guard(in.pred.device());
   at::Tensor out = at::empty_like(in.pred);
   C10_CUDA_CHECK(gc::integral_backward(kernel_dtype(in.pred.scalar_type()), g.data_ptr(), in.pred.data_ptr(), in.rows,
@@ -73,7 +67,7 @@ at::Tensor decode_backward_cuda(const at::Tensor& grad, const at::Tensor& pred, 
                                 c10::optional<at::ArrayRef<double>> max_shape) {
   const char* op = "gflops.decode_distribution_backward";
   DecodeInputs in = decode_prepare(pred, points, strides, reg_max, max_shape, op);
-  at::Tensor g = grad_like(grad, in.dist.pred, in.dist.out_shape, op);
+  at::Tensor g = check_grad_shape(grad, in.dist.pred, in.dist.out_shape, op);
   const c10::cuda::CUDAGuard guard(in.dist.pred.device());
   at::Tensor out = at::empty_like(in.dist.pred);
   C10_CUDA_CHECK(gc::decode_backward(decode_args(in), g.data_ptr(), out.data_ptr(), c10::cuda::getCurrentCUDAStream()));
@@ -101,8 +95,8 @@ at::Tensor box_branch_backward_cuda(const at::Tensor& grad_giou, const at::Tenso
                                     const at::Tensor& weight, int64_t reg_max) {
   const char* op = "gflops.gfl_box_branch_backward";
   BoxBranchInputs in = box_branch_prepare(pred, points, strides, gt_boxes, weight, reg_max, op);
-  at::Tensor gg = grad_like(grad_giou.reshape({}), in.dec.dist.pred, {}, op);
-  at::Tensor gd = grad_like(grad_dfl.reshape({}), in.dec.dist.pred, {}, op);
+  at::Tensor gg = check_grad_shape(grad_giou, in.dec.dist.pred, {}, op, "grad_giou");
+  at::Tensor gd = check_grad_shape(grad_dfl, in.dec.dist.pred, {}, op, "grad_dfl");
   const c10::cuda::CUDAGuard guard(in.dec.dist.pred.device());
   at::Tensor out = at::empty_like(in.dec.dist.pred);
   C10_CUDA_CHECK(gc::box_branch_backward(decode_args(in.dec), in.gt.data_ptr(), in.weight.data_ptr(), gg.data_ptr(),
