@@ -32,11 +32,16 @@ def has_cuda() -> bool:
     return bool(_C.cuda_compiled())
 
 
+_validation_listeners = []  # the emulated CUDA library keeps a switch of its own
+
+
 def set_validation(enabled: bool) -> None:
     """Switch value checks on CUDA inputs (score in [0, 1], DFL targets in
     range) on or off. They cost a host sync, so they are off by default; the
     env var GFLOPS_VALIDATE=1 turns them on at start. CPU always checks."""
     _C.set_validation(bool(enabled))
+    for listener in _validation_listeners:
+        listener(bool(enabled))
 
 
 def validation_enabled() -> bool:

@@ -6,85 +6,80 @@ them when they require grad rather than return a silently wrong gradient.
 """
 import torch
 
-ops = torch.ops.gflops
+
+def register(ns):
+    """Registers autograd for the differentiable ops of the library `ns`; their
+    backward calls that library's backward ops."""
+    ops = getattr(torch.ops, ns)
+
+    def _qfl_setup(ctx, inputs, output):
+        pred, label, score, weight, beta, reduction = inputs
+        ctx.save_for_backward(pred, label, score, weight)
+        ctx.beta, ctx.reduction = beta, reduction
+
+    def _qfl_backward(ctx, grad):
+        pred, label, score, weight = ctx.saved_tensors
+        gp = ops.quality_focal_loss_backward(grad, pred, label, score, weight, ctx.beta, ctx.reduction)
+        return gp, None, None, None, None, None
+
+    def _dfl_setup(ctx, inputs, output):
+        pred, target, weight, reduction = inputs
+        ctx.save_for_backward(pred, target, weight)
+        ctx.reduction = reduction
+
+    def _dfl_backward(ctx, grad):
+        pred, target, weight = ctx.saved_tensors
+        gp = ops.distribution_focal_loss_backward(grad, pred, target, weight, ctx.reduction)
+        return gp, None, None, None
 
 
-def _qfl_setup(ctx, inputs, output):
-    pred, label, score, weight, beta, reduction = inputs
-    ctx.save_for_backward(pred, label, score, weight)
-    ctx.beta, ctx.reduction = beta, reduction
+    torch.library.register_autograd(f"{ns}::quality_focal_loss", _qfl_backward, setup_context=_qfl_setup)
+    torch.library.register_autograd(f"{ns}::distribution_focal_loss", _dfl_backward, setup_context=_dfl_setup)
+
+    def _giou_setup(ctx, inputs, output):
+        pred, target, weight, eps, reduction = inputs
+        ctx.save_for_backward(pred, target, weight)
+        ctx.eps, ctx.reduction = eps, reduction
+
+    def _giou_backward(ctx, grad):
+        pred, target, weight = ctx.saved_tensors
+        return ops.giou_loss_backward(grad, pred, target, weight, ctx.eps, ctx.reduction), None, None, None, None
+
+    def _integral_setup(ctx, inputs, output):
+        pred, reg_max = inputs
+        ctx.save_for_backward(pred)
+        ctx.reg_max = reg_max
+
+    def _integral_backward(ctx, grad):
+        (pred,) = ctx.saved_tensors
+        return ops.integral_backward(grad, pred, ctx.reg_max), None
+
+    def _decode_setup(ctx, inputs, output):
+        pred, points, strides, reg_max, max_shape = inputs
+        ctx.save_for_backward(pred, points, strides)
+        ctx.reg_max, ctx.max_shape = reg_max, max_shape
+
+    def _decode_backward(ctx, grad):
+        pred, points, strides = ctx.saved_tensors
+        g = ops.decode_distribution_backward(grad, pred, points, strides, ctx.reg_max, ctx.max_shape)
+        return g, None, None, None, None
+
+    def _branch_setup(ctx, inputs, output):
+        pred, points, strides, gt_boxes, weight, reg_max = inputs
+        ctx.save_for_backward(pred, points, strides, gt_boxes, weight)
+        ctx.reg_max = reg_max
+        ctx.mark_non_differentiable(output[2])  # the quality score is computed from detached boxes
+
+    def _branch_backward(ctx, grad_giou, grad_dfl, grad_score):
+        pred, points, strides, gt_boxes, weight = ctx.saved_tensors
+        g = ops.gfl_box_branch_backward(grad_giou, grad_dfl, pred, points, strides, gt_boxes, weight, ctx.reg_max)
+        return g, None, None, None, None, None
 
 
-def _qfl_backward(ctx, grad):
-    pred, label, score, weight = ctx.saved_tensors
-    gp = ops.quality_focal_loss_backward(grad, pred, label, score, weight, ctx.beta, ctx.reduction)
-    return gp, None, None, None, None, None
+    torch.library.register_autograd(f"{ns}::giou_loss", _giou_backward, setup_context=_giou_setup)
+    torch.library.register_autograd(f"{ns}::integral", _integral_backward, setup_context=_integral_setup)
+    torch.library.register_autograd(f"{ns}::decode_distribution", _decode_backward, setup_context=_decode_setup)
+    torch.library.register_autograd(f"{ns}::gfl_box_branch", _branch_backward, setup_context=_branch_setup)
 
 
-def _dfl_setup(ctx, inputs, output):
-    pred, target, weight, reduction = inputs
-    ctx.save_for_backward(pred, target, weight)
-    ctx.reduction = reduction
-
-
-def _dfl_backward(ctx, grad):
-    pred, target, weight = ctx.saved_tensors
-    gp = ops.distribution_focal_loss_backward(grad, pred, target, weight, ctx.reduction)
-    return gp, None, None, None
-
-
-torch.library.register_autograd("gflops::quality_focal_loss", _qfl_backward, setup_context=_qfl_setup)
-torch.library.register_autograd("gflops::distribution_focal_loss", _dfl_backward, setup_context=_dfl_setup)
-
-
-def _giou_setup(ctx, inputs, output):
-    pred, target, weight, eps, reduction = inputs
-    ctx.save_for_backward(pred, target, weight)
-    ctx.eps, ctx.reduction = eps, reduction
-
-
-def _giou_backward(ctx, grad):
-    pred, target, weight = ctx.saved_tensors
-    return ops.giou_loss_backward(grad, pred, target, weight, ctx.eps, ctx.reduction), None, None, None, None
-
-
-def _integral_setup(ctx, inputs, output):
-    pred, reg_max = inputs
-    ctx.save_for_backward(pred)
-    ctx.reg_max = reg_max
-
-
-def _integral_backward(ctx, grad):
-    (pred,) = ctx.saved_tensors
-    return ops.integral_backward(grad, pred, ctx.reg_max), None
-
-
-def _decode_setup(ctx, inputs, output):
-    pred, points, strides, reg_max, max_shape = inputs
-    ctx.save_for_backward(pred, points, strides)
-    ctx.reg_max, ctx.max_shape = reg_max, max_shape
-
-
-def _decode_backward(ctx, grad):
-    pred, points, strides = ctx.saved_tensors
-    g = ops.decode_distribution_backward(grad, pred, points, strides, ctx.reg_max, ctx.max_shape)
-    return g, None, None, None, None
-
-
-def _branch_setup(ctx, inputs, output):
-    pred, points, strides, gt_boxes, weight, reg_max = inputs
-    ctx.save_for_backward(pred, points, strides, gt_boxes, weight)
-    ctx.reg_max = reg_max
-    ctx.mark_non_differentiable(output[2])  # the quality score is computed from detached boxes
-
-
-def _branch_backward(ctx, grad_giou, grad_dfl, grad_score):
-    pred, points, strides, gt_boxes, weight = ctx.saved_tensors
-    g = ops.gfl_box_branch_backward(grad_giou, grad_dfl, pred, points, strides, gt_boxes, weight, ctx.reg_max)
-    return g, None, None, None, None, None
-
-
-torch.library.register_autograd("gflops::giou_loss", _giou_backward, setup_context=_giou_setup)
-torch.library.register_autograd("gflops::integral", _integral_backward, setup_context=_integral_setup)
-torch.library.register_autograd("gflops::decode_distribution", _decode_backward, setup_context=_decode_setup)
-torch.library.register_autograd("gflops::gfl_box_branch", _branch_backward, setup_context=_branch_setup)
+register("gflops")

@@ -1,4 +1,6 @@
-"""Fake (meta) kernels: output shapes and dtypes for torch.compile and opcheck."""
+"""Fake (meta) kernels: output shapes and dtypes for torch.compile and opcheck.
+
+Registered for the gflops library and, when it is loaded, its emulated twin."""
 import torch
 
 
@@ -19,77 +21,70 @@ def _loss_out(op, pred, reduction):
     return pred.new_empty(shape, dtype=_acc_dtype(pred))
 
 
-@torch.library.register_fake("gflops::quality_focal_loss")
-def _qfl(pred, label, score, weight, beta, reduction):
-    op = "gflops.quality_focal_loss"
-    _same_device(op, pred, label=label, score=score, weight=weight)
-    return _loss_out(op, pred, reduction)
+def register(ns):
+    """Registers the fake kernels of every op of the library `ns`."""
+    @torch.library.register_fake(f"{ns}::quality_focal_loss")
+    def _qfl(pred, label, score, weight, beta, reduction):
+        op = "gflops.quality_focal_loss"
+        _same_device(op, pred, label=label, score=score, weight=weight)
+        return _loss_out(op, pred, reduction)
+
+    @torch.library.register_fake(f"{ns}::quality_focal_loss_backward")
+    def _qfl_bwd(grad, pred, label, score, weight, beta, reduction):
+        return pred.new_empty(pred.shape)
+
+    @torch.library.register_fake(f"{ns}::distribution_focal_loss")
+    def _dfl(pred, target, weight, reduction):
+        op = "gflops.distribution_focal_loss"
+        _same_device(op, pred, target=target, weight=weight)
+        return _loss_out(op, pred, reduction)
+
+    @torch.library.register_fake(f"{ns}::distribution_focal_loss_backward")
+    def _dfl_bwd(grad, pred, target, weight, reduction):
+        return pred.new_empty(pred.shape)
+
+    @torch.library.register_fake(f"{ns}::box_iou")
+    def _box_iou(boxes1, boxes2, mode, aligned, eps):
+        _same_device("gflops.box_iou", boxes1, "boxes1", boxes2=boxes2)
+        if aligned:
+            return boxes1.new_empty(boxes1.shape[:-1])
+        return boxes1.new_empty((*boxes1.shape[:-1], boxes2.shape[-2]))
+
+    @torch.library.register_fake(f"{ns}::giou_loss")
+    def _giou(pred, target, weight, eps, reduction):
+        _same_device("gflops.giou_loss", pred, target=target, weight=weight)
+        return _loss_out("gflops.giou_loss", pred, reduction)
+
+    @torch.library.register_fake(f"{ns}::giou_loss_backward")
+    def _giou_bwd(grad, pred, target, weight, eps, reduction):
+        return pred.new_empty(pred.shape)
+
+    @torch.library.register_fake(f"{ns}::integral")
+    def _integral(pred, reg_max):
+        return pred.new_empty((*pred.shape[:-1], 4))
+
+    @torch.library.register_fake(f"{ns}::integral_backward")
+    def _integral_bwd(grad, pred, reg_max):
+        return pred.new_empty(pred.shape)
+
+    @torch.library.register_fake(f"{ns}::decode_distribution")
+    def _decode(pred, points, strides, reg_max, max_shape):
+        _same_device("gflops.decode_distribution", pred, points=points, strides=strides)
+        return pred.new_empty((*pred.shape[:-1], 4))
+
+    @torch.library.register_fake(f"{ns}::decode_distribution_backward")
+    def _decode_bwd(grad, pred, points, strides, reg_max, max_shape):
+        return pred.new_empty(pred.shape)
+
+    @torch.library.register_fake(f"{ns}::gfl_box_branch")
+    def _branch(pred, points, strides, gt_boxes, weight, reg_max):
+        _same_device("gflops.gfl_box_branch", pred, points=points, strides=strides, gt_boxes=gt_boxes, weight=weight)
+        acc = _acc_dtype(pred)
+        return pred.new_empty((), dtype=acc), pred.new_empty((), dtype=acc), pred.new_empty((pred.shape[0],), dtype=acc)
+
+    @torch.library.register_fake(f"{ns}::gfl_box_branch_backward")
+    def _branch_bwd(grad_giou, grad_dfl, pred, points, strides, gt_boxes, weight, reg_max):
+        return pred.new_empty(pred.shape)
 
 
-@torch.library.register_fake("gflops::quality_focal_loss_backward")
-def _qfl_bwd(grad, pred, label, score, weight, beta, reduction):
-    return pred.new_empty(pred.shape)
-
-
-@torch.library.register_fake("gflops::distribution_focal_loss")
-def _dfl(pred, target, weight, reduction):
-    op = "gflops.distribution_focal_loss"
-    _same_device(op, pred, target=target, weight=weight)
-    return _loss_out(op, pred, reduction)
-
-
-@torch.library.register_fake("gflops::distribution_focal_loss_backward")
-def _dfl_bwd(grad, pred, target, weight, reduction):
-    return pred.new_empty(pred.shape)
-
-
-@torch.library.register_fake("gflops::box_iou")
-def _box_iou(boxes1, boxes2, mode, aligned, eps):
-    _same_device("gflops.box_iou", boxes1, "boxes1", boxes2=boxes2)
-    if aligned:
-        return boxes1.new_empty(boxes1.shape[:-1])
-    return boxes1.new_empty((*boxes1.shape[:-1], boxes2.shape[-2]))
-
-
-@torch.library.register_fake("gflops::giou_loss")
-def _giou(pred, target, weight, eps, reduction):
-    _same_device("gflops.giou_loss", pred, target=target, weight=weight)
-    return _loss_out("gflops.giou_loss", pred, reduction)
-
-
-@torch.library.register_fake("gflops::giou_loss_backward")
-def _giou_bwd(grad, pred, target, weight, eps, reduction):
-    return pred.new_empty(pred.shape)
-
-
-@torch.library.register_fake("gflops::integral")
-def _integral(pred, reg_max):
-    return pred.new_empty((*pred.shape[:-1], 4))
-
-
-@torch.library.register_fake("gflops::integral_backward")
-def _integral_bwd(grad, pred, reg_max):
-    return pred.new_empty(pred.shape)
-
-
-@torch.library.register_fake("gflops::decode_distribution")
-def _decode(pred, points, strides, reg_max, max_shape):
-    _same_device("gflops.decode_distribution", pred, points=points, strides=strides)
-    return pred.new_empty((*pred.shape[:-1], 4))
-
-
-@torch.library.register_fake("gflops::decode_distribution_backward")
-def _decode_bwd(grad, pred, points, strides, reg_max, max_shape):
-    return pred.new_empty(pred.shape)
-
-
-@torch.library.register_fake("gflops::gfl_box_branch")
-def _branch(pred, points, strides, gt_boxes, weight, reg_max):
-    _same_device("gflops.gfl_box_branch", pred, points=points, strides=strides, gt_boxes=gt_boxes, weight=weight)
-    acc = _acc_dtype(pred)
-    return pred.new_empty((), dtype=acc), pred.new_empty((), dtype=acc), pred.new_empty((pred.shape[0],), dtype=acc)
-
-
-@torch.library.register_fake("gflops::gfl_box_branch_backward")
-def _branch_bwd(grad_giou, grad_dfl, pred, points, strides, gt_boxes, weight, reg_max):
-    return pred.new_empty(pred.shape)
+register("gflops")

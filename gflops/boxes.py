@@ -1,6 +1,7 @@
 """Box overlaps and the GIoU loss (SPEC.md section 4)."""
 import torch
 
+from . import _ops
 from .losses import _check_constant, _check_reduction, _reduce
 
 
@@ -11,7 +12,7 @@ def box_iou(boxes1, boxes2, mode="iou", aligned=False, eps=1e-6):
     fn = "gflops.box_iou"
     _check_constant(fn, "boxes1", boxes1)
     _check_constant(fn, "boxes2", boxes2)
-    return torch.ops.gflops.box_iou(boxes1, boxes2, mode, bool(aligned), float(eps))
+    return _ops.lib().box_iou(boxes1, boxes2, mode, bool(aligned), float(eps))
 
 
 def giou_loss(pred, target, weight=None, reduction="mean", avg_factor=None, eps=1e-6):
@@ -22,7 +23,7 @@ def giou_loss(pred, target, weight=None, reduction="mean", avg_factor=None, eps=
     _check_constant(fn, "target", target)
     _check_constant(fn, "weight", weight)
     op_reduction = "none" if reduction == "none" else "sum"
-    out = torch.ops.gflops.giou_loss(pred, target, weight, float(eps), op_reduction)
+    out = _ops.lib().giou_loss(pred, target, weight, float(eps), op_reduction)
     return _reduce(out, reduction, avg_factor, pred.shape[0] if pred.dim() else 0)
 
 

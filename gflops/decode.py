@@ -1,12 +1,13 @@
 """Distribution decoding (SPEC.md section 3) and the fused GFL box branch (section 4)."""
 import torch
 
+from . import _ops
 from .losses import _check_constant
 
 
 def integral(pred, reg_max=16):
     """(..., 4 * (reg_max + 1)) logits -> (..., 4) expected distances (bins)."""
-    return torch.ops.gflops.integral(pred, int(reg_max))
+    return _ops.lib().integral(pred, int(reg_max))
 
 
 def _shape(max_shape):
@@ -21,7 +22,7 @@ def decode_distribution(pred, points, strides, reg_max=16, max_shape=None):
     fn = "gflops.decode_distribution"
     _check_constant(fn, "points", points)
     _check_constant(fn, "strides", strides)
-    return torch.ops.gflops.decode_distribution(pred, points, strides, int(reg_max), _shape(max_shape))
+    return _ops.lib().decode_distribution(pred, points, strides, int(reg_max), _shape(max_shape))
 
 
 def gfl_box_branch(pred, points, strides, gt_boxes, weight, reg_max=16):
@@ -36,7 +37,7 @@ def gfl_box_branch(pred, points, strides, gt_boxes, weight, reg_max=16):
     fn = "gflops.gfl_box_branch"
     for name, t in (("points", points), ("strides", strides), ("gt_boxes", gt_boxes), ("weight", weight)):
         _check_constant(fn, name, t)
-    return torch.ops.gflops.gfl_box_branch(pred, points, strides, gt_boxes, weight, int(reg_max))
+    return _ops.lib().gfl_box_branch(pred, points, strides, gt_boxes, weight, int(reg_max))
 
 
 def distance2bbox(points, distances, max_shape=None):

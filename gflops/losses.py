@@ -2,6 +2,8 @@
 import torch
 from torch import nn
 
+from . import _ops
+
 _REDUCTIONS = ("none", "mean", "sum")
 
 
@@ -41,7 +43,7 @@ def quality_focal_loss(pred, label, score, weight=None, beta=2.0, reduction="mea
     _check_constant(fn, "score", score)
     _check_constant(fn, "weight", weight)
     op_reduction = "none" if reduction == "none" else "sum"
-    out = torch.ops.gflops.quality_focal_loss(pred, label, score, weight, float(beta), op_reduction)
+    out = _ops.lib().quality_focal_loss(pred, label, score, weight, float(beta), op_reduction)
     return _reduce(out, reduction, avg_factor, pred.shape[0] if pred.dim() else 0)
 
 
@@ -53,7 +55,7 @@ def distribution_focal_loss(pred, target, weight=None, reduction="mean", avg_fac
     _check_constant(fn, "target", target)
     _check_constant(fn, "weight", weight)
     op_reduction = "none" if reduction == "none" else "sum"
-    out = torch.ops.gflops.distribution_focal_loss(pred, target, weight, op_reduction)
+    out = _ops.lib().distribution_focal_loss(pred, target, weight, op_reduction)
     return _reduce(out, reduction, avg_factor, pred.shape[0] if pred.dim() else 0)
 
 

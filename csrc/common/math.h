@@ -3,15 +3,25 @@
 // On the device the CUDA libm is used. On the host, float goes through
 // branch-free polynomial exp/log (Cephes-style range reduction) so that the
 // CPU loops vectorise under `#pragma omp simd` with no libmvec; double keeps
-// std:: functions because it only serves gradcheck.
+// std:: functions because it only serves gradcheck. The emulated CUDA build
+// (GF_EMULATED: the kernels compiled by g++) takes the device paths with the
+// host libm, so it computes what the device computes, overflows included.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__)
+#if defined(__CUDA_ARCH__) || defined(GF_EMULATED)
+#define GF_DEVICE_MATH 1
+#endif
+
+#if defined(__CUDACC__) || defined(GF_EMULATED)
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#define GF_HALF_TYPES 1
+#endif
+
+#if defined(__CUDACC__)
 #define GF_HD __host__ __device__ __forceinline__
 #else
 #define GF_HD inline __attribute__((always_inline))
@@ -19,7 +29,7 @@
 
 // Vectorise the loop that follows in host builds (CPU kernels are compiled
 // with -fopenmp); nothing in CUDA builds.
-#if defined(__CUDACC__)
+#if defined(__CUDACC__) || defined(GF_EMULATED)
 #define GF_SIMD
 #else
 #define GF_SIMD _Pragma("omp simd")
@@ -30,7 +40,7 @@ namespace gf {
 // Storage <-> arithmetic conversion. PyTorch builds CUDA code with the
 // implicit half/bfloat16 conversions switched off, hence the explicit ones.
 template <typename T, typename S> GF_HD T cvt(S v) { return static_cast<T>(v); }
-#if defined(__CUDACC__)
+#if defined(GF_HALF_TYPES)
 template <> GF_HD float cvt<float, __half>(__half v) { return __half2float(v); }
 template <> GF_HD __half cvt<__half, float>(float v) { return __float2half_rn(v); }
 template <> GF_HD float cvt<float, __nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
@@ -40,7 +50,7 @@ template <> GF_HD __nv_bfloat16 cvt<__nv_bfloat16, float>(float v) { return __fl
 template <typename T> GF_HD T gmax(T a, T b) { return a > b ? a : b; }
 template <typename T> GF_HD T gmin(T a, T b) { return a < b ? a : b; }
 
-#if !defined(__CUDA_ARCH__)
+#if !defined(GF_DEVICE_MATH)
 // __builtin_bit_cast, not memcpy: a memcpy inside an `omp simd` loop body
 // makes GCC give up on vectorising it.
 GF_HD float bits_to_float(int32_t i) { return __builtin_bit_cast(float, i); }
@@ -91,7 +101,7 @@ GF_HD float host_logf(float x) {
 #endif
 
 GF_HD float gexp(float x) {
-#if defined(__CUDA_ARCH__)
+#if defined(GF_DEVICE_MATH)
   return ::expf(x);
 #else
   return host_expf(x);
@@ -100,7 +110,7 @@ GF_HD float gexp(float x) {
 GF_HD double gexp(double x) { return ::exp(x); }
 
 GF_HD float glog(float x) {
-#if defined(__CUDA_ARCH__)
+#if defined(GF_DEVICE_MATH)
   return ::logf(x);
 #else
   return host_logf(x);
@@ -111,7 +121,7 @@ GF_HD double glog(double x) { return ::log(x); }
 // log1p(e) for e in [0, 1]: log(1+e) corrected by e/((1+e)-1) keeps full
 // relative accuracy when e is tiny (logits far from zero).
 GF_HD float glog1p_unit(float e) {
-#if defined(__CUDA_ARCH__)
+#if defined(GF_DEVICE_MATH)
   return ::log1pf(e);
 #else
   float u = 1.0f + e;

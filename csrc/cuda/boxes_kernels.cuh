@@ -19,8 +19,8 @@ template <typename scalar_t, typename acc_t, bool GIOU>
 __global__ void __launch_bounds__(kIouTile * kIouTile / kIouRowsPerThread)
 box_iou_pairwise_kernel(const scalar_t* __restrict__ a, const scalar_t* __restrict__ b, int64_t n, int64_t m,
                         acc_t eps, scalar_t* __restrict__ out) {
-  __shared__ acc_t sa[kIouTile][4];
-  __shared__ acc_t sb[kIouTile][4];
+  GF_SHARED(acc_t, sa, [kIouTile][4]);
+  GF_SHARED(acc_t, sb, [kIouTile][4]);
   const int64_t img = blockIdx.z;
   const int64_t row0 = static_cast<int64_t>(blockIdx.y) * kIouTile;
   const int64_t col0 = static_cast<int64_t>(blockIdx.x) * kIouTile;
@@ -95,7 +95,7 @@ giou_loss_backward_kernel(const scalar_t* __restrict__ pred, const acc_t* __rest
 // ---- host side -------------------------------------------------------------
 
 // Pairwise: a (batch, n, 4), b (batch, m, 4) -> out (batch, n, m). Aligned: a, b (n, 4) -> out (n,).
-cudaError_t box_iou(DType dt, const void* a, const void* b, int64_t batch, int64_t n, int64_t m, bool aligned,
+inline cudaError_t box_iou(DType dt, const void* a, const void* b, int64_t batch, int64_t n, int64_t m, bool aligned,
                     bool giou, double eps, void* out, int num_sms, cudaStream_t stream) {
   if (aligned ? n == 0 : batch * n * m == 0) return cudaSuccess;
   if (!aligned && (batch > 65535 || (n + kIouTile - 1) / kIouTile > 65535)) return cudaErrorInvalidConfiguration;
@@ -107,45 +107,49 @@ cudaError_t box_iou(DType dt, const void* a, const void* b, int64_t batch, int64
     auto* o = static_cast<scalar_t*>(out);
     const acc_t e = static_cast<acc_t>(eps);
     if (aligned) {
-      box_iou_aligned_kernel<scalar_t, acc_t><<<grid_for(n, num_sms), kThreads, 0, stream>>>(pa, pb, n, e, giou, o);
+      constexpr auto K = box_iou_aligned_kernel<scalar_t, acc_t>;
+      launch<K>(grid_for<K>(n, num_sms), kThreads, 0, stream, pa, pb, n, e, giou, o);
       return;
     }
     const dim3 block(kIouTile, kIouTile / kIouRowsPerThread);
     const dim3 grid(static_cast<unsigned>((m + kIouTile - 1) / kIouTile),
                     static_cast<unsigned>((n + kIouTile - 1) / kIouTile), static_cast<unsigned>(batch));
-    if (giou) box_iou_pairwise_kernel<scalar_t, acc_t, true><<<grid, block, 0, stream>>>(pa, pb, n, m, e, o);
-    else box_iou_pairwise_kernel<scalar_t, acc_t, false><<<grid, block, 0, stream>>>(pa, pb, n, m, e, o);
+    if (giou) launch<box_iou_pairwise_kernel<scalar_t, acc_t, true>>(grid, block, 0, stream, pa, pb, n, m, e, o);
+    else launch<box_iou_pairwise_kernel<scalar_t, acc_t, false>>(grid, block, 0, stream, pa, pb, n, m, e, o);
   });
   return cudaGetLastError();
 }
 
-inline int giou_loss_blocks(int64_t n, int num_sms) { return grid_for(n, num_sms); }
+inline int giou_loss_blocks(int64_t n, int num_sms) { return max_grid(n, num_sms); }
 
 // out: (n,) when `sum` is false, else a scalar; partials: giou_loss_blocks() entries.
-cudaError_t giou_loss(DType dt, const void* pred, const void* target, const void* weight, int64_t n, double eps,
+inline cudaError_t giou_loss(DType dt, const void* pred, const void* target, const void* weight, int64_t n, double eps,
                       bool sum, void* out, void* partials, int num_sms, cudaStream_t stream) {
   if (n == 0) return sum ? cudaMemsetAsync(out, 0, acc_size(dt), stream) : cudaSuccess;
   dispatch_dtype(dt, [&](auto t) {
     using scalar_t = typename decltype(t)::scalar_t;
     using acc_t = typename decltype(t)::acc_t;
-    const int grid = giou_loss_blocks(n, num_sms);
+    constexpr auto K = giou_loss_kernel<scalar_t, acc_t>;
+    const int grid = grid_for<K>(n, num_sms);
     auto* part = sum ? static_cast<acc_t*>(partials) : nullptr;
-    giou_loss_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
-        static_cast<const scalar_t*>(pred), static_cast<const acc_t*>(target), static_cast<const acc_t*>(weight), n,
-        static_cast<acc_t>(eps), sum ? nullptr : static_cast<acc_t*>(out), part);
-    if (sum) sum_partials_kernel<acc_t><<<1, kThreads, 0, stream>>>(part, grid, static_cast<acc_t*>(out));
+    launch<K>(grid, kThreads, 0, stream, static_cast<const scalar_t*>(pred), static_cast<const acc_t*>(target),
+              static_cast<const acc_t*>(weight), n, static_cast<acc_t>(eps), sum ? nullptr : static_cast<acc_t*>(out),
+              part);
+    if (sum)
+      launch<sum_partials_kernel<acc_t>>(1, kThreads, 0, stream, static_cast<const acc_t*>(part), grid,
+                                         static_cast<acc_t*>(out));
   });
   return cudaGetLastError();
 }
 
-cudaError_t giou_loss_backward(DType dt, const void* pred, const void* target, const void* weight, const void* grad,
+inline cudaError_t giou_loss_backward(DType dt, const void* pred, const void* target, const void* weight, const void* grad,
                                bool grad_per_row, int64_t n, double eps, void* out, int num_sms, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   dispatch_dtype(dt, [&](auto t) {
     using scalar_t = typename decltype(t)::scalar_t;
     using acc_t = typename decltype(t)::acc_t;
-    giou_loss_backward_kernel<scalar_t, acc_t><<<grid_for(n, num_sms), kThreads, 0, stream>>>(
-        static_cast<const scalar_t*>(pred), static_cast<const acc_t*>(target), static_cast<const acc_t*>(weight),
+    constexpr auto K = giou_loss_backward_kernel<scalar_t, acc_t>;
+    launch<K>(grid_for<K>(n, num_sms), kThreads, 0, stream, static_cast<const scalar_t*>(pred), static_cast<const acc_t*>(target), static_cast<const acc_t*>(weight),
         static_cast<const acc_t*>(grad), grad_per_row, n, static_cast<acc_t>(eps), static_cast<scalar_t*>(out));
   });
   return cudaGetLastError();

@@ -2,13 +2,10 @@
 // host entry points, 16-byte packs, and the deterministic reductions.
 #pragma once
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
 #include <cstdint>
 
 #include "reduce.cuh"
+#include "runtime.cuh"
 
 namespace gf {
 namespace cuda {
@@ -36,12 +33,25 @@ template <typename F> void dispatch_dtype(DType dt, F&& f) {
 
 inline size_t acc_size(DType dt) { return dt == DType::Double ? sizeof(double) : sizeof(float); }
 
+// Test-only switch: take the 64-bit index path even for small sizes, so the
+// emulated tests run it (see csrc/emulation/module.cpp).
+inline std::atomic<bool>& force_int64_index() {
+  static std::atomic<bool> on{false};
+  return on;
+}
+
 // 32-bit indexing when the flat index and its grid stride stay below 2^31.
-inline bool fits_int32(int64_t n) { return n < (int64_t(1) << 30); }
+inline bool fits_int32(int64_t n) { return n < (int64_t(1) << 30) && !force_int64_index().load(std::memory_order_relaxed); }
+
+inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 template <typename acc_t> __device__ __forceinline__ acc_t weight_of(const acc_t* w, int64_t r) {
   return w ? w[r] : acc_t(1);
 }
+
+// A kernel as a type, so that a generic lambda can take the instantiation to
+// launch and size its grid from (launch<K>, grid_for<K>).
+template <auto K> struct Kern { static constexpr auto value = K; };
 
 #define GF_GRID_STRIDE(i, n)                                                              \
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); \

@@ -1,8 +1,6 @@
 // CUDA registrations of the decoding family: shared checks, then the
 // torch-free entry points of decode_kernels.cuh on the current stream.
 #include <ATen/ATen.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include "../box_checks.h"
@@ -16,10 +14,10 @@ namespace gc = gf::cuda;
 
 at::Tensor integral_cuda(const at::Tensor& pred, int64_t reg_max) {
   DistInputs in = integral_prepare(pred, reg_max, "gflops.integral");
-  const c10::cuda::CUDAGuard guard(in.pred.device());
+  const DeviceGuard guard(in.pred.device());
   at::Tensor out = at::empty(in.out_shape, in.pred.options());
-  C10_CUDA_CHECK(gc::integral(kernel_dtype(in.pred.scalar_type()), in.pred.data_ptr(), in.rows, in.n1, out.data_ptr(),
-                              num_sms(in.pred.get_device()), c10::cuda::getCurrentCUDAStream()));
+  GF_CUDA_CHECK(gc::integral(kernel_dtype(in.pred.scalar_type()), in.pred.data_ptr(), in.rows, in.n1, out.data_ptr(),
+                              num_sms(in.pred.get_device()), current_stream()));
   return out;
 }
 
@@ -27,11 +25,11 @@ at::Tensor integral_backward_cuda(const at::Tensor& grad, const at::Tensor& pred
   const char* op = "gflops.integral_backward";
   DistInputs in = integral_prepare(pred, reg_max, op);
   at::Tensor g = check_grad_shape(grad, in.pred, in.out_shape, op);
-  const c10::cuda::CUDAGuard guard(in.pred.device());
+  const DeviceGuard guard(in.pred.device());
   at::Tensor out = at::empty_like(in.pred);
-  C10_CUDA_CHECK(gc::integral_backward(kernel_dtype(in.pred.scalar_type()), g.data_ptr(), in.pred.data_ptr(), in.rows,
+  GF_CUDA_CHECK(gc::integral_backward(kernel_dtype(in.pred.scalar_type()), g.data_ptr(), in.pred.data_ptr(), in.rows,
                                        in.n1, out.data_ptr(), num_sms(in.pred.get_device()),
-                                       c10::cuda::getCurrentCUDAStream()));
+                                       current_stream()));
   return out;
 }
 
@@ -56,9 +54,9 @@ at::Tensor decode_cuda(const at::Tensor& pred, const at::Tensor& points, const a
   const char* op = "gflops.decode_distribution";
   DecodeInputs in = decode_prepare(pred, points, strides, reg_max, max_shape, op);
   if (validation_enabled()) check_strides_positive(in.strides, op);
-  const c10::cuda::CUDAGuard guard(in.dist.pred.device());
+  const DeviceGuard guard(in.dist.pred.device());
   at::Tensor out = at::empty(in.dist.out_shape, in.dist.pred.options());
-  C10_CUDA_CHECK(gc::decode(decode_args(in), out.data_ptr(), c10::cuda::getCurrentCUDAStream()));
+  GF_CUDA_CHECK(gc::decode(decode_args(in), out.data_ptr(), current_stream()));
   return out;
 }
 
@@ -68,9 +66,9 @@ at::Tensor decode_backward_cuda(const at::Tensor& grad, const at::Tensor& pred, 
   const char* op = "gflops.decode_distribution_backward";
   DecodeInputs in = decode_prepare(pred, points, strides, reg_max, max_shape, op);
   at::Tensor g = check_grad_shape(grad, in.dist.pred, in.dist.out_shape, op);
-  const c10::cuda::CUDAGuard guard(in.dist.pred.device());
+  const DeviceGuard guard(in.dist.pred.device());
   at::Tensor out = at::empty_like(in.dist.pred);
-  C10_CUDA_CHECK(gc::decode_backward(decode_args(in), g.data_ptr(), out.data_ptr(), c10::cuda::getCurrentCUDAStream()));
+  GF_CUDA_CHECK(gc::decode_backward(decode_args(in), g.data_ptr(), out.data_ptr(), current_stream()));
   return out;
 }
 
@@ -80,13 +78,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> box_branch_cuda(const at::Tensor&
   const char* op = "gflops.gfl_box_branch";
   BoxBranchInputs in = box_branch_prepare(pred, points, strides, gt_boxes, weight, reg_max, op);
   if (validation_enabled()) check_strides_positive(in.dec.strides, op);
-  const c10::cuda::CUDAGuard guard(in.dec.dist.pred.device());
+  const DeviceGuard guard(in.dec.dist.pred.device());
   gc::DecodeArgs a = decode_args(in.dec);
   auto opts = in.dec.dist.pred.options().dtype(acc_dtype(in.dec.dist.pred));
   at::Tensor giou = at::empty({}, opts), dfl = at::empty({}, opts), score = at::empty({in.dec.anchors}, opts);
   at::Tensor partials = at::empty({2 * gc::box_branch_blocks(a.boxes, a.num_sms)}, opts);
-  C10_CUDA_CHECK(gc::box_branch(a, in.gt.data_ptr(), in.weight.data_ptr(), giou.data_ptr(), dfl.data_ptr(),
-                                score.data_ptr(), partials.data_ptr(), c10::cuda::getCurrentCUDAStream()));
+  GF_CUDA_CHECK(gc::box_branch(a, in.gt.data_ptr(), in.weight.data_ptr(), giou.data_ptr(), dfl.data_ptr(),
+                                score.data_ptr(), partials.data_ptr(), current_stream()));
   return {giou, dfl, score};
 }
 
@@ -97,16 +95,16 @@ at::Tensor box_branch_backward_cuda(const at::Tensor& grad_giou, const at::Tenso
   BoxBranchInputs in = box_branch_prepare(pred, points, strides, gt_boxes, weight, reg_max, op);
   at::Tensor gg = check_grad_shape(grad_giou, in.dec.dist.pred, {}, op, "grad_giou");
   at::Tensor gd = check_grad_shape(grad_dfl, in.dec.dist.pred, {}, op, "grad_dfl");
-  const c10::cuda::CUDAGuard guard(in.dec.dist.pred.device());
+  const DeviceGuard guard(in.dec.dist.pred.device());
   at::Tensor out = at::empty_like(in.dec.dist.pred);
-  C10_CUDA_CHECK(gc::box_branch_backward(decode_args(in.dec), in.gt.data_ptr(), in.weight.data_ptr(), gg.data_ptr(),
-                                         gd.data_ptr(), out.data_ptr(), c10::cuda::getCurrentCUDAStream()));
+  GF_CUDA_CHECK(gc::box_branch_backward(decode_args(in.dec), in.gt.data_ptr(), in.weight.data_ptr(), gg.data_ptr(),
+                                         gd.data_ptr(), out.data_ptr(), current_stream()));
   return out;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(gflops, CUDA, m) {
+GF_CUDA_LIBRARY_IMPL(m) {
   m.impl("integral", &integral_cuda);
   m.impl("integral_backward", &integral_backward_cuda);
   m.impl("decode_distribution", &decode_cuda);

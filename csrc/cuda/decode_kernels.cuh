@@ -108,36 +108,39 @@ box_branch_backward_kernel(const acc_t* __restrict__ g_giou, const acc_t* __rest
 // ---- host side -------------------------------------------------------------
 
 // pred (rows, n1) -> out (rows,) in pred's dtype.
-cudaError_t integral(DType dt, const void* pred, int64_t rows, int n1, void* out, int num_sms, cudaStream_t stream) {
+inline cudaError_t integral(DType dt, const void* pred, int64_t rows, int n1, void* out, int num_sms, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
   dispatch_dtype(dt, [&](auto t) {
     using scalar_t = typename decltype(t)::scalar_t;
     using acc_t = typename decltype(t)::acc_t;
-    integral_kernel<scalar_t, acc_t><<<grid_for(rows, num_sms), kThreads, 0, stream>>>(
+    constexpr auto K = integral_kernel<scalar_t, acc_t>;
+    launch<K>(grid_for<K>(rows, num_sms), kThreads, 0, stream,
         static_cast<const scalar_t*>(pred), rows, n1, static_cast<scalar_t*>(out));
   });
   return cudaGetLastError();
 }
 
-cudaError_t integral_backward(DType dt, const void* grad, const void* pred, int64_t rows, int n1, void* out,
+inline cudaError_t integral_backward(DType dt, const void* grad, const void* pred, int64_t rows, int n1, void* out,
                               int num_sms, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
   dispatch_dtype(dt, [&](auto t) {
     using scalar_t = typename decltype(t)::scalar_t;
     using acc_t = typename decltype(t)::acc_t;
-    integral_backward_kernel<scalar_t, acc_t><<<grid_for(rows, num_sms), kThreads, 0, stream>>>(
+    constexpr auto K = integral_backward_kernel<scalar_t, acc_t>;
+    launch<K>(grid_for<K>(rows, num_sms), kThreads, 0, stream,
         static_cast<const acc_t*>(grad), static_cast<const scalar_t*>(pred), rows, n1, static_cast<scalar_t*>(out));
   });
   return cudaGetLastError();
 }
 
 // out (boxes, 4) in pred's dtype.
-cudaError_t decode(const DecodeArgs& a, void* out, cudaStream_t stream) {
+inline cudaError_t decode(const DecodeArgs& a, void* out, cudaStream_t stream) {
   if (a.boxes == 0) return cudaSuccess;
   dispatch_dtype(a.dtype, [&](auto t) {
     using scalar_t = typename decltype(t)::scalar_t;
     using acc_t = typename decltype(t)::acc_t;
-    decode_kernel<scalar_t, acc_t><<<grid_for(a.boxes, a.num_sms), kThreads, 0, stream>>>(
+    constexpr auto K = decode_kernel<scalar_t, acc_t>;
+    launch<K>(grid_for<K>(a.boxes, a.num_sms), kThreads, 0, stream,
         static_cast<const scalar_t*>(a.pred), static_cast<const acc_t*>(a.points), static_cast<const acc_t*>(a.strides),
         a.boxes, a.anchors, a.n1, a.clamp, static_cast<acc_t>(a.max_h), static_cast<acc_t>(a.max_w),
         static_cast<scalar_t*>(out));
@@ -146,12 +149,13 @@ cudaError_t decode(const DecodeArgs& a, void* out, cudaStream_t stream) {
 }
 
 // grad (boxes, 4) accumulation dtype -> out (boxes, 4 * n1).
-cudaError_t decode_backward(const DecodeArgs& a, const void* grad, void* out, cudaStream_t stream) {
+inline cudaError_t decode_backward(const DecodeArgs& a, const void* grad, void* out, cudaStream_t stream) {
   if (a.boxes == 0) return cudaSuccess;
   dispatch_dtype(a.dtype, [&](auto t) {
     using scalar_t = typename decltype(t)::scalar_t;
     using acc_t = typename decltype(t)::acc_t;
-    decode_backward_kernel<scalar_t, acc_t><<<grid_for(a.boxes, a.num_sms), kThreads, 0, stream>>>(
+    constexpr auto K = decode_backward_kernel<scalar_t, acc_t>;
+    launch<K>(grid_for<K>(a.boxes, a.num_sms), kThreads, 0, stream,
         static_cast<const acc_t*>(grad), static_cast<const scalar_t*>(a.pred), static_cast<const acc_t*>(a.points),
         static_cast<const acc_t*>(a.strides), a.boxes, a.anchors, a.n1, a.clamp, static_cast<acc_t>(a.max_h),
         static_cast<acc_t>(a.max_w), static_cast<scalar_t*>(out));
@@ -159,11 +163,11 @@ cudaError_t decode_backward(const DecodeArgs& a, const void* grad, void* out, cu
   return cudaGetLastError();
 }
 
-inline int box_branch_blocks(int64_t p, int num_sms) { return grid_for(p, num_sms); }
+inline int box_branch_blocks(int64_t p, int num_sms) { return max_grid(p, num_sms); }
 
 // a.anchors == a.boxes == P. giou_sum, dfl_sum: scalars; score (P,); partials:
 // 2 * box_branch_blocks() entries; all in the accumulation dtype.
-cudaError_t box_branch(const DecodeArgs& a, const void* gt, const void* weight, void* giou_sum, void* dfl_sum,
+inline cudaError_t box_branch(const DecodeArgs& a, const void* gt, const void* weight, void* giou_sum, void* dfl_sum,
                        void* score, void* partials, cudaStream_t stream) {
   if (a.boxes == 0) {
     cudaError_t e = cudaMemsetAsync(giou_sum, 0, acc_size(a.dtype), stream);
@@ -172,25 +176,29 @@ cudaError_t box_branch(const DecodeArgs& a, const void* gt, const void* weight, 
   dispatch_dtype(a.dtype, [&](auto t) {
     using scalar_t = typename decltype(t)::scalar_t;
     using acc_t = typename decltype(t)::acc_t;
-    const int grid = box_branch_blocks(a.boxes, a.num_sms);
+    constexpr auto K = box_branch_kernel<scalar_t, acc_t>;
+    const int grid = grid_for<K>(a.boxes, a.num_sms);
     auto* part = static_cast<acc_t*>(partials);
-    box_branch_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
-        static_cast<const scalar_t*>(a.pred), static_cast<const acc_t*>(a.points), static_cast<const acc_t*>(a.strides),
+    launch<K>(grid, kThreads, 0, stream, static_cast<const scalar_t*>(a.pred), static_cast<const acc_t*>(a.points), static_cast<const acc_t*>(a.strides),
         static_cast<const acc_t*>(gt), static_cast<const acc_t*>(weight), a.boxes, a.n1, static_cast<acc_t*>(score),
         part);
-    sum_partials_kernel<acc_t><<<1, kThreads, 0, stream>>>(part, grid, static_cast<acc_t*>(giou_sum));
-    sum_partials_kernel<acc_t><<<1, kThreads, 0, stream>>>(part + grid, grid, static_cast<acc_t*>(dfl_sum));
+    // The kernel writes its giou partials at [0, grid) and dfl partials at [grid, 2 grid).
+    launch<sum_partials_kernel<acc_t>>(1, kThreads, 0, stream, static_cast<const acc_t*>(part), grid,
+                                       static_cast<acc_t*>(giou_sum));
+    launch<sum_partials_kernel<acc_t>>(1, kThreads, 0, stream, static_cast<const acc_t*>(part + grid), grid,
+                                       static_cast<acc_t*>(dfl_sum));
   });
   return cudaGetLastError();
 }
 
-cudaError_t box_branch_backward(const DecodeArgs& a, const void* gt, const void* weight, const void* g_giou,
+inline cudaError_t box_branch_backward(const DecodeArgs& a, const void* gt, const void* weight, const void* g_giou,
                                 const void* g_dfl, void* out, cudaStream_t stream) {
   if (a.boxes == 0) return cudaSuccess;
   dispatch_dtype(a.dtype, [&](auto t) {
     using scalar_t = typename decltype(t)::scalar_t;
     using acc_t = typename decltype(t)::acc_t;
-    box_branch_backward_kernel<scalar_t, acc_t><<<grid_for(a.boxes, a.num_sms), kThreads, 0, stream>>>(
+    constexpr auto K = box_branch_backward_kernel<scalar_t, acc_t>;
+    launch<K>(grid_for<K>(a.boxes, a.num_sms), kThreads, 0, stream,
         static_cast<const acc_t*>(g_giou), static_cast<const acc_t*>(g_dfl), static_cast<const scalar_t*>(a.pred),
         static_cast<const acc_t*>(a.points), static_cast<const acc_t*>(a.strides), static_cast<const acc_t*>(gt),
         static_cast<const acc_t*>(weight), a.boxes, a.n1, static_cast<scalar_t*>(out));

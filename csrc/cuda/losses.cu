@@ -1,9 +1,6 @@
 // CUDA registrations of the QFL/DFL family: shared checks, then the
 // torch-free entry points of losses_kernels.cuh on the current stream.
 #include <ATen/ATen.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include "../checks.h"
@@ -41,13 +38,13 @@ at::Tensor qfl_forward_cuda(const at::Tensor& pred, const at::Tensor& label, con
   const char* op = "gflops.quality_focal_loss";
   LossInputs in = qfl_prepare(pred, label, score, weight, beta, std::string(reduction), op);
   if (validation_enabled()) qfl_check_values(in, op);
-  const c10::cuda::CUDAGuard guard(in.pred.device());
+  const DeviceGuard guard(in.pred.device());
   gc::LossArgs a = make_args(in);
   a.beta = beta;
   at::Tensor out = loss_output(in);
   at::Tensor partials = at::empty({in.sum ? gc::qfl_forward_blocks(a) : 0}, out.options());
-  C10_CUDA_CHECK(gc::qfl_forward(a, in.sum, out.data_ptr(), partials.data_ptr(),
-                                 c10::cuda::getCurrentCUDAStream()));
+  GF_CUDA_CHECK(gc::qfl_forward(a, in.sum, out.data_ptr(), partials.data_ptr(),
+                                 current_stream()));
   return out;
 }
 
@@ -57,13 +54,13 @@ at::Tensor qfl_backward_cuda(const at::Tensor& grad, const at::Tensor& pred, con
   const char* op = "gflops.quality_focal_loss_backward";
   LossInputs in = qfl_prepare(pred, label, score, weight, beta, std::string(reduction), op);
   at::Tensor g = check_loss_grad(grad, in, op);
-  const c10::cuda::CUDAGuard guard(in.pred.device());
+  const DeviceGuard guard(in.pred.device());
   gc::LossArgs a = make_args(in);
   a.beta = beta;
   a.grad = g.data_ptr();
   a.grad_per_row = !in.sum;
   at::Tensor out = at::empty_like(in.pred);
-  C10_CUDA_CHECK(gc::qfl_backward(a, out.data_ptr(), c10::cuda::getCurrentCUDAStream()));
+  GF_CUDA_CHECK(gc::qfl_backward(a, out.data_ptr(), current_stream()));
   return out;
 }
 
@@ -72,12 +69,12 @@ at::Tensor dfl_forward_cuda(const at::Tensor& pred, const at::Tensor& target,
   const char* op = "gflops.distribution_focal_loss";
   LossInputs in = dfl_prepare(pred, target, weight, std::string(reduction), op);
   if (validation_enabled()) dfl_check_values(in, op);
-  const c10::cuda::CUDAGuard guard(in.pred.device());
+  const DeviceGuard guard(in.pred.device());
   gc::LossArgs a = make_args(in);
   at::Tensor out = loss_output(in);
   at::Tensor partials = at::empty({in.sum ? gc::dfl_forward_blocks(a) : 0}, out.options());
-  C10_CUDA_CHECK(gc::dfl_forward(a, in.sum, out.data_ptr(), partials.data_ptr(),
-                                 c10::cuda::getCurrentCUDAStream()));
+  GF_CUDA_CHECK(gc::dfl_forward(a, in.sum, out.data_ptr(), partials.data_ptr(),
+                                 current_stream()));
   return out;
 }
 
@@ -86,18 +83,18 @@ at::Tensor dfl_backward_cuda(const at::Tensor& grad, const at::Tensor& pred, con
   const char* op = "gflops.distribution_focal_loss_backward";
   LossInputs in = dfl_prepare(pred, target, weight, std::string(reduction), op);
   at::Tensor g = check_loss_grad(grad, in, op);
-  const c10::cuda::CUDAGuard guard(in.pred.device());
+  const DeviceGuard guard(in.pred.device());
   gc::LossArgs a = make_args(in);
   a.grad = g.data_ptr();
   a.grad_per_row = !in.sum;
   at::Tensor out = at::empty_like(in.pred);
-  C10_CUDA_CHECK(gc::dfl_backward(a, out.data_ptr(), c10::cuda::getCurrentCUDAStream()));
+  GF_CUDA_CHECK(gc::dfl_backward(a, out.data_ptr(), current_stream()));
   return out;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(gflops, CUDA, m) {
+GF_CUDA_LIBRARY_IMPL(m) {
   m.impl("quality_focal_loss", &qfl_forward_cuda);
   m.impl("quality_focal_loss_backward", &qfl_backward_cuda);
   m.impl("distribution_focal_loss", &dfl_forward_cuda);

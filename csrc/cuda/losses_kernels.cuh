@@ -10,13 +10,12 @@
 // to [0, reg_max] (gf::dfl_split).
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <cstdint>
 
 #include "../common/dfl.h"
 #include "../common/qfl.h"
 #include "common.cuh"
+#include "runtime.cuh"
 
 namespace gf {
 namespace cuda {
@@ -148,12 +147,12 @@ dfl_backward_kernel(const scalar_t* __restrict__ pred, const acc_t* __restrict__
 
 // ---- host side -------------------------------------------------------------
 
-// Blocks that qfl_forward/dfl_forward will use, i.e. the size of `partials`.
-inline int qfl_forward_blocks(const LossArgs& a) { return grid_for(a.rows * a.cols, a.num_sms); }
-inline int dfl_forward_blocks(const LossArgs& a) { return grid_for(a.rows, a.num_sms); }
+// Entries `partials` must have for qfl_forward/dfl_forward with sum = true.
+inline int qfl_forward_blocks(const LossArgs& a) { return max_grid(a.rows * a.cols, a.num_sms); }
+inline int dfl_forward_blocks(const LossArgs& a) { return max_grid(a.rows, a.num_sms); }
 
 // out: (rows,) when `sum` is false, else a scalar; partials: qfl_forward_blocks() entries.
-cudaError_t qfl_forward(const LossArgs& a, bool sum, void* out, void* partials, cudaStream_t stream) {
+inline cudaError_t qfl_forward(const LossArgs& a, bool sum, void* out, void* partials, cudaStream_t stream) {
   if (a.rows == 0 || (a.cols == 0 && !sum)) {
     if (a.rows > 0) return cudaMemsetAsync(out, 0, acc_size(a.dtype) * a.rows, stream);
     return sum ? cudaMemsetAsync(out, 0, acc_size(a.dtype), stream) : cudaSuccess;
@@ -167,36 +166,44 @@ cudaError_t qfl_forward(const LossArgs& a, bool sum, void* out, void* partials, 
     const auto* weight = static_cast<const acc_t*>(a.weight);
     const acc_t beta = static_cast<acc_t>(a.beta);
     const bool b2 = a.beta == 2.0;
+    const bool vec = a.vectorized && aligned16(a.pred);
     if (!sum) {
-      const int grid = grid_for(a.rows * 32, a.num_sms);
       auto* o = static_cast<acc_t*>(out);
-#define GF_QFL_ROWS(VV, BB) \
-  qfl_forward_rows_kernel<scalar_t, acc_t, VV, BB><<<grid, kThreads, 0, stream>>>(pred, a.label, score, weight, a.rows, a.cols, beta, o)
-      if (a.vectorized) { if (b2) GF_QFL_ROWS(V, true); else GF_QFL_ROWS(V, false); }
-      else { if (b2) GF_QFL_ROWS(1, true); else GF_QFL_ROWS(1, false); }
-#undef GF_QFL_ROWS
+      auto rows = [&](auto kernel_tag) {
+        constexpr auto K = decltype(kernel_tag)::value;
+        launch<K>(grid_for<K>(a.rows * 32, a.num_sms), kThreads, 0, stream, pred, a.label, score, weight, a.rows,
+                  a.cols, beta, o);
+      };
+      if (vec) { if (b2) rows(Kern<qfl_forward_rows_kernel<scalar_t, acc_t, V, true>>{}); else rows(Kern<qfl_forward_rows_kernel<scalar_t, acc_t, V, false>>{}); }
+      else { if (b2) rows(Kern<qfl_forward_rows_kernel<scalar_t, acc_t, 1, true>>{}); else rows(Kern<qfl_forward_rows_kernel<scalar_t, acc_t, 1, false>>{}); }
       return;
     }
-    const int grid = qfl_forward_blocks(a);
     auto* part = static_cast<acc_t*>(partials);
-#define GF_QFL_SUM(VV, BB, IT)                                                                    \
-  qfl_forward_sum_kernel<scalar_t, acc_t, VV, BB, IT><<<grid, kThreads, 0, stream>>>( \
-      pred, a.label, score, weight, static_cast<IT>(a.rows), static_cast<IT>(a.cols), beta, part)
+    auto reduce = [&](auto kernel_tag, auto index_tag) {
+      constexpr auto K = decltype(kernel_tag)::value;
+      using IT = decltype(index_tag);
+      const int grid = grid_for<K>(a.rows * a.cols / (vec ? V : 1), a.num_sms);
+      launch<K>(grid, kThreads, 0, stream, pred, a.label, score, weight, static_cast<IT>(a.rows),
+                static_cast<IT>(a.cols), beta, part);
+      launch<sum_partials_kernel<acc_t>>(1, kThreads, 0, stream, static_cast<const acc_t*>(part), grid,
+                                         static_cast<acc_t*>(out));
+    };
+#define GF_QFL_SUM(VV, BB, IT) reduce(Kern<qfl_forward_sum_kernel<scalar_t, acc_t, VV, BB, IT>>{}, IT{})
     if (fits_int32(a.rows * a.cols)) {
-      if (a.vectorized) { if (b2) GF_QFL_SUM(V, true, int32_t); else GF_QFL_SUM(V, false, int32_t); }
+      if (vec) { if (b2) GF_QFL_SUM(V, true, int32_t); else GF_QFL_SUM(V, false, int32_t); }
       else { if (b2) GF_QFL_SUM(1, true, int32_t); else GF_QFL_SUM(1, false, int32_t); }
     } else {
-      if (a.vectorized) { if (b2) GF_QFL_SUM(V, true, int64_t); else GF_QFL_SUM(V, false, int64_t); }
+      if (vec) { if (b2) GF_QFL_SUM(V, true, int64_t); else GF_QFL_SUM(V, false, int64_t); }
       else { if (b2) GF_QFL_SUM(1, true, int64_t); else GF_QFL_SUM(1, false, int64_t); }
     }
 #undef GF_QFL_SUM
-    sum_partials_kernel<acc_t><<<1, kThreads, 0, stream>>>(part, grid, static_cast<acc_t*>(out));
   });
   return cudaGetLastError();
 }
 
-// out: (rows, cols) in the logits' dtype.
-cudaError_t qfl_backward(const LossArgs& a, void* out, cudaStream_t stream) {
+// out: (rows, cols) in the logits' dtype. The packed path stores 16 bytes at a
+// time, so it is taken only when `out` is 16-byte aligned too.
+inline cudaError_t qfl_backward(const LossArgs& a, void* out, cudaStream_t stream) {
   if (a.rows * a.cols == 0) return cudaSuccess;
   dispatch_dtype(a.dtype, [&](auto t) {
     using scalar_t = typename decltype(t)::scalar_t;
@@ -209,16 +216,19 @@ cudaError_t qfl_backward(const LossArgs& a, void* out, cudaStream_t stream) {
     auto* o = static_cast<scalar_t*>(out);
     const acc_t beta = static_cast<acc_t>(a.beta);
     const bool b2 = a.beta == 2.0;
-    const int grid = grid_for(a.rows * a.cols / (a.vectorized ? V : 1), a.num_sms);
-#define GF_QFL_BWD(VV, BB, IT)                                                                     \
-  qfl_backward_kernel<scalar_t, acc_t, VV, BB, IT><<<grid, kThreads, 0, stream>>>(                 \
-      pred, a.label, score, weight, grad, a.grad_per_row, static_cast<IT>(a.rows), static_cast<IT>(a.cols), \
-      beta, o)
+    const bool vec = a.vectorized && aligned16(a.pred) && aligned16(out);
+    auto run = [&](auto kernel_tag, auto index_tag) {
+      constexpr auto K = decltype(kernel_tag)::value;
+      using IT = decltype(index_tag);
+      launch<K>(grid_for<K>(a.rows * a.cols / (vec ? V : 1), a.num_sms), kThreads, 0, stream, pred, a.label, score,
+                weight, grad, a.grad_per_row, static_cast<IT>(a.rows), static_cast<IT>(a.cols), beta, o);
+    };
+#define GF_QFL_BWD(VV, BB, IT) run(Kern<qfl_backward_kernel<scalar_t, acc_t, VV, BB, IT>>{}, IT{})
     if (fits_int32(a.rows * a.cols)) {
-      if (a.vectorized) { if (b2) GF_QFL_BWD(V, true, int32_t); else GF_QFL_BWD(V, false, int32_t); }
+      if (vec) { if (b2) GF_QFL_BWD(V, true, int32_t); else GF_QFL_BWD(V, false, int32_t); }
       else { if (b2) GF_QFL_BWD(1, true, int32_t); else GF_QFL_BWD(1, false, int32_t); }
     } else {
-      if (a.vectorized) { if (b2) GF_QFL_BWD(V, true, int64_t); else GF_QFL_BWD(V, false, int64_t); }
+      if (vec) { if (b2) GF_QFL_BWD(V, true, int64_t); else GF_QFL_BWD(V, false, int64_t); }
       else { if (b2) GF_QFL_BWD(1, true, int64_t); else GF_QFL_BWD(1, false, int64_t); }
     }
 #undef GF_QFL_BWD
@@ -226,31 +236,34 @@ cudaError_t qfl_backward(const LossArgs& a, void* out, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-cudaError_t dfl_forward(const LossArgs& a, bool sum, void* out, void* partials, cudaStream_t stream) {
+inline cudaError_t dfl_forward(const LossArgs& a, bool sum, void* out, void* partials, cudaStream_t stream) {
   if (a.rows == 0) return sum ? cudaMemsetAsync(out, 0, acc_size(a.dtype), stream) : cudaSuccess;
   dispatch_dtype(a.dtype, [&](auto t) {
     using scalar_t = typename decltype(t)::scalar_t;
     using acc_t = typename decltype(t)::acc_t;
-    const int grid = dfl_forward_blocks(a);
+    constexpr auto K = dfl_forward_kernel<scalar_t, acc_t>;
+    const int grid = grid_for<K>(a.rows, a.num_sms);
     auto* part = sum ? static_cast<acc_t*>(partials) : nullptr;
-    dfl_forward_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
-        static_cast<const scalar_t*>(a.pred), static_cast<const acc_t*>(a.target),
-        static_cast<const acc_t*>(a.weight), a.rows, static_cast<int>(a.cols),
-        sum ? nullptr : static_cast<acc_t*>(out), part);
-    if (sum) sum_partials_kernel<acc_t><<<1, kThreads, 0, stream>>>(part, grid, static_cast<acc_t*>(out));
+    launch<K>(grid, kThreads, 0, stream, static_cast<const scalar_t*>(a.pred), static_cast<const acc_t*>(a.target),
+              static_cast<const acc_t*>(a.weight), a.rows, static_cast<int>(a.cols),
+              sum ? nullptr : static_cast<acc_t*>(out), part);
+    if (sum)
+      launch<sum_partials_kernel<acc_t>>(1, kThreads, 0, stream, static_cast<const acc_t*>(part), grid,
+                                         static_cast<acc_t*>(out));
   });
   return cudaGetLastError();
 }
 
-cudaError_t dfl_backward(const LossArgs& a, void* out, cudaStream_t stream) {
+inline cudaError_t dfl_backward(const LossArgs& a, void* out, cudaStream_t stream) {
   if (a.rows == 0) return cudaSuccess;
   dispatch_dtype(a.dtype, [&](auto t) {
     using scalar_t = typename decltype(t)::scalar_t;
     using acc_t = typename decltype(t)::acc_t;
-    dfl_backward_kernel<scalar_t, acc_t><<<grid_for(a.rows, a.num_sms), kThreads, 0, stream>>>(
-        static_cast<const scalar_t*>(a.pred), static_cast<const acc_t*>(a.target),
-        static_cast<const acc_t*>(a.weight), static_cast<const acc_t*>(a.grad), a.grad_per_row, a.rows,
-        static_cast<int>(a.cols), static_cast<scalar_t*>(out));
+    constexpr auto K = dfl_backward_kernel<scalar_t, acc_t>;
+    launch<K>(grid_for<K>(a.rows, a.num_sms), kThreads, 0, stream, static_cast<const scalar_t*>(a.pred),
+              static_cast<const acc_t*>(a.target), static_cast<const acc_t*>(a.weight),
+              static_cast<const acc_t*>(a.grad), a.grad_per_row, a.rows, static_cast<int>(a.cols),
+              static_cast<scalar_t*>(out));
   });
   return cudaGetLastError();
 }

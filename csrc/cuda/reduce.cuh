@@ -3,22 +3,52 @@
 // No float atomics anywhere. Torch-free.
 #pragma once
 
-#include <cuda_runtime.h>
-
+#include <atomic>
 #include <cstdint>
+
+#include "runtime.cuh"
 
 namespace gf {
 namespace cuda {
 
 constexpr int kThreads = 256;
-constexpr int kBlocksPerSm = 8;  // 2048 resident threads per SM on sm_80/sm_90
+// 2048 resident threads per SM on sm_80/sm_90: no kernel of kThreads threads
+// has more blocks resident, so partial-sum buffers are sized with this.
+constexpr int kMaxBlocksPerSm = 2048 / kThreads;
 
-// Blocks for a grid-stride loop over `work` items: enough to fill the device,
-// never more than the work needs. Depends on the device only through its SM
-// count, so a given GPU always reduces in the same order.
-inline int grid_for(int64_t work, int num_sms) {
+// Blocks of kernel K (kThreads threads, no dynamic shared memory) resident on
+// one SM, from the occupancy calculator (registers included), cached per
+// device: the kernel's resources are fixed for a device, so a grid sized from
+// this (and with it the order of a reduction) is the same on every call.
+template <auto K> int resident_blocks() {
+  static std::atomic<int> cache[64];
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) dev = 0;
+  std::atomic<int>& c = cache[dev & 63];
+  int n = c.load(std::memory_order_relaxed);
+  if (n == 0) {
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, K, kThreads, 0) != cudaSuccess || n < 1) {
+      (void)cudaGetLastError();
+      n = 1;
+    }
+    n = n < kMaxBlocksPerSm ? n : kMaxBlocksPerSm;
+    c.store(n, std::memory_order_relaxed);
+  }
+  return n;
+}
+
+// Blocks for a grid-stride loop of kernel K over `work` items: one full wave
+// of the device, never more than the work needs, at most max_grid().
+template <auto K> int grid_for(int64_t work, int num_sms) {
   int64_t need = (work + kThreads - 1) / kThreads;
-  int64_t cap = static_cast<int64_t>(num_sms > 0 ? num_sms : 1) * kBlocksPerSm;
+  int64_t cap = static_cast<int64_t>(num_sms > 0 ? num_sms : 1) * resident_blocks<K>();
+  return static_cast<int>(need < 1 ? 1 : (need < cap ? need : cap));
+}
+
+// The largest grid grid_for() returns: the size of a buffer of per-block partials.
+inline int max_grid(int64_t work, int num_sms) {
+  int64_t need = (work + kThreads - 1) / kThreads;
+  int64_t cap = static_cast<int64_t>(num_sms > 0 ? num_sms : 1) * kMaxBlocksPerSm;
   return static_cast<int>(need < 1 ? 1 : (need < cap ? need : cap));
 }
 
@@ -31,7 +61,7 @@ template <typename T> __device__ __forceinline__ T warp_sum(T v) {
 // Sum over the block; the result is valid in thread 0. Every thread must
 // call. Ends with a barrier, so it can be called again in the same kernel.
 template <typename T> __device__ T block_sum(T v) {
-  __shared__ T warp_totals[32];
+  GF_SHARED(T, warp_totals, [32]);
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   v = warp_sum(v);

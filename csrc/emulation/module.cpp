@@ -1,0 +1,33 @@
+// The Python module of the emulated CUDA library (gflops.emulation): the
+// gflops_emu op library (the same schemas as gflops, whose CPU kernels are
+// the CUDA launchers of csrc/cuda/*.cu run through the emulator) and the
+// emulator's test knobs.
+#include <torch/extension.h>
+
+#include "../checks.h"
+#include "../cuda/common.cuh"
+#include "../schemas.h"
+#include "controls.h"
+
+TORCH_LIBRARY(gflops_emu, m) { gflops::define_schemas(m); }
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  namespace emu = gf::emu;
+  m.def("set_validation", &gflops::set_validation);
+  m.def("validation_enabled", &gflops::validation_enabled);
+  m.def("set_num_sms", &emu::set_num_sms, "SM count the emulated device reports (grids scale with it)");
+  m.def("num_sms", &emu::num_sms);
+  m.def("set_block_order", &emu::set_block_order, py::arg("shuffle"), py::arg("seed") = 0,
+        "Run blocks in index order (default) or in a seeded shuffled order");
+  m.def("force_int64_index", [](bool on) { gf::cuda::force_int64_index().store(on); },
+        "Take the 64-bit index path of the kernels that have one, whatever the size");
+  m.def("set_launch_log", &emu::set_launch_log, "Record (kernel, grid, block) of each launch; clears the log");
+  m.def("launch_log", [] {
+    py::list out;
+    for (const auto& r : emu::launch_log())
+      out.append(py::make_tuple(r.kernel, py::make_tuple(r.grid[0], r.grid[1], r.grid[2]),
+                                py::make_tuple(r.block[0], r.block[1], r.block[2]), r.dynamic_smem));
+    return out;
+  });
+  m.def("sanitizer", [] { return std::string(emu::sanitizer()); });
+}

@@ -1,0 +1,29 @@
+// Every schema of the gflops library, as one function so that the emulated
+// twin library (gflops_emu, csrc/emulation) declares exactly the same ops.
+// `reduction` here is 'none' | 'sum'; the Python wrappers turn 'mean' and
+// avg_factor into a division on the device.
+#pragma once
+
+#include <torch/library.h>
+
+namespace gflops {
+
+inline void define_schemas(torch::Library& m) {
+  m.def("quality_focal_loss(Tensor pred, Tensor label, Tensor score, Tensor? weight, float beta, str reduction) -> Tensor");
+  m.def("quality_focal_loss_backward(Tensor grad, Tensor pred, Tensor label, Tensor score, Tensor? weight, float beta, str reduction) -> Tensor");
+  m.def("distribution_focal_loss(Tensor pred, Tensor target, Tensor? weight, str reduction) -> Tensor");
+  m.def("distribution_focal_loss_backward(Tensor grad, Tensor pred, Tensor target, Tensor? weight, str reduction) -> Tensor");
+
+  m.def("box_iou(Tensor boxes1, Tensor boxes2, str mode, bool aligned, float eps) -> Tensor");
+  m.def("giou_loss(Tensor pred, Tensor target, Tensor? weight, float eps, str reduction) -> Tensor");
+  m.def("giou_loss_backward(Tensor grad, Tensor pred, Tensor target, Tensor? weight, float eps, str reduction) -> Tensor");
+
+  m.def("integral(Tensor pred, int reg_max) -> Tensor");
+  m.def("integral_backward(Tensor grad, Tensor pred, int reg_max) -> Tensor");
+  m.def("decode_distribution(Tensor pred, Tensor points, Tensor strides, int reg_max, float[]? max_shape) -> Tensor");
+  m.def("decode_distribution_backward(Tensor grad, Tensor pred, Tensor points, Tensor strides, int reg_max, float[]? max_shape) -> Tensor");
+  m.def("gfl_box_branch(Tensor pred, Tensor points, Tensor strides, Tensor gt_boxes, Tensor weight, int reg_max) -> (Tensor, Tensor, Tensor)");
+  m.def("gfl_box_branch_backward(Tensor grad_giou, Tensor grad_dfl, Tensor pred, Tensor points, Tensor strides, Tensor gt_boxes, Tensor weight, int reg_max) -> Tensor");
+}
+
+}  // namespace gflops
