@@ -5,7 +5,7 @@ import torch
 import gflops
 import reference
 from box_cases import branch_inputs, distribution_inputs
-from conftest import needs_cuda
+from conftest import ops
 from loss_cases import grads
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -125,7 +125,7 @@ def test_bad_inputs(device, validation):
     with pytest.raises(RuntimeError, match="strides must have shape"):
         gflops.decode_distribution(pred, points, strides[:, None])
     with pytest.raises(RuntimeError, match="max_shape must be"):
-        torch.ops.gflops.decode_distribution(pred, points, strides, 16, [1.0, 2.0, 3.0])
+        ops().decode_distribution(pred, points, strides, 16, [1.0, 2.0, 3.0])
     bad = strides.clone()
     bad[2] = 0
     with pytest.raises(RuntimeError, match="strides must be > 0.* at index 2"):
@@ -139,9 +139,9 @@ def test_bad_inputs(device, validation):
         gflops.gfl_box_branch(bp[None], bpts, bst, bgt, bw)
     if device == "cpu":  # a meta tensor stands in for "another device"
         with pytest.raises(RuntimeError, match="points is on meta but pred is on cpu"):
-            torch.ops.gflops.decode_distribution(pred, points.to("meta"), strides, 16, None)
+            ops().decode_distribution(pred, points.to("meta"), strides, 16, None)
         with pytest.raises(RuntimeError, match="weight is on meta but pred is on cpu"):
-            torch.ops.gflops.gfl_box_branch(bp, bpts, bst, bgt, bw.to("meta"), 16)
+            ops().gfl_box_branch(bp, bpts, bst, bgt, bw.to("meta"), 16)
     with pytest.raises(ValueError, match="gt_boxes requires grad"):
         gflops.gfl_box_branch(bp, bpts, bst, bgt.requires_grad_(True), bw)
 
@@ -149,12 +149,12 @@ def test_bad_inputs(device, validation):
 def test_opcheck(device):
     pred, points, strides = distribution_inputs(2, 6, 7, device=device)
     pred.requires_grad_(True)
-    torch.library.opcheck(torch.ops.gflops.integral, (pred, 7))
-    torch.library.opcheck(torch.ops.gflops.decode_distribution, (pred, points, strides, 7, None))
-    torch.library.opcheck(torch.ops.gflops.decode_distribution, (pred, points, strides, 7, [100.0, 200.0]))
+    torch.library.opcheck(ops().integral, (pred, 7))
+    torch.library.opcheck(ops().decode_distribution, (pred, points, strides, 7, None))
+    torch.library.opcheck(ops().decode_distribution, (pred, points, strides, 7, [100.0, 200.0]))
     bp, bpts, bst, bgt, bw = branch_inputs(9, 7, device=device)
     bp.requires_grad_(True)
-    torch.library.opcheck(torch.ops.gflops.gfl_box_branch, (bp, bpts, bst, bgt, bw, 7))
+    torch.library.opcheck(ops().gfl_box_branch, (bp, bpts, bst, bgt, bw, 7))
 
 
 def test_compile_fullgraph(device):
@@ -191,26 +191,27 @@ def test_distance2bbox_roundtrip(device):
                                reference.distance2bbox(points, dist, max_shape=(30, 40)))
 
 
-@needs_cuda
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_cpu_cuda_agree(dtype):
+def test_cpu_cuda_agree(accel, dtype):
     pred, points, strides = distribution_inputs(3, 50, 16, dtype=dtype)
     for fn, args in ((gflops.integral, ()), (gflops.decode_distribution, (points, strides, 16, (200, 300)))):
         cpu, g_cpu = grads(fn, pred, *args)
-        gpu, g_gpu = grads(fn, pred.cuda(), *[a.cuda() if torch.is_tensor(a) else a for a in args])
+        with accel:
+            gpu, g_gpu = grads(fn, accel(pred), *[accel(a) for a in args])
         torch.testing.assert_close(gpu.cpu(), cpu, **(_tol(dtype) if dtype != torch.float32 else
                                                       dict(rtol=1e-5, atol=1e-3)))
         gtol = _tol(dtype) if dtype != torch.float32 else dict(rtol=1e-4, atol=1e-5 * g_cpu.abs().max().item())
         torch.testing.assert_close(g_gpu.cpu(), g_cpu, **gtol)
     bp, bpts, bst, bgt, bw = branch_inputs(500, 16, dtype=dtype)
-    cuda_args = [t.cuda() for t in (bpts, bst, bgt, bw)]
-    p1, p2 = bp.clone().requires_grad_(True), bp.cuda().requires_grad_(True)
+    cuda_args = [accel(t) for t in (bpts, bst, bgt, bw)]
+    p1, p2 = bp.clone().requires_grad_(True), accel(bp).clone().requires_grad_(True)
     c = gflops.gfl_box_branch(p1, bpts, bst, bgt, bw)
-    g = gflops.gfl_box_branch(p2, *cuda_args)
+    with accel:
+        g = gflops.gfl_box_branch(p2, *cuda_args)
+        (g[0] + g[1]).backward()
     for a, b in zip(g, c):
         torch.testing.assert_close(a.detach().cpu(), b.detach(), rtol=1e-4, atol=1e-4)
     (c[0] + c[1]).backward()
-    (g[0] + g[1]).backward()
     torch.testing.assert_close(p2.grad.cpu(), p1.grad, **_tol(dtype))
 
 

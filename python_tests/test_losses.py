@@ -4,7 +4,7 @@ import torch
 
 import gflops
 import reference
-from conftest import needs_cuda
+from conftest import needs_cuda, ops
 from loss_cases import dfl_inputs, grads, qfl_inputs, tol
 
 REDUCTIONS = ["none", "sum", "mean"]
@@ -212,17 +212,17 @@ def test_qfl_bad_python_args():
     with pytest.raises(ValueError, match="score requires grad"):
         gflops.quality_focal_loss(args["pred"], args["label"], args["score"].requires_grad_(True))
     with pytest.raises(RuntimeError, match="reduction must be 'none' or 'sum'"):
-        torch.ops.gflops.quality_focal_loss(args["pred"], args["label"], args["score"], None, 2.0, "mean")
+        ops().quality_focal_loss(args["pred"], args["label"], args["score"], None, 2.0, "mean")
 
 
-def test_qfl_mixed_devices_meta():
-    # On a CPU-only machine, a meta tensor stands in for "another device".
-    args = _qfl_bad("cpu")
-    with pytest.raises(RuntimeError, match="label is on meta but pred is on cpu"):
-        torch.ops.gflops.quality_focal_loss(args["pred"], args["label"].to("meta"), args["score"], None, 2.0, "sum")
+def test_qfl_mixed_devices_meta(device):
+    # A meta tensor stands in for "another device" (the only other one on a CPU-only machine).
+    args = _qfl_bad(device)
+    with pytest.raises(RuntimeError, match="label is on meta but pred is on "):
+        ops().quality_focal_loss(args["pred"], args["label"].to("meta"), args["score"], None, 2.0, "sum")
 
 
-@needs_cuda
+@needs_cuda  # emulated tensors live on the CPU: test_qfl_mixed_devices_meta[emu] covers the same check
 def test_qfl_mixed_devices_cuda():
     args = _qfl_bad("cpu")
     with pytest.raises(RuntimeError, match="all inputs must be on one device"):
@@ -338,17 +338,20 @@ def test_dfl_bad_target_values(device, validation, bad):
         gflops.distribution_focal_loss(pred, target)
 
 
-@needs_cuda
-def test_dfl_unvalidated_cuda_stays_in_bounds():
+def test_dfl_unvalidated_cuda_stays_in_bounds(accel):
+    before = gflops.validation_enabled()
     gflops.set_validation(False)
-    pred, target, _ = dfl_inputs(1000, 16, "cuda")
-    target[::7] = 1e9
-    target[1::7] = -1e9
-    target[2::7] = float("nan")
-    pred.requires_grad_(True)
-    out = gflops.distribution_focal_loss(pred, target, reduction="sum")
-    out.backward()
-    torch.cuda.synchronize()
+    try:
+        pred, target, _ = dfl_inputs(1000, 16, accel.device)
+        target[::7] = 1e9
+        target[1::7] = -1e9
+        target[2::7] = float("nan")
+        pred.requires_grad_(True)
+        with accel:
+            out = gflops.distribution_focal_loss(pred, target, reduction="sum")
+            out.backward()
+    finally:
+        gflops.set_validation(before)
     assert torch.isfinite(out) and torch.isfinite(pred.grad).all()
 
 
@@ -359,13 +362,13 @@ def test_opcheck(device):
     pred, label, score, weight = qfl_inputs(33, 12, device, weight=True)
     pred.requires_grad_(True)
     for reduction in ("none", "sum"):
-        torch.library.opcheck(torch.ops.gflops.quality_focal_loss, (pred, label, score, weight, 2.0, reduction))
-        torch.library.opcheck(torch.ops.gflops.quality_focal_loss, (pred, label, score, None, 1.5, reduction))
+        torch.library.opcheck(ops().quality_focal_loss, (pred, label, score, weight, 2.0, reduction))
+        torch.library.opcheck(ops().quality_focal_loss, (pred, label, score, None, 1.5, reduction))
     dpred, target, dweight = dfl_inputs(40, 16, device, weight=True)
     dpred.requires_grad_(True)
     for reduction in ("none", "sum"):
-        torch.library.opcheck(torch.ops.gflops.distribution_focal_loss, (dpred, target, dweight, reduction))
-        torch.library.opcheck(torch.ops.gflops.distribution_focal_loss, (dpred, target, None, reduction))
+        torch.library.opcheck(ops().distribution_focal_loss, (dpred, target, dweight, reduction))
+        torch.library.opcheck(ops().distribution_focal_loss, (dpred, target, None, reduction))
 
 
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
@@ -391,22 +394,23 @@ def test_torch_compile_fullgraph(device, backend):
     torch.testing.assert_close(dp1.grad, dp2.grad)
 
 
-@needs_cuda
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_cpu_cuda_agree(dtype):
+def test_cpu_cuda_agree(accel, dtype):
     for vec_friendly in (True, False):
         c = 80 if vec_friendly else 81
         pred, label, score, weight = qfl_inputs(3001, c, "cpu", dtype=dtype, weight=True)
         for reduction in ("none", "sum"):
             cpu, g_cpu = grads(gflops.quality_focal_loss, pred, label, score, weight, reduction=reduction)
-            gpu, g_gpu = grads(gflops.quality_focal_loss, pred.cuda(), label.cuda(), score.cuda(),
-                                weight.cuda(), reduction=reduction)
+            with accel:
+                gpu, g_gpu = grads(gflops.quality_focal_loss, accel(pred), accel(label), accel(score),
+                                   accel(weight), reduction=reduction)
             _assert_close(gpu.cpu(), cpu, torch.float32 if dtype != torch.float64 else dtype, "qfl loss")
             _assert_close(g_gpu.cpu(), g_cpu, dtype, "qfl grad")
     pred, target, weight = dfl_inputs(5000, 16, "cpu", dtype=dtype, weight=True)
     for reduction in ("none", "sum"):
         cpu, g_cpu = grads(gflops.distribution_focal_loss, pred, target, weight, reduction=reduction)
-        gpu, g_gpu = grads(gflops.distribution_focal_loss, pred.cuda(), target.cuda(), weight.cuda(),
-                            reduction=reduction)
+        with accel:
+            gpu, g_gpu = grads(gflops.distribution_focal_loss, accel(pred), accel(target), accel(weight),
+                               reduction=reduction)
         _assert_close(gpu.cpu(), cpu, torch.float32 if dtype != torch.float64 else dtype, "dfl loss")
         _assert_close(g_gpu.cpu(), g_cpu, dtype, "dfl grad")
