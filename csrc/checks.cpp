@@ -95,8 +95,10 @@ LossInputs qfl_prepare(const at::Tensor& pred, const at::Tensor& label, const at
 }
 
 void qfl_check_values(const LossInputs& in, const char* op) {
+  // Only positive rows (label in [0, C)) use their score; background rows' are ignored.
   const at::Tensor& s = in.target;
-  fail_on_first(s.lt(0) | s.gt(1) | s.isnan(), s, op, "score must lie in [0, 1]");
+  const at::Tensor positive = in.index.ge(0) & in.index.lt(in.cols);
+  fail_on_first((s.lt(0) | s.gt(1) | s.isnan()) & positive, s, op, "score must lie in [0, 1]");
 }
 
 LossInputs dfl_prepare(const at::Tensor& pred, const at::Tensor& target,

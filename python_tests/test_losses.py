@@ -80,6 +80,39 @@ def test_qfl_adversarial(device, case):
         _assert_close(g_ours, g_ref, torch.float32, f"{case}/{reduction} grad")
 
 
+@pytest.mark.parametrize("beta", [0.0, 0.01, 0.5])
+def test_qfl_small_beta_far_logits_finite(device, beta):
+    # x = -90 with y = 0: s is denormal, |s - y|^(beta - 1) overflows on its own; the gradient's limit is ~0.
+    pred = torch.tensor([[-90.0, 90.0, -90.0, 3.0]], device=device).repeat(64, 1)
+    label = torch.tensor([1, 4], device=device).repeat(32)
+    score = torch.tensor([1.0, 0.0], device=device).repeat(32)
+    for dtype in (torch.float32, torch.float64):
+        loss, g = grads(gflops.quality_focal_loss, pred.to(dtype), label, score, beta=beta, reduction="none")
+        assert torch.isfinite(loss).all() and torch.isfinite(g).all(), (loss, g)
+        assert g[:, [0, 2]].abs().max() < 1e-30  # the far-negative background logits
+        ref_loss, ref_g = grads(reference.quality_focal_loss, pred.double(), label, score, beta=beta, reduction="none")
+        _assert_close(loss.double(), ref_loss, dtype, "loss")
+        if beta > 0:  # at beta = 0 autograd's own 0 * inf is NaN at the far logits; checked above instead
+            _assert_close(g.double()[:, 3], ref_g[:, 3], dtype, "grad at the moderate logit")
+
+
+def test_qfl_nonfinite_score_on_background_ignored(device, validation):
+    # SPEC section 1: a background row's score is ignored, so NaN/inf there change nothing and raise nothing.
+    pred, label, score, weight = qfl_inputs(64, 10, device, weight=True, seed=2)
+    label[::2] = 10
+    label[1::4] = -1
+    clean = score.clone()
+    score[::2] = float("nan")
+    score[1::4] = float("inf")
+    for reduction in REDUCTIONS:
+        ours, g = grads(gflops.quality_focal_loss, pred, label, score, weight, reduction=reduction)
+        ref, g_ref = grads(gflops.quality_focal_loss, pred, label, clean, weight, reduction=reduction)
+        assert torch.isfinite(ours).all() and torch.isfinite(g).all()
+        assert torch.equal(ours, ref) and torch.equal(g, g_ref)
+        oracle = reference.quality_focal_loss(pred, label, score, weight, reduction=reduction)
+        _assert_close(ours, oracle, torch.float32, "reference")
+
+
 def test_qfl_extreme_logits_exact_values():
     # A confident, correct background logit costs ~nothing; a confident wrong one costs ~x.
     pred = torch.tensor([[-60.0, 60.0]])

@@ -26,8 +26,10 @@ def quality_focal_loss(pred, label, score, weight=None, beta=2.0, reduction="mea
     x = _acc(pred)
     num_classes = x.shape[1]
     classes = torch.arange(num_classes, device=x.device)
-    # Labels outside [0, C) match no class column, so those rows are background.
-    target = (classes[None, :] == label[:, None]).to(x.dtype) * score.to(x.dtype)[:, None]
+    # Labels outside [0, C) match no class column, so those rows are background,
+    # and their score is never read (a NaN there must not reach the loss).
+    hit = classes[None, :] == label[:, None]
+    target = torch.where(hit, score.to(x.dtype)[:, None], torch.zeros((), dtype=x.dtype, device=x.device))
     s = torch.sigmoid(x)
     bce = F.binary_cross_entropy_with_logits(x, target, reduction="none")
     loss = (bce * (target - s).abs().pow(beta)).sum(dim=1)

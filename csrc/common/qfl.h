@@ -39,15 +39,21 @@ template <typename T, bool BETA2> GF_HD T qfl_grad(T x, T y, T beta) {
   } else {
     T ad = d < T(0) ? -d : d;
     T sign = d > T(0) ? T(1) : (d < T(0) ? T(-1) : T(0));
-    T first = ad > T(0) ? beta * gpow_nonneg(ad, beta - T(1)) * sign * ds * sb.bce : T(0);
-    return first + gpow_nonneg(ad, beta) * d;
+    T p = gpow_nonneg(ad, beta);
+    // |d|^(beta-1) * s(1-s) as (|d|^beta * s(1-s)) / |d|: for beta < 1 the power
+    // itself overflows on a denormal |d| (a logit near -90 with y = 0) before the
+    // vanishing s(1-s)*BCE can cancel it; this order stays finite (|d| = s there).
+    T first = ad > T(0) ? beta * sign * ((p * ds) / ad) * sb.bce : T(0);
+    return first + p * d;
   }
 }
 
 // The target of element (row, c): the row's score on its label column, else 0.
-// Labels outside [0, C) are background, so they never match a column.
+// Labels outside [0, C) are background, so they never match a column, and a
+// background row's score is never read into a value (SPEC section 1 ignores
+// it: NaN there must not leak). A select, not a branch: CPU loops vectorise.
 template <typename T> GF_HD T qfl_target(int64_t c, int64_t label, T score) {
-  return score * static_cast<T>(c == label);  // arithmetic, not a branch: keeps CPU loops vectorisable
+  return c == label ? score : T(0);
 }
 
 }  // namespace gf
