@@ -36,7 +36,8 @@ GF_NO_TSAN std::string variable_at(const Launch& l, size_t off) {
   if (off < l.dynamic_smem) return "dynamic shared memory, byte " + std::to_string(off);
   for (const auto& v : l.shared_vars)
     if (off >= v.offset && off < v.offset + v.size)
-      return "byte " + std::to_string(off - v.offset) + " of the shared variable of " + std::to_string(v.size) + " bytes";
+      return "byte " + std::to_string(off - v.offset) + " of the shared variable declared at " +
+             gf::emu::short_site(v.site);
   return "shared memory byte " + std::to_string(off);
 }
 

@@ -499,7 +499,7 @@ void* shared_alloc(const void* tag, size_t size, size_t align, const char* site)
                  short_site(site) + ") + " + std::to_string(l.dynamic_smem) + " bytes dynamic > " +
                  std::to_string(kSharedLimit) + " bytes per block");
   if (off + size + kGuard > l.arena_cap) fail_running("too many shared variables for the emulator's arena");
-  l.shared_vars.push_back(SharedVar{tag, off, size});
+  l.shared_vars.push_back(SharedVar{tag, off, size, site});
   l.static_bytes += size;
   l.arena_used = off + size + kGuard;
 #if GF_EMU_ASAN

@@ -34,13 +34,15 @@ __global__ void __launch_bounds__(kThreads) read_past_end_kernel(const float* x,
   if (t < n) out[t] = x[t] + (t == n - 1 ? x[t + 1] : 0.0f);
 }
 
-// Broken: reads one element past a shared array.
+// Broken: reads one element past a shared array (through a pointer, where
+// UBSan's array-bounds check cannot see it: the poisoned guard must).
 __global__ void __launch_bounds__(kThreads) shared_past_end_kernel(const float* x, int n, float* out) {
   GF_SHARED(float, tile, [32]);
   const int t = threadIdx.x;
   if (t < 32) tile[t] = t < n ? x[t] : 0.0f;
   __syncthreads();
-  if (t == 0) out[0] = tile[32];
+  const float* p = tile;
+  if (t == 0) out[0] = p[31 + (n > 0)];
 }
 
 // Broken when launched with a block that is not a multiple of 32 threads:

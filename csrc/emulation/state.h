@@ -44,6 +44,7 @@ struct SharedVar {
   const void* tag;
   size_t offset;
   size_t size;
+  const char* site;  // where it is declared
 };
 
 // One access to a byte of shared memory, as the race tracker remembers it.

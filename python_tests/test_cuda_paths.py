@@ -1,0 +1,133 @@
+"""The CUDA kernels' own paths, through the emulator: results independent of
+the block order, multi-block reductions, the 64-bit index path, and the
+unvectorised and misaligned paths, checked against the launch log so that
+each test provably ran the path it names."""
+import pytest
+import torch
+
+import gflops
+from box_cases import branch_inputs, distribution_inputs, random_boxes
+from conftest import needs_emu
+from gflops import _ops, emulation
+from loss_cases import dfl_inputs, grads, qfl_inputs
+
+pytestmark = needs_emu
+
+
+@pytest.fixture
+def emu():
+    m = emulation.load()
+    m.set_launch_log(True)
+    try:
+        with _ops.use("gflops_emu"):
+            yield m
+    finally:
+        m.set_launch_log(False)
+        m.set_block_order(False, 0)
+        m.force_int64_index(False)
+        m.set_num_sms(3)
+
+
+def launched(m):
+    return m.launch_log()
+
+
+def every_op(dtype=torch.float32):
+    """Forward and backward of every op, 'sum' reductions included, as a flat list of tensors."""
+    out = []
+    pred, label, score, weight = qfl_inputs(1001, 80, "cpu", dtype=dtype, weight=True)
+    for reduction in ("none", "sum"):
+        out += grads(gflops.quality_focal_loss, pred, label, score, weight, reduction=reduction)
+        out += grads(gflops.quality_focal_loss, pred, label, score, weight, beta=1.5, reduction=reduction)
+    dpred, target, dweight = dfl_inputs(3000, 16, "cpu", dtype=dtype, weight=True)
+    for reduction in ("none", "sum"):
+        out += grads(gflops.distribution_focal_loss, dpred, target, dweight, reduction=reduction)
+    a, b = random_boxes(2, 70, dtype=dtype), random_boxes(2, 45, seed=1, dtype=dtype)
+    out += [gflops.box_iou(a, b, "giou"), gflops.box_iou(a[0], a[0], aligned=True)]
+    out += grads(gflops.giou_loss, a[0], b[0, :1].expand(70, 4).float(), reduction="sum")
+    p, points, strides = distribution_inputs(2, 600, 16, dtype=dtype)
+    out += grads(gflops.integral, p) + grads(gflops.decode_distribution, p, points, strides, 16, (300, 400))
+    bp, bpts, bst, bgt, bw = branch_inputs(2500, 16, dtype=dtype)
+    q = bp.clone().requires_grad_(True)
+    giou, dfl, sc = gflops.gfl_box_branch(q, bpts, bst, bgt, bw)
+    (giou + dfl).backward()
+    return out + [giou.detach(), dfl.detach(), sc, q.grad]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_block_order_does_not_change_any_result(emu, dtype):
+    base = every_op(dtype)
+    grids = [r[1][0] for r in launched(emu) if "sum_partials" not in r[0]]
+    assert max(grids) > 1  # multi-block launches, so the order can matter
+    for seed in (1, 2):
+        emu.set_block_order(True, seed)
+        for i, (x, y) in enumerate(zip(base, every_op(dtype))):
+            assert torch.equal(x, y), f"output {i} changed with block order seed {seed}"
+
+
+def test_sums_are_multi_block_and_stable_across_sm_counts(emu):
+    pred, label, score, weight = qfl_inputs(20011, 80, "cpu", weight=True)
+    results = {}
+    for sms in (1, 3, 7):
+        emu.set_num_sms(sms)
+        emu.set_launch_log(True)
+        results[sms] = gflops.quality_focal_loss(pred, label, score, weight, reduction="sum")
+        grid = [r[1][0] for r in launched(emu) if "qfl_forward_sum" in r[0]][0]
+        assert grid == sms * 8  # one full wave: 8 resident 256-thread blocks per emulated SM
+    torch.testing.assert_close(results[1], results[7], rtol=1e-6, atol=0)
+    torch.testing.assert_close(results[3], results[7], rtol=1e-6, atol=0)
+
+
+def test_int64_index_path(emu):
+    base = every_op()
+    emu.set_launch_log(True)
+    emu.force_int64_index(True)
+    forced = every_op()
+    names = [r[0] for r in launched(emu)]
+    assert any("qfl_forward_sum_kernel" in n and n.endswith("long int>") for n in names), names
+    assert any("qfl_backward_kernel" in n and n.endswith("long int>") for n in names), names
+    for i, (x, y) in enumerate(zip(base, forced)):
+        assert torch.equal(x, y), f"output {i} differs on the 64-bit index path"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_unvectorised_and_misaligned_paths(emu, dtype):
+    pred, label, score, weight = qfl_inputs(999, 80, "cpu", dtype=dtype, weight=True)
+    width = 16 // pred.element_size()
+    storage = torch.empty(pred.numel() + 1, dtype=dtype)
+    shifted = storage[1:].view(999, 80)  # contiguous, but 2 or 4 bytes past a 16-byte boundary
+    shifted.copy_(pred)
+    assert shifted.is_contiguous() and shifted.data_ptr() % 16 != 0
+    for reduction in ("none", "sum"):
+        emu.set_launch_log(True)
+        ref, g_ref = grads(gflops.quality_focal_loss, pred, label, score, weight, reduction=reduction)
+        vec_names = [r[0] for r in launched(emu) if "qfl_" in r[0]]
+        emu.set_launch_log(True)
+        leaf = shifted.detach().requires_grad_(True)  # not grads(): it would clone into aligned memory
+        ours = gflops.quality_focal_loss(leaf, label, score, weight, reduction=reduction)
+        up = torch.linspace(0.5, 1.5, ours.numel(), dtype=ours.dtype).reshape(ours.shape)
+        (ours * up).sum().backward()
+        ours, g = ours.detach(), leaf.grad
+        names = [r[0] for r in launched(emu) if "qfl_" in r[0]]
+        assert all(f"{dtype_name(dtype)}, float, {width}, true" in n for n in vec_names), vec_names
+        assert all(f"{dtype_name(dtype)}, float, 1, true" in n for n in names), names
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(g, g_ref, rtol=0, atol=0)  # elementwise: the same bits on both paths
+    # 81 columns: rows straddle 16-byte packs, so the packed path is never taken.
+    pred81, label81, score81, _ = qfl_inputs(999, 81, "cpu", dtype=dtype)
+    emu.set_launch_log(True)
+    gflops.quality_focal_loss(pred81, label81, score81, reduction="sum")
+    assert all(", 1, true" in r[0] for r in launched(emu) if "qfl_" in r[0])
+
+
+def dtype_name(dtype):
+    return {torch.float32: "float", torch.float16: "__half", torch.bfloat16: "__nv_bfloat16"}[dtype]
+
+
+def test_empty_inputs_launch_nothing(emu):
+    emu.set_launch_log(True)
+    pred = torch.zeros(0, 80, requires_grad=True)
+    out = gflops.quality_focal_loss(pred, torch.zeros(0, dtype=torch.long), torch.zeros(0), reduction="sum")
+    out.backward()
+    assert out.item() == 0.0 and pred.grad.shape == (0, 80)
+    assert launched(emu) == []
