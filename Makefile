@@ -3,7 +3,7 @@
 # machines without torch (a bare `pip install torch` pulls GBs of CUDA wheels).
 PY ?= python3
 
-.PHONY: deps build demo bench test cuda-compile
+.PHONY: deps build demo bench test test-sanitizers cuda-compile
 
 deps:
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
@@ -21,6 +21,15 @@ bench: deps
 
 test: deps
 	$(PY) -m pytest -q
+
+# The emulated CUDA cases (every test id with "emu") under AddressSanitizer +
+# UBSan (memcheck's job), then under the shared-memory race check (racecheck's).
+EMU_TESTS = python_tests/test_losses.py python_tests/test_boxes.py python_tests/test_decode.py python_tests/test_cuda_paths.py
+test-sanitizers: deps
+	LD_PRELOAD="$$(g++ -print-file-name=libasan.so) $$(g++ -print-file-name=libstdc++.so)" \
+		ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
+		GFLOPS_EMU_SANITIZE=address $(PY) -m pytest -q -k emu $(EMU_TESTS)
+	GFLOPS_EMU_SANITIZE=race $(PY) -m pytest -q -k emu $(EMU_TESTS)
 
 cuda-compile:
 	bash tools/check_cuda_compile.sh

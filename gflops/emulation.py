@@ -13,7 +13,7 @@ Builds (GFLOPS_EMU_SANITIZE or `load(sanitizer=...)`):
   "none"     plain, -O2;
   "address"  AddressSanitizer + UndefinedBehaviorSanitizer (memcheck's job);
              the process must start with libasan preloaded
-             (LD_PRELOAD=$(g++ -print-file-name=libasan.so));
+             (LD_PRELOAD="$(g++ -print-file-name=libasan.so) $(g++ -print-file-name=libstdc++.so)");
   "race"     the shared-memory race check (racecheck's job,
              csrc/emulation/racecheck.cpp).
 One build per process: the three register the same op library.
@@ -87,7 +87,8 @@ def load(sanitizer=None):
         raise RuntimeError(f"gflops.emulation: cannot build the emulated CUDA library: {why}")
     if sanitizer == "address" and "libasan" not in os.environ.get("LD_PRELOAD", ""):
         raise RuntimeError("gflops.emulation: the 'address' build needs libasan loaded first: run with "
-                           "LD_PRELOAD=$(g++ -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0")
+                           "LD_PRELOAD=\"$(g++ -print-file-name=libasan.so) $(g++ -print-file-name=libstdc++.so)\" "
+                           "ASAN_OPTIONS=detect_leaks=0 (see `make test-sanitizers`)")
     from filelock import FileLock
     from torch.utils import cpp_extension
 

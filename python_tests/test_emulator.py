@@ -71,7 +71,10 @@ def test_block_order_dependence_is_caught(emu):
 def _run(sanitizer, code):
     env = dict(os.environ, GFLOPS_EMU_SANITIZE=sanitizer, PYTHONPATH=os.pathsep.join(sys.path))
     if sanitizer == "address":
-        env["LD_PRELOAD"] = subprocess.check_output(["g++", "-print-file-name=libasan.so"], text=True).strip()
+        # libstdc++ too, so that ASan's exception interceptor finds __cxa_throw (python does not link it).
+        libs = [subprocess.check_output(["g++", f"-print-file-name={lib}"], text=True).strip()
+                for lib in ("libasan.so", "libstdc++.so")]
+        env["LD_PRELOAD"] = " ".join(libs)
         env["ASAN_OPTIONS"] = "detect_leaks=0"
     prelude = "import torch, gflops, gflops.emulation as e; e.load(); x = torch.randn(256); "
     return subprocess.run([sys.executable, "-c", prelude + code], env=env, capture_output=True, text=True,
