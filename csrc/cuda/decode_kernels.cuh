@@ -1,7 +1,10 @@
 // CUDA kernels of the decoding family (integral, fused decode, fused GFL box
 // branch) and their torch-free host entry points. Included by decode.cu alone.
 // One thread per distribution row (integral) or per anchor (decode, box
-// branch: its 4 x (reg_max + 1) logits), the math in csrc/common.
+// branch: its 4 x (reg_max + 1) logits), the math in csrc/common. The anchor
+// kernels ask for at least 1 resident block, not ptxas's default target: it
+// then keeps their 48-70 registers instead of spilling to reach 8 blocks/SM
+// (benchmarks/results/ptxas_resources.md); grids follow the real occupancy.
 #pragma once
 
 #include "../common/box_branch.h"
@@ -46,7 +49,7 @@ struct DecodeArgs {
 };
 
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 1)
 decode_kernel(const scalar_t* __restrict__ pred, const acc_t* __restrict__ pts, const acc_t* __restrict__ st,
               int64_t boxes, int64_t anchors, int n1, bool clamp, acc_t h, acc_t w, scalar_t* __restrict__ out) {
   GF_GRID_STRIDE(i, boxes) {
@@ -60,7 +63,7 @@ decode_kernel(const scalar_t* __restrict__ pred, const acc_t* __restrict__ pts, 
 }
 
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 1)
 decode_backward_kernel(const acc_t* __restrict__ grad, const scalar_t* __restrict__ pred, const acc_t* __restrict__ pts,
                        const acc_t* __restrict__ st, int64_t boxes, int64_t anchors, int n1, bool clamp, acc_t h,
                        acc_t w, scalar_t* __restrict__ out) {
@@ -72,7 +75,7 @@ decode_backward_kernel(const acc_t* __restrict__ grad, const scalar_t* __restric
 }
 
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 1)
 box_branch_kernel(const scalar_t* __restrict__ pred, const acc_t* __restrict__ pts, const acc_t* __restrict__ st,
                   const acc_t* __restrict__ gt, const acc_t* __restrict__ weight, int64_t p, int n1,
                   acc_t* __restrict__ score, acc_t* __restrict__ partials) {
@@ -93,7 +96,7 @@ box_branch_kernel(const scalar_t* __restrict__ pred, const acc_t* __restrict__ p
 }
 
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 1)
 box_branch_backward_kernel(const acc_t* __restrict__ g_giou, const acc_t* __restrict__ g_dfl,
                            const scalar_t* __restrict__ pred, const acc_t* __restrict__ pts, const acc_t* __restrict__ st,
                            const acc_t* __restrict__ gt, const acc_t* __restrict__ weight, int64_t p, int n1,
