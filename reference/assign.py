@@ -12,6 +12,14 @@ def _centers(boxes):
     return torch.stack([(boxes[..., 0] + boxes[..., 2]) / 2, (boxes[..., 1] + boxes[..., 3]) / 2], -1)
 
 
+def center_distances(gt_boxes, anchors):
+    """(B, G, N) distances between GT centres (B, G, 4) and anchor centres
+    (N, 4), as sqrt(dx^2 + dy^2): never through a matrix-multiply expansion
+    such as torch.cdist's, whose rounding reorders near-ties (SPEC section 5)."""
+    delta = _centers(gt_boxes)[:, :, None, :] - _centers(anchors)[None, None, :, :]
+    return (delta[..., 0] ** 2 + delta[..., 1] ** 2).sqrt()
+
+
 def atss_assign(anchors, num_level_anchors, gt_boxes, gt_labels, gt_valid, num_classes, topk=9,
                 anchor_valid=None):
     """Assign anchors (N, 4) to padded GT boxes (B, G, 4).
@@ -35,7 +43,7 @@ def atss_assign(anchors, num_level_anchors, gt_boxes, gt_labels, gt_valid, num_c
     gt_boxes = gt_boxes.to(anchors.dtype)
 
     ious = box_iou(gt_boxes, anchors[None].expand(B, N, 4))                       # (B, G, N)
-    dist = torch.cdist(_centers(gt_boxes), _centers(anchors)[None].expand(B, N, 2))  # (B, G, N)
+    dist = center_distances(gt_boxes, anchors)                                    # (B, G, N)
     dist = dist.masked_fill(~anchor_valid[:, None, :], float("inf"))
 
     cand_idx, cand_ok = [], []
@@ -59,7 +67,8 @@ def atss_assign(anchors, num_level_anchors, gt_boxes, gt_labels, gt_valid, num_c
     g = gt_boxes[:, :, None, :]
     inside = torch.stack([c[..., 0] - g[..., 0], c[..., 1] - g[..., 1],
                           g[..., 2] - c[..., 0], g[..., 3] - c[..., 1]], -1).amin(-1) > 0.01
-    pos = cand_ok & (cand_iou >= thr) & inside
+    # One candidate has no unbiased std (NaN in MMDetection): no positive.
+    pos = cand_ok & (cand_iou >= thr) & inside & (n > 1)
 
     scored = torch.full_like(ious, float("-inf"))
     scored.scatter_(2, cand_idx, torch.where(pos, cand_iou, torch.full_like(cand_iou, float("-inf"))))

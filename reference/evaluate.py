@@ -50,14 +50,17 @@ def coco_stats(coco, results, verbose=True):
 
 
 @torch.no_grad()
-def evaluate(model, img_dir, ann_file, scale, device, batch_size=4, out_json=None, verbose=True):
-    """Returns dict(stats=12 COCO numbers by name, forward_s / postprocess_s per image, detections)."""
+def evaluate(model, img_dir, ann_file, scale, device, batch_size=1, out_json=None, verbose=True):
+    """Returns dict(stats=12 COCO numbers by name, forward_s / postprocess_s per image, detections).
+    Batch 1 by default: batch padding changes the GroupNorm statistics of the
+    head, so a padded image would not be scored as it is alone."""
+    dtype = next(model.parameters()).dtype
     ds = CocoDetection(img_dir, ann_file, scale=scale, flip=0.0)
     loader = torch.utils.data.DataLoader(ds, batch_size, shuffle=False, collate_fn=collate)
     model.eval()
     results, t_fwd, t_post = [], 0.0, 0.0
     for data in loader:
-        images = data["images"].to(device)
+        images = data["images"].to(device, dtype)
         _sync(device)
         t0 = time.perf_counter()
         raw = model.raw(images)
@@ -73,11 +76,14 @@ def evaluate(model, img_dir, ann_file, scale, device, batch_size=4, out_json=Non
                forward_s_per_img=t_fwd / max(len(ds), 1), postprocess_s_per_img=t_post / max(len(ds), 1))
     if out_json:
         Path(out_json).write_text(json.dumps(out, indent=2))
+        # The detections themselves, so two runs can be compared record by record.
+        Path(out_json).with_name("detections.json").write_text(json.dumps(results))
+    out["results"] = results
     return out
 
 
 def main(argv=None):
-    from .train import build_model, default_data
+    from .train import DTYPES, build_model, default_data
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True)
@@ -86,13 +92,15 @@ def main(argv=None):
     p.add_argument("--data-root", help="COCO image folder (default: the preset's synthetic val split)")
     p.add_argument("--ann-file")
     p.add_argument("--scale", type=int, nargs=2)
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=1, help="images per forward (default 1: padding changes "
+                   "GroupNorm statistics)")
     p.add_argument("--out", help="JSON file for the metrics (default: next to the checkpoint)")
     a = p.parse_args(argv)
     ckpt = torch.load(a.checkpoint, map_location="cpu")
     preset = ckpt["preset"]
     device = torch.device(a.device)
-    model = build_model(ckpt["num_classes"], preset, a.ops or ckpt.get("ops", "reference")).to(device)
+    dtype = DTYPES[ckpt.get("dtype", "float32")]
+    model = build_model(ckpt["num_classes"], preset, a.ops or ckpt.get("ops", "reference"), dtype=dtype).to(device)
     model.load_state_dict(ckpt["model"])
     if a.data_root:
         img_dir, ann = a.data_root, a.ann_file

@@ -63,19 +63,40 @@ class GFLHead(nn.Module):
         return torch.cat(cls, 1), torch.cat(reg, 1)
 
 
-def anchors(feat_shapes, device, octave_base_scale=8):
+def anchors(feat_shapes, device, octave_base_scale=8, dtype=torch.float32):
     """Anchor centres (N, 2) at (x * stride, y * stride), strides (N,), square
     anchor boxes (N, 4) of side octave_base_scale * stride, and level sizes."""
     points, strides, boxes, sizes = [], [], [], []
     for (h, w), s in zip(feat_shapes, STRIDES):
         ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
-        p = torch.stack([xs.flatten(), ys.flatten()], 1).float() * s
+        p = torch.stack([xs.flatten(), ys.flatten()], 1).to(dtype) * s
         half = octave_base_scale * s / 2
         points.append(p)
-        strides.append(torch.full((h * w,), float(s), device=device))
+        strides.append(torch.full((h * w,), float(s), device=device, dtype=dtype))
         boxes.append(torch.cat([p - half, p + half], 1))
         sizes.append(h * w)
     return torch.cat(points), torch.cat(strides), torch.cat(boxes), sizes
+
+
+def pad_shape(img_shape, size_divisor=32):
+    """An image's own padded (h, w): each side rounded up to size_divisor."""
+    return tuple(-(-int(v) // size_divisor) * size_divisor for v in img_shape)
+
+
+def valid_flags(feat_shapes, pad_shapes, device):
+    """(B, N) anchor validity as MMDetection's AnchorGenerator.valid_flags:
+    on each level, column x < ceil(pad_w / stride) and row y < ceil(pad_h /
+    stride), with (pad_h, pad_w) the image's own padded size, not the
+    batch's. Anchors over the batch padding are never ATSS candidates and
+    have classification weight 0."""
+    flags = []
+    for (h, w), s in zip(feat_shapes, STRIDES):
+        vh = torch.tensor([min(-(-ph // s), h) for ph, _ in pad_shapes], device=device)
+        vw = torch.tensor([min(-(-pw // s), w) for _, pw in pad_shapes], device=device)
+        ys = torch.arange(h, device=device)[:, None].expand(h, w).flatten()
+        xs = torch.arange(w, device=device)[None, :].expand(h, w).flatten()
+        flags.append((ys[None] < vh[:, None]) & (xs[None] < vw[:, None]))
+    return torch.cat(flags, 1)
 
 
 class GFL(nn.Module):
@@ -89,40 +110,54 @@ class GFL(nn.Module):
         self.ops = ops or Ops("reference")
 
     def forward(self, images, gt_boxes=None, gt_labels=None, gt_valid=None, img_shapes=None,
-                reduce_mean=_identity):
-        """The losses when GT is given (so DDP sees the training forward), else the raw outputs."""
+                reduce_mean=_identity, timer=None):
+        """The losses when GT is given, else the raw outputs (what DDP wraps:
+        the training loop computes the losses from them)."""
         if gt_boxes is not None:
             return self.loss(images, gt_boxes, gt_labels, gt_valid, img_shapes, reduce_mean)
-        return self.raw(images)
+        return self.raw(images, timer)
 
-    def raw(self, images):
+    def raw(self, images, timer=None):
         feats = self.neck(self.backbone(images))
+        if timer is not None:
+            timer("backbone+neck")
         cls, reg = self.head(feats)
+        if timer is not None:
+            timer("head")
         return cls, reg, [tuple(f.shape[-2:]) for f in feats]
 
     def loss(self, images, gt_boxes, gt_labels, gt_valid, img_shapes, reduce_mean=_identity):
         """QFL + GIoU + DFL as SPEC section 4; normalisers stay on the device.
         reduce_mean averages a tensor over processes under DDP."""
-        cls, reg, shapes = self.raw(images)
+        return self.loss_from_raw(*self.raw(images), gt_boxes, gt_labels, gt_valid, img_shapes, reduce_mean)
+
+    def loss_from_raw(self, cls, reg, shapes, gt_boxes, gt_labels, gt_valid, img_shapes, reduce_mean=_identity,
+                      timer=None):
+        """The head's losses from its raw outputs. `timer(stage)` (optional)
+        is called when assignment ends, to split the step into stages."""
         B, N, C = cls.shape
-        points, strides, anchor_boxes, sizes = anchors(shapes, images.device)
-        hw = torch.tensor(img_shapes, device=images.device, dtype=points.dtype)  # (B, 2) as (h, w)
-        anchor_valid = (points[None, :, 0] < hw[:, None, 1]) & (points[None, :, 1] < hw[:, None, 0])
-        assigned_gt, labels, _ = self.ops.atss_assign(anchor_boxes, sizes, gt_boxes, gt_labels.clamp(min=0),
-                                                      gt_valid, C, 9, anchor_valid)
+        device, dtype = cls.device, cls.dtype if cls.dtype == torch.float64 else torch.float32
+        points, strides, anchor_boxes, sizes = anchors(shapes, device, dtype=dtype)
+        anchor_valid = valid_flags(shapes, [pad_shape(s) for s in img_shapes], device)
+        assigned_gt, labels, _ = self.ops.atss_assign(anchor_boxes, sizes, gt_boxes.to(dtype),
+                                                      gt_labels.clamp(min=0), gt_valid, C, 9, anchor_valid)
+        if timer is not None:
+            timer("assign")
         cls_flat, reg_flat = cls.reshape(B * N, C), reg.reshape(B * N, -1)
         pos = (assigned_gt > 0).flatten()
         pos_idx = torch.nonzero(pos).squeeze(1)
         img, anchor = pos_idx // N, pos_idx % N
-        gt = gt_boxes[img, assigned_gt.flatten()[pos_idx] - 1]
-        weight = cls_flat.detach().float().sigmoid().max(1).values[pos_idx]
+        gt = gt_boxes.to(dtype)[img, assigned_gt.flatten()[pos_idx] - 1]
+        weight = cls_flat.detach().to(dtype).sigmoid().max(1).values[pos_idx]
         giou_sum, dfl_sum, score_pos = self.ops.gfl_box_branch(reg_flat[pos_idx], points[anchor], strides[anchor],
                                                                gt, weight, self.reg_max)
-        score = torch.zeros(B * N, device=images.device, dtype=score_pos.dtype)
+        score = torch.zeros(B * N, device=device, dtype=score_pos.dtype)
         score[pos_idx] = score_pos
-        num_pos = reduce_mean(pos.sum().float()).clamp(min=1)
+        # MMDetection's avg_factor: per image max(num_pos, 1), summed, averaged over processes.
+        num_pos = reduce_mean((assigned_gt > 0).sum(1).clamp(min=1).sum().to(dtype))
         w_sum = reduce_mean(weight.sum()).clamp(min=1)
-        loss_cls = self.ops.quality_focal_loss(cls_flat, labels.flatten(), score, avg_factor=num_pos)
+        loss_cls = self.ops.quality_focal_loss(cls_flat, labels.flatten(), score,
+                                               weight=anchor_valid.flatten().to(dtype), avg_factor=num_pos)
         return dict(loss_cls=loss_cls, loss_bbox=2.0 * giou_sum / w_sum, loss_dfl=0.25 * dfl_sum / 4 / w_sum)
 
     @torch.no_grad()
@@ -132,19 +167,21 @@ class GFL(nn.Module):
 
     @torch.no_grad()
     def postprocess(self, cls, reg, shapes, metas, score_thr=0.05, nms_pre=1000, iou_threshold=0.6,
-                    max_per_img=100):
-        points, strides, _, sizes = anchors(shapes, cls.device)
+                    max_per_img=100, min_bbox_size=0.0):
+        dtype = cls.dtype if cls.dtype == torch.float64 else torch.float32
+        points, strides, _, sizes = anchors(shapes, cls.device, dtype=dtype)
 
         def decode(pred, pts, st, shape):
             return self.ops.decode_distribution(pred, pts, st, self.reg_max, (float(shape[0]), float(shape[1])))
 
         boxes, scores, labels, counts = multiclass_nms(
             cls, reg, points, strides, sizes, [m["img_shape"] for m in metas], decode, score_thr, nms_pre,
-            iou_threshold, max_per_img, nms_fn=self.ops.batched_nms)
+            iou_threshold, max_per_img, nms_fn=self.ops.batched_nms, min_bbox_size=min_bbox_size,
+            scale_factors=[m["scale_factor"] for m in metas])
         out = []
         for b, m in enumerate(metas):
             k = int(counts[b])
             sx, sy = m["scale_factor"]
-            scale = torch.tensor([sx, sy, sx, sy], device=boxes.device)
+            scale = torch.tensor([sx, sy, sx, sy], device=boxes.device, dtype=boxes.dtype)
             out.append(dict(boxes=boxes[b, :k] / scale, scores=scores[b, :k], labels=labels[b, :k]))
         return out

@@ -15,7 +15,8 @@ def nms(boxes, scores, iou_threshold):
     if boxes.shape[0] == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
     order = _order(scores)
-    iou = box_iou(boxes[order].float(), boxes[order].float()).cpu()
+    b = boxes[order] if boxes.dtype == torch.float64 else boxes[order].float()
+    iou = box_iou(b, b).cpu()
     keep = torch.ones(len(order), dtype=torch.bool)
     for i in range(len(order)):
         if keep[i]:
@@ -34,19 +35,24 @@ def batched_nms(boxes, scores, idxs, iou_threshold):
 
 
 def multiclass_nms(cls_scores, bbox_preds, points, strides, level_sizes, image_shapes, decode, score_thr=0.05,
-                   nms_pre=1000, iou_threshold=0.6, max_per_img=100, nms_fn=batched_nms):
+                   nms_pre=1000, iou_threshold=0.6, max_per_img=100, nms_fn=batched_nms, min_bbox_size=0.0,
+                   scale_factors=None):
     """The GFL post-process over a batch.
 
     cls_scores (B, N, C) logits; bbox_preds (B, N, 4 * (reg_max + 1)); points
     (N, 2) and strides (N,) of the anchors, level by level (level_sizes);
     image_shapes: (H, W) per image for clamping; decode(pred, points, strides,
-    max_shape) -> boxes. Returns padded boxes (B, max_per_img, 4), scores
+    max_shape) -> boxes. Boxes whose width or height is not > min_bbox_size
+    are dropped before NMS, measured in original image pixels when
+    scale_factors ((sx, sy) per image) are given, as MMDetection measures
+    them after rescaling. Returns padded boxes (B, max_per_img, 4), scores
     (B, max_per_img), labels (B, max_per_img) (-1 for padding) and counts (B,).
     """
     B, N, C = cls_scores.shape
     device = cls_scores.device
-    out_boxes = torch.zeros(B, max_per_img, 4, device=device)
-    out_scores = torch.zeros(B, max_per_img, device=device)
+    dtype = torch.float64 if cls_scores.dtype == torch.float64 else torch.float32
+    out_boxes = torch.zeros(B, max_per_img, 4, device=device, dtype=dtype)
+    out_scores = torch.zeros(B, max_per_img, device=device, dtype=dtype)
     out_labels = torch.full((B, max_per_img), -1, dtype=torch.long, device=device)
     counts = torch.zeros(B, dtype=torch.long, device=device)
     for b in range(B):
@@ -55,7 +61,7 @@ def multiclass_nms(cls_scores, bbox_preds, points, strides, level_sizes, image_s
         for n_l in level_sizes:
             sl = slice(start, start + n_l)
             start += n_l
-            scores = cls_scores[b, sl].float().sigmoid().flatten()
+            scores = cls_scores[b, sl].to(dtype).sigmoid().flatten()
             keep = scores > score_thr
             flat = torch.nonzero(keep).squeeze(1)
             s = scores[flat]
@@ -65,10 +71,13 @@ def multiclass_nms(cls_scores, bbox_preds, points, strides, level_sizes, image_s
             anchor = flat // C
             boxes = decode(bbox_preds[b, sl][anchor], points[sl][anchor], strides[sl][anchor],
                            image_shapes[b])
-            boxes_l.append(boxes.float())
+            boxes_l.append(boxes.to(dtype))
             scores_l.append(s)
             labels_l.append(flat % C)
         boxes, scores, labels = torch.cat(boxes_l), torch.cat(scores_l), torch.cat(labels_l)
+        sx, sy = scale_factors[b] if scale_factors is not None else (1.0, 1.0)
+        big = ((boxes[:, 2] - boxes[:, 0]) / sx > min_bbox_size) & ((boxes[:, 3] - boxes[:, 1]) / sy > min_bbox_size)
+        boxes, scores, labels = boxes[big], scores[big], labels[big]
         kept = nms_fn(boxes, scores, labels, iou_threshold)[:max_per_img]
         k = kept.numel()
         out_boxes[b, :k], out_scores[b, :k], out_labels[b, :k] = boxes[kept], scores[kept], labels[kept]

@@ -15,10 +15,12 @@ import torch
 from tqdm import tqdm
 
 from . import distributed
-from .config import PRESETS
-from .data import CocoDetection, collate, generate
+from .config import EPOCHS, LR_STEPS, PRESETS
+from .data import AspectRatioBatchSampler, CocoDetection, collate, generate
 from .gfl import GFL
 from .ops import Ops
+from .stages import StageTimer, medians
+from .weights import load_weights
 
 
 def default_data(preset, root="data"):
@@ -34,15 +36,13 @@ def default_data(preset, root="data"):
     return out / "train", train_json, out / "val", val_json
 
 
-def build_model(num_classes, preset, ops_backend, weights=None):
+def build_model(num_classes, preset, ops_backend, weights=None, partial_weights=False, dtype=torch.float32):
     cfg = PRESETS[preset]
     model = GFL(num_classes, cfg["depth"], cfg["base_width"], cfg["fpn_channels"], cfg["stacked_convs"],
                 ops=Ops(ops_backend))
     if weights:
-        state = torch.load(weights, map_location="cpu")
-        missing, unexpected = model.load_state_dict(state.get("model", state), strict=False)
-        print(f"loaded {weights}: {len(missing)} missing, {len(unexpected)} unexpected keys")
-    return model
+        load_weights(model, weights, partial_weights)
+    return model.to(dtype)
 
 
 def peak_memory_mib(device):
@@ -62,9 +62,38 @@ def lr_at(it, base_lr, warmup_iters, steps, warmup_ratio=0.001):
     return lr
 
 
+def schedule(num_batches, epochs=EPOCHS, iters=None):
+    """(total iterations, lr steps): `epochs` of `num_batches` each unless
+    `iters` is given; the steps fall at epochs 8 and 11 of 12 (the same
+    fractions of a shorter or longer run)."""
+    total = iters if iters is not None else epochs * num_batches
+    return total, [round(total * e / EPOCHS) for e in LR_STEPS]
+
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def train_step(net, model, data, device, dtype, amp, timer, reduce_mean):
+    """One forward and backward, split into the stages of TRAIN_STAGES (the
+    losses' own backward apart from the network's); returns the losses."""
+    images = data["images"].to(device, dtype, non_blocking=True)
+    gt = [data[k].to(device) for k in ("gt_boxes", "gt_labels", "gt_valid")]
+    timer("data")
+    with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+        cls, reg, shapes = net(images, timer=timer)
+        # The losses start from detached head outputs so that their backward
+        # can be timed apart from the network's; the gradient is the same.
+        cls_in, reg_in = cls.detach().requires_grad_(), reg.detach().requires_grad_()
+        losses = model.loss_from_raw(cls_in, reg_in, shapes, *gt, [m["img_shape"] for m in data["metas"]],
+                                     reduce_mean, timer)
+    total = sum(losses.values())
+    return losses, total, (cls, reg), (cls_in, reg_in)
+
+
 def train(args):
     rank, world, device = distributed.init(args.device)
     cfg = PRESETS[args.preset]
+    dtype = DTYPES[args.dtype]
     torch.manual_seed(args.seed)
     if args.data_root:
         img_dir, ann = Path(args.data_root), Path(args.ann_file)
@@ -75,13 +104,14 @@ def train(args):
             torch.distributed.barrier()
         img_dir, ann, _, _ = default_data(args.preset)
     scale = tuple(args.scale) if args.scale else cfg["scale"]
-    ds = CocoDetection(img_dir, ann, scale=scale, flip=0.5, seed=args.seed + rank)
+    ds = CocoDetection(img_dir, ann, scale=scale, flip=0.5, seed=args.seed + rank, filter_empty_gt=True,
+                       min_size=32)
     batch = args.batch_size or cfg["batch_size"]
     sampler = (torch.utils.data.distributed.DistributedSampler(ds, world, rank, seed=args.seed) if world > 1
                else torch.utils.data.RandomSampler(ds, generator=torch.Generator().manual_seed(args.seed)))
-    loader = torch.utils.data.DataLoader(ds, batch, sampler=sampler, collate_fn=collate, num_workers=args.workers,
-                                         drop_last=True)
-    model = build_model(ds.num_classes, args.preset, args.ops, args.weights).to(device)
+    batches = AspectRatioBatchSampler(sampler, ds.aspect_groups(), batch)
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=batches, collate_fn=collate, num_workers=args.workers)
+    model = build_model(ds.num_classes, args.preset, args.ops, args.weights, args.partial_weights, dtype).to(device)
     if rank == 0:
         print(f"ops: {model.ops.report()}")
     net = model
@@ -90,10 +120,9 @@ def train(args):
                                                         else None)
     base_lr = (args.lr or cfg["lr"]) * batch * world / 16 if args.scale_lr else (args.lr or cfg["lr"])
     opt = torch.optim.SGD(model.parameters(), lr=base_lr, momentum=0.9, weight_decay=1e-4)
-    iters = args.iters or cfg["iters"]
-    steps = [int(iters * 8 / 12), int(iters * 11 / 12)]
+    iters, steps = schedule(len(batches), args.epochs, args.iters)
     warmup = args.warmup_iters if args.warmup_iters is not None else cfg["warmup_iters"]
-    amp = device.type == "cuda" and not args.no_amp
+    amp = args.amp and device.type == "cuda" and dtype == torch.float32
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     work = Path(args.work_dir)
     if rank == 0:
@@ -101,36 +130,44 @@ def train(args):
     log = open(work / "log.jsonl", "w") if rank == 0 else None
     history = []
     it, epoch = 0, 0
+    timer = StageTimer(device)
     bar = tqdm(total=iters, disable=rank != 0 or args.quiet, desc="train")
     model.train()
     while it < iters:
-        if world > 1:
-            sampler.set_epoch(epoch)
+        batches.set_epoch(epoch)
+        timer.start()
+        t0 = time.perf_counter()
         for data in loader:
             if it >= iters:
                 break
             for g in opt.param_groups:
                 g["lr"] = lr_at(it, base_lr, warmup, steps)
-            t0 = time.perf_counter()
-            images = data["images"].to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                losses = net(images, data["gt_boxes"].to(device), data["gt_labels"].to(device),
-                             data["gt_valid"].to(device), [m["img_shape"] for m in data["metas"]],
-                             distributed.reduce_mean)
-            total = sum(losses.values())
+            losses, total, outs, ins = train_step(net, model, data, device, dtype, amp, timer,
+                                                  distributed.reduce_mean)
             opt.zero_grad(set_to_none=True)
             scaler.scale(total).backward()
-            scaler.unscale_(opt)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+            timer("losses")
+            torch.autograd.backward(outs, [t.grad for t in ins])
+            timer("backward")
+            grad_norm = None
+            if args.clip is not None:
+                scaler.unscale_(opt)
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip))
             scaler.step(opt)
             scaler.update()
+            timer("optimizer")
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            step_s = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            stages, step_s = timer.seconds(), t1 - t0
+            timer.start()
+            t0 = t1
             it += 1
             if rank == 0 and (it % args.log_interval == 0 or it == iters):
-                rec = dict(iter=it, lr=opt.param_groups[0]["lr"], step_s=step_s, grad_norm=float(grad_norm),
+                rec = dict(iter=it, lr=opt.param_groups[0]["lr"], step_s=step_s, stages=stages,
                            **{k: float(v.detach()) for k, v in losses.items()}, loss=float(total.detach()))
+                if grad_norm is not None:
+                    rec["grad_norm"] = grad_norm
                 history.append(rec)
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
@@ -141,10 +178,11 @@ def train(args):
     bar.close()
     if rank == 0:
         summary = dict(summary=True, iters=it, peak_mem_mib=peak_memory_mib(device), ops=model.ops.sources,
+                       dtype=args.dtype, lr_steps=steps, median_stage_s=medians(history),
                        median_step_s=sorted(r["step_s"] for r in history)[len(history) // 2] if history else None)
         log.write(json.dumps(summary) + "\n")
         torch.save(dict(model=model.state_dict(), optimizer=opt.state_dict(), iter=it, preset=args.preset,
-                        num_classes=ds.num_classes, ops=args.ops), work / "latest.pth")
+                        num_classes=ds.num_classes, ops=args.ops, dtype=args.dtype), work / "latest.pth")
         log.close()
     distributed.cleanup()
     return history
@@ -160,13 +198,20 @@ def parser():
     p.add_argument("--ann-file", help="COCO instances JSON for --data-root")
     p.add_argument("--scale", type=int, nargs=2, help="resize to fit (long, short), e.g. 1333 800")
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--iters", type=int)
+    p.add_argument("--epochs", type=int, default=EPOCHS, help="training length in epochs (default 12)")
+    p.add_argument("--iters", type=int, help="training length in iterations (overrides --epochs)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+                   help="parameters, activations and losses (float64: the same-function check)")
     p.add_argument("--lr", type=float, help="base learning rate (0.01 for batch 16)")
     p.add_argument("--scale-lr", action="store_true", help="scale lr linearly with the total batch / 16")
     p.add_argument("--warmup-iters", type=int)
-    p.add_argument("--clip", type=float, default=35.0, help="gradient clipping max norm")
-    p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
-    p.add_argument("--weights", help="a state_dict file to start from (e.g. a pretrained backbone)")
+    p.add_argument("--clip", type=float, default=None, help="gradient clipping max norm (default: none, as the "
+                   "paper config)")
+    p.add_argument("--amp", action="store_true", help="float16 mixed precision on CUDA (default: float32)")
+    p.add_argument("--weights", help="a checkpoint or state_dict to start from, or a torchvision ResNet state_dict "
+                   "for the backbone")
+    p.add_argument("--partial-weights", action="store_true",
+                   help="load the --weights keys that match and list the rest (default: strict)")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--log-interval", type=int, default=1)
     p.add_argument("--work-dir", default="work_dirs/gfl")

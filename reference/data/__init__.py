@@ -1,5 +1,5 @@
 """COCO-format data: the built-in synthetic dataset generator and the loader."""
-from .coco import CocoDetection, collate
+from .coco import AspectRatioBatchSampler, CocoDetection, collate
 from .synthetic import generate
 
-__all__ = ["CocoDetection", "collate", "generate"]
+__all__ = ["AspectRatioBatchSampler", "CocoDetection", "collate", "generate"]

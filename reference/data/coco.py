@@ -11,20 +11,27 @@ STD = np.array([58.395, 57.12, 57.375], np.float32)
 class CocoDetection(torch.utils.data.Dataset):
     """Images and boxes of a COCO instances JSON.
 
-    Crowd boxes and boxes under 1 px are ignored; category ids map to
-    contiguous labels 0..C-1 in id order. Images are resized keeping their
-    aspect ratio to fit `scale` (long, short), e.g. (1333, 800), flipped at
-    random with probability `flip`, and normalised. Each item is
+    As MMDetection's CocoDataset and GFL pipeline: crowd boxes, boxes under
+    1 px or of zero area, and boxes that do not overlap the image are
+    ignored; category ids map to contiguous labels 0..C-1 in id order.
+    Images are resized keeping their aspect ratio to fit `scale` (long,
+    short), e.g. (1333, 800), the boxes scaled and clipped to the resized
+    image (boxes left with zero area are dropped), flipped at random with
+    probability `flip`, and normalised. For training, `filter_empty_gt`
+    drops images without a usable box and `min_size` images whose shorter
+    side is under it (MMDetection's filter_cfg: True, 32). Each item is
     (image CHW float, dict(boxes (G, 4) xyxy, labels (G,), image_id,
      scale_factor, ori_shape, img_shape)).
     """
 
-    def __init__(self, img_dir, ann_file, scale=(1333, 800), flip=0.0, seed=0):
+    def __init__(self, img_dir, ann_file, scale=(1333, 800), flip=0.0, seed=0, filter_empty_gt=False, min_size=0):
         self.coco = COCO(str(ann_file))
         self.img_dir = img_dir
-        self.ids = sorted(self.coco.imgs.keys())
         self.cat_ids = sorted(self.coco.cats.keys())
         self.cat_to_label = {c: i for i, c in enumerate(self.cat_ids)}
+        self.ids = [i for i in sorted(self.coco.imgs.keys())
+                    if min(self.coco.imgs[i]["width"], self.coco.imgs[i]["height"]) >= min_size
+                    and not (filter_empty_gt and len(self.annotations(i)[1]) == 0)]
         self.scale = scale
         self.flip = flip
         self.rng = np.random.default_rng(seed)
@@ -36,11 +43,19 @@ class CocoDetection(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.ids)
 
+    def aspect_groups(self):
+        """Per item: 1 if the image is at least as wide as tall, else 0."""
+        return [int(self.coco.imgs[i]["width"] >= self.coco.imgs[i]["height"]) for i in self.ids]
+
     def annotations(self, img_id):
+        """The usable boxes (G, 4) xyxy in original pixels and labels (G,)."""
+        info = self.coco.imgs[img_id]
         boxes, labels = [], []
         for a in self.coco.loadAnns(self.coco.getAnnIds(imgIds=img_id)):
             x, y, w, h = a["bbox"]
-            if a.get("iscrowd", 0) or w < 1 or h < 1:
+            inter_w = max(0.0, min(x + w, info["width"]) - max(x, 0.0))
+            inter_h = max(0.0, min(y + h, info["height"]) - max(y, 0.0))
+            if a.get("iscrowd", 0) or w < 1 or h < 1 or a.get("area", w * h) <= 0 or inter_w * inter_h == 0:
                 continue
             boxes.append([x, y, x + w, y + h])
             labels.append(self.cat_to_label[a["category_id"]])
@@ -58,6 +73,10 @@ class CocoDetection(torch.utils.data.Dataset):
         boxes, labels = self.annotations(img_id)
         sx, sy = nw / w, nh / h
         boxes = boxes * np.array([sx, sy, sx, sy], np.float32)
+        boxes[:, 0::2] = boxes[:, 0::2].clip(0, nw)
+        boxes[:, 1::2] = boxes[:, 1::2].clip(0, nh)
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        boxes, labels = boxes[keep], labels[keep]
         arr = (np.asarray(img, np.float32) - MEAN) / STD
         if self.flip > 0 and self.rng.random() < self.flip:
             arr = arr[:, ::-1]
@@ -88,3 +107,35 @@ def collate(batch, size_divisor=32):
         g = m["boxes"].shape[0]
         boxes[k, :g], labels[k, :g], valid[k, :g] = m["boxes"], m["labels"], True
     return dict(images=out, gt_boxes=boxes, gt_labels=labels, gt_valid=valid, metas=list(metas))
+
+
+class AspectRatioBatchSampler(torch.utils.data.Sampler):
+    """MMDetection's AspectRatioBatchSampler: items from `sampler` go to a
+    bucket by orientation (wide or tall) and a batch is yielded when a bucket
+    fills, so a batch never mixes orientations (less padding); at the end of
+    an epoch the leftovers of both buckets are batched together."""
+
+    def __init__(self, sampler, groups, batch_size, drop_last=False):
+        self.sampler, self.groups, self.batch_size, self.drop_last = sampler, groups, batch_size, drop_last
+
+    def __iter__(self):
+        buckets = [[], []]
+        for i in self.sampler:
+            b = buckets[self.groups[i]]
+            b.append(i)
+            if len(b) == self.batch_size:
+                yield b[:]
+                b.clear()
+        left = buckets[0] + buckets[1]
+        for k in range(0, len(left), self.batch_size):
+            chunk = left[k:k + self.batch_size]
+            if len(chunk) == self.batch_size or not self.drop_last:
+                yield chunk
+
+    def __len__(self):
+        n = len(self.sampler)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def set_epoch(self, epoch):
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
