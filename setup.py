@@ -10,7 +10,14 @@ import os
 from pathlib import Path
 
 from setuptools import setup
-from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+
+try:
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+except ImportError as e:
+    raise SystemExit(
+        "gflops builds against the torch that is already installed, and this build cannot see one "
+        f"({e}). Install torch first, then build without an isolated environment:\n"
+        "    pip install --no-build-isolation -e .") from None
 
 _spec = importlib.util.spec_from_file_location("gflops_ext", Path(__file__).parent / "gflops" / "_ext.py")
 _ext = importlib.util.module_from_spec(_spec)

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import gflops
@@ -38,3 +39,12 @@ def test_ops_registered():
     assert torch._C._dispatch_has_kernel_for_dispatch_key("gflops::quality_focal_loss", "CPU")
     if gflops.has_cuda():
         assert torch._C._dispatch_has_kernel_for_dispatch_key("gflops::quality_focal_loss", "CUDA")
+
+
+@pytest.mark.skipif(os.environ.get("GFLOPS_EXPECT_AOT") != "1",
+                    reason="set GFLOPS_EXPECT_AOT=1 after `pip install --no-build-isolation -e .` (CI does)")
+def test_ahead_of_time_build_in_use():
+    code = "import gflops, gflops._ext as e; m = e.load(); print(m.__name__, gflops.has_cuda())"
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[0] == "gflops._C" and "JIT-building" not in r.stderr
