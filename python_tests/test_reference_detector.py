@@ -15,6 +15,7 @@ from reference.evaluate import coco_results, coco_stats
 from reference.gfl import GFL, anchors
 from reference.nms import batched_nms, nms
 from reference.ops import Ops
+from reference.stages import TRAIN_STAGES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -191,6 +192,9 @@ def test_reference_and_gflops_ops_are_the_same_function_in_float64(tmp_path, mon
     assert ref_summary["ops"]["gfl_box_branch"] == "reference" and gfl_summary["ops"]["gfl_box_branch"] == "gflops"
     assert ref_summary["dtype"] == gfl_summary["dtype"] == "float64"
     assert len(ref) == len(gfl) == iters
+    for r in ref + gfl:  # the step split into stages, which add up to the step
+        assert list(r["stages"]) == list(TRAIN_STAGES) and all(v >= 0 for v in r["stages"].values())
+        assert 0.8 * r["step_s"] <= sum(r["stages"].values()) <= r["step_s"] * 1.0001
     worst = 0.0
     for a, b in zip(ref, gfl):
         for k in ("loss_cls", "loss_bbox", "loss_dfl", "loss"):
@@ -230,3 +234,41 @@ def test_torchrun_two_process_gloo(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
     assert rows[-1]["summary"] and rows[-1]["iters"] == 2
+
+
+def test_demo_report_pieces(tmp_path):
+    from reference.demo import float64_section, plot_stages
+
+    hist = [dict(iter=i, loss=1.0 + i, loss_cls=0.5, loss_bbox=0.3, loss_dfl=0.2 + i) for i in range(1, 4)]
+    other = [dict(r) for r in hist]
+    other[1]["loss_dfl"] *= 1 + 3e-12
+    det = [dict(image_id=1, category_id=2, score=0.5, bbox=[1.0, 2.0, 3.0, 4.0])]
+    ev = dict(stats=dict(AP=0.25))
+    same = float64_section(dict(reference=(hist, {}, ev, det), gflops=(other, {}, ev, [dict(det[0])])))
+    assert same["worst_at"] == (2, "loss_dfl") and same["worst_rel_loss_diff"] == pytest.approx(3e-12, rel=1e-3)
+    assert same["same_detections"] and same["max_detection_diff"] == 0 and same["same_cocoeval"]
+    moved = [dict(det[0], bbox=[1.0, 2.0, 3.0, 4.5])]
+    assert float64_section(dict(reference=(hist, {}, ev, det), gflops=(hist, {}, ev, moved)))["max_detection_diff"] == 0.5
+    png = tmp_path / "stages.png"
+    plot_stages({"reference": {k: 0.01 for k in TRAIN_STAGES}, "gflops": {k: 0.005 for k in TRAIN_STAGES}},
+                {"reference": dict(network=0.02, postprocess=0.01), "gflops": dict(network=0.02, postprocess=0.005)},
+                png)
+    assert png.stat().st_size > 1000
+
+
+def test_seed_spread_report(tmp_path):
+    from benchmarks import seed_spread
+
+    work = tmp_path / "w" / "tiny_5"
+    for ops, aps in (("reference", [0.10, 0.14, 0.12]), ("gflops", [0.13, 0.11, 0.125])):
+        for seed, ap in enumerate(aps):
+            d = work / f"{ops}_seed{seed}"
+            d.mkdir(parents=True)
+            (d / "eval.json").write_text(json.dumps(dict(stats=dict(AP=ap, AP50=2 * ap))))
+    summary = seed_spread.main(["--preset", "tiny", "--iters", "5", "--work-dir", str(tmp_path / "w"),
+                                "--out-dir", str(tmp_path / "out")])
+    assert summary["reference"]["AP"]["mean"] == pytest.approx(0.12)
+    assert summary["reference"]["AP"]["std"] == pytest.approx(0.02)
+    md = (tmp_path / "out" / "seed_spread_tiny_cpu.md").read_text()
+    assert "| reference | 0.100 | 0.140 | 0.120 | 0.120 | 0.020 | 0.100..0.140 |" in md and "is inside" in md
+    assert (tmp_path / "out" / "seed_spread_tiny_cpu.png").exists()

@@ -1,7 +1,9 @@
 """The end-to-end comparison: train the same detector from the same seed with
 reference ops and with gflops ops on the built-in dataset, evaluate both with
 COCOeval, and print one table (AP, AP50, training step time, post-process
-time, peak memory) plus a plot of the two loss curves.
+time, peak memory) plus a plot of the two loss curves; then the same in
+float64, where the two must agree to rounding (losses at every iteration,
+detections, COCOeval); then where a training step's time goes, by stage.
 
     python -m reference.demo                # small preset on CPU, medium on a GPU
     python -m reference.demo --preset tiny --iters 20
@@ -14,6 +16,8 @@ import sys
 from pathlib import Path
 
 import torch
+
+from .stages import EVAL_STAGES, TRAIN_STAGES
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 
@@ -51,10 +55,67 @@ def plot(histories, out_png):
     plt.close(fig)
 
 
+def plot_stages(train_stages, eval_stages, out_png):
+    """Stacked bars: median training-step stages and evaluation stages (ms) per ops backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 2.8), gridspec_kw=dict(width_ratios=[3, 2]))
+    for ax, per_ops, stages, title in ((axes[0], train_stages, TRAIN_STAGES, "training step (median ms)"),
+                                       (axes[1], eval_stages, EVAL_STAGES, "evaluation (ms per image)")):
+        names = list(per_ops)
+        left = [0.0] * len(names)
+        for stage in stages:
+            w = [1e3 * per_ops[n].get(stage, 0.0) for n in names]
+            ax.barh(names, w, left=left, label=stage)
+            left = [a + b for a, b in zip(left, w)]
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=7, ncol=4, loc="lower center", bbox_to_anchor=(0.5, -0.55))
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+
+
+def train_and_eval(py, preset, ops, device, seed, wd, iters=None, dtype="float32"):
+    cmd = [py, "-m", "reference.train", "--preset", preset, "--ops", ops, "--device", device, "--seed", str(seed),
+           "--work-dir", str(wd), "--log-interval", "1", "--dtype", dtype]
+    if iters:
+        cmd += ["--iters", str(iters)]
+    _run(cmd)
+    _run([py, "-m", "reference.evaluate", "--checkpoint", str(wd / "latest.pth"), "--device", device])
+    hist, summary = _read_log(wd / "log.jsonl")
+    ev = json.loads((wd / "eval.json").read_text())
+    dets = json.loads((wd / "detections.json").read_text())
+    return hist, summary, ev, dets
+
+
+def float64_section(runs):
+    """Same function: the largest differences between the two float64 runs."""
+    (ref_h, _, ref_ev, ref_d), (gfl_h, _, gfl_ev, gfl_d) = runs["reference"], runs["gflops"]
+    worst, at = 0.0, None
+    for a, b in zip(ref_h, gfl_h):
+        for k in ("loss_cls", "loss_bbox", "loss_dfl", "loss"):
+            d = abs(a[k] - b[k]) / max(abs(a[k]), 1e-300)
+            if d > worst:
+                worst, at = d, (a["iter"], k)
+    same_dets = len(ref_d) == len(gfl_d) and all(
+        a["image_id"] == b["image_id"] and a["category_id"] == b["category_id"] for a, b in zip(ref_d, gfl_d))
+    det_diff = max((max(abs(a["score"] - b["score"]), *(abs(x - y) for x, y in zip(a["bbox"], b["bbox"])))
+                    for a, b in zip(ref_d, gfl_d)), default=0.0)
+    same_stats = ref_ev["stats"] == gfl_ev["stats"]
+    return dict(iters=len(ref_h), worst_rel_loss_diff=worst, worst_at=at, detections=len(ref_d),
+                same_detections=same_dets, max_detection_diff=det_diff, same_cocoeval=same_stats,
+                AP=ref_ev["stats"]["AP"], AP_gflops=gfl_ev["stats"]["AP"])
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default=None, help="small on CPU, medium on a GPU")
-    p.add_argument("--iters", type=int, default=None)
+    p.add_argument("--iters", type=int, default=None, help="float32 runs (default: 1000 on the small preset)")
+    p.add_argument("--float64-iters", type=int, default=None,
+                   help="float64 runs (default: the preset's 12-epoch schedule)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work-dir", default="work_dirs/demo")
@@ -63,41 +124,59 @@ def main(argv=None):
     iters = a.iters or (1000 if preset == "small" else None)
     work = Path(a.work_dir)
     py = sys.executable
-    histories, rows = {}, []
+    histories, rows, train_stages, eval_stages, f64 = {}, [], {}, {}, {}
     for ops in ("reference", "gflops"):
-        wd = work / ops
-        cmd = [py, "-m", "reference.train", "--preset", preset, "--ops", ops, "--device", a.device,
-               "--seed", str(a.seed), "--work-dir", str(wd), "--log-interval", "1"]
-        if iters:
-            cmd += ["--iters", str(iters)]
-        _run(cmd)
-        _run([py, "-m", "reference.evaluate", "--checkpoint", str(wd / "latest.pth"), "--device", a.device])
-        hist, summary = _read_log(wd / "log.jsonl")
-        ev = json.loads((wd / "eval.json").read_text())
+        hist, summary, ev, _ = train_and_eval(py, preset, ops, a.device, a.seed, work / ops, iters)
         histories[ops] = hist
+        train_stages[ops] = summary["median_stage_s"]
+        eval_stages[ops] = dict(network=ev["forward_s_per_img"], postprocess=ev["postprocess_s_per_img"])
         rows.append(dict(ops=ops, AP=ev["stats"]["AP"], AP50=ev["stats"]["AP50"],
                          step_ms=1e3 * summary["median_step_s"], postprocess_ms_per_img=1e3 * ev["postprocess_s_per_img"],
                          peak_mem_mib=summary["peak_mem_mib"],
                          from_gflops=",".join(k for k, v in summary["ops"].items() if v == "gflops") or "-"))
+    for ops in ("reference", "gflops"):
+        f64[ops] = train_and_eval(py, preset, ops, a.device, a.seed, work / f"{ops}_float64", a.float64_iters,
+                                  "float64")
+    same = float64_section(f64)
     tag = f"{preset}_{'cuda' if a.device.startswith('cuda') else 'cpu'}"
     RESULTS.mkdir(parents=True, exist_ok=True)
     png = RESULTS / f"demo_{tag}.png"
     plot(histories, png)
+    stages_png = RESULTS / f"demo_stages_{tag}.png"
+    plot_stages(train_stages, eval_stages, stages_png)
     head = "| ops | AP | AP50 | train step (ms, median) | post-process (ms/img) | peak memory (MiB) | ops from gflops |"
     lines = [head, "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['ops']} | {r['AP']:.3f} | {r['AP50']:.3f} | {r['step_ms']:.1f} | "
                      f"{r['postprocess_ms_per_img']:.1f} | {r['peak_mem_mib']:.0f} | {r['from_gflops']} |")
-    ref, gfl = histories["reference"], histories["gflops"]
-    n = min(len(ref), len(gfl), 5)
-    diff = max((abs(x["loss"] - y["loss"]) / max(abs(x["loss"]), 1e-12) for x, y in zip(ref[:n], gfl[:n])),
-               default=0.0)
-    table = "\n".join(lines)
-    text = (f"# Demo: GFL detector, preset {preset}, {iters or 'preset'} iterations, device {a.device}\n\n{table}\n\n"
-            f"Largest relative total-loss difference over the first {n} iterations: {diff:.2e}. Later the two\n"
-            f"runs drift apart as any two float orderings do (BatchNorm, momentum), so AP differs like two seeds.\n\n"
-            f"Loss curves: {png.name}\n")
+    stage_lines = ["| ops | " + " | ".join(TRAIN_STAGES) + " | step | " + " | ".join(EVAL_STAGES) + " (per image) |",
+                   "|---|" + "---|" * (len(TRAIN_STAGES) + 1 + len(EVAL_STAGES))]
+    for ops in train_stages:
+        t = train_stages[ops]
+        stage_lines.append(f"| {ops} | " + " | ".join(f"{1e3 * t.get(k, 0):.1f}" for k in TRAIN_STAGES)
+                           + f" | {1e3 * sum(t.values()):.1f} | "
+                           + " | ".join(f"{1e3 * eval_stages[ops][k]:.1f}" for k in EVAL_STAGES) + " |")
+    verdict = ("identical" if same["same_detections"] and same["max_detection_diff"] == 0 else
+               f"the same boxes, labels and order, values within {same['max_detection_diff']:.1e}"
+               if same["same_detections"] else "DIFFERENT")
+    text = (f"# Demo: GFL detector, preset {preset}, device {a.device}\n\n"
+            f"## float32, {iters or 'the preset schedule'} iterations, seed {a.seed}\n\n" + "\n".join(lines) + "\n\n"
+            f"One float32 pair of runs differs like two seeds (sums in another order drift apart), so this AP\n"
+            f"pair is not evidence either way: see seed_spread_{tag}.md for AP over seeds per backend, and the\n"
+            f"float64 run below for the exact check. Loss curves: {png.name}\n\n"
+            f"## Same function: float64, {same['iters']} iterations, seed {a.seed}\n\n"
+            f"Trained from the same seed in float64 with `--ops reference` and `--ops gflops`:\n"
+            f"- largest relative difference of any loss term at any iteration: {same['worst_rel_loss_diff']:.1e} "
+            f"(iteration {same['worst_at'][0]}, {same['worst_at'][1]});\n"
+            f"- detections after training: {same['detections']} records, {verdict};\n"
+            f"- COCOeval: {'identical' if same['same_cocoeval'] else 'DIFFERENT'} "
+            f"(AP {same['AP']:.4f} vs {same['AP_gflops']:.4f}).\n\n"
+            f"## Where the time goes (float32 runs, medians, ms)\n\n" + "\n".join(stage_lines) + "\n\n"
+            f"`losses` is the loss forward after assignment plus its own backward (to the head outputs);\n"
+            f"`backward` is the network's. Plot: {stages_png.name}\n")
     (RESULTS / f"demo_{tag}.md").write_text(text)
+    (RESULTS / f"demo_{tag}.json").write_text(json.dumps(dict(float32=rows, float64=same, train_stages=train_stages,
+                                                              eval_stages=eval_stages), indent=2))
     print(text)
 
 
