@@ -83,7 +83,13 @@ def main(argv=None):
     summary = {ops: dict(AP=summarise([r["AP"] for r in runs]), AP50=summarise([r["AP50"] for r in runs]))
                for ops, runs in per_backend.items()}
     ref, gfl = summary["reference"]["AP"], summary["gflops"]["AP"]
-    inside = ref["min"] <= gfl["mean"] <= ref["max"]
+    # The seed spread: the reference's mean +- 2 std; and Welch's t for the
+    # difference of the two means (|t| < 2: no difference these seeds can see).
+    lo, hi = ref["mean"] - 2 * ref["std"], ref["mean"] + 2 * ref["std"]
+    inside = lo <= gfl["mean"] <= hi
+    se = (ref["std"] ** 2 / a.seeds + gfl["std"] ** 2 / a.seeds) ** 0.5
+    welch_t = (gfl["mean"] - ref["mean"]) / se if se > 0 else 0.0
+    summary["verdict"] = dict(spread=[lo, hi], inside=inside, welch_t=welch_t)
     tag = f"{a.preset}_{'cuda' if a.device.startswith('cuda') else 'cpu'}"
     out = Path(a.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -99,8 +105,9 @@ def main(argv=None):
         lines.append(f"| {ops} | " + " | ".join(f"{r['AP']:.3f}" for r in runs)
                      + f" | {s['mean']:.3f} | {s['std']:.3f} | {s['min']:.3f}..{s['max']:.3f} |")
     lines += ["", f"gflops mean AP {gfl['mean']:.3f} is {'inside' if inside else 'OUTSIDE'} the reference's seed "
-              f"range {ref['min']:.3f}..{ref['max']:.3f}; difference of means {gfl['mean'] - ref['mean']:+.3f} "
-              f"against a seed std of {ref['std']:.3f} (reference) and {gfl['std']:.3f} (gflops).",
+              f"spread (mean +- 2 std: {lo:.3f}..{hi:.3f}); difference of means {gfl['mean'] - ref['mean']:+.3f}, "
+              f"Welch's t = {welch_t:+.2f} ({'no difference these seeds can detect' if abs(welch_t) < 2 else 'a difference'}"
+              f"; seed std {ref['std']:.3f} reference, {gfl['std']:.3f} gflops).",
               "", f"Plot: seed_spread_{tag}.png"]
     text = "\n".join(lines) + "\n"
     (out / f"seed_spread_{tag}.md").write_text(text)

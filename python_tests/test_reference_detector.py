@@ -269,6 +269,8 @@ def test_seed_spread_report(tmp_path):
                                 "--out-dir", str(tmp_path / "out")])
     assert summary["reference"]["AP"]["mean"] == pytest.approx(0.12)
     assert summary["reference"]["AP"]["std"] == pytest.approx(0.02)
+    assert summary["verdict"]["spread"] == pytest.approx([0.08, 0.16]) and summary["verdict"]["inside"]
+    assert summary["verdict"]["welch_t"] == pytest.approx(0.128, abs=0.002)
     md = (tmp_path / "out" / "seed_spread_tiny_cpu.md").read_text()
     assert "| reference | 0.100 | 0.140 | 0.120 | 0.120 | 0.020 | 0.100..0.140 |" in md and "is inside" in md
     assert (tmp_path / "out" / "seed_spread_tiny_cpu.png").exists()
