@@ -249,6 +249,13 @@ def test_demo_report_pieces(tmp_path):
     assert same["same_detections"] and same["max_detection_diff"] == 0 and same["same_cocoeval"]
     moved = [dict(det[0], bbox=[1.0, 2.0, 3.0, 4.5])]
     assert float64_section(dict(reference=(hist, {}, ev, det), gflops=(hist, {}, ev, moved)))["max_detection_diff"] == 0.5
+    from reference.demo import first_above, plot_divergence, rel_diffs
+
+    diffs = rel_diffs(hist, other)
+    assert diffs[0] == 0 and diffs[1] == pytest.approx(3e-12, rel=1e-3)
+    assert first_above(diffs) is None and first_above(diffs, 1e-12) == 2
+    plot_divergence({"gflops": diffs}, tmp_path / "div.png")
+    assert (tmp_path / "div.png").stat().st_size > 1000
     png = tmp_path / "stages.png"
     plot_stages({"reference": {k: 0.01 for k in TRAIN_STAGES}, "gflops": {k: 0.005 for k in TRAIN_STAGES}},
                 {"reference": dict(network=0.02, postprocess=0.01), "gflops": dict(network=0.02, postprocess=0.005)},

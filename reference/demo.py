@@ -78,9 +78,9 @@ def plot_stages(train_stages, eval_stages, out_png):
     plt.close(fig)
 
 
-def train_and_eval(py, preset, ops, device, seed, wd, iters=None, dtype="float32"):
+def train_and_eval(py, preset, ops, device, seed, wd, iters=None, dtype="float32", perturb=0.0):
     cmd = [py, "-m", "reference.train", "--preset", preset, "--ops", ops, "--device", device, "--seed", str(seed),
-           "--work-dir", str(wd), "--log-interval", "1", "--dtype", dtype]
+           "--work-dir", str(wd), "--log-interval", "1", "--dtype", dtype, "--perturb-init", repr(perturb)]
     if iters:
         cmd += ["--iters", str(iters)]
     _run(cmd)
@@ -91,12 +91,43 @@ def train_and_eval(py, preset, ops, device, seed, wd, iters=None, dtype="float32
     return hist, summary, ev, dets
 
 
+LOSS_KEYS = ("loss_cls", "loss_bbox", "loss_dfl", "loss")
+
+
+def rel_diffs(hist_a, hist_b):
+    """Per iteration, the largest relative difference of any loss term."""
+    return [max(abs(a[k] - b[k]) / max(abs(a[k]), 1e-300) for k in LOSS_KEYS) for a, b in zip(hist_a, hist_b)]
+
+
+def first_above(diffs, tol=1e-9):
+    return next((i + 1 for i, d in enumerate(diffs) if d > tol), None)
+
+
+def plot_divergence(curves, out_png):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    for name, diffs in curves.items():
+        ax.semilogy(range(1, len(diffs) + 1), [max(d, 1e-17) for d in diffs], label=name, alpha=0.8)
+    ax.axhline(1e-9, color="gray", ls="--", lw=0.8)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("largest relative loss difference")
+    ax.set_title("float64: difference from the reference-ops run", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+
+
 def float64_section(runs):
     """Same function: the largest differences between the two float64 runs."""
     (ref_h, _, ref_ev, ref_d), (gfl_h, _, gfl_ev, gfl_d) = runs["reference"], runs["gflops"]
     worst, at = 0.0, None
     for a, b in zip(ref_h, gfl_h):
-        for k in ("loss_cls", "loss_bbox", "loss_dfl", "loss"):
+        for k in LOSS_KEYS:
             d = abs(a[k] - b[k]) / max(abs(a[k]), 1e-300)
             if d > worst:
                 worst, at = d, (a["iter"], k)
@@ -138,6 +169,17 @@ def main(argv=None):
         f64[ops] = train_and_eval(py, preset, ops, a.device, a.seed, work / f"{ops}_float64", a.float64_iters,
                                   "float64")
     same = float64_section(f64)
+    # The control: the reference against itself with every initial weight
+    # moved by about 5 ulps. It shows how fast this training amplifies a
+    # rounding-level difference, the yardstick for the gflops difference.
+    ctl = train_and_eval(py, preset, "reference", a.device, a.seed, work / "reference_float64_perturbed",
+                         a.float64_iters, "float64", 1e-15)
+    diffs = {"gflops ops": rel_diffs(f64["reference"][0], f64["gflops"][0]),
+             "reference ops, initial weights x (1 + 1e-15)": rel_diffs(f64["reference"][0], ctl[0])}
+    div_png = RESULTS / f"demo_float64_{'cuda' if a.device.startswith('cuda') else 'cpu'}_{preset}.png"
+    plot_divergence(diffs, div_png)
+    same["first_above_1e-9"] = {k: first_above(v) for k, v in diffs.items()}
+    same["control_worst"] = max(diffs["reference ops, initial weights x (1 + 1e-15)"])
     tag = f"{preset}_{'cuda' if a.device.startswith('cuda') else 'cpu'}"
     RESULTS.mkdir(parents=True, exist_ok=True)
     png = RESULTS / f"demo_{tag}.png"
@@ -170,7 +212,12 @@ def main(argv=None):
             f"(iteration {same['worst_at'][0]}, {same['worst_at'][1]});\n"
             f"- detections after training: {same['detections']} records, {verdict};\n"
             f"- COCOeval: {'identical' if same['same_cocoeval'] else 'DIFFERENT'} "
-            f"(AP {same['AP']:.4f} vs {same['AP_gflops']:.4f}).\n\n"
+            f"(AP {same['AP']:.4f} vs {same['AP_gflops']:.4f});\n"
+            f"- first iteration above 1e-9: {same['first_above_1e-9']['gflops ops'] or 'none'} with gflops ops, "
+            f"{same['first_above_1e-9']['reference ops, initial weights x (1 + 1e-15)'] or 'none'} for the control "
+            f"(reference ops, every initial weight x (1 + 1e-15); largest difference {same['control_worst']:.1e}).\n\n"
+            f"Both start at rounding level (1e-16) and grow at the rate the training amplifies any rounding\n"
+            f"difference (plot: {div_png.name}); an op that computed something else would start far above it.\n\n"
             f"## Where the time goes (float32 runs, medians, ms)\n\n" + "\n".join(stage_lines) + "\n\n"
             f"`losses` is the loss forward after assignment plus its own backward (to the head outputs);\n"
             f"`backward` is the network's. Plot: {stages_png.name}\n")

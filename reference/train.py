@@ -112,6 +112,10 @@ def train(args):
     batches = AspectRatioBatchSampler(sampler, ds.aspect_groups(), batch)
     loader = torch.utils.data.DataLoader(ds, batch_sampler=batches, collate_fn=collate, num_workers=args.workers)
     model = build_model(ds.num_classes, args.preset, args.ops, args.weights, args.partial_weights, dtype).to(device)
+    if args.perturb_init:
+        with torch.no_grad():  # a rounding-sized change: the control of the float64 comparison
+            for prm in model.parameters():
+                prm.mul_(1 + args.perturb_init)
     if rank == 0:
         print(f"ops: {model.ops.report()}")
     net = model
@@ -212,6 +216,9 @@ def parser():
                    "for the backbone")
     p.add_argument("--partial-weights", action="store_true",
                    help="load the --weights keys that match and list the rest (default: strict)")
+    p.add_argument("--perturb-init", type=float, default=0.0,
+                   help="scale every initial parameter by (1 + this), e.g. 1e-15: how fast training amplifies a "
+                   "rounding-level difference (the demo's control)")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--log-interval", type=int, default=1)
     p.add_argument("--work-dir", default="work_dirs/gfl")
