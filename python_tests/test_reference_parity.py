@@ -190,8 +190,15 @@ def test_data_clip_and_filters(coco_file):
     _, meta = ds[2]
     assert meta["boxes"].shape == (0, 4)  # crowd boxes are never GT
     train = CocoDetection(root, ann, scale=(160, 160), filter_empty_gt=True, min_size=32)
-    # Image 3 has no usable GT; images 5 (20 px wide) and 6 (30 px tall) are under min_size.
-    assert train.ids == [1, 2, 4, 7]
+    # Images 5 (20 px wide) and 6 (30 px tall) are under min_size; image 3 (crowd
+    # only) stays, as in MMDetection, which drops only images without any annotation.
+    assert train.ids == [1, 2, 3, 4, 7]
+    img_dir = root
+    js = json.loads(ann.read_text())
+    js["annotations"] = [a for a in js["annotations"] if a["image_id"] != 4]
+    ann2 = root / "ann2.json"
+    ann2.write_text(json.dumps(js))
+    assert CocoDetection(img_dir, ann2, filter_empty_gt=True, min_size=32).ids == [1, 2, 3, 7]
 
 
 def test_aspect_ratio_batches_never_mix_orientations(coco_file):

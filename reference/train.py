@@ -151,7 +151,8 @@ def train(args):
             opt.zero_grad(set_to_none=True)
             scaler.scale(total).backward()
             timer("losses")
-            torch.autograd.backward(outs, [t.grad for t in ins])
+            grads = [t.grad if t.grad is not None else torch.zeros_like(t) for t in ins]
+            torch.autograd.backward(outs, grads)
             timer("backward")
             grad_norm = None
             if args.clip is not None:

@@ -18,7 +18,7 @@ class CocoDetection(torch.utils.data.Dataset):
     short), e.g. (1333, 800), the boxes scaled and clipped to the resized
     image (boxes left with zero area are dropped), flipped at random with
     probability `flip`, and normalised. For training, `filter_empty_gt`
-    drops images without a usable box and `min_size` images whose shorter
+    drops images without any annotation and `min_size` images whose shorter
     side is under it (MMDetection's filter_cfg: True, 32). Each item is
     (image CHW float, dict(boxes (G, 4) xyxy, labels (G,), image_id,
      scale_factor, ori_shape, img_shape)).
@@ -29,9 +29,12 @@ class CocoDetection(torch.utils.data.Dataset):
         self.img_dir = img_dir
         self.cat_ids = sorted(self.coco.cats.keys())
         self.cat_to_label = {c: i for i, c in enumerate(self.cat_ids)}
+        # MMDetection's filter: an image is kept if it has any annotation of a
+        # known category (a crowd-only image stays, and trains as background).
+        annotated = {a["image_id"] for a in self.coco.anns.values() if a["category_id"] in self.cat_to_label}
         self.ids = [i for i in sorted(self.coco.imgs.keys())
                     if min(self.coco.imgs[i]["width"], self.coco.imgs[i]["height"]) >= min_size
-                    and not (filter_empty_gt and len(self.annotations(i)[1]) == 0)]
+                    and not (filter_empty_gt and i not in annotated)]
         self.scale = scale
         self.flip = flip
         self.rng = np.random.default_rng(seed)
