@@ -285,3 +285,22 @@ def test_weights_strict_by_default_partial_on_request(tmp_path):
     full = tmp_path / "full.pth"
     torch.save({"model": model.state_dict()}, full)
     assert load_weights(_tiny_gfl(), full, log=lambda *_: None)[1:] == ([], [])
+
+
+def test_frozen_stages_and_norm_eval():
+    torch.manual_seed(0)
+    model = GFL(3, depth=18, base_width=8, fpn_channels=16, stacked_convs=1, frozen_stages=1, norm_eval=True)
+    model.train()
+    bb = model.backbone
+    assert not any(p.requires_grad for m in (bb.stem, bb.layers[0]) for p in m.parameters())
+    assert all(p.requires_grad for p in bb.layers[1].parameters())
+    bns = [m for m in bb.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and not any(m.training for m in bns) and model.head.training
+    before = [m.running_mean.clone() for m in bns]
+    cls, reg, _ = model.raw(torch.randn(2, 3, 64, 64))
+    (cls.sum() + reg.sum()).backward()
+    assert all(torch.equal(a, m.running_mean) for a, m in zip(before, bns))
+    assert bb.stem[0].weight.grad is None and bb.layers[1][0].c1[0].weight.grad is not None
+    plain = GFL(3, depth=18, base_width=8, fpn_channels=16, stacked_convs=1).train()
+    assert all(p.requires_grad for p in plain.parameters())
+    assert all(m.training for m in plain.modules() if isinstance(m, torch.nn.BatchNorm2d))

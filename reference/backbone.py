@@ -45,8 +45,13 @@ class ResNet(nn.Module):
     """ResNet-{18,34,50,101}; returns C3, C4, C5 (strides 8, 16, 32).
     base_width scales every layer (64 is the standard network)."""
 
-    def __init__(self, depth=50, base_width=64):
+    def __init__(self, depth=50, base_width=64, frozen_stages=-1, norm_eval=False):
         super().__init__()
+        # MMDetection's options for an ImageNet-initialised backbone (its GFL
+        # config: frozen_stages=1, norm_eval=True): the stem and the first
+        # `frozen_stages` stages are not trained, and BatchNorm keeps its
+        # running statistics (eval mode) while its affine weights train.
+        self.frozen_stages, self.norm_eval = frozen_stages, norm_eval
         if depth not in ARCH:
             raise ValueError(f"ResNet depth must be one of {sorted(ARCH)}, got {depth}")
         block, counts = ARCH[depth]
@@ -66,6 +71,24 @@ class ResNet(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+        self._freeze()
+
+    def _freeze(self):
+        frozen = ([self.stem] if self.frozen_stages >= 0 else []) + list(self.layers[:max(self.frozen_stages, 0)])
+        for m in frozen:
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad_(False)
+
+    def train(self, mode=True):
+        super().train(mode)
+        self._freeze()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.eval()
+        return self
 
     def forward(self, x):
         x = self.stem(x)

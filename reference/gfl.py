@@ -101,10 +101,10 @@ def valid_flags(feat_shapes, pad_shapes, device):
 
 class GFL(nn.Module):
     def __init__(self, num_classes, depth=50, base_width=64, fpn_channels=256, stacked_convs=4, reg_max=16,
-                 ops=None):
+                 ops=None, frozen_stages=-1, norm_eval=False):
         super().__init__()
         self.num_classes, self.reg_max = num_classes, reg_max
-        self.backbone = ResNet(depth, base_width)
+        self.backbone = ResNet(depth, base_width, frozen_stages, norm_eval)
         self.neck = FPN(self.backbone.out_channels, fpn_channels)
         self.head = GFLHead(num_classes, fpn_channels, stacked_convs, reg_max)
         self.ops = ops or Ops("reference")

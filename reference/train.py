@@ -36,10 +36,11 @@ def default_data(preset, root="data"):
     return out / "train", train_json, out / "val", val_json
 
 
-def build_model(num_classes, preset, ops_backend, weights=None, partial_weights=False, dtype=torch.float32):
+def build_model(num_classes, preset, ops_backend, weights=None, partial_weights=False, dtype=torch.float32,
+                frozen_stages=-1, norm_eval=False):
     cfg = PRESETS[preset]
     model = GFL(num_classes, cfg["depth"], cfg["base_width"], cfg["fpn_channels"], cfg["stacked_convs"],
-                ops=Ops(ops_backend))
+                ops=Ops(ops_backend), frozen_stages=frozen_stages, norm_eval=norm_eval)
     if weights:
         load_weights(model, weights, partial_weights)
     return model.to(dtype)
@@ -111,7 +112,8 @@ def train(args):
                else torch.utils.data.RandomSampler(ds, generator=torch.Generator().manual_seed(args.seed)))
     batches = AspectRatioBatchSampler(sampler, ds.aspect_groups(), batch)
     loader = torch.utils.data.DataLoader(ds, batch_sampler=batches, collate_fn=collate, num_workers=args.workers)
-    model = build_model(ds.num_classes, args.preset, args.ops, args.weights, args.partial_weights, dtype).to(device)
+    model = build_model(ds.num_classes, args.preset, args.ops, args.weights, args.partial_weights, dtype,
+                        args.frozen_stages, args.norm_eval).to(device)
     if args.perturb_init:
         with torch.no_grad():  # a rounding-sized change: the control of the float64 comparison
             for prm in model.parameters():
@@ -215,6 +217,12 @@ def parser():
     p.add_argument("--amp", action="store_true", help="float16 mixed precision on CUDA (default: float32)")
     p.add_argument("--weights", help="a checkpoint or state_dict to start from, or a torchvision ResNet state_dict "
                    "for the backbone")
+    p.add_argument("--frozen-stages", type=int, default=-1,
+                   help="backbone stages not trained: 0 the stem, 1 also layer1, ... (MMDetection's GFL config, "
+                   "for ImageNet weights: 1; default -1: none, as from scratch)")
+    p.add_argument("--norm-eval", action="store_true",
+                   help="keep the backbone's BatchNorm statistics fixed (MMDetection's GFL config, for ImageNet "
+                   "weights)")
     p.add_argument("--partial-weights", action="store_true",
                    help="load the --weights keys that match and list the rest (default: strict)")
     p.add_argument("--perturb-init", type=float, default=0.0,
