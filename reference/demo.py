@@ -94,9 +94,14 @@ def train_and_eval(py, preset, ops, device, seed, wd, iters=None, dtype="float32
 LOSS_KEYS = ("loss_cls", "loss_bbox", "loss_dfl", "loss")
 
 
+def _term_diffs(a, b):
+    """(relative difference, loss term) of each loss term of one iteration."""
+    return [(abs(a[k] - b[k]) / max(abs(a[k]), 1e-300), k) for k in LOSS_KEYS]
+
+
 def rel_diffs(hist_a, hist_b):
     """Per iteration, the largest relative difference of any loss term."""
-    return [max(abs(a[k] - b[k]) / max(abs(a[k]), 1e-300) for k in LOSS_KEYS) for a, b in zip(hist_a, hist_b)]
+    return [max(_term_diffs(a, b))[0] for a, b in zip(hist_a, hist_b)]
 
 
 def first_above(diffs, tol=1e-9):
@@ -125,12 +130,8 @@ def plot_divergence(curves, out_png):
 def float64_section(runs):
     """Same function: the largest differences between the two float64 runs."""
     (ref_h, _, ref_ev, ref_d), (gfl_h, _, gfl_ev, gfl_d) = runs["reference"], runs["gflops"]
-    worst, at = 0.0, None
-    for a, b in zip(ref_h, gfl_h):
-        for k in LOSS_KEYS:
-            d = abs(a[k] - b[k]) / max(abs(a[k]), 1e-300)
-            if d > worst:
-                worst, at = d, (a["iter"], k)
+    worst, at = max(((d, (a["iter"], k)) for a, b in zip(ref_h, gfl_h) for d, k in _term_diffs(a, b)),
+                    default=(0.0, None))
     same_dets = len(ref_d) == len(gfl_d) and all(
         a["image_id"] == b["image_id"] and a["category_id"] == b["category_id"] for a, b in zip(ref_d, gfl_d))
     det_diff = max((max(abs(a["score"] - b["score"]), *(abs(x - y) for x, y in zip(a["bbox"], b["bbox"])))
