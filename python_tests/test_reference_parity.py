@@ -304,3 +304,27 @@ def test_frozen_stages_and_norm_eval():
     plain = GFL(3, depth=18, base_width=8, fpn_channels=16, stacked_convs=1).train()
     assert all(p.requires_grad for p in plain.parameters())
     assert all(m.training for m in plain.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+@pytest.mark.parametrize("d", [1.0, 2.0, 5.0])
+def test_atss_equal_candidate_ious_are_all_positive(d):
+    # Three anchors shifted by d along +x, -x and +y from a square GT: one IoU
+    # three times, so std = 0 and t_g is that IoU. Summed in float32 (as
+    # torch's mean/std would), 3 * IoU / 3 misses the IoU for d = 1 and 2 and
+    # no anchor is positive; the float64 candidate-order sum gets it exactly.
+    gt = torch.tensor([[[-8.0, -8, 8, 8]]])
+    a = torch.tensor([[d - 8, -8, d + 8, 8], [-d - 8, -8, -d + 8, 8], [-8, d - 8, 8, d + 8]])
+    got, label, iou = atss_assign(a, [3], gt, torch.full((1, 1), 4), torch.ones(1, 1, dtype=torch.bool), 7)
+    assert got.tolist() == [[1, 1, 1]] and label.tolist() == [[4, 4, 4]]
+    expected = (16 - d) * 16 / (2 * 256 - (16 - d) * 16)
+    torch.testing.assert_close(iou, torch.full((1, 3), expected), rtol=1e-6, atol=0)
+
+
+def test_atss_half_boxes_compute_in_float32():
+    gt = torch.tensor([[[-8.0, -8, 8, 8]]])
+    a = torch.tensor([[1 - 8.0, -8, 1 + 8, 8], [-1 - 8.0, -8, -1 + 8, 8], [-8.0, 1 - 8, 8, 1 + 8]])
+    args = ([3], gt.half(), torch.zeros(1, 1, dtype=torch.long), torch.ones(1, 1, dtype=torch.bool), 7)
+    got, _, iou = atss_assign(a.half(), *args)
+    want, _, want_iou = atss_assign(a, *args[:1], gt, *args[2:])
+    assert torch.equal(got, want) and iou.dtype == torch.float16
+    assert torch.equal(iou, want_iou.half())
