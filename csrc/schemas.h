@@ -24,6 +24,8 @@ inline void define_schemas(torch::Library& m) {
   m.def("decode_distribution_backward(Tensor grad, Tensor pred, Tensor points, Tensor strides, int reg_max, float[]? max_shape) -> Tensor");
   m.def("gfl_box_branch(Tensor pred, Tensor points, Tensor strides, Tensor gt_boxes, Tensor weight, int reg_max) -> (Tensor, Tensor, Tensor)");
   m.def("gfl_box_branch_backward(Tensor grad_giou, Tensor grad_dfl, Tensor pred, Tensor points, Tensor strides, Tensor gt_boxes, Tensor weight, int reg_max) -> Tensor");
+
+  m.def("atss_assign(Tensor anchors, int[] num_level_anchors, Tensor gt_boxes, Tensor gt_labels, Tensor gt_valid, Tensor? anchor_valid, int topk, int background_label) -> (Tensor, Tensor, Tensor)");
 }
 
 }  // namespace gflops

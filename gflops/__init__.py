@@ -9,6 +9,7 @@ from . import _ext
 _C = _ext.load()
 
 from . import _autograd, _fake  # noqa: E402,F401  (registrations)
+from .assign import atss_assign  # noqa: E402
 from .boxes import GIoULoss, box_iou, giou_loss  # noqa: E402
 from .decode import (  # noqa: E402
     bbox2distance,
@@ -49,6 +50,7 @@ def validation_enabled() -> bool:
 
 
 __all__ = [
+    "atss_assign",
     "box_iou",
     "giou_loss",
     "GIoULoss",

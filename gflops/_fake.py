@@ -87,4 +87,17 @@ def register(ns):
         return pred.new_empty(pred.shape)
 
 
+    @torch.library.register_fake(f"{ns}::atss_assign")
+    def _atss(anchors, num_level_anchors, gt_boxes, gt_labels, gt_valid, anchor_valid, topk, background_label):
+        op = "gflops.atss_assign"
+        torch._check(anchors.dim() == 2 and anchors.shape[-1] == 4,
+                     lambda: f"{op}: anchors must have shape (N, 4), got {tuple(anchors.shape)}")
+        torch._check(gt_boxes.dim() == 3, lambda: f"{op}: gt_boxes must have shape (B, G, 4), got {tuple(gt_boxes.shape)}")
+        _same_device(op, anchors, "anchors", gt_boxes=gt_boxes, gt_labels=gt_labels, gt_valid=gt_valid,
+                     anchor_valid=anchor_valid)
+        shape = (gt_boxes.shape[0], anchors.shape[0])
+        return (anchors.new_empty(shape, dtype=torch.long), anchors.new_empty(shape, dtype=torch.long),
+                anchors.new_empty(shape))
+
+
 register("gflops")

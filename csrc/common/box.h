@@ -17,7 +17,7 @@ template <typename T> struct Box4 { T x1, y1, x2, y2; };
 template <typename T> GF_HD Box4<T> load_box(const T* p) { return Box4<T>{p[0], p[1], p[2], p[3]}; }
 
 template <typename T> GF_HD T box_area(const Box4<T>& a) {
-  return gmax(a.x2 - a.x1, T(0)) * gmax(a.y2 - a.y1, T(0));
+  return mul_rn(gmax(a.x2 - a.x1, T(0)), gmax(a.y2 - a.y1, T(0)));
 }
 
 // Everything IoU/GIoU need, kept for the backward pass.
@@ -29,7 +29,7 @@ template <typename T> GF_HD Overlap<T> overlap(const Box4<T>& a, const Box4<T>& 
   Overlap<T> o;
   o.iw = gmax(gmin(a.x2, b.x2) - gmax(a.x1, b.x1), T(0));
   o.ih = gmax(gmin(a.y2, b.y2) - gmax(a.y1, b.y1), T(0));
-  o.inter = o.iw * o.ih;
+  o.inter = mul_rn(o.iw, o.ih);
   o.area_a = box_area(a);
   o.area_b = box_area(b);
   o.uni = o.area_a + o.area_b - o.inter;
@@ -37,7 +37,7 @@ template <typename T> GF_HD Overlap<T> overlap(const Box4<T>& a, const Box4<T>& 
   o.iou = o.inter / o.uni_c;
   o.ew = gmax(gmax(a.x2, b.x2) - gmin(a.x1, b.x1), T(0));
   o.eh = gmax(gmax(a.y2, b.y2) - gmin(a.y1, b.y1), T(0));
-  o.enc = o.ew * o.eh;
+  o.enc = mul_rn(o.ew, o.eh);
   o.enc_c = gmax(o.enc, eps);
   o.giou = o.iou - (o.enc_c - o.uni_c) / o.enc_c;
   return o;

@@ -48,6 +48,29 @@ template <> GF_HD __nv_bfloat16 cvt<__nv_bfloat16, float>(float v) { return __fl
 #endif
 
 template <typename T> GF_HD T gmax(T a, T b) { return a > b ? a : b; }
+
+// a * b rounded on its own. nvcc contracts a multiply followed by an add
+// into one FMA by default, which rounds once where PyTorch's separate ops
+// round twice; the _rn intrinsics are never contracted, so IoUs and
+// distances come out bitwise as the reference computes them (ATSS compares
+// them for ties). Host builds of the exact ops are compiled without FMA.
+GF_HD float mul_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+GF_HD double mul_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+
+GF_HD float gsqrt(float x) { return ::sqrtf(x); }
+GF_HD double gsqrt(double x) { return ::sqrt(x); }
 template <typename T> GF_HD T gmin(T a, T b) { return a < b ? a : b; }
 
 #if !defined(GF_DEVICE_MATH)

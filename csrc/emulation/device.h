@@ -108,7 +108,7 @@ constexpr int warpSize = 32;
 #define GF_DYNAMIC_SHARED(type, name) type* name = static_cast<type*>(::gf::emu::dynamic_shared())
 
 #define __syncthreads() ::gf::emu::syncthreads(GF_EMU_SITE)
-#define __syncwarp(...) ::gf::emu::syncwarp_(GF_EMU_SITE, ##__VA_ARGS__)
+#define __syncwarp(...) ::gf::emu::syncwarp_(GF_EMU_SITE __VA_OPT__(, ) __VA_ARGS__)
 #define __shfl_sync(...) ::gf::emu::shfl_(::gf::emu::Collective::ShflIdx, GF_EMU_SITE, __VA_ARGS__)
 #define __shfl_up_sync(...) ::gf::emu::shfl_(::gf::emu::Collective::ShflUp, GF_EMU_SITE, __VA_ARGS__)
 #define __shfl_down_sync(...) ::gf::emu::shfl_(::gf::emu::Collective::ShflDown, GF_EMU_SITE, __VA_ARGS__)

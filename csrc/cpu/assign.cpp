@@ -1,0 +1,168 @@
+// CPU kernel of ATSS assignment (SPEC.md section 5; math in common/atss.h).
+//
+// Stage 1, parallel over (image, GT): per level, one scan of the level's
+// anchors keeps the k nearest in a sorted list (a square-distance test
+// rejects almost every anchor before any sqrt), then the candidates' IoUs,
+// the threshold and the positives; only the positives are kept, (B, G, K)
+// of them at most. Stage 2, parallel over images: each image's claims are
+// resolved into per-anchor (best IoU, lowest GT) by the order-free rule.
+// Memory: O(B*G*K + N), never anchors x GTs.
+//
+// Not compiled with GF_CPU_CLONES: the x86-64-v3 clone would let GCC fuse
+// multiply-adds, and the distances and IoUs must round as the reference's.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+#include <vector>
+
+#include "../assign_checks.h"
+#include "../common/atss.h"
+
+namespace gflops {
+namespace {
+
+template <typename acc_t> struct Near { acc_t d2, d; int64_t idx; };
+
+// The k nearest valid anchors of [a0, a1) to (gx, gy), ascending (distance,
+// index), into list[0..k); returns how many there are (fewer than k when
+// the level has fewer valid anchors). Anchors are visited in index order,
+// so an anchor that ties the current k-th is later and loses.
+template <typename acc_t>
+int nearest_k(const acc_t* cx, const acc_t* cy, const bool* valid, int64_t a0, int64_t a1, acc_t gx, acc_t gy,
+              int k, Near<acc_t>* list) {
+  constexpr int kChunk = 64;
+  acc_t d2[kChunk];
+  int n = 0;
+  acc_t worst_d2 = std::numeric_limits<acc_t>::infinity();
+  for (int64_t c0 = a0; c0 < a1; c0 += kChunk) {
+    const int m = static_cast<int>(std::min<int64_t>(kChunk, a1 - c0));
+    GF_SIMD for (int j = 0; j < m; ++j) d2[j] = gf::center_dist2(gx, gy, cx[c0 + j], cy[c0 + j]);
+    for (int j = 0; j < m; ++j) {
+      // d2 > worst_d2 implies d >= the k-th distance: no sqrt needed to reject.
+      if (d2[j] > worst_d2 || (valid && !valid[c0 + j])) continue;
+      const acc_t d = gf::gsqrt(d2[j]);
+      const int64_t idx = c0 + j;
+      if (n == k && !gf::nearer(d, idx, list[k - 1].d, list[k - 1].idx)) continue;
+      int p = n < k ? n : k - 1;
+      for (; p > 0 && gf::nearer(d, idx, list[p - 1].d, list[p - 1].idx); --p) list[p] = list[p - 1];
+      list[p] = Near<acc_t>{d2[j], d, idx};
+      if (n < k) ++n;
+      if (n == k) worst_d2 = list[k - 1].d2;
+    }
+  }
+  return n;
+}
+
+template <typename scalar_t, typename acc_t>
+void atss_run(const AtssInputs& in, at::Tensor& assigned, at::Tensor& labels_out, at::Tensor& max_iou) {
+  const int64_t B = in.batch, G = in.num_gt, N = in.num_anchors, K = in.num_candidates;
+  const int levels = static_cast<int>(in.level_start.size()) - 1;
+  const scalar_t* anc = in.anchors.data_ptr<scalar_t>();
+  const scalar_t* gtb = in.gt_boxes.data_ptr<scalar_t>();
+  const int64_t* gtl = in.gt_labels.data_ptr<int64_t>();
+  const bool* gtv = in.gt_valid.data_ptr<bool>();
+  const bool* av = in.anchor_valid.defined() ? in.anchor_valid.data_ptr<bool>() : nullptr;
+
+  std::vector<acc_t> cx(N), cy(N);
+  std::vector<gf::Box4<acc_t>> box(N);
+  for (int64_t a = 0; a < N; ++a) {
+    const scalar_t* p = anc + 4 * a;
+    box[a] = gf::Box4<acc_t>{gf::cvt<acc_t>(p[0]), gf::cvt<acc_t>(p[1]), gf::cvt<acc_t>(p[2]), gf::cvt<acc_t>(p[3])};
+    cx[a] = gf::center_of(box[a].x1, box[a].x2);
+    cy[a] = gf::center_of(box[a].y1, box[a].y2);
+  }
+
+  // Stage 1: the positives of each (image, GT), in candidate slots.
+  std::vector<int32_t> pos_idx(static_cast<size_t>(B * G * K), -1);
+  std::vector<acc_t> pos_iou(static_cast<size_t>(B * G * K));
+  const acc_t eps = acc_t(1e-6);
+  at::parallel_for(0, B * G, std::max<int64_t>(1, 4096 / std::max<int64_t>(N, 1)), [&](int64_t r0, int64_t r1) {
+    std::vector<Near<acc_t>> list(static_cast<size_t>(std::min<int64_t>(in.topk, std::max<int64_t>(N, 1))));
+    std::vector<int32_t> cidx(static_cast<size_t>(K));
+    std::vector<acc_t> ciou(static_cast<size_t>(K));
+    for (int64_t r = r0; r < r1; ++r) {
+      if (!gtv[r]) continue;
+      const int64_t b = r / G;
+      const scalar_t* p = gtb + 4 * r;
+      const gf::Box4<acc_t> g{gf::cvt<acc_t>(p[0]), gf::cvt<acc_t>(p[1]), gf::cvt<acc_t>(p[2]), gf::cvt<acc_t>(p[3])};
+      const acc_t gx = gf::center_of(g.x1, g.x2), gy = gf::center_of(g.y1, g.y2);
+      const bool* valid = av ? av + (in.anchor_valid_per_image ? b * N : 0) : nullptr;
+      int n = 0;
+      for (int l = 0; l < levels; ++l) {
+        const int64_t a0 = in.level_start[l], a1 = in.level_start[l + 1];
+        const int k = static_cast<int>(std::min<int64_t>(in.topk, a1 - a0));
+        const int m = k > 0 ? nearest_k(cx.data(), cy.data(), valid, a0, a1, gx, gy, k, list.data()) : 0;
+        // k slots per level, the empty ones (fewer valid anchors) marked -1.
+        for (int i = 0; i < k; ++i, ++n) {
+          cidx[n] = i < m ? static_cast<int32_t>(list[i].idx) : -1;
+          ciou[n] = i < m ? gf::overlap(g, box[list[i].idx], eps).iou : acc_t(0);
+        }
+      }
+      int count = 0;
+      const double thr = gf::atss_threshold(ciou.data(), cidx.data(), n, &count);
+      for (int i = 0; i < n; ++i) {
+        const int32_t a = cidx[i];
+        if (a >= 0 && gf::atss_positive(ciou[i], thr, count, gf::center_inside(cx[a], cy[a], g))) {
+          pos_idx[r * K + i] = a;
+          pos_iou[r * K + i] = ciou[i];
+        }
+      }
+    }
+  });
+
+  // Stage 2: per image, each anchor to its best claim (highest IoU, then lowest GT).
+  int64_t* out_gt = assigned.data_ptr<int64_t>();
+  int64_t* out_label = labels_out.data_ptr<int64_t>();
+  scalar_t* out_iou = max_iou.data_ptr<scalar_t>();
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<uint64_t> best(static_cast<size_t>(N));
+    std::vector<int64_t> owner(static_cast<size_t>(N));
+    for (int64_t b = b0; b < b1; ++b) {
+      std::fill(best.begin(), best.end(), uint64_t(0));
+      for (int64_t g = 0; g < G; ++g) {
+        const int64_t base = (b * G + g) * K;
+        for (int64_t i = 0; i < K; ++i) {
+          const int32_t a = pos_idx[base + i];
+          if (a < 0) continue;
+          const uint64_t key = gf::iou_key(pos_iou[base + i]);
+          if (key > best[a] || (key == best[a] && g < owner[a])) {
+            best[a] = key;
+            owner[a] = g;
+          }
+        }
+      }
+      for (int64_t a = 0; a < N; ++a) {
+        if (best[a] == 0) continue;
+        acc_t v;
+        gf::iou_from_key(best[a], v);
+        out_gt[b * N + a] = owner[a] + 1;
+        out_label[b * N + a] = gtl[b * G + owner[a]];
+        out_iou[b * N + a] = gf::cvt<scalar_t>(v);
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> atss_assign_cpu(
+    const at::Tensor& anchors, at::IntArrayRef num_level_anchors, const at::Tensor& gt_boxes,
+    const at::Tensor& gt_labels, const at::Tensor& gt_valid, const c10::optional<at::Tensor>& anchor_valid,
+    int64_t topk, int64_t background_label) {
+  AtssInputs in = atss_prepare(anchors, num_level_anchors, gt_boxes, gt_labels, gt_valid, anchor_valid, topk,
+                               background_label, "gflops.atss_assign");
+  auto [assigned, labels, max_iou] = atss_background(in);
+  if (in.batch * in.num_anchors * in.num_gt == 0) return {assigned, labels, max_iou};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.anchors.scalar_type(), "atss_assign_cpu", [&] {
+    atss_run<scalar_t, at::opmath_type<scalar_t>>(in, assigned, labels, max_iou);
+  });
+  return {assigned, labels, max_iou};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gflops, CPU, m) { m.impl("atss_assign", &atss_assign_cpu); }
+
+}  // namespace gflops
