@@ -87,8 +87,14 @@ def test_race_check_catches_a_missing_barrier():
     # Thread 0 reads slot 1 before thread 1 writes it (fibers run in order): a write-after-read race.
     assert ("thread (1, 0, 0): shared-memory race: write of byte 4 of the shared variable declared at "
             "selftest_kernels.cuh:") in bad.stderr and "after thread (0, 0, 0)'s read" in bad.stderr, bad.stderr
-    # The same build passes a correct reduction and the real QFL kernels (no false positives).
-    good = _run("race", "torch.ops.gflops_emu.selftest('block_sum', x); from gflops import _ops\n"
+    # Within a warp, a __syncwarp orders the lanes' reads before another lane's write; without it, a race.
+    unsynced = _run("race", "torch.ops.gflops_emu.selftest('warp_unsynced', x)")
+    assert unsynced.returncode != 0
+    assert "thread (7, 0, 0): shared-memory race: write of byte 0" in unsynced.stderr, unsynced.stderr[-3000:]
+    assert "after thread (0, 0, 0)'s read" in unsynced.stderr, unsynced.stderr[-3000:]
+    # The same build passes a correct reduction, a warp-synced write and the real QFL kernels (no false positives).
+    good = _run("race", "torch.ops.gflops_emu.selftest('block_sum', x); "
+                        "torch.ops.gflops_emu.selftest('warp_synced', x); from gflops import _ops\n"
                         "with _ops.use('gflops_emu'):\n"
                         "    gflops.quality_focal_loss(torch.randn(300, 80), torch.randint(0, 81, (300,)), "
                         "torch.rand(300), reduction='sum')")

@@ -4,8 +4,9 @@
 // before every memory access land here. Accesses outside the running block's
 // shared memory are ignored; inside it, two accesses to a byte by different
 // threads, at least one a write, with no __syncthreads between them (and,
-// within a warp, no warp collective between them) are reported as an error
-// naming the kernel, block, both threads and the shared variable.
+// within a warp, no warp collective such as __syncwarp between them) are
+// reported as an error naming the kernel, block, both threads and the shared
+// variable.
 #include <cstring>
 #include <string>
 
@@ -67,19 +68,31 @@ GF_NO_TSAN void access(const void* p, size_t n, bool write) {
     if (wrote && !ordered(l, c.writer, c.writer_sync, me, sync))
       race(l, i, write ? "write" : "read", c.writer, "write");
     if (write) {
-      const bool read_by_other = c.read_phase == phase && (c.many_readers || (c.reader != me && c.reader >= 0));
-      if (read_by_other && (c.many_readers || !ordered(l, c.reader, c.reader_sync, me, sync)))
-        race(l, i, "write", c.reader, "read");
+      // Reads in this barrier interval that this write is not ordered after:
+      // one from another warp, or one by another lane of this warp since its
+      // last warp collective (reads before a collective are ordered by it).
+      if (c.read_phase == phase && c.reader >= 0) {
+        const uint32_t others = c.reader_lanes & ~(1u << (me & 31));
+        if (c.cross_warp || (c.reader >> 5) != (me >> 5))
+          race(l, i, "write", c.reader, "read");
+        else if (c.reader_sync == sync && others)
+          race(l, i, "write", (me & ~31) + __builtin_ctz(others), "read");
+      }
       c.phase = phase;
       c.writer = me;
       c.writer_sync = sync;
-    } else if (c.read_phase != phase) {
+    } else if (c.read_phase != phase || c.reader < 0) {
       c.read_phase = phase;
       c.reader = me;
       c.reader_sync = sync;
-      c.many_readers = false;
-    } else if (c.reader != me) {
-      c.many_readers = true;
+      c.reader_lanes = 1u << (me & 31);
+      c.cross_warp = false;
+    } else {
+      if ((c.reader >> 5) != (me >> 5)) c.cross_warp = true;
+      if (c.reader_sync != sync) c.reader_lanes = 0;  // earlier reads are ordered by the collectives since
+      c.reader = me;
+      c.reader_sync = sync;
+      c.reader_lanes |= 1u << (me & 31);
     }
   }
 }

@@ -36,6 +36,8 @@ at::Tensor selftest(c10::string_view which, const at::Tensor& x_in) {
     return out.narrow(0, 0, 1);
   }
   if (c == "missing_barrier") launch<et::missing_barrier_kernel>(1, gf::cuda::kThreads, 0, nullptr, xp, n, o);
+  else if (c == "warp_synced") launch<et::warp_read_then_write_kernel<true>>(1, gf::cuda::kThreads, 0, nullptr, xp, n, o);
+  else if (c == "warp_unsynced") launch<et::warp_read_then_write_kernel<false>>(1, gf::cuda::kThreads, 0, nullptr, xp, n, o);
   else if (c == "read_past_end") launch<et::read_past_end_kernel>(1, block, 0, nullptr, xp, n, o);
   else if (c == "shared_past_end") launch<et::shared_past_end_kernel>(1, 64, 0, nullptr, xp, n, o);
   else if (c == "full_mask_shuffle") launch<et::full_mask_shuffle_kernel>(1, block, 0, nullptr, xp, n, o);

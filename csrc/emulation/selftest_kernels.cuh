@@ -28,6 +28,19 @@ __global__ void __launch_bounds__(kThreads) missing_barrier_kernel(const float* 
   out[t] = slots[(t + 1) % blockDim.x];
 }
 
+// Every lane of a warp reads one shared slot, then lane 7 overwrites it:
+// correct with the __syncwarp between (SYNC), a race without it.
+template <bool SYNC>
+__global__ void __launch_bounds__(kThreads) warp_read_then_write_kernel(const float* x, int n, float* out) {
+  GF_SHARED(float, slot, [8]);
+  const int t = threadIdx.x, w = t >> 5;
+  if ((t & 31) == 0) slot[w] = x[w % n];
+  __syncwarp();
+  out[t] = slot[w];
+  if (SYNC) __syncwarp();
+  if ((t & 31) == 7) slot[w] = 0.0f;
+}
+
 // Broken: the last thread reads one element past the end of x.
 __global__ void __launch_bounds__(kThreads) read_past_end_kernel(const float* x, int n, float* out) {
   const int t = threadIdx.x;

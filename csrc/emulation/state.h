@@ -53,9 +53,10 @@ struct ShadowCell {
   int32_t writer = -1;
   uint32_t writer_sync = 0;  // the writer's warp collective count
   uint32_t read_phase = 0;
-  int32_t reader = -1;
-  uint32_t reader_sync = 0;
-  bool many_readers = false;
+  int32_t reader = -1;       // the latest reader
+  uint32_t reader_sync = 0;  // its warp collective count
+  uint32_t reader_lanes = 0; // lanes of the reader's warp that read at that count
+  bool cross_warp = false;   // read by threads of more than one warp in this interval
 };
 
 struct Launch {
