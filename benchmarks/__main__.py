@@ -1,8 +1,23 @@
-"""All benchmarks in one run: `python -m benchmarks [--device cuda] [--size ...] [--dtype ...]`."""
+"""All benchmarks in one run: `python -m benchmarks [--device cuda] [--size ...] [--dtype ...]`.
+
+The assignment benchmark sweeps its own sizes (batch x GTs per image) and
+takes only --device."""
 import sys
 
-from benchmarks import bench_boxes, bench_losses
+from benchmarks import bench_assign, bench_boxes, bench_losses
+
+
+def _device_args(argv):
+    out = []
+    for i, a in enumerate(argv):
+        if a == "--device" and i + 1 < len(argv):
+            out += [a, argv[i + 1]]
+        elif a.startswith("--device="):
+            out.append(a)
+    return out
+
 
 if __name__ == "__main__":
     for bench in (bench_losses, bench_boxes):
         bench.main(sys.argv[1:])
+    bench_assign.main(_device_args(sys.argv[1:]))

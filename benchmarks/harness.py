@@ -57,18 +57,25 @@ def peak_mb(fn, device, setup=_nothing):
         fn()
         sync(device)
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    # CPU: replay the profiler's allocation events and track the running total.
+    # CPU: the profiler's allocation records carry the allocator's running
+    # total after each allocation, so the peak is exact even for memory an
+    # op (or a compiled graph) allocates and frees inside one call.
     from torch.profiler import ProfilerActivity, profile
+    from torch._C._profiler import _EventType
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    # self_ (not inclusive) usage: each allocation is counted once, at its op.
-    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage != 0), key=lambda e: e.time_range.start)
-    cur = peak = 0
-    for e in events:
-        cur += e.self_cpu_memory_usage
-        peak = max(peak, cur)
-    return peak / 2**20
+    allocs, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        node = stack.pop()
+        stack.extend(node.children)
+        if node.tag == _EventType.Allocation and node.extra_fields.device.type == "cpu":
+            allocs.append((node.start_time_ns, node.extra_fields.alloc_size, node.extra_fields.total_allocated))
+    if not allocs:
+        return 0.0
+    allocs.sort()
+    before = allocs[0][2] - allocs[0][1]
+    return max(0, max(a[2] for a in allocs) - before) / 2**20
 
 
 def copy_gbps(device, nbytes=1 << 30):

@@ -67,8 +67,12 @@ void atss_run(const AtssInputs& in, at::Tensor& assigned, at::Tensor& labels_out
   const bool* gtv = in.gt_valid.data_ptr<bool>();
   const bool* av = in.anchor_valid.defined() ? in.anchor_valid.data_ptr<bool>() : nullptr;
 
-  std::vector<acc_t> cx(N), cy(N);
-  std::vector<gf::Box4<acc_t>> box(N);
+  // Workspace as tensors, so that the allocator (and a memory profiler) sees it.
+  const auto acc_opts = in.anchors.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
+  at::Tensor geom = at::empty({6 * N}, acc_opts);  // centres x, y; boxes
+  acc_t* cx = geom.data_ptr<acc_t>();
+  acc_t* cy = cx + N;
+  auto* box = reinterpret_cast<gf::Box4<acc_t>*>(cy + N);
   for (int64_t a = 0; a < N; ++a) {
     const scalar_t* p = anc + 4 * a;
     box[a] = gf::Box4<acc_t>{gf::cvt<acc_t>(p[0]), gf::cvt<acc_t>(p[1]), gf::cvt<acc_t>(p[2]), gf::cvt<acc_t>(p[3])};
@@ -77,8 +81,10 @@ void atss_run(const AtssInputs& in, at::Tensor& assigned, at::Tensor& labels_out
   }
 
   // Stage 1: the positives of each (image, GT), in candidate slots.
-  std::vector<int32_t> pos_idx(static_cast<size_t>(B * G * K), -1);
-  std::vector<acc_t> pos_iou(static_cast<size_t>(B * G * K));
+  at::Tensor pos_idx_t = at::full({B * G * K}, -1, in.anchors.options().dtype(at::kInt));
+  at::Tensor pos_iou_t = at::empty({B * G * K}, acc_opts);
+  int32_t* pos_idx = pos_idx_t.data_ptr<int32_t>();
+  acc_t* pos_iou = pos_iou_t.data_ptr<acc_t>();
   const acc_t eps = acc_t(1e-6);
   at::parallel_for(0, B * G, std::max<int64_t>(1, 4096 / std::max<int64_t>(N, 1)), [&](int64_t r0, int64_t r1) {
     std::vector<Near<acc_t>> list(static_cast<size_t>(std::min<int64_t>(in.topk, std::max<int64_t>(N, 1))));
@@ -95,7 +101,7 @@ void atss_run(const AtssInputs& in, at::Tensor& assigned, at::Tensor& labels_out
       for (int l = 0; l < levels; ++l) {
         const int64_t a0 = in.level_start[l], a1 = in.level_start[l + 1];
         const int k = static_cast<int>(std::min<int64_t>(in.topk, a1 - a0));
-        const int m = k > 0 ? nearest_k(cx.data(), cy.data(), valid, a0, a1, gx, gy, k, list.data()) : 0;
+        const int m = k > 0 ? nearest_k(cx, cy, valid, a0, a1, gx, gy, k, list.data()) : 0;
         // k slots per level, the empty ones (fewer valid anchors) marked -1.
         for (int i = 0; i < k; ++i, ++n) {
           cidx[n] = i < m ? static_cast<int32_t>(list[i].idx) : -1;
@@ -119,10 +125,11 @@ void atss_run(const AtssInputs& in, at::Tensor& assigned, at::Tensor& labels_out
   int64_t* out_label = labels_out.data_ptr<int64_t>();
   scalar_t* out_iou = max_iou.data_ptr<scalar_t>();
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<uint64_t> best(static_cast<size_t>(N));
-    std::vector<int64_t> owner(static_cast<size_t>(N));
+    at::Tensor claims = at::empty({2 * N}, in.anchors.options().dtype(at::kLong));  // best key, owner
+    auto* best = reinterpret_cast<uint64_t*>(claims.data_ptr<int64_t>());
+    int64_t* owner = claims.data_ptr<int64_t>() + N;
     for (int64_t b = b0; b < b1; ++b) {
-      std::fill(best.begin(), best.end(), uint64_t(0));
+      std::fill(best, best + N, uint64_t(0));
       for (int64_t g = 0; g < G; ++g) {
         const int64_t base = (b * G + g) * K;
         for (int64_t i = 0; i < K; ++i) {

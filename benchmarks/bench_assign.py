@@ -1,0 +1,148 @@
+"""ATSS assignment: reference eager vs torch.compile(reference) vs gflops, over
+the number of GTs per image, on the anchors of a 1333x800 and a 2000x2000 image.
+
+    python -m benchmarks.bench_assign [--device cuda] [--budget-gib 8]
+
+The reference builds (B, G, N) IoU and distance matrices; where its
+predicted peak memory passes the budget it is not run, and the row says so
+(with the prediction). Writes benchmarks/results/assign_<device>.{md,csv,json}
+and a plot of time and memory against G.
+"""
+import argparse
+import sys
+import time
+
+import torch
+
+import gflops
+from benchmarks.harness import RESULTS, copy_gbps, device_tag, peak_mb, sync, write_results
+from reference.assign import atss_assign as ref_assign
+from reference.gfl import anchors as fpn_anchors
+
+STRIDES = (8, 16, 32, 64, 128)
+IMAGES = {"1333x800": (800, 1333), "2000x2000": (2000, 2000)}
+BATCHES = (2, 16)
+GTS = (10, 100, 1000, 5000)
+NUM_CLASSES = 80
+
+
+def anchors_for(h, w, device):
+    ph, pw = -(-h // 32) * 32, -(-w // 32) * 32  # padded as the detector pads
+    shapes = [(-(-ph // s), -(-pw // s)) for s in STRIDES]
+    _, _, boxes, sizes = fpn_anchors(shapes, device)
+    return boxes, list(sizes)
+
+
+def gts_for(batch, num_gt, h, w, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(batch, num_gt, 2, generator=g) * torch.tensor([w, h])
+    wh = (torch.rand(batch, num_gt, 2, generator=g) ** 2) * torch.tensor([w, h]) * 0.4 + 4
+    boxes = torch.cat([xy - wh / 2, xy + wh / 2], -1)
+    labels = torch.randint(0, NUM_CLASSES, (batch, num_gt), generator=g)
+    valid = torch.ones(batch, num_gt, dtype=torch.bool)
+    return boxes.to(device), labels.to(device), valid.to(device)
+
+
+def timed(fn, device, budget_s=3.0, max_iters=20):
+    """(median ms of fn(), its result): one warm-up call, then calls until the budget (at least 3)."""
+    out = fn()
+    sync(device)
+    times, start = [], time.perf_counter()
+    while len(times) < 3 or (time.perf_counter() - start < budget_s and len(times) < max_iters):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return sorted(times)[len(times) // 2], out
+
+
+def run(device, budget_gib):
+    compiled = torch.compile(ref_assign, dynamic=True)
+    providers = {"reference": ref_assign, "compile": compiled, "gflops": gflops.atss_assign}
+    rows, per_elem = [], {}
+    for image, (h, w) in IMAGES.items():
+        anchors, sizes = anchors_for(h, w, device)
+        n = anchors.shape[0]
+        for batch in BATCHES:
+            for num_gt in GTS:
+                boxes, labels, valid = gts_for(batch, num_gt, h, w, device)
+                args = (anchors, sizes, boxes, labels, valid, NUM_CLASSES)
+                base = {}
+                want = None
+                for prov, fn in providers.items():
+                    row = dict(image=image, anchors=n, batch=batch, gts=num_gt, provider=prov)
+                    dense = batch * num_gt * n
+                    if prov in per_elem and per_elem[prov] * dense > budget_gib * 2**30:
+                        pred = per_elem[prov] * dense / 2**30
+                        row.update(median_ms=None, peak_mib=None, vs_eager=None, vs_compile=None,
+                                   note=f"not run: predicted peak {pred:.0f} GiB (B x G x N matrices) > {budget_gib} GiB")
+                        print(f"{image} B={batch} G={num_gt} {prov}: {row['note']}", file=sys.stderr)
+                        rows.append(row)
+                        continue
+                    call = lambda fn=fn: fn(*args)  # noqa: E731
+                    ms, out = timed(call, device)
+                    mem = peak_mb(call, device)
+                    if want is None:
+                        want = out
+                    same = all(torch.equal(a, b) for a, b in zip(out, want))
+                    if prov != "gflops" and dense > 0:
+                        per_elem[prov] = max(per_elem.get(prov, 0.0), mem * 2**20 / dense)
+                    base[prov] = ms
+                    row.update(median_ms=ms, peak_mib=mem,
+                               vs_eager=base["reference"] / ms if "reference" in base else None,
+                               vs_compile=base["compile"] / ms if "compile" in base else None,
+                               note="" if same else "RESULT DIFFERS from the first provider")
+                    print(f"{image} B={batch} G={num_gt} {prov}: {ms:.2f} ms, peak {mem:.1f} MiB", file=sys.stderr)
+                    rows.append(row)
+    return rows
+
+
+def plot(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(IMAGES), figsize=(6 * len(IMAGES), 8), squeeze=False)
+    styles = {"reference": "o-", "compile": "s--", "gflops": "^-"}
+    for col, image in enumerate(IMAGES):
+        for batch in BATCHES:
+            for prov, style in styles.items():
+                pts = [(r["gts"], r["median_ms"], r["peak_mib"]) for r in rows
+                       if r["image"] == image and r["batch"] == batch and r["provider"] == prov and r["median_ms"]]
+                if not pts:
+                    continue
+                g, ms, mib = zip(*pts)
+                axes[0][col].plot(g, ms, style, label=f"{prov} B={batch}")
+                axes[1][col].plot(g, [max(m, 1e-3) for m in mib], style, label=f"{prov} B={batch}")
+        axes[0][col].set_title(f"ATSS, anchors of a {image} image")
+        axes[0][col].set_ylabel("median time (ms)")
+        axes[1][col].set_ylabel("peak memory (MiB)")
+        for ax in axes[:, col]:
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("GTs per image (G)")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--budget-gib", type=float, default=8.0,
+                   help="skip a dense provider whose predicted peak memory exceeds this")
+    a = p.parse_args(argv)
+    device = torch.device(a.device)
+    rows = run(device, a.budget_gib)
+    meta = dict(device=str(device), torch=torch.__version__, threads=torch.get_num_threads(),
+                copy_gbps=copy_gbps(device), strides=STRIDES, topk=9,
+                note="vs_eager / vs_compile are speedups (x); peak is allocator memory during one call")
+    table = write_results("assign", device, rows, meta)
+    plot(rows, RESULTS / f"assign_{device_tag(device)}.png")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
