@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from reference.assign import atss_assign
+from reference.boxes import box_iou
 from reference.data import CocoDetection, collate, generate
 from reference.evaluate import coco_results, coco_stats
 from reference.gfl import GFL, anchors
@@ -81,6 +82,23 @@ def test_nms_tie_and_threshold_rules():
     assert nms(boxes[:0], scores[:0], 0.5).numel() == 0
     keep = batched_nms(boxes, scores, torch.tensor([0, 1, 0, 0]), 0.6)
     assert keep.tolist() == [2, 1, 3]
+
+
+def test_batched_nms_compares_classes_without_coordinate_offsets():
+    # Class 79 moved by 79 x 1001 px rounds these float32 coordinates to 1/128 px: the
+    # offset trick's IoU of boxes 0 and 1 would come out above their true IoU (the threshold
+    # here), so box 1 would be suppressed although only IoU > threshold suppresses.
+    boxes = torch.tensor([[446.63092041015625, 691.3995971679688, 472.0020751953125, 733.103515625],
+                          [448.1011962890625, 694.0889282226562, 473.36895751953125, 735.0004272460938],
+                          [0.0, 0.0, 1000.0, 1000.0]])
+    thr = box_iou(boxes[:1], boxes[1:2]).item()
+    keep = batched_nms(boxes, torch.tensor([0.9, 0.8, 0.1]), torch.tensor([79, 79, 0]), thr)
+    assert keep.tolist() == [0, 1, 2]
+
+
+def test_nms_nan_scores_are_never_kept():
+    boxes = torch.tensor([[0, 0, 10, 10], [0, 0, 10, 10], [20, 20, 30, 30.0]])
+    assert nms(boxes, torch.tensor([float("nan"), 0.5, 0.7]), 0.5).tolist() == [2, 1]
 
 
 @pytest.fixture(scope="module")

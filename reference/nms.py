@@ -9,29 +9,35 @@ def _order(scores):
     return torch.sort(-scores, stable=True).indices
 
 
-def nms(boxes, scores, iou_threshold):
-    """Keep a box unless its IoU with an already kept box is > iou_threshold.
-    Returns kept indices (int64) sorted by descending score."""
+def nms(boxes, scores, iou_threshold, idxs=None):
+    """Keep a box unless its IoU with an already kept box (of the same idxs
+    value, when idxs is given) is > iou_threshold. Returns kept indices
+    (int64) sorted by descending score. A box whose score is NaN is never
+    kept and suppresses nothing. IoUs are computed in float32 (float64 for
+    float64 boxes) and compared with the threshold in that dtype."""
     if boxes.shape[0] == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
     order = _order(scores)
+    order = order[~torch.isnan(scores[order])]
     b = boxes[order] if boxes.dtype == torch.float64 else boxes[order].float()
-    iou = box_iou(b, b).cpu()
+    suppress = box_iou(b, b) > iou_threshold
+    if idxs is not None:
+        lab = idxs[order]
+        suppress &= lab[:, None] == lab[None, :]
+    suppress = suppress.cpu()
     keep = torch.ones(len(order), dtype=torch.bool)
     for i in range(len(order)):
         if keep[i]:
-            keep[i + 1:] &= iou[i, i + 1:] <= iou_threshold
+            keep[i + 1:] &= ~suppress[i, i + 1:]
     return order[keep.to(order.device)]
 
 
 def batched_nms(boxes, scores, idxs, iou_threshold):
     """NMS within each value of idxs (class), merged and sorted by score.
-    Boxes of different classes are moved apart so one pass never mixes them."""
-    if boxes.shape[0] == 0:
-        return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    span = boxes.max() - boxes.min() + 1
-    shifted = boxes + (idxs.to(boxes.dtype) * span)[:, None]
-    return nms(shifted, scores, iou_threshold)
+    Boxes of different classes never suppress each other: the classes are
+    compared, not moved apart by a coordinate offset (an offset of class x
+    span changes float32 coordinates, and with them the IoUs)."""
+    return nms(boxes, scores, iou_threshold, idxs)
 
 
 def multiclass_nms(cls_scores, bbox_preds, points, strides, level_sizes, image_shapes, decode, score_thr=0.05,
