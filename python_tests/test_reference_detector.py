@@ -97,8 +97,8 @@ def test_batched_nms_compares_classes_without_coordinate_offsets():
 
 
 def test_nms_nan_scores_are_never_kept():
-    boxes = torch.tensor([[0, 0, 10, 10], [0, 0, 10, 10], [20, 20, 30, 30.0]])
-    assert nms(boxes, torch.tensor([float("nan"), 0.5, 0.7]), 0.5).tolist() == [2, 1]
+    boxes = torch.tensor([[0, 0, 10, 10], [0, 0, 10, 10], [20, 20, 30, 30.0], [50, 50, 60, 60.0]])
+    assert nms(boxes, torch.tensor([0.5, float("nan"), 0.7, float("nan")]), 0.5).tolist() == [2, 0]
 
 
 @pytest.fixture(scope="module")
