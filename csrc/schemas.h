@@ -25,6 +25,10 @@ inline void define_schemas(torch::Library& m) {
   m.def("gfl_box_branch(Tensor pred, Tensor points, Tensor strides, Tensor gt_boxes, Tensor weight, int reg_max) -> (Tensor, Tensor, Tensor)");
   m.def("gfl_box_branch_backward(Tensor grad_giou, Tensor grad_dfl, Tensor pred, Tensor points, Tensor strides, Tensor gt_boxes, Tensor weight, int reg_max) -> Tensor");
 
+  m.def("nms(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor");
+  m.def("batched_nms(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold) -> Tensor");
+  m.def("multiclass_nms(Tensor cls_scores, Tensor bbox_preds, Tensor points, Tensor strides, int[] level_sizes, Tensor image_shapes, Tensor? scale_factors, int reg_max, float score_thr, int nms_pre, float iou_threshold, int max_per_img, float min_bbox_size) -> (Tensor, Tensor, Tensor, Tensor)");
+
   m.def("atss_assign(Tensor anchors, int[] num_level_anchors, Tensor gt_boxes, Tensor gt_labels, Tensor gt_valid, Tensor? anchor_valid, int topk, int background_label) -> (Tensor, Tensor, Tensor)");
 }
 

@@ -18,6 +18,7 @@ from .decode import (  # noqa: E402
     gfl_box_branch,
     integral,
 )
+from .nms import batched_nms, multiclass_nms, nms  # noqa: E402
 from .losses import (  # noqa: E402
     DistributionFocalLoss,
     QualityFocalLoss,
@@ -51,6 +52,9 @@ def validation_enabled() -> bool:
 
 __all__ = [
     "atss_assign",
+    "nms",
+    "batched_nms",
+    "multiclass_nms",
     "box_iou",
     "giou_loss",
     "GIoULoss",

@@ -100,4 +100,32 @@ def register(ns):
                 anchors.new_empty(shape))
 
 
+    def _nms_common(op, boxes, scores, idxs):
+        torch._check(boxes.dim() == 2 and boxes.shape[-1] == 4,
+                     lambda: f"{op}: boxes must have shape (K, 4), got {tuple(boxes.shape)}")
+        _same_device(op, boxes, "boxes", scores=scores, idxs=idxs)
+        # The number of kept boxes is data-dependent.
+        return boxes.new_empty((torch.library.get_ctx().new_dynamic_size(),), dtype=torch.long)
+
+    @torch.library.register_fake(f"{ns}::nms")
+    def _nms(boxes, scores, iou_threshold):
+        return _nms_common("gflops.nms", boxes, scores, None)
+
+    @torch.library.register_fake(f"{ns}::batched_nms")
+    def _batched_nms(boxes, scores, idxs, iou_threshold):
+        return _nms_common("gflops.batched_nms", boxes, scores, idxs)
+
+    @torch.library.register_fake(f"{ns}::multiclass_nms")
+    def _multiclass_nms(cls_scores, bbox_preds, points, strides, level_sizes, image_shapes, scale_factors, reg_max,
+                        score_thr, nms_pre, iou_threshold, max_per_img, min_bbox_size):
+        op = "gflops.multiclass_nms"
+        torch._check(cls_scores.dim() == 3,
+                     lambda: f"{op}: cls_scores must have shape (B, N, C), got {tuple(cls_scores.shape)}")
+        _same_device(op, cls_scores, "cls_scores", bbox_preds=bbox_preds, points=points, strides=strides,
+                     image_shapes=image_shapes, scale_factors=scale_factors)
+        B, P, acc = cls_scores.shape[0], max_per_img, _acc_dtype(cls_scores)
+        return (cls_scores.new_empty((B, P, 4), dtype=acc), cls_scores.new_empty((B, P), dtype=acc),
+                cls_scores.new_empty((B, P), dtype=torch.long), cls_scores.new_empty((B,), dtype=torch.long))
+
+
 register("gflops")

@@ -147,10 +147,10 @@ def test_min_bbox_size_drops_boxes_before_nms():
         out = torch.tensor([[5.0, 5, 15, 15], [50, 5, 60, 15]], dtype=torch.float64)[:pred.shape[0]]
         return out.clamp(max=50.0) if pts.shape[0] == 2 else out
 
-    boxes, scores, labels, counts = multiclass_nms(cls, reg, points, strides, [2], [(100, 50)], decode)
+    boxes, scores, labels, counts = multiclass_nms(cls, reg, points, strides, [2], [(100, 50)], decode=decode)
     assert counts.tolist() == [1] and boxes[0, 0].tolist() == [5.0, 5, 15, 15]
     # min_bbox_size in original pixels: a 10 px box at scale 2 is 5 px there, dropped at 6.
-    _, _, _, counts = multiclass_nms(cls, reg, points, strides, [2], [(100, 50)], decode, min_bbox_size=6,
+    _, _, _, counts = multiclass_nms(cls, reg, points, strides, [2], [(100, 50)], decode=decode, min_bbox_size=6,
                                      scale_factors=[(2.0, 2.0)])
     assert counts.tolist() == [0]
 

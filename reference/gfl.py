@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from .backbone import FPN, ResNet
-from .nms import multiclass_nms
 from .ops import Ops
 
 STRIDES = (8, 16, 32, 64, 128)
@@ -171,13 +170,9 @@ class GFL(nn.Module):
         dtype = cls.dtype if cls.dtype == torch.float64 else torch.float32
         points, strides, _, sizes = anchors(shapes, cls.device, dtype=dtype)
 
-        def decode(pred, pts, st, shape):
-            return self.ops.decode_distribution(pred, pts, st, self.reg_max, (float(shape[0]), float(shape[1])))
-
-        boxes, scores, labels, counts = multiclass_nms(
-            cls, reg, points, strides, sizes, [m["img_shape"] for m in metas], decode, score_thr, nms_pre,
-            iou_threshold, max_per_img, nms_fn=self.ops.batched_nms, min_bbox_size=min_bbox_size,
-            scale_factors=[m["scale_factor"] for m in metas])
+        boxes, scores, labels, counts = self.ops.multiclass_nms(
+            cls, reg, points, strides, sizes, [m["img_shape"] for m in metas], score_thr, nms_pre, iou_threshold,
+            max_per_img, min_bbox_size, [m["scale_factor"] for m in metas], self.reg_max)
         out = []
         for b, m in enumerate(metas):
             k = int(counts[b])

@@ -2,6 +2,11 @@
 import torch
 
 from .boxes import box_iou
+from .decode import decode_distribution
+
+
+def _pairs(values):
+    return values.tolist() if isinstance(values, torch.Tensor) else values
 
 
 def _order(scores):
@@ -40,20 +45,27 @@ def batched_nms(boxes, scores, idxs, iou_threshold):
     return nms(boxes, scores, iou_threshold, idxs)
 
 
-def multiclass_nms(cls_scores, bbox_preds, points, strides, level_sizes, image_shapes, decode, score_thr=0.05,
-                   nms_pre=1000, iou_threshold=0.6, max_per_img=100, nms_fn=batched_nms, min_bbox_size=0.0,
-                   scale_factors=None):
-    """The GFL post-process over a batch.
+def multiclass_nms(cls_scores, bbox_preds, points, strides, level_sizes, image_shapes, score_thr=0.05,
+                   nms_pre=1000, iou_threshold=0.6, max_per_img=100, min_bbox_size=0.0, scale_factors=None,
+                   reg_max=16, decode=None, nms_fn=batched_nms):
+    """The GFL post-process over a batch (gflops.multiclass_nms's signature,
+    plus the decode and NMS functions to use).
 
     cls_scores (B, N, C) logits; bbox_preds (B, N, 4 * (reg_max + 1)); points
     (N, 2) and strides (N,) of the anchors, level by level (level_sizes);
     image_shapes: (H, W) per image for clamping; decode(pred, points, strides,
-    max_shape) -> boxes. Boxes whose width or height is not > min_bbox_size
-    are dropped before NMS, measured in original image pixels when
-    scale_factors ((sx, sy) per image) are given, as MMDetection measures
-    them after rescaling. Returns padded boxes (B, max_per_img, 4), scores
-    (B, max_per_img), labels (B, max_per_img) (-1 for padding) and counts (B,).
+    max_shape) -> boxes (default: reference decode_distribution). Boxes whose
+    width or height is not > min_bbox_size are dropped before NMS, measured in
+    original image pixels when scale_factors ((sx, sy) per image) are given,
+    as MMDetection measures them after rescaling. Returns padded boxes (B,
+    max_per_img, 4), scores (B, max_per_img), labels (B, max_per_img) (-1 for
+    padding) and counts (B,).
     """
+    if decode is None:
+        def decode(pred, pts, st, shape):
+            return decode_distribution(pred, pts, st, reg_max, (float(shape[0]), float(shape[1])))
+    image_shapes = [(float(h), float(w)) for h, w in _pairs(image_shapes)]
+    scale_factors = None if scale_factors is None else [(float(x), float(y)) for x, y in _pairs(scale_factors)]
     B, N, C = cls_scores.shape
     device = cls_scores.device
     dtype = torch.float64 if cls_scores.dtype == torch.float64 else torch.float32

@@ -11,7 +11,9 @@ REFERENCE_OPS = {
     "giou_loss": boxes.giou_loss,
     "gfl_box_branch": decode.gfl_box_branch,
     "atss_assign": assign.atss_assign,
+    "nms": nms.nms,
     "batched_nms": nms.batched_nms,
+    "multiclass_nms": nms.multiclass_nms,
 }
 
 

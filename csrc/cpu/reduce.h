@@ -14,8 +14,14 @@
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 // Row loops are compiled for x86-64-v4, v3 and baseline; the loader picks one.
 #define GF_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+// The same clones with no multiply-add fused into an FMA: for loops whose
+// results must round as PyTorch's separate ops round (IoUs compared with a
+// threshold, ties).
+#define GF_CPU_CLONES_EXACT \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), optimize("fp-contract=off")))
 #else
 #define GF_CPU_CLONES
+#define GF_CPU_CLONES_EXACT
 #endif
 
 namespace gflops {

@@ -1,0 +1,254 @@
+// CPU kernels of NMS (SPEC.md section 7): nms, batched_nms and the batched
+// multiclass post-process of the GFL head.
+//
+// Greedy NMS goes through the boxes in score order in blocks of kNmsBlock:
+// within a block one box after another (each kept box suppresses the rest
+// of its block), then the block's kept boxes suppress every later box, in
+// parallel over chunks of kNmsChunk. Each step is one vectorised sweep of
+// IoUs over structure-of-arrays coordinates, so the work is (kept x later)
+// IoUs at SIMD width with no K x K matrix: memory is O(K). batched_nms runs
+// this per class (the classes' runs are independent, so in parallel).
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "../common/nms.h"
+#include "../nms_checks.h"
+#include "reduce.h"
+
+namespace gflops {
+namespace {
+
+constexpr int64_t kNmsBlock = 256;
+constexpr int64_t kNmsChunk = 4096;
+
+template <typename acc_t> struct BoxColumns {
+  std::vector<acc_t> x1, y1, x2, y2;
+  explicit BoxColumns(int64_t n) : x1(n), y1(n), x2(n), y2(n) {}
+};
+
+// alive[j] &= !(IoU(box k, box j) > thr) for j in [j0, j1).
+template <typename acc_t>
+GF_CPU_CLONES_EXACT void suppress_by(const acc_t* x1, const acc_t* y1, const acc_t* x2, const acc_t* y2, int64_t k,
+                                     int64_t j0, int64_t j1, acc_t thr, uint8_t* alive) {
+  const gf::Box4<acc_t> a{x1[k], y1[k], x2[k], y2[k]};
+#pragma omp simd
+  for (int64_t j = j0; j < j1; ++j) {
+    const gf::Box4<acc_t> b{x1[j], y1[j], x2[j], y2[j]};
+    alive[j] = static_cast<uint8_t>(alive[j] & static_cast<uint8_t>(!gf::nms_suppresses(a, b, thr)));
+  }
+}
+
+// Greedy NMS over boxes [0, n) of the columns, in order. alive: 1 for a box
+// that may be kept (0 for NaN scores); on return 1 exactly for kept boxes.
+template <typename acc_t>
+void greedy(const acc_t* x1, const acc_t* y1, const acc_t* x2, const acc_t* y2, int64_t n, acc_t thr,
+            uint8_t* alive, bool parallel) {
+  std::vector<int64_t> kept;
+  kept.reserve(kNmsBlock);
+  for (int64_t s = 0; s < n; s += kNmsBlock) {
+    const int64_t e = std::min(n, s + kNmsBlock);
+    kept.clear();
+    for (int64_t i = s; i < e; ++i) {
+      if (!alive[i]) continue;
+      kept.push_back(i);
+      suppress_by(x1, y1, x2, y2, i, i + 1, e, thr, alive);
+    }
+    if (kept.empty() || e == n) continue;
+    const int64_t chunks = (n - e + kNmsChunk - 1) / kNmsChunk;
+    auto apply = [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        const int64_t j0 = e + c * kNmsChunk, j1 = std::min(n, j0 + kNmsChunk);
+        for (const int64_t k : kept) suppress_by(x1, y1, x2, y2, k, j0, j1, thr, alive);
+      }
+    };
+    if (parallel && chunks > 1) at::parallel_for(0, chunks, 1, apply);
+    else apply(0, chunks);
+  }
+}
+
+at::Tensor nms_impl(const NmsInputs& in) {
+  const int64_t K = in.count;
+  auto long_opts = in.boxes.options().dtype(at::kLong);
+  if (K == 0) return at::empty({0}, long_opts);
+  // Descending score, equal scores by lower index (stable); NaN scores first, never kept.
+  const at::Tensor order = std::get<1>(at::sort(in.scores, /*stable=*/true, /*dim=*/0, /*descending=*/true));
+  const int64_t* ord = order.data_ptr<int64_t>();
+  // pos[q]: the q-th box of the class-major order, as a position in score order.
+  std::vector<int64_t> pos(K);
+  for (int64_t q = 0; q < K; ++q) pos[q] = q;
+  std::vector<int64_t> seg{0};
+  if (in.idxs.defined()) {
+    const int64_t* idx = in.idxs.data_ptr<int64_t>();
+    std::stable_sort(pos.begin(), pos.end(), [&](int64_t a, int64_t b) { return idx[ord[a]] < idx[ord[b]]; });
+    for (int64_t q = 1; q < K; ++q)
+      if (idx[ord[pos[q]]] != idx[ord[pos[q - 1]]]) seg.push_back(q);
+  }
+  seg.push_back(K);
+  const at::Tensor nan_t = at::isnan(in.scores);
+  const bool* nan = nan_t.data_ptr<bool>();
+  std::vector<uint8_t> alive(K);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.boxes.scalar_type(), "nms_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* bx = in.boxes.data_ptr<scalar_t>();
+    BoxColumns<acc_t> c(K);
+    for (int64_t q = 0; q < K; ++q) {
+      const int64_t i = ord[pos[q]];
+      c.x1[q] = gf::cvt<acc_t>(bx[4 * i]);
+      c.y1[q] = gf::cvt<acc_t>(bx[4 * i + 1]);
+      c.x2[q] = gf::cvt<acc_t>(bx[4 * i + 2]);
+      c.y2[q] = gf::cvt<acc_t>(bx[4 * i + 3]);
+      alive[q] = !nan[i];
+    }
+    const acc_t thr = static_cast<acc_t>(in.iou_threshold);
+    const int64_t segments = static_cast<int64_t>(seg.size()) - 1;
+    auto run = [&](int64_t s, bool parallel) {
+      const int64_t o = seg[s];
+      greedy(c.x1.data() + o, c.y1.data() + o, c.x2.data() + o, c.y2.data() + o, seg[s + 1] - o, thr,
+             alive.data() + o, parallel);
+    };
+    if (segments == 1) run(0, true);
+    else at::parallel_for(0, segments, 1, [&](int64_t s0, int64_t s1) {
+      for (int64_t s = s0; s < s1; ++s) run(s, false);
+    });
+  });
+  std::vector<uint8_t> kept_at(K);
+  for (int64_t q = 0; q < K; ++q) kept_at[pos[q]] = alive[q];
+  int64_t n = 0;
+  for (int64_t p = 0; p < K; ++p) n += kept_at[p];
+  at::Tensor out = at::empty({n}, long_opts);
+  int64_t* o = out.data_ptr<int64_t>();
+  for (int64_t p = 0, w = 0; p < K; ++p)
+    if (kept_at[p]) o[w++] = ord[p];
+  return out;
+}
+
+at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
+  return nms_impl(nms_prepare(boxes, scores, nullptr, iou_threshold, "gflops.nms"));
+}
+
+at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs,
+                           double iou_threshold) {
+  return nms_impl(nms_prepare(boxes, scores, &idxs, iou_threshold, "gflops.batched_nms"));
+}
+
+// ---- the multiclass post-process ---------------------------------------------
+
+template <typename acc_t> struct Candidate {
+  acc_t score;
+  int64_t flat;  // anchor * C + class over the image's N anchors
+};
+
+// Descending score, equal scores by lower flat index: the final order.
+template <typename acc_t> bool ahead(const Candidate<acc_t>& a, const Candidate<acc_t>& b) {
+  return a.score > b.score || (a.score == b.score && a.flat < b.flat);
+}
+
+struct Outputs {
+  void* boxes;
+  void* scores;
+  int64_t* labels;
+  int64_t* counts;
+};
+
+template <typename scalar_t, typename acc_t>
+GF_CPU_CLONES_EXACT void multiclass_image(const MulticlassInputs& in, int64_t b, const Outputs& out) {
+  const int64_t N = in.anchors, C = in.classes, n1 = in.reg_max + 1;
+  const scalar_t* cls = in.cls.data_ptr<scalar_t>() + b * N * C;
+  const scalar_t* reg = in.reg.data_ptr<scalar_t>() + b * N * 4 * n1;
+  const acc_t* pts = in.points.data_ptr<acc_t>();
+  const acc_t* st = in.strides.data_ptr<acc_t>();
+  const acc_t h = in.image_shapes.data_ptr<acc_t>()[2 * b], w = in.image_shapes.data_ptr<acc_t>()[2 * b + 1];
+  const acc_t sx = in.scale_factors.data_ptr<acc_t>()[2 * b], sy = in.scale_factors.data_ptr<acc_t>()[2 * b + 1];
+  const acc_t thr = static_cast<acc_t>(in.score_thr), floor = static_cast<acc_t>(gf::logit_floor(in.score_thr));
+  const acc_t iou_thr = static_cast<acc_t>(in.iou_threshold), min_size = static_cast<acc_t>(in.min_bbox_size);
+
+  std::vector<Candidate<acc_t>> cands, level;
+  for (size_t l = 0; l + 1 < in.level_start.size(); ++l) {
+    const int64_t f0 = in.level_start[l] * C, f1 = in.level_start[l + 1] * C;
+    level.clear();
+    for (int64_t f = f0; f < f1; ++f) {
+      acc_t s;
+      if (gf::candidate_score(gf::cvt<acc_t>(cls[f]), floor, thr, s)) level.push_back({s, f});
+    }
+    if (static_cast<int64_t>(level.size()) > in.nms_pre) {
+      std::nth_element(level.begin(), level.begin() + in.nms_pre, level.end(), ahead<acc_t>);
+      level.resize(in.nms_pre);
+    }
+    cands.insert(cands.end(), level.begin(), level.end());
+  }
+  std::vector<gf::Box4<acc_t>> boxes(cands.size());
+  size_t kept_cands = 0;
+  for (size_t i = 0; i < cands.size(); ++i) {
+    const int64_t a = cands[i].flat / C;
+    const gf::Box4<acc_t> box = gf::candidate_box<acc_t>(reg + a * 4 * n1, static_cast<int>(n1), pts[2 * a],
+                                                         pts[2 * a + 1], st[a], h, w);
+    if (!gf::big_enough(box, sx, sy, min_size)) continue;
+    cands[kept_cands] = cands[i];
+    boxes[kept_cands++] = box;
+  }
+  std::vector<int64_t> order(kept_cands);
+  for (size_t i = 0; i < kept_cands; ++i) order[i] = static_cast<int64_t>(i);
+  std::sort(order.begin(), order.end(), [&](int64_t x, int64_t y) { return ahead(cands[x], cands[y]); });
+
+  // Greedy over the sorted candidates; only the first max_per_img kept boxes
+  // matter, so a candidate is checked against at most that many.
+  auto* ob = static_cast<acc_t*>(out.boxes) + b * in.max_per_img * 4;
+  auto* os = static_cast<acc_t*>(out.scores) + b * in.max_per_img;
+  int64_t* ol = out.labels + b * in.max_per_img;
+  std::vector<gf::Box4<acc_t>> kept;
+  std::vector<int64_t> kept_label;
+  for (const int64_t i : order) {
+    if (static_cast<int64_t>(kept.size()) == in.max_per_img) break;
+    const int64_t label = cands[i].flat % C;
+    bool alive = true;
+    for (size_t k = 0; k < kept.size() && alive; ++k)
+      alive = !(kept_label[k] == label && gf::nms_suppresses(kept[k], boxes[i], iou_thr));
+    if (!alive) continue;
+    const int64_t slot = static_cast<int64_t>(kept.size());
+    ob[4 * slot] = boxes[i].x1;
+    ob[4 * slot + 1] = boxes[i].y1;
+    ob[4 * slot + 2] = boxes[i].x2;
+    ob[4 * slot + 3] = boxes[i].y2;
+    os[slot] = cands[i].score;
+    ol[slot] = label;
+    kept.push_back(boxes[i]);
+    kept_label.push_back(label);
+  }
+  out.counts[b] = static_cast<int64_t>(kept.size());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multiclass_nms_cpu(
+    const at::Tensor& cls_scores, const at::Tensor& bbox_preds, const at::Tensor& points, const at::Tensor& strides,
+    at::IntArrayRef level_sizes, const at::Tensor& image_shapes, const c10::optional<at::Tensor>& scale_factors,
+    int64_t reg_max, double score_thr, int64_t nms_pre, double iou_threshold, int64_t max_per_img,
+    double min_bbox_size) {
+  const MulticlassInputs in =
+      multiclass_prepare(cls_scores, bbox_preds, points, strides, level_sizes, image_shapes, scale_factors, reg_max,
+                         score_thr, nms_pre, iou_threshold, max_per_img, min_bbox_size, "gflops.multiclass_nms");
+  auto res = multiclass_outputs(in);
+  const Outputs out{std::get<0>(res).data_ptr(), std::get<1>(res).data_ptr(), std::get<2>(res).data_ptr<int64_t>(),
+                    std::get<3>(res).data_ptr<int64_t>()};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.cls.scalar_type(), "multiclass_nms_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    at::parallel_for(0, in.batch, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) multiclass_image<scalar_t, acc_t>(in, b, out);
+    });
+  });
+  return res;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gflops, CPU, m) {
+  m.impl("nms", &nms_cpu);
+  m.impl("batched_nms", &batched_nms_cpu);
+  m.impl("multiclass_nms", &multiclass_nms_cpu);
+}
+
+}  // namespace gflops
