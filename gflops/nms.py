@@ -54,7 +54,8 @@ def multiclass_nms(cls_scores, bbox_preds, points, strides, level_sizes, image_s
     Per image and level: the (anchor, class) pairs with sigmoid(logit) >
     score_thr, at most nms_pre of them with the highest scores (ties: lower
     anchor * C + class); their boxes decoded (decode_distribution's formula)
-    and clipped; boxes whose width or height is not > min_bbox_size dropped;
+    and clipped (rounded to the logits' dtype, as decode_distribution
+    returns them); boxes whose width or height is not > min_bbox_size dropped;
     then over all levels class-aware greedy NMS at iou_threshold (classes
     compared in the kernel) in order of descending score (ties: lower flat
     index), keeping the first max_per_img. NaN logits are never candidates;

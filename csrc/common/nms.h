@@ -37,12 +37,27 @@ template <typename T> GF_HD bool candidate_score(T x, T floor, T thr, T& score) 
   return score > thr;
 }
 
+// The clamp of the post-process: a NaN coordinate stays NaN (as torch's
+// clamp leaves it), so the size test drops the box.
+template <typename T> GF_HD T clamp_keep_nan(T v, T hi) { return v != v ? v : gmin(gmax(v, T(0)), hi); }
+
 // The box of a candidate: the distribution logits x (4 rows of n1 bins)
-// decoded at (px, py) with the stride, clamped to [0, w] x [0, h] (the fused
-// decode's formula).
+// decoded at (px, py) with the stride and clamped to [0, w] x [0, h], then
+// rounded to the logits' dtype: exactly what decode_distribution returns
+// (float16 boxes stay float16-exact, as in a float16 model).
+// A NaN or +inf logit makes the box NaN (softmax gives NaN there), checked
+// up front because the CPU's vectorisable exp does not carry NaN through.
 template <typename T, typename scalar_t>
 GF_HD Box4<T> candidate_box(const scalar_t* x, int n1, T px, T py, T stride, T h, T w) {
-  return decode_forward<T>(x, n1, px, py, stride, true, h, w);
+  bool bad = false;
+  for (int k = 0; k < 4 * n1; ++k) {
+    const T v = cvt<T>(x[k]);
+    bad = bad || v != v || v == T(INFINITY);
+  }
+  if (bad) return Box4<T>{T(NAN), T(NAN), T(NAN), T(NAN)};
+  const Box4<T> b = decode_forward<T>(x, n1, px, py, stride, false, h, w);
+  return Box4<T>{cvt<T>(cvt<scalar_t>(clamp_keep_nan(b.x1, w))), cvt<T>(cvt<scalar_t>(clamp_keep_nan(b.y1, h))),
+                 cvt<T>(cvt<scalar_t>(clamp_keep_nan(b.x2, w))), cvt<T>(cvt<scalar_t>(clamp_keep_nan(b.y2, h)))};
 }
 
 // MMDetection's min_bbox_size filter, measured in original image pixels
