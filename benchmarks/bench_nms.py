@@ -1,0 +1,200 @@
+"""NMS: single-class nms and 80-class batched_nms over K boxes (reference,
+torchvision.ops when importable, gflops), and the GFL post-process over a
+batch (reference eager, torch.compile(reference), gflops.multiclass_nms).
+
+    python -m benchmarks.bench_nms [--device cuda] [--budget-gib 8]
+
+torchvision's wheels are built against the CUDA build of torch, so with a
+CPU-only torch the provider is skipped (the reason is printed); the numbers
+under benchmarks/results/ come from a separate virtualenv with
+torch==2.14.1 and torchvision==0.29.2 (README, "Benchmarks"). The reference
+nms builds a K x K IoU matrix; where that passes the budget it is not run.
+"""
+import argparse
+import sys
+import time
+
+import torch
+
+import gflops
+from benchmarks.harness import RESULTS, copy_gbps, device_tag, peak_mb, sync, write_results
+from benchmarks.bench_assign import anchors_for
+from reference import nms as ref
+
+KS = (1_000, 10_000, 100_000, 200_000)
+CLASSES = 80
+BATCH = 16
+IMAGE = (800, 1333)
+SLOW_S = 10.0  # a provider whose first call takes longer is timed once, without a memory profile
+
+
+def torchvision_ops():
+    try:
+        import torchvision.ops as tv
+        tv.nms(torch.zeros(1, 4), torch.zeros(1), 0.5)
+        return tv, ""
+    except Exception as e:  # not installed, or built for another torch
+        return None, f"torchvision.ops unavailable ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+
+
+def random_boxes(k, device, seed=0):
+    """Uniform boxes: corner in [0, 1000)^2, sides in [0, 100); uniform scores."""
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(k, 2, generator=g) * 1000
+    boxes = torch.cat([xy, xy + torch.rand(k, 2, generator=g) * 100], 1)
+    return boxes.to(device), torch.rand(k, generator=g).to(device), torch.randint(0, CLASSES, (k,), generator=g).to(device)
+
+
+def measure(fn, device, budget_s=3.0, max_iters=20):
+    """(median ms, peak MiB or None, result, runs)."""
+    t0 = time.perf_counter()
+    out = fn()
+    sync(device)
+    first = time.perf_counter() - t0
+    if first > SLOW_S:
+        return first * 1e3, None, out, 1
+    times, start = [], time.perf_counter()
+    while len(times) < 3 or (time.perf_counter() - start < budget_s and len(times) < max_iters):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return sorted(times)[len(times) // 2], peak_mb(fn, device), out, len(times)
+
+
+def _row(rows, base, **row):
+    ms = row.get("median_ms")
+    if ms is not None:
+        for other in ("reference", "torchvision", "compile"):
+            if other in base and row["provider"] != other:
+                row[f"vs_{other}"] = base[other] / ms
+    rows.append(row)
+    peak = row.get("peak_mib")
+    print(f"{row['case']} {row['provider']}: " + (f"{ms:.2f} ms" if ms is not None else row["note"]) +
+          (f", peak {peak:.1f} MiB" if peak is not None else ""), file=sys.stderr)
+
+
+def run_single(device, budget_gib, tv, rows):
+    for batched in (False, True):
+        for k in KS:
+            boxes, scores, idxs = random_boxes(k, device)
+            case = f"{'batched_nms 80 classes' if batched else 'nms'} K={k}"
+            providers = {"reference": (ref.batched_nms, ref.nms), "gflops": (gflops.batched_nms, gflops.nms)}
+            if tv is not None:
+                providers = {"reference": providers["reference"], "torchvision": (tv.batched_nms, tv.nms),
+                             "gflops": providers["gflops"]}
+            base, want = {}, None
+            for prov, (fb, fs) in providers.items():
+                row = dict(case=case, provider=prov, median_ms=None, peak_mib=None, runs=0, kept=None, note="")
+                if prov == "reference" and k * k * 6 > budget_gib * 2**30:
+                    row["note"] = f"not run: its K x K IoU matrix needs ~{k * k * 6 / 2**30:.0f} GiB"
+                    _row(rows, base, **row)
+                    continue
+                call = (lambda: fb(boxes, scores, idxs, 0.5)) if batched else (lambda: fs(boxes, scores, 0.5))
+                ms, mib, out, n = measure(call, device)
+                want = out if want is None else want
+                base[prov] = ms
+                row.update(median_ms=ms, peak_mib=mib, runs=n, kept=int(out.numel()),
+                           note=("" if torch.equal(out.cpu(), want.cpu()) else "KEPT SET DIFFERS") +
+                           ("" if mib is not None else f" one call ({ms / 1e3:.0f} s), memory not profiled"))
+                _row(rows, base, **row)
+
+
+def head_batch(device, seed=0):
+    """Raw GFL head outputs of BATCH 1333x800 images, 80 classes: logits ~ N(-6, 2)
+    put ~6% of the (anchor, class) pairs above score_thr (more than nms_pre on
+    the large levels), distribution logits ~ N(0, 2)."""
+    h, w = IMAGE
+    ph, pw = -(-h // 32) * 32, -(-w // 32) * 32
+    from reference.gfl import anchors
+    strides = (8, 16, 32, 64, 128)
+    points, st, _, sizes = anchors([(-(-ph // s), -(-pw // s)) for s in strides], device)
+    g = torch.Generator().manual_seed(seed)
+    n = points.shape[0]
+    cls = (torch.randn(BATCH, n, CLASSES, generator=g) * 2 - 6).to(device)
+    reg = (torch.randn(BATCH, n, 68, generator=g) * 2).to(device)
+    shapes = torch.tensor([[h, w]] * BATCH, dtype=torch.float32, device=device)
+    return cls, reg, points, st, list(sizes), shapes
+
+
+def run_post(device, rows):
+    cls, reg, points, st, sizes, shapes = head_batch(device)
+    case = f"multiclass_nms B={BATCH} N={points.shape[0]} C={CLASSES}"
+    shape_list = shapes.tolist()
+
+    def reference():
+        return ref.multiclass_nms(cls, reg, points, st, sizes, shape_list)
+
+    compiled = torch.compile(ref.multiclass_nms, dynamic=True)
+    providers = {"reference": reference, "compile": lambda: compiled(cls, reg, points, st, sizes, shape_list),
+                 "gflops": lambda: gflops.multiclass_nms(cls, reg, points, st, sizes, shapes)}
+    base, want = {}, None
+    for prov, fn in providers.items():
+        row = dict(case=case, provider=prov, median_ms=None, peak_mib=None, runs=0, kept=None, note="")
+        try:
+            ms, mib, out, n = measure(fn, device)
+        except Exception as e:  # torch.compile of the Python loops may not compile
+            row["note"] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
+            _row(rows, base, **row)
+            continue
+        want = out if want is None else want
+        same = torch.equal(out[3].cpu(), want[3].cpu()) and torch.equal(out[2].cpu(), want[2].cpu())
+        base[prov] = ms
+        row.update(median_ms=ms, peak_mib=mib, runs=n, kept=int(out[3].sum()),
+                   note="" if same else "DETECTIONS DIFFER from the reference")
+        _row(rows, base, **row)
+
+
+def plot(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    for ax, kind in zip(axes[:2], ("nms K=", "batched_nms 80 classes K=")):
+        for prov, style in (("reference", "o-"), ("torchvision", "s--"), ("gflops", "^-")):
+            pts = [(int(r["case"].split("K=")[1]), r["median_ms"]) for r in rows
+                   if r["case"].startswith(kind) and r["provider"] == prov and r["median_ms"]]
+            if pts:
+                ax.plot(*zip(*pts), style, label=prov)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("boxes K")
+        ax.set_ylabel("median time (ms)")
+        ax.set_title(kind.replace(" K=", "") + " (uniform random boxes)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    post = [r for r in rows if r["case"].startswith("multiclass_nms") and r["median_ms"]]
+    axes[2].bar([r["provider"] for r in post], [r["median_ms"] for r in post])
+    axes[2].set_yscale("log")
+    axes[2].set_ylabel("median time (ms)")
+    axes[2].set_title(f"GFL post-process, B={BATCH}, 80 classes, 1333x800")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--budget-gib", type=float, default=8.0, help="skip the reference where its K x K matrix passes this")
+    p.add_argument("--skip-single", action="store_true", help="only the post-process")
+    a = p.parse_args(argv)
+    device = torch.device(a.device)
+    tv, why = torchvision_ops()
+    if tv is None:
+        print(f"torchvision provider skipped: {why}", file=sys.stderr)
+    rows = []
+    if not a.skip_single:
+        run_single(device, a.budget_gib, tv, rows)
+    run_post(device, rows)
+    meta = dict(device=str(device), torch=torch.__version__, threads=torch.get_num_threads(),
+                copy_gbps=copy_gbps(device), torchvision=why or "used", iou_threshold=0.5,
+                note="vs_* are speedups (x) of this row over that provider; peak is allocator memory during one call")
+    table = write_results("nms", device, rows, meta)
+    plot(rows, RESULTS / f"nms_{device_tag(device)}.png")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
