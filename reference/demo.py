@@ -91,6 +91,25 @@ def train_and_eval(py, preset, ops, device, seed, wd, iters=None, dtype="float32
     return hist, summary, ev, dets
 
 
+def post_process_swap(py, wd, device):
+    """The reference-ops checkpoint of `wd` evaluated again with --ops gflops:
+    only the post-process changes (gflops.multiclass_nms, one op for the
+    batch), so the detections must be the reference's, record by record."""
+    out = wd / "swap" / "eval.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _run([py, "-m", "reference.evaluate", "--checkpoint", str(wd / "latest.pth"), "--device", device, "--ops",
+          "gflops", "--out", str(out)])
+    ref_ev, ev = json.loads((wd / "eval.json").read_text()), json.loads(out.read_text())
+    a, b = json.loads((wd / "detections.json").read_text()), json.loads(out.with_name("detections.json").read_text())
+    same = len(a) == len(b) and all(x["image_id"] == y["image_id"] and x["category_id"] == y["category_id"]
+                                    for x, y in zip(a, b))
+    return dict(detections=len(a), same_labels_and_order=same,
+                max_box_diff=max((abs(u - v) for x, y in zip(a, b) for u, v in zip(x["bbox"], y["bbox"])), default=0.0),
+                max_score_diff=max((abs(x["score"] - y["score"]) for x, y in zip(a, b)), default=0.0),
+                same_cocoeval=ref_ev["stats"] == ev["stats"],
+                postprocess_ms_per_img=(1e3 * ref_ev["postprocess_s_per_img"], 1e3 * ev["postprocess_s_per_img"]))
+
+
 LOSS_KEYS = ("loss_cls", "loss_bbox", "loss_dfl", "loss")
 
 
@@ -166,6 +185,7 @@ def main(argv=None):
                          step_ms=1e3 * summary["median_step_s"], postprocess_ms_per_img=1e3 * ev["postprocess_s_per_img"],
                          peak_mem_mib=summary["peak_mem_mib"],
                          from_gflops=",".join(k for k, v in summary["ops"].items() if v == "gflops") or "-"))
+    swap = post_process_swap(py, work / "reference", a.device)
     for ops in ("reference", "gflops"):
         f64[ops] = train_and_eval(py, preset, ops, a.device, a.seed, work / f"{ops}_float64", a.float64_iters,
                                   "float64")
@@ -207,6 +227,13 @@ def main(argv=None):
             f"One float32 pair of runs differs like two seeds (sums in another order drift apart), so this AP\n"
             f"pair is not evidence either way: see seed_spread_{tag}.md for AP over seeds per backend, and the\n"
             f"float64 run below for the exact check. Loss curves: {png.name}\n\n"
+            f"## The post-process alone: reference vs gflops.multiclass_nms\n\n"
+            f"The reference-ops float32 model evaluated again with `--ops gflops` (only the post-process\n"
+            f"changes): {swap['detections']} detections, labels and order "
+            f"{'identical' if swap['same_labels_and_order'] else 'DIFFERENT'}, largest box difference "
+            f"{swap['max_box_diff']:.1e} px, largest score difference {swap['max_score_diff']:.1e}; COCOeval "
+            f"{'identical' if swap['same_cocoeval'] else 'DIFFERENT'}; post-process "
+            f"{swap['postprocess_ms_per_img'][0]:.1f} -> {swap['postprocess_ms_per_img'][1]:.1f} ms per image.\n\n"
             f"## Same function: float64, {same['iters']} iterations, seed {a.seed}\n\n"
             f"Trained from the same seed in float64 with `--ops reference` and `--ops gflops`:\n"
             f"- largest relative difference of any loss term at any iteration: {same['worst_rel_loss_diff']:.1e} "
@@ -223,8 +250,9 @@ def main(argv=None):
             f"`losses` is the loss forward after assignment plus its own backward (to the head outputs);\n"
             f"`backward` is the network's. Plot: {stages_png.name}\n")
     (RESULTS / f"demo_{tag}.md").write_text(text)
-    (RESULTS / f"demo_{tag}.json").write_text(json.dumps(dict(float32=rows, float64=same, train_stages=train_stages,
-                                                              eval_stages=eval_stages), indent=2))
+    (RESULTS / f"demo_{tag}.json").write_text(json.dumps(dict(float32=rows, float64=same, post_process_swap=swap,
+                                                              train_stages=train_stages, eval_stages=eval_stages),
+                                                         indent=2))
     print(text)
 
 

@@ -3,11 +3,12 @@
 //
 // Greedy NMS goes through the boxes in score order in blocks of kNmsBlock:
 // within a block one box after another (each kept box suppresses the rest
-// of its block), then the block's kept boxes suppress every later box, in
-// parallel over chunks of kNmsChunk. Each step is one vectorised sweep of
-// IoUs over structure-of-arrays coordinates, so the work is (kept x later)
-// IoUs at SIMD width with no K x K matrix: memory is O(K). batched_nms runs
-// this per class (the classes' runs are independent, so in parallel).
+// of its block), then the block's kept boxes suppress the later boxes, in
+// parallel over chunks of kNmsChunk. In a chunk the boxes are sorted by x1,
+// so a kept box sweeps only the boxes whose x-range can meet its own (two
+// binary searches); each sweep is a vectorised pass of IoUs over
+// structure-of-arrays coordinates. No K x K matrix: memory is O(K).
+// batched_nms runs this per class (independent runs, so in parallel).
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -25,7 +26,7 @@ namespace gflops {
 namespace {
 
 constexpr int64_t kNmsBlock = 256;
-constexpr int64_t kNmsChunk = 4096;
+constexpr int64_t kNmsChunk = 2048;
 
 template <typename acc_t> struct BoxColumns {
   std::vector<acc_t> x1, y1, x2, y2;
@@ -44,31 +45,101 @@ GF_CPU_CLONES_EXACT void suppress_by(const acc_t* x1, const acc_t* y1, const acc
   }
 }
 
+// The later boxes of the cross pass, chunk by chunk, sorted by x1 within
+// each chunk. Only boxes of positive width and height are here: any other
+// box has zero intersection with everything (IoU 0, or NaN), so it can be
+// neither suppressed nor suppress. A kept box k can only suppress a box j
+// with x1_j < x2_k and x2_j > x1_k, i.e. x1_j in (x1_k - wmax, x2_k) for the
+// chunk's widest box wmax: two binary searches cut the sweep to that range,
+// a superset of the boxes that overlap k, so the result is unchanged.
+template <typename acc_t> struct SweepChunks {
+  std::vector<acc_t> x1, y1, x2, y2;
+  std::vector<int64_t> pos;     // position in score order
+  std::vector<uint8_t> alive;   // the cross pass's flags, in this order
+  std::vector<int64_t> inv;     // position -> index here, or -1
+  std::vector<int64_t> start;   // chunk c: [start[c], start[c + 1])
+  std::vector<double> wmax;
+
+  SweepChunks(const acc_t* bx1, const acc_t* by1, const acc_t* bx2, const acc_t* by2, const uint8_t* alive0,
+              int64_t n)
+      : inv(n, -1) {
+    std::vector<int64_t> idx;
+    start.push_back(0);
+    for (int64_t c0 = 0; c0 < n; c0 += kNmsChunk) {
+      idx.clear();
+      double w = 0.0;
+      for (int64_t i = c0; i < std::min(n, c0 + kNmsChunk); ++i)
+        if (bx2[i] > bx1[i] && by2[i] > by1[i]) {
+          idx.push_back(i);
+          w = std::max(w, static_cast<double>(bx2[i]) - static_cast<double>(bx1[i]));
+        }
+      std::sort(idx.begin(), idx.end(), [&](int64_t a, int64_t b) { return bx1[a] < bx1[b] || (bx1[a] == bx1[b] && a < b); });
+      for (const int64_t i : idx) {
+        inv[i] = static_cast<int64_t>(pos.size());
+        pos.push_back(i);
+        x1.push_back(bx1[i]);
+        y1.push_back(by1[i]);
+        x2.push_back(bx2[i]);
+        y2.push_back(by2[i]);
+        alive.push_back(alive0[i]);
+      }
+      start.push_back(static_cast<int64_t>(pos.size()));
+      wmax.push_back(w);
+    }
+  }
+};
+
+// alive[t] &= !(pos[t] >= from && IoU(a, box t) > thr) for t in [t0, t1).
+template <typename acc_t>
+GF_CPU_CLONES_EXACT void suppress_sorted(const SweepChunks<acc_t>& sc, gf::Box4<acc_t> a, int64_t t0, int64_t t1,
+                                         int64_t from, acc_t thr, uint8_t* alive) {
+  const acc_t *x1 = sc.x1.data(), *y1 = sc.y1.data(), *x2 = sc.x2.data(), *y2 = sc.y2.data();
+  const int64_t* pos = sc.pos.data();
+#pragma omp simd
+  for (int64_t t = t0; t < t1; ++t) {
+    const gf::Box4<acc_t> b{x1[t], y1[t], x2[t], y2[t]};
+    const bool hit = pos[t] >= from && gf::nms_suppresses(a, b, thr);
+    alive[t] = static_cast<uint8_t>(alive[t] & static_cast<uint8_t>(!hit));
+  }
+}
+
 // Greedy NMS over boxes [0, n) of the columns, in order. alive: 1 for a box
 // that may be kept (0 for NaN scores); on return 1 exactly for kept boxes.
 template <typename acc_t>
 void greedy(const acc_t* x1, const acc_t* y1, const acc_t* x2, const acc_t* y2, int64_t n, acc_t thr,
             uint8_t* alive, bool parallel) {
+  SweepChunks<acc_t> sc(x1, y1, x2, y2, alive, n);
+  const int64_t chunks = static_cast<int64_t>(sc.wmax.size());
   std::vector<int64_t> kept;
   kept.reserve(kNmsBlock);
   for (int64_t s = 0; s < n; s += kNmsBlock) {
     const int64_t e = std::min(n, s + kNmsBlock);
+    for (int64_t i = s; i < e; ++i)
+      if (sc.inv[i] >= 0) alive[i] = sc.alive[sc.inv[i]];
     kept.clear();
     for (int64_t i = s; i < e; ++i) {
       if (!alive[i]) continue;
-      kept.push_back(i);
       suppress_by(x1, y1, x2, y2, i, i + 1, e, thr, alive);
+      if (sc.inv[i] >= 0) kept.push_back(i);  // only these can suppress anything
     }
     if (kept.empty() || e == n) continue;
-    const int64_t chunks = (n - e + kNmsChunk - 1) / kNmsChunk;
+    const int64_t c_first = e / kNmsChunk;
     auto apply = [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c) {
-        const int64_t j0 = e + c * kNmsChunk, j1 = std::min(n, j0 + kNmsChunk);
-        for (const int64_t k : kept) suppress_by(x1, y1, x2, y2, k, j0, j1, thr, alive);
+      for (int64_t c = c_first + c0; c < c_first + c1; ++c) {
+        const acc_t* cx = sc.x1.data();
+        for (const int64_t k : kept) {
+          const double lo = static_cast<double>(x1[k]) - sc.wmax[c];
+          const double bound = lo - 1e-6 * (std::abs(lo) + sc.wmax[c]);  // slack: a superset is safe
+          const int64_t t0 = std::lower_bound(cx + sc.start[c], cx + sc.start[c + 1], bound,
+                                              [](acc_t v, double b) { return static_cast<double>(v) < b; }) - cx;
+          const int64_t t1 = std::lower_bound(cx + t0, cx + sc.start[c + 1], x2[k]) - cx;
+          suppress_sorted(sc, gf::Box4<acc_t>{x1[k], y1[k], x2[k], y2[k]}, t0, t1, e, thr, sc.alive.data());
+        }
       }
     };
-    if (parallel && chunks > 1) at::parallel_for(0, chunks, 1, apply);
-    else apply(0, chunks);
+    const int64_t todo = chunks - c_first;
+    if (parallel && todo > 1) at::parallel_for(0, todo, 1, apply);
+    else apply(0, todo);
   }
 }
 
