@@ -1,10 +1,10 @@
 """All benchmarks in one run: `python -m benchmarks [--device cuda] [--size ...] [--dtype ...]`.
 
-The assignment benchmark sweeps its own sizes (batch x GTs per image) and
-takes only --device."""
+The assignment and NMS benchmarks sweep their own sizes and take only
+--device."""
 import sys
 
-from benchmarks import bench_assign, bench_boxes, bench_losses
+from benchmarks import bench_assign, bench_boxes, bench_losses, bench_nms
 
 
 def _device_args(argv):
@@ -21,3 +21,4 @@ if __name__ == "__main__":
     for bench in (bench_losses, bench_boxes):
         bench.main(sys.argv[1:])
     bench_assign.main(_device_args(sys.argv[1:]))
+    bench_nms.main(_device_args(sys.argv[1:]))

@@ -64,10 +64,11 @@ def measure(fn, device, budget_s=3.0, max_iters=20):
 
 def _row(rows, base, **row):
     ms = row.get("median_ms")
-    if ms is not None:
-        for other in ("reference", "torchvision", "compile"):
-            if other in base and row["provider"] != other:
-                row[f"vs_{other}"] = base[other] / ms
+    for other in ("reference", "torchvision", "compile"):
+        ok = ms is not None and other in base and row["provider"] != other
+        row[f"vs_{other}"] = base[other] / ms if ok else None
+    note = row.pop("note")
+    row["note"] = note
     rows.append(row)
     peak = row.get("peak_mib")
     print(f"{row['case']} {row['provider']}: " + (f"{ms:.2f} ms" if ms is not None else row["note"]) +
@@ -132,6 +133,11 @@ def run_post(device, rows):
     for prov, fn in providers.items():
         row = dict(case=case, provider=prov, median_ms=None, peak_mib=None, runs=0, kept=None, note="")
         try:
+            warm = ""
+            if prov == "compile":  # compilation is not the op's time: one untimed call first
+                t0 = time.perf_counter()
+                fn()
+                warm = f"first call (compiling) {time.perf_counter() - t0:.0f} s; "
             ms, mib, out, n = measure(fn, device)
         except Exception as e:  # torch.compile of the Python loops may not compile
             row["note"] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
@@ -141,7 +147,7 @@ def run_post(device, rows):
         same = torch.equal(out[3].cpu(), want[3].cpu()) and torch.equal(out[2].cpu(), want[2].cpu())
         base[prov] = ms
         row.update(median_ms=ms, peak_mib=mib, runs=n, kept=int(out[3].sum()),
-                   note="" if same else "DETECTIONS DIFFER from the reference")
+                   note=warm + ("" if same else "DETECTIONS DIFFER from the reference"))
         _row(rows, base, **row)
 
 

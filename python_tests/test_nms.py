@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import gflops
-from conftest import ops
+from conftest import needs_emu, ops
+from gflops import _ops, emulation
 from nms_cases import clustered_boxes, degenerate_boxes, greedy, head_outputs, random_boxes
 from reference import nms as ref
 from reference.ops import Ops
@@ -75,9 +76,11 @@ def test_nms_100k_clusters_keep_each_cluster_best():
 
 
 def test_nms_100k_random_matches_blocked_oracle():
-    """100k random boxes on a 1000 x 1000 canvas, against a blocked torch form of
-    the greedy loop (the kept boxes so far against 1024 candidates at a time)."""
-    boxes, scores = random_boxes(100_000, 9, canvas=1000, max_size=120)
+    """100k random boxes of sides 40-80 on a 300 x 300 canvas, against a blocked
+    torch form of the greedy loop (the kept boxes so far against 1024
+    candidates at a time)."""
+    boxes, scores = random_boxes(100_000, 9, canvas=300, max_size=40)
+    boxes[:, 2:] += 40
     order = torch.argsort(-scores, stable=True)
     b = boxes[order]
     kept = torch.zeros(0, 4)
@@ -346,3 +349,27 @@ def test_reference_ops_switch_takes_them():
     o = Ops("gflops")
     for name in ("nms", "batched_nms", "multiclass_nms"):
         assert getattr(o, name) is getattr(gflops, name) and o.sources[name] == "gflops"
+
+
+@needs_emu
+def test_emulated_results_independent_of_block_order_and_grid():
+    """No result may depend on which block runs first or on the grid size."""
+    m = emulation.load()
+    boxes, scores = clustered_boxes(700, 4)
+    idxs = torch.arange(700) % 3
+    cls, reg, points, strides, sizes = head_outputs(3, FEATS, 5, seed=6)
+    shapes = torch.tensor(SHAPES[:3])
+    want = (greedy(boxes, scores, 0.5), greedy(boxes, scores, 0.5, idxs),
+            gflops.multiclass_nms(cls, reg, points, strides, sizes, shapes, nms_pre=300, max_per_img=50))
+    try:
+        with _ops.use("gflops_emu"):
+            for sms, shuffle, seed in [(1, False, 0), (5, True, 1), (2, True, 2)]:
+                m.set_num_sms(sms)
+                m.set_block_order(shuffle, seed)
+                assert torch.equal(gflops.nms(boxes, scores, 0.5), want[0])
+                assert torch.equal(gflops.batched_nms(boxes, scores, idxs, 0.5), want[1])
+                got = gflops.multiclass_nms(cls, reg, points, strides, sizes, shapes, nms_pre=300, max_per_img=50)
+                assert_same_detections(got, want[2], torch.float32)
+    finally:
+        m.set_block_order(False, 0)
+        m.set_num_sms(3)

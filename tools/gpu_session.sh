@@ -30,6 +30,7 @@ for dt in float32 bfloat16; do
 done
 python3 -m benchmarks.bench_boxes --device cuda 2>&1 | tail -22
 python3 -m benchmarks.bench_assign --device cuda --budget-gib 40 2>&1 | tail -52
+python3 -m benchmarks.bench_nms --device cuda --budget-gib 40 2>&1 | tail -24
 # The detector demo needs pycocotools: carry its wheel in .whl (see the device tool's README).
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site

@@ -28,9 +28,14 @@ namespace {
 constexpr int64_t kNmsBlock = 256;
 constexpr int64_t kNmsChunk = 2048;
 
-template <typename acc_t> struct BoxColumns {
-  std::vector<acc_t> x1, y1, x2, y2;
-  explicit BoxColumns(int64_t n) : x1(n), y1(n), x2(n), y2(n) {}
+// Scratch arrays as CPU tensors (kept alive by the holder), so that the
+// allocator, and with it the profiler's peak memory, sees every byte.
+struct Workspace {
+  std::vector<at::Tensor> held;
+  template <typename T> T* take(int64_t n) {
+    held.push_back(at::empty({std::max<int64_t>(n, 1) * static_cast<int64_t>(sizeof(T))}, at::kByte));
+    return reinterpret_cast<T*>(held.back().data_ptr<uint8_t>());
+  }
 };
 
 // alive[j] &= !(IoU(box k, box j) > thr) for j in [j0, j1).
@@ -53,37 +58,43 @@ GF_CPU_CLONES_EXACT void suppress_by(const acc_t* x1, const acc_t* y1, const acc
 // chunk's widest box wmax: two binary searches cut the sweep to that range,
 // a superset of the boxes that overlap k, so the result is unchanged.
 template <typename acc_t> struct SweepChunks {
-  std::vector<acc_t> x1, y1, x2, y2;
-  std::vector<int64_t> pos;     // position in score order
-  std::vector<uint8_t> alive;   // the cross pass's flags, in this order
-  std::vector<int64_t> inv;     // position -> index here, or -1
+  acc_t *x1, *y1, *x2, *y2;
+  int64_t* pos;     // position in score order
+  uint8_t* alive;   // the cross pass's flags, in this order
+  int64_t* inv;     // position -> index here, or -1
   std::vector<int64_t> start;   // chunk c: [start[c], start[c + 1])
   std::vector<double> wmax;
 
   SweepChunks(const acc_t* bx1, const acc_t* by1, const acc_t* bx2, const acc_t* by2, const uint8_t* alive0,
-              int64_t n)
-      : inv(n, -1) {
+              int64_t n, Workspace& ws)
+      : x1(ws.take<acc_t>(n)), y1(ws.take<acc_t>(n)), x2(ws.take<acc_t>(n)), y2(ws.take<acc_t>(n)),
+        pos(ws.take<int64_t>(n)), alive(ws.take<uint8_t>(n)), inv(ws.take<int64_t>(n)) {
     std::vector<int64_t> idx;
+    idx.reserve(kNmsChunk);
+    int64_t m = 0;
     start.push_back(0);
     for (int64_t c0 = 0; c0 < n; c0 += kNmsChunk) {
       idx.clear();
       double w = 0.0;
-      for (int64_t i = c0; i < std::min(n, c0 + kNmsChunk); ++i)
+      for (int64_t i = c0; i < std::min(n, c0 + kNmsChunk); ++i) {
+        inv[i] = -1;
         if (bx2[i] > bx1[i] && by2[i] > by1[i]) {
           idx.push_back(i);
           w = std::max(w, static_cast<double>(bx2[i]) - static_cast<double>(bx1[i]));
         }
-      std::sort(idx.begin(), idx.end(), [&](int64_t a, int64_t b) { return bx1[a] < bx1[b] || (bx1[a] == bx1[b] && a < b); });
-      for (const int64_t i : idx) {
-        inv[i] = static_cast<int64_t>(pos.size());
-        pos.push_back(i);
-        x1.push_back(bx1[i]);
-        y1.push_back(by1[i]);
-        x2.push_back(bx2[i]);
-        y2.push_back(by2[i]);
-        alive.push_back(alive0[i]);
       }
-      start.push_back(static_cast<int64_t>(pos.size()));
+      std::sort(idx.begin(), idx.end(),
+                [&](int64_t a, int64_t b) { return bx1[a] < bx1[b] || (bx1[a] == bx1[b] && a < b); });
+      for (const int64_t i : idx) {
+        inv[i] = m;
+        pos[m] = i;
+        x1[m] = bx1[i];
+        y1[m] = by1[i];
+        x2[m] = bx2[i];
+        y2[m] = by2[i];
+        alive[m++] = alive0[i];
+      }
+      start.push_back(m);
       wmax.push_back(w);
     }
   }
@@ -93,8 +104,8 @@ template <typename acc_t> struct SweepChunks {
 template <typename acc_t>
 GF_CPU_CLONES_EXACT void suppress_sorted(const SweepChunks<acc_t>& sc, gf::Box4<acc_t> a, int64_t t0, int64_t t1,
                                          int64_t from, acc_t thr, uint8_t* alive) {
-  const acc_t *x1 = sc.x1.data(), *y1 = sc.y1.data(), *x2 = sc.x2.data(), *y2 = sc.y2.data();
-  const int64_t* pos = sc.pos.data();
+  const acc_t *x1 = sc.x1, *y1 = sc.y1, *x2 = sc.x2, *y2 = sc.y2;
+  const int64_t* pos = sc.pos;
 #pragma omp simd
   for (int64_t t = t0; t < t1; ++t) {
     const gf::Box4<acc_t> b{x1[t], y1[t], x2[t], y2[t]};
@@ -108,7 +119,8 @@ GF_CPU_CLONES_EXACT void suppress_sorted(const SweepChunks<acc_t>& sc, gf::Box4<
 template <typename acc_t>
 void greedy(const acc_t* x1, const acc_t* y1, const acc_t* x2, const acc_t* y2, int64_t n, acc_t thr,
             uint8_t* alive, bool parallel) {
-  SweepChunks<acc_t> sc(x1, y1, x2, y2, alive, n);
+  Workspace ws;
+  SweepChunks<acc_t> sc(x1, y1, x2, y2, alive, n, ws);
   const int64_t chunks = static_cast<int64_t>(sc.wmax.size());
   std::vector<int64_t> kept;
   kept.reserve(kNmsBlock);
@@ -126,14 +138,14 @@ void greedy(const acc_t* x1, const acc_t* y1, const acc_t* x2, const acc_t* y2, 
     const int64_t c_first = e / kNmsChunk;
     auto apply = [&](int64_t c0, int64_t c1) {
       for (int64_t c = c_first + c0; c < c_first + c1; ++c) {
-        const acc_t* cx = sc.x1.data();
+        const acc_t* cx = sc.x1;
         for (const int64_t k : kept) {
           const double lo = static_cast<double>(x1[k]) - sc.wmax[c];
           const double bound = lo - 1e-6 * (std::abs(lo) + sc.wmax[c]);  // slack: a superset is safe
           const int64_t t0 = std::lower_bound(cx + sc.start[c], cx + sc.start[c + 1], bound,
                                               [](acc_t v, double b) { return static_cast<double>(v) < b; }) - cx;
           const int64_t t1 = std::lower_bound(cx + t0, cx + sc.start[c + 1], x2[k]) - cx;
-          suppress_sorted(sc, gf::Box4<acc_t>{x1[k], y1[k], x2[k], y2[k]}, t0, t1, e, thr, sc.alive.data());
+          suppress_sorted(sc, gf::Box4<acc_t>{x1[k], y1[k], x2[k], y2[k]}, t0, t1, e, thr, sc.alive);
         }
       }
     };
@@ -150,45 +162,45 @@ at::Tensor nms_impl(const NmsInputs& in) {
   // Descending score, equal scores by lower index (stable); NaN scores first, never kept.
   const at::Tensor order = std::get<1>(at::sort(in.scores, /*stable=*/true, /*dim=*/0, /*descending=*/true));
   const int64_t* ord = order.data_ptr<int64_t>();
+  Workspace ws;
   // pos[q]: the q-th box of the class-major order, as a position in score order.
-  std::vector<int64_t> pos(K);
+  int64_t* pos = ws.take<int64_t>(K);
   for (int64_t q = 0; q < K; ++q) pos[q] = q;
   std::vector<int64_t> seg{0};
   if (in.idxs.defined()) {
     const int64_t* idx = in.idxs.data_ptr<int64_t>();
-    std::stable_sort(pos.begin(), pos.end(), [&](int64_t a, int64_t b) { return idx[ord[a]] < idx[ord[b]]; });
+    std::stable_sort(pos, pos + K, [&](int64_t a, int64_t b) { return idx[ord[a]] < idx[ord[b]]; });
     for (int64_t q = 1; q < K; ++q)
       if (idx[ord[pos[q]]] != idx[ord[pos[q - 1]]]) seg.push_back(q);
   }
   seg.push_back(K);
   const at::Tensor nan_t = at::isnan(in.scores);
   const bool* nan = nan_t.data_ptr<bool>();
-  std::vector<uint8_t> alive(K);
+  uint8_t* alive = ws.take<uint8_t>(K);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.boxes.scalar_type(), "nms_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* bx = in.boxes.data_ptr<scalar_t>();
-    BoxColumns<acc_t> c(K);
+    acc_t *x1 = ws.take<acc_t>(K), *y1 = ws.take<acc_t>(K), *x2 = ws.take<acc_t>(K), *y2 = ws.take<acc_t>(K);
     for (int64_t q = 0; q < K; ++q) {
       const int64_t i = ord[pos[q]];
-      c.x1[q] = gf::cvt<acc_t>(bx[4 * i]);
-      c.y1[q] = gf::cvt<acc_t>(bx[4 * i + 1]);
-      c.x2[q] = gf::cvt<acc_t>(bx[4 * i + 2]);
-      c.y2[q] = gf::cvt<acc_t>(bx[4 * i + 3]);
+      x1[q] = gf::cvt<acc_t>(bx[4 * i]);
+      y1[q] = gf::cvt<acc_t>(bx[4 * i + 1]);
+      x2[q] = gf::cvt<acc_t>(bx[4 * i + 2]);
+      y2[q] = gf::cvt<acc_t>(bx[4 * i + 3]);
       alive[q] = !nan[i];
     }
     const acc_t thr = static_cast<acc_t>(in.iou_threshold);
     const int64_t segments = static_cast<int64_t>(seg.size()) - 1;
     auto run = [&](int64_t s, bool parallel) {
       const int64_t o = seg[s];
-      greedy(c.x1.data() + o, c.y1.data() + o, c.x2.data() + o, c.y2.data() + o, seg[s + 1] - o, thr,
-             alive.data() + o, parallel);
+      greedy(x1 + o, y1 + o, x2 + o, y2 + o, seg[s + 1] - o, thr, alive + o, parallel);
     };
     if (segments == 1) run(0, true);
     else at::parallel_for(0, segments, 1, [&](int64_t s0, int64_t s1) {
       for (int64_t s = s0; s < s1; ++s) run(s, false);
     });
   });
-  std::vector<uint8_t> kept_at(K);
+  uint8_t* kept_at = ws.take<uint8_t>(K);
   for (int64_t q = 0; q < K; ++q) kept_at[pos[q]] = alive[q];
   int64_t n = 0;
   for (int64_t p = 0; p < K; ++p) n += kept_at[p];
@@ -239,23 +251,37 @@ GF_CPU_CLONES_EXACT void multiclass_image(const MulticlassInputs& in, int64_t b,
   const acc_t thr = static_cast<acc_t>(in.score_thr), floor = static_cast<acc_t>(gf::logit_floor(in.score_thr));
   const acc_t iou_thr = static_cast<acc_t>(in.iou_threshold), min_size = static_cast<acc_t>(in.min_bbox_size);
 
-  std::vector<Candidate<acc_t>> cands, level;
+  // Per level a buffer of 2 nms_pre candidates: when full, the best nms_pre
+  // stay (nth_element under the strict order `ahead`), so memory is bounded
+  // by nms_pre however many pairs pass score_thr, and the result is the
+  // level's exact top nms_pre.
+  Workspace ws;
+  const int64_t M = in.slot_start.back();
+  auto* cands = ws.take<Candidate<acc_t>>(M);
+  auto* level = ws.take<Candidate<acc_t>>(2 * in.nms_pre);
+  int64_t count = 0;
   for (size_t l = 0; l + 1 < in.level_start.size(); ++l) {
     const int64_t f0 = in.level_start[l] * C, f1 = in.level_start[l + 1] * C;
-    level.clear();
+    int64_t n = 0;
     for (int64_t f = f0; f < f1; ++f) {
       acc_t s;
-      if (gf::candidate_score(gf::cvt<acc_t>(cls[f]), floor, thr, s)) level.push_back({s, f});
+      if (!gf::candidate_score(gf::cvt<acc_t>(cls[f]), floor, thr, s)) continue;
+      level[n++] = {s, f};
+      if (n == 2 * in.nms_pre) {
+        std::nth_element(level, level + in.nms_pre, level + n, ahead<acc_t>);
+        n = in.nms_pre;
+      }
     }
-    if (static_cast<int64_t>(level.size()) > in.nms_pre) {
-      std::nth_element(level.begin(), level.begin() + in.nms_pre, level.end(), ahead<acc_t>);
-      level.resize(in.nms_pre);
+    if (n > in.nms_pre) {
+      std::nth_element(level, level + in.nms_pre, level + n, ahead<acc_t>);
+      n = in.nms_pre;
     }
-    cands.insert(cands.end(), level.begin(), level.end());
+    std::copy(level, level + n, cands + count);
+    count += n;
   }
-  std::vector<gf::Box4<acc_t>> boxes(cands.size());
-  size_t kept_cands = 0;
-  for (size_t i = 0; i < cands.size(); ++i) {
+  auto* boxes = ws.take<gf::Box4<acc_t>>(count);
+  int64_t kept_cands = 0;
+  for (int64_t i = 0; i < count; ++i) {
     const int64_t a = cands[i].flat / C;
     const gf::Box4<acc_t> box = gf::candidate_box<acc_t>(reg + a * 4 * n1, static_cast<int>(n1), pts[2 * a],
                                                          pts[2 * a + 1], st[a], h, w);
@@ -263,18 +289,19 @@ GF_CPU_CLONES_EXACT void multiclass_image(const MulticlassInputs& in, int64_t b,
     cands[kept_cands] = cands[i];
     boxes[kept_cands++] = box;
   }
-  std::vector<int64_t> order(kept_cands);
-  for (size_t i = 0; i < kept_cands; ++i) order[i] = static_cast<int64_t>(i);
-  std::sort(order.begin(), order.end(), [&](int64_t x, int64_t y) { return ahead(cands[x], cands[y]); });
+  int64_t* order = ws.take<int64_t>(kept_cands);
+  for (int64_t i = 0; i < kept_cands; ++i) order[i] = i;
+  std::sort(order, order + kept_cands, [&](int64_t x, int64_t y) { return ahead(cands[x], cands[y]); });
 
   // Greedy over the sorted candidates; only the first max_per_img kept boxes
   // matter, so a candidate is checked against at most that many.
   auto* ob = static_cast<acc_t*>(out.boxes) + b * in.max_per_img * 4;
   auto* os = static_cast<acc_t*>(out.scores) + b * in.max_per_img;
   int64_t* ol = out.labels + b * in.max_per_img;
-  std::vector<gf::Box4<acc_t>> kept;
+  std::vector<gf::Box4<acc_t>> kept;  // at most max_per_img
   std::vector<int64_t> kept_label;
-  for (const int64_t i : order) {
+  for (int64_t r = 0; r < kept_cands; ++r) {
+    const int64_t i = order[r];
     if (static_cast<int64_t>(kept.size()) == in.max_per_img) break;
     const int64_t label = cands[i].flat % C;
     bool alive = true;
