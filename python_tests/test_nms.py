@@ -112,6 +112,13 @@ def test_nms_nan_boxes_do_not_crash(device):
     keep = gflops.nms(boxes.to(device), scores.to(device), 0.5).cpu()
     assert keep.numel() <= 100 and (keep >= 0).all() and (keep < 100).all()
     assert set(range(0, 100, 3)) <= set(keep.tolist())  # a NaN box overlaps nothing
+    # Infinite boxes: inter = inf, union = inf + inf - inf = NaN; clamp(min=eps) keeps the NaN, so no suppression.
+    inf = float("inf")
+    boxes = torch.tensor([[0, 0, inf, 10], [1, 0, inf, 10], [0, 0, 5, 5.0]])
+    scores = torch.tensor([1.0, 0.5, 0.2])
+    want = ref.nms(boxes, scores, 0.5)
+    assert want.tolist() == [0, 1, 2] and torch.equal(greedy(boxes, scores, 0.5), want)
+    assert torch.equal(gflops.nms(boxes.to(device), scores.to(device), 0.5).cpu(), want)
 
 
 @pytest.mark.parametrize("change,message", [
@@ -206,6 +213,18 @@ def test_multiclass_matches_reference(device, dtype):
         assert_same_detections(got, want, dtype)
 
 
+def test_multiclass_huge_nms_pre(device):
+    """nms_pre far above the pair count (no overflow, no huge buffer): all pairs compete."""
+    cls, reg, points, strides, sizes = head_outputs(2, FEATS, 3, seed=3)
+    t = lambda x: x.to(device)  # noqa: E731
+    args = (t(cls), t(reg), t(points), t(strides), sizes, t(torch.tensor(SHAPES[:2])))
+    want = gflops.multiclass_nms(*args, nms_pre=10**6, max_per_img=300)
+    for nms_pre in (2**40, 2**62):
+        got = gflops.multiclass_nms(*args, nms_pre=nms_pre, max_per_img=300)
+        for x, y in zip(got, want):
+            assert torch.equal(x, y)
+
+
 def test_multiclass_cases_are_exercised():
     """The inputs above do reach each regime: more than nms_pre candidates per
     level, more than max_per_img survivors, and an empty image."""
@@ -236,6 +255,7 @@ def test_multiclass_nan_logits_are_never_candidates(device):
     cls[0, ::2] = float("nan")
     reg[1, ::3] = float("nan")  # NaN boxes fail the size test
     reg[1, 1::3, 5] = float("inf")  # so do boxes with a +inf logit (softmax is NaN there)
+    reg[0, 1::4, 17:34] = -float("inf")  # and a side whose logits are all -inf
     got, want = _run_both(device, cls, reg, points, strides, sizes)
     assert_same_detections(got, want, torch.float32)
     assert not torch.isnan(got[0]).any() and not torch.isnan(got[1]).any()

@@ -33,12 +33,13 @@ template <typename T> GF_HD Overlap<T> overlap(const Box4<T>& a, const Box4<T>& 
   o.area_a = box_area(a);
   o.area_b = box_area(b);
   o.uni = o.area_a + o.area_b - o.inter;
-  o.uni_c = gmax(o.uni, eps);
+  // clamp(min=eps) as torch has it: a NaN union (inf - inf) stays NaN.
+  o.uni_c = o.uni < eps ? eps : o.uni;
   o.iou = o.inter / o.uni_c;
   o.ew = gmax(gmax(a.x2, b.x2) - gmin(a.x1, b.x1), T(0));
   o.eh = gmax(gmax(a.y2, b.y2) - gmin(a.y1, b.y1), T(0));
   o.enc = mul_rn(o.ew, o.eh);
-  o.enc_c = gmax(o.enc, eps);
+  o.enc_c = o.enc < eps ? eps : o.enc;
   o.giou = o.iou - (o.enc_c - o.uni_c) / o.enc_c;
   return o;
 }

@@ -45,14 +45,20 @@ template <typename T> GF_HD T clamp_keep_nan(T v, T hi) { return v != v ? v : gm
 // decoded at (px, py) with the stride and clamped to [0, w] x [0, h], then
 // rounded to the logits' dtype: exactly what decode_distribution returns
 // (float16 boxes stay float16-exact, as in a float16 model).
-// A NaN or +inf logit makes the box NaN (softmax gives NaN there), checked
-// up front because the CPU's vectorisable exp does not carry NaN through.
+// A NaN or +inf logit, or a side whose logits are all -inf, makes the box
+// NaN (softmax gives NaN there), checked up front because the CPU's
+// vectorisable exp does not carry NaN through.
 template <typename T, typename scalar_t>
 GF_HD Box4<T> candidate_box(const scalar_t* x, int n1, T px, T py, T stride, T h, T w) {
   bool bad = false;
-  for (int k = 0; k < 4 * n1; ++k) {
-    const T v = cvt<T>(x[k]);
-    bad = bad || v != v || v == T(INFINITY);
+  for (int k = 0; k < 4; ++k) {
+    bool all_neg_inf = true;
+    for (int b = 0; b < n1; ++b) {
+      const T v = cvt<T>(x[k * n1 + b]);
+      bad = bad || v != v || v == T(INFINITY);
+      all_neg_inf = all_neg_inf && v == -T(INFINITY);
+    }
+    bad = bad || all_neg_inf;
   }
   if (bad) return Box4<T>{T(NAN), T(NAN), T(NAN), T(NAN)};
   const Box4<T> b = decode_forward<T>(x, n1, px, py, stride, false, h, w);

@@ -251,14 +251,19 @@ GF_CPU_CLONES_EXACT void multiclass_image(const MulticlassInputs& in, int64_t b,
   const acc_t thr = static_cast<acc_t>(in.score_thr), floor = static_cast<acc_t>(gf::logit_floor(in.score_thr));
   const acc_t iou_thr = static_cast<acc_t>(in.iou_threshold), min_size = static_cast<acc_t>(in.min_bbox_size);
 
-  // Per level a buffer of 2 nms_pre candidates: when full, the best nms_pre
+  // Per level a buffer of 2 nms_pre candidates (or the level's pairs, if
+  // fewer): when full, the best nms_pre
   // stay (nth_element under the strict order `ahead`), so memory is bounded
   // by nms_pre however many pairs pass score_thr, and the result is the
   // level's exact top nms_pre.
   Workspace ws;
   const int64_t M = in.slot_start.back();
   auto* cands = ws.take<Candidate<acc_t>>(M);
-  auto* level = ws.take<Candidate<acc_t>>(2 * in.nms_pre);
+  int64_t most = 0;  // the largest level's (anchor, class) pairs
+  for (size_t l = 0; l + 1 < in.level_start.size(); ++l)
+    most = std::max(most, (in.level_start[l + 1] - in.level_start[l]) * C);
+  const int64_t keep = std::min(in.nms_pre, most), cap = std::min(2 * keep, most);
+  auto* level = ws.take<Candidate<acc_t>>(cap);
   int64_t count = 0;
   for (size_t l = 0; l + 1 < in.level_start.size(); ++l) {
     const int64_t f0 = in.level_start[l] * C, f1 = in.level_start[l + 1] * C;
@@ -267,14 +272,14 @@ GF_CPU_CLONES_EXACT void multiclass_image(const MulticlassInputs& in, int64_t b,
       acc_t s;
       if (!gf::candidate_score(gf::cvt<acc_t>(cls[f]), floor, thr, s)) continue;
       level[n++] = {s, f};
-      if (n == 2 * in.nms_pre) {
-        std::nth_element(level, level + in.nms_pre, level + n, ahead<acc_t>);
-        n = in.nms_pre;
+      if (n == cap && n > keep) {
+        std::nth_element(level, level + keep, level + n, ahead<acc_t>);
+        n = keep;
       }
     }
-    if (n > in.nms_pre) {
-      std::nth_element(level, level + in.nms_pre, level + n, ahead<acc_t>);
-      n = in.nms_pre;
+    if (n > keep) {
+      std::nth_element(level, level + keep, level + n, ahead<acc_t>);
+      n = keep;
     }
     std::copy(level, level + n, cands + count);
     count += n;

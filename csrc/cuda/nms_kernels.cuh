@@ -15,7 +15,7 @@
 //    length is data-dependent, as torchvision's).
 //
 // multiclass_nms, per padded batch, fixed shapes throughout:
-// 1. select: one block per (level, image) finds the nms_pre-th largest
+// 1. select: one block per (image, level) finds the nms_pre-th largest
 //    score by a radix select over the score's bits (8 bits a pass; the first
 //    pass ends it when no more than nms_pre pairs pass score_thr), then
 //    compacts the selected pairs in flat order (block scans), ties at the
@@ -248,8 +248,8 @@ __global__ void __launch_bounds__(kThreads) mc_select_kernel(McArgs p) {
   GF_SHARED(key_t, sh_prefix, [1]);
   GF_SHARED(long long, sh_want, [1]);
   GF_SHARED(int, sh_all, [1]);
-  const int l = blockIdx.x;
-  const int64_t b = blockIdx.y, C = p.classes, M = p.slots;
+  const int l = blockIdx.y;
+  const int64_t b = blockIdx.x, C = p.classes, M = p.slots;
   const int64_t f0 = p.level_start[l] * C, f1 = p.level_start[l + 1] * C;
   const int64_t s0 = p.slot_start[l], cap = p.slot_start[l + 1] - s0;
   const scalar_t* x = static_cast<const scalar_t*>(p.cls) + b * p.anchors * C;
@@ -420,8 +420,8 @@ inline cudaError_t multiclass_candidates(DType dt, const McArgs& args, int num_s
   dispatch_dtype(dt, [&](auto t) {
     using scalar_t = typename decltype(t)::scalar_t;
     using acc_t = typename decltype(t)::acc_t;
-    launch<mc_select_kernel<scalar_t, acc_t>>(dim3(static_cast<unsigned>(args.levels),
-                                                   static_cast<unsigned>(args.batch)),
+    launch<mc_select_kernel<scalar_t, acc_t>>(dim3(static_cast<unsigned>(args.batch),
+                                                   static_cast<unsigned>(args.levels)),
                                               kThreads, 0, stream, args);
     constexpr auto D = mc_decode_kernel<scalar_t, acc_t>;
     launch<D>(grid_for<D>(args.batch * args.slots, num_sms), kThreads, 0, stream, args);
