@@ -36,6 +36,13 @@ def degenerate_boxes(k, seed, dtype=torch.float32):
     return boxes.to(dtype), scores.to(dtype)
 
 
+def _hits(b, area, i, thr, eps, zero):
+    iw = np.maximum(np.minimum(b[i, 2], b[:, 2]) - np.maximum(b[i, 0], b[:, 0]), zero)
+    ih = np.maximum(np.minimum(b[i, 3], b[:, 3]) - np.maximum(b[i, 1], b[:, 1]), zero)
+    inter = iw * ih
+    return inter / np.maximum(area[i] + area - inter, eps) > thr
+
+
 def greedy(boxes, scores, thr, idxs=None):
     """Plain greedy NMS, as SPEC.md section 7 states it, in numpy: IoUs in
     float32 (float64 for float64 boxes), one kept box after another."""
@@ -44,19 +51,17 @@ def greedy(boxes, scores, thr, idxs=None):
     s = scores.double().numpy()
     order = [i for i in np.argsort(-s, kind="stable") if not np.isnan(s[i])]
     thr, eps, zero = dt(thr), dt(1e-6), dt(0)
-    area = np.maximum(b[:, 2] - b[:, 0], zero) * np.maximum(b[:, 3] - b[:, 1], zero)
+    with np.errstate(invalid="ignore"):
+        area = np.maximum(b[:, 2] - b[:, 0], zero) * np.maximum(b[:, 3] - b[:, 1], zero)
     lab = None if idxs is None else idxs.numpy()
     removed = np.zeros(len(b), dtype=bool)
     keep = []
     for i in order:
         if removed[i]:
             continue
+        with np.errstate(invalid="ignore"):  # infinite boxes: inf - inf is NaN, as in torch
+            hit = _hits(b, area, i, thr, eps, zero)
         keep.append(i)
-        iw = np.maximum(np.minimum(b[i, 2], b[:, 2]) - np.maximum(b[i, 0], b[:, 0]), zero)
-        ih = np.maximum(np.minimum(b[i, 3], b[:, 3]) - np.maximum(b[i, 1], b[:, 1]), zero)
-        inter = iw * ih
-        iou = inter / np.maximum(area[i] + area - inter, eps)
-        hit = iou > thr
         if lab is not None:
             hit &= lab == lab[i]
         removed |= hit
