@@ -42,7 +42,8 @@ def random_boxes(k, device, seed=0):
     g = torch.Generator().manual_seed(seed)
     xy = torch.rand(k, 2, generator=g) * 1000
     boxes = torch.cat([xy, xy + torch.rand(k, 2, generator=g) * 100], 1)
-    return boxes.to(device), torch.rand(k, generator=g).to(device), torch.randint(0, CLASSES, (k,), generator=g).to(device)
+    scores, idxs = torch.rand(k, generator=g), torch.randint(0, CLASSES, (k,), generator=g)
+    return boxes.to(device), scores.to(device), idxs.to(device)
 
 
 def measure(fn, device, budget_s=3.0, max_iters=20):
@@ -195,7 +196,8 @@ def plot(rows, path):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--budget-gib", type=float, default=8.0, help="skip the reference where its K x K matrix passes this")
+    p.add_argument("--budget-gib", type=float, default=8.0,
+                   help="skip the reference where its K x K matrix passes this")
     p.add_argument("--skip-single", action="store_true", help="only the post-process")
     a = p.parse_args(argv)
     device = torch.device(a.device)

@@ -20,7 +20,8 @@ NVCC_FLAGS = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
 
 def sources():
     """(C++ sources, CUDA sources) of the extension, relative to the repo root."""
-    cpp = [CSRC / "module.cpp", CSRC / "ops.cpp", CSRC / "checks.cpp", CSRC / "box_checks.cpp", CSRC / "assign_checks.cpp", CSRC / "nms_checks.cpp"]
+    cpp = [CSRC / n for n in ("module.cpp", "ops.cpp", "checks.cpp", "box_checks.cpp", "assign_checks.cpp",
+                              "nms_checks.cpp")]
     cpp += sorted((CSRC / "cpu").glob("*.cpp"))
     cu = sorted((CSRC / "cuda").glob("*.cu"))
     return [str(p) for p in cpp], [str(p) for p in cu]
