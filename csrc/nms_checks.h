@@ -6,11 +6,11 @@
 #include <vector>
 
 #include "checks.h"
-#include "common/atss.h"
+#include "common/nms.h"
 
 namespace gflops {
 
-constexpr int kNmsMaxLevels = gf::kAtssMaxLevels;
+using gf::kNmsMaxLevels;
 
 struct NmsInputs {
   at::Tensor boxes;   // (K, 4) contiguous, the boxes' dtype

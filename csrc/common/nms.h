@@ -10,6 +10,9 @@
 
 namespace gf {
 
+// Levels of the post-process (a fixed array in the CUDA kernels' arguments).
+constexpr int kNmsMaxLevels = 32;
+
 // box_iou's epsilon: the IoU is box_iou(a, b), bit for bit the same formula.
 template <typename T> GF_HD T nms_eps() { return T(1e-6); }
 

@@ -77,10 +77,6 @@ __global__ void __launch_bounds__(kThreads) nms_gather_kernel(NmsArgs p) {
   }
 }
 
-template <typename acc_t> __device__ __forceinline__ Box4<acc_t> box_at(const acc_t* p, int64_t i) {
-  return Box4<acc_t>{p[4 * i], p[4 * i + 1], p[4 * i + 2], p[4 * i + 3]};
-}
-
 // grid (words, tile rows / 64), kNmsBits threads: thread t, row rb * 64 + t,
 // against the 64 columns of word cb.
 template <typename acc_t>
@@ -102,13 +98,14 @@ __global__ void __launch_bounds__(kNmsBits) nms_mask_kernel(NmsArgs p, int64_t r
   if (i >= K || i >= row0 + rows) return;
   unsigned long long bits = 0;
   if (!((p.removed[rb] >> t) & 1ull)) {
-    const Box4<acc_t> a = box_at(sorted, i);
+    const Box4<acc_t> a = load_box(sorted + 4 * i);
     const int64_t label = p.idxs ? p.sorted_idx[i] : 0;
     const acc_t thr = static_cast<acc_t>(p.thr);
     const int64_t left = K - cb * kNmsBits;
     const int n = static_cast<int>(left < kNmsBits ? left : kNmsBits);
     for (int c = cb == rb ? t + 1 : 0; c < n; ++c)
-      if ((!p.idxs || col_idx[c] == label) && nms_suppresses(a, box_at(static_cast<const acc_t*>(cols), c), thr))
+      if ((!p.idxs || col_idx[c] == label) &&
+          nms_suppresses(a, load_box(static_cast<const acc_t*>(cols) + 4 * c), thr))
         bits |= 1ull << c;
   }
   p.mask[(i - row0) * p.words + cb] = bits;
@@ -182,8 +179,6 @@ inline cudaError_t nms_suppress(DType dt, const NmsArgs& args, int64_t tile_rows
 }
 
 // ---- multiclass_nms ----------------------------------------------------------------
-
-constexpr int kNmsMaxLevels = 32;
 
 struct McArgs {
   const void* cls;            // (B, N, C) logits
@@ -378,12 +373,12 @@ __global__ void __launch_bounds__(kThreads) mc_suppress_kernel(McArgs p) {
       src = order[j];
       alive = score[src] >= acc_t(0);
       if (alive) {
-        bx = box_at(cbox, src);
+        bx = load_box(cbox + 4 * src);
         label = flat[src] % C;
       }
     }
     for (int64_t k = 0; k < kept && alive; ++k)
-      alive = !(ol[k] == label && nms_suppresses(box_at(static_cast<const acc_t*>(ob), k), bx, thr));
+      alive = !(ol[k] == label && nms_suppresses(load_box(static_cast<const acc_t*>(ob) + 4 * k), bx, thr));
     while (true) {
       const unsigned ballot = __ballot_sync(full, alive);
       if (lane == 0) warp_first[warp] = ballot ? warp * 32 + __ffs(static_cast<int>(ballot)) - 1 : INT_MAX;
@@ -406,7 +401,7 @@ __global__ void __launch_bounds__(kThreads) mc_suppress_kernel(McArgs p) {
       __syncthreads();
       kept = sh_kept[0];
       if (alive && static_cast<int>(threadIdx.x) > lead && lead_label[0] == label &&
-          nms_suppresses(box_at(static_cast<const acc_t*>(lead_box), 0), bx, thr))
+          nms_suppresses(load_box(static_cast<const acc_t*>(lead_box)), bx, thr))
         alive = false;
       if (kept >= P) break;
     }
