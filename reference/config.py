@@ -16,3 +16,11 @@ PRESETS = {
     "coco": dict(depth=50, base_width=64, fpn_channels=256, stacked_convs=4, scale=(1333, 800), batch_size=16,
                  images=2000, val_images=200, image_size=800, lr=0.01, warmup_iters=500),
 }
+
+# What MMDetection's configs set differently per detector (GFL: gfl_r50_fpn_1x_coco,
+# AutoAssign: autoassign_r50-caffe_fpn_1x_coco): the warm-up length (1000 vs 500
+# iterations at batch 16, so x2 of each preset's) and no weight decay on norm layers.
+MODEL_SETTINGS = {
+    "gfl": dict(warmup_mult=1, norm_decay_mult=1.0),
+    "autoassign": dict(warmup_mult=2, norm_decay_mult=0.0),
+}

@@ -1,4 +1,4 @@
-"""Run the detector on a COCO-format set and score it with pycocotools' COCOeval.
+"""Run a detector (GFL or AutoAssign, as the checkpoint says) on a COCO-format set and score it with pycocotools' COCOeval.
 
     python -m reference.evaluate --checkpoint work_dirs/gfl/latest.pth [--ops gflops]
 """
@@ -100,7 +100,8 @@ def main(argv=None):
     preset = ckpt["preset"]
     device = torch.device(a.device)
     dtype = DTYPES[ckpt.get("dtype", "float32")]
-    model = build_model(ckpt["num_classes"], preset, a.ops or ckpt.get("ops", "reference"), dtype=dtype).to(device)
+    model = build_model(ckpt["num_classes"], preset, a.ops or ckpt.get("ops", "reference"), dtype=dtype,
+                        model=ckpt.get("detector", "gfl")).to(device)
     model.load_state_dict(ckpt["model"])
     if a.data_root:
         img_dir, ann = a.data_root, a.ann_file

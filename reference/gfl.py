@@ -26,10 +26,10 @@ class Scale(nn.Module):
         return x * self.scale
 
 
-def _tower(cin, channels, n):
+def _tower(cin, channels, n, bias=False):
     layers = []
     for i in range(n):
-        layers += [nn.Conv2d(cin if i == 0 else channels, channels, 3, padding=1, bias=False),
+        layers += [nn.Conv2d(cin if i == 0 else channels, channels, 3, padding=1, bias=bias),
                    nn.GroupNorm(min(32, channels), channels), nn.ReLU(inplace=True)]
     return nn.Sequential(*layers)
 
@@ -99,6 +99,9 @@ def valid_flags(feat_shapes, pad_shapes, device):
 
 
 class GFL(nn.Module):
+    # The ops namespace entries this detector calls (what `--ops` reports).
+    OPS = ("atss_assign", "gfl_box_branch", "quality_focal_loss", "multiclass_nms")
+
     def __init__(self, num_classes, depth=50, base_width=64, fpn_channels=256, stacked_convs=4, reg_max=16,
                  ops=None, frozen_stages=-1, norm_eval=False):
         super().__init__()
@@ -170,13 +173,17 @@ class GFL(nn.Module):
         dtype = cls.dtype if cls.dtype == torch.float64 else torch.float32
         points, strides, _, sizes = anchors(shapes, cls.device, dtype=dtype)
 
-        boxes, scores, labels, counts = self.ops.multiclass_nms(
+        return unpad(*self.ops.multiclass_nms(
             cls, reg, points, strides, sizes, [m["img_shape"] for m in metas], score_thr, nms_pre, iou_threshold,
-            max_per_img, min_bbox_size, [m["scale_factor"] for m in metas], self.reg_max)
-        out = []
-        for b, m in enumerate(metas):
-            k = int(counts[b])
-            sx, sy = m["scale_factor"]
-            scale = torch.tensor([sx, sy, sx, sy], device=boxes.device, dtype=boxes.dtype)
-            out.append(dict(boxes=boxes[b, :k] / scale, scores=scores[b, :k], labels=labels[b, :k]))
-        return out
+            max_per_img, min_bbox_size, [m["scale_factor"] for m in metas], self.reg_max), metas)
+
+
+def unpad(boxes, scores, labels, counts, metas):
+    """The padded batch of detections as one dict per image, boxes in original image pixels."""
+    out = []
+    for b, m in enumerate(metas):
+        k = int(counts[b])
+        sx, sy = m["scale_factor"]
+        scale = torch.tensor([sx, sy, sx, sy], device=boxes.device, dtype=boxes.dtype)
+        out.append(dict(boxes=boxes[b, :k] / scale, scores=scores[b, :k], labels=labels[b, :k]))
+    return out

@@ -2,7 +2,7 @@
 import torch
 
 from .boxes import box_iou
-from .decode import decode_distribution
+from .decode import decode_distribution, distance2bbox
 
 
 def _pairs(values):
@@ -47,7 +47,7 @@ def batched_nms(boxes, scores, idxs, iou_threshold):
 
 def multiclass_nms(cls_scores, bbox_preds, points, strides, level_sizes, image_shapes, score_thr=0.05,
                    nms_pre=1000, iou_threshold=0.6, max_per_img=100, min_bbox_size=0.0, scale_factors=None,
-                   reg_max=16, decode=None, nms_fn=batched_nms):
+                   reg_max=16, decode=None, nms_fn=batched_nms, score_factors=None):
     """The GFL post-process over a batch (gflops.multiclass_nms's signature,
     plus the decode and NMS functions to use).
 
@@ -60,6 +60,10 @@ def multiclass_nms(cls_scores, bbox_preds, points, strides, level_sizes, image_s
     as MMDetection measures them after rescaling. Returns padded boxes (B,
     max_per_img, 4), scores (B, max_per_img), labels (B, max_per_img) (-1 for
     padding) and counts (B,).
+
+    score_factors (B, N) logits, when given (AutoAssign's objectness): the
+    candidates are still chosen by sigma(class) alone, and then scored
+    sigma(class) * sigma(factor), as MMDetection does (no re-threshold).
     """
     if decode is None:
         def decode(pred, pts, st, shape):
@@ -87,6 +91,8 @@ def multiclass_nms(cls_scores, bbox_preds, points, strides, level_sizes, image_s
                 top = _order(s)[:nms_pre]
                 flat, s = flat[top], s[top]
             anchor = flat // C
+            if score_factors is not None:
+                s = s * score_factors[b, sl][anchor].to(dtype).sigmoid()
             boxes = decode(bbox_preds[b, sl][anchor], points[sl][anchor], strides[sl][anchor],
                            image_shapes[b])
             boxes_l.append(boxes.to(dtype))
@@ -101,3 +107,19 @@ def multiclass_nms(cls_scores, bbox_preds, points, strides, level_sizes, image_s
         out_boxes[b, :k], out_scores[b, :k], out_labels[b, :k] = boxes[kept], scores[kept], labels[kept]
         counts[b] = k
     return out_boxes, out_scores, out_labels, counts
+
+
+def distance_multiclass_nms(cls_scores, distances, score_factors, points, level_sizes, image_shapes, score_thr=0.05,
+                            nms_pre=1000, iou_threshold=0.6, max_per_img=100, min_bbox_size=0.0, scale_factors=None,
+                            batched_nms=batched_nms):
+    """The post-process of heads that predict (l, t, r, b) distances in pixels
+    and an objectness logit per point (AutoAssign, FCOS): multiclass_nms with
+    distances (B, N, 4) decoded as points -/+ distances (clipped to the
+    image) and score_factors (B, N) applied after candidate selection."""
+    def decode(pred, pts, st, shape):
+        return distance2bbox(pts.to(pred.dtype), pred, shape)
+
+    strides = torch.ones(points.shape[0], dtype=points.dtype, device=points.device)
+    return multiclass_nms(cls_scores, distances, points, strides, level_sizes, image_shapes, score_thr, nms_pre,
+                          iou_threshold, max_per_img, min_bbox_size, scale_factors, decode=decode,
+                          nms_fn=batched_nms, score_factors=score_factors)

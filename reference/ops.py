@@ -1,6 +1,8 @@
-"""The one ops namespace the detector calls: each op comes from reference/
+"""The one ops namespace the detectors call: each op comes from reference/
 (pure PyTorch) or, with backend 'gflops', from gflops where gflops has it."""
-from . import assign, boxes, decode, losses, nms
+import functools
+
+from . import assign, autoassign_loss, boxes, decode, losses, nms
 
 REFERENCE_OPS = {
     "quality_focal_loss": losses.quality_focal_loss,
@@ -14,7 +16,13 @@ REFERENCE_OPS = {
     "nms": nms.nms,
     "batched_nms": nms.batched_nms,
     "multiclass_nms": nms.multiclass_nms,
+    "distance_multiclass_nms": nms.distance_multiclass_nms,
+    "autoassign_loss_terms": autoassign_loss.autoassign_loss_terms,
 }
+
+# Reference ops built from other ops, by keyword: while gflops lacks the whole
+# op, the reference one runs on the namespace's parts (gflops's where it has them).
+COMPOSED = {"autoassign_loss_terms": ("box_iou", "giou_loss"), "distance_multiclass_nms": ("batched_nms",)}
 
 
 class Ops:
@@ -35,6 +43,18 @@ class Ops:
                 src = "reference"
             setattr(self, name, fn)
             self.sources[name] = src
+        for name, parts in COMPOSED.items():
+            if self.sources[name] == "reference":
+                setattr(self, name, functools.partial(getattr(self, name), **{p: getattr(self, p) for p in parts}))
 
-    def report(self):
-        return ", ".join(f"{k}={v}" for k, v in self.sources.items())
+    def used(self, names):
+        """{op: source} of the ops `names`, and of the parts of those that are composed here."""
+        out = {}
+        for n in names:
+            out[n] = self.sources[n]
+            if n in COMPOSED and self.sources[n] == "reference":
+                out.update((p, self.sources[p]) for p in COMPOSED[n])
+        return out
+
+    def report(self, names=None):
+        return ", ".join(f"{k}={v}" for k, v in (self.used(names) if names else self.sources).items())

@@ -1,6 +1,7 @@
-"""Train the GFL detector.
+"""Train a detector: GFL (default) or AutoAssign.
 
     python -m reference.train --preset small --ops gflops --work-dir work_dirs/gflops
+    python -m reference.train --model autoassign --preset small --work-dir work_dirs/autoassign
     torchrun --nproc-per-node 2 -m reference.train --preset tiny
 
 Without --data-root / --ann-file it trains on the built-in synthetic COCO-format
@@ -15,7 +16,8 @@ import torch
 from tqdm import tqdm
 
 from . import distributed
-from .config import EPOCHS, LR_STEPS, PRESETS
+from .autoassign import AutoAssign
+from .config import EPOCHS, LR_STEPS, MODEL_SETTINGS, PRESETS
 from .data import AspectRatioBatchSampler, CocoDetection, collate, generate
 from .gfl import GFL
 from .ops import Ops
@@ -36,11 +38,15 @@ def default_data(preset, root="data"):
     return out / "train", train_json, out / "val", val_json
 
 
+MODELS = {"gfl": GFL, "autoassign": AutoAssign}
+
+
 def build_model(num_classes, preset, ops_backend, weights=None, partial_weights=False, dtype=torch.float32,
-                frozen_stages=-1, norm_eval=False):
+                frozen_stages=-1, norm_eval=False, model="gfl"):
     cfg = PRESETS[preset]
-    model = GFL(num_classes, cfg["depth"], cfg["base_width"], cfg["fpn_channels"], cfg["stacked_convs"],
-                ops=Ops(ops_backend), frozen_stages=frozen_stages, norm_eval=norm_eval)
+    model = MODELS[model](num_classes, cfg["depth"], cfg["base_width"], cfg["fpn_channels"],
+                          stacked_convs=cfg["stacked_convs"], ops=Ops(ops_backend), frozen_stages=frozen_stages,
+                          norm_eval=norm_eval)
     if weights:
         load_weights(model, weights, partial_weights)
     return model.to(dtype)
@@ -71,6 +77,17 @@ def schedule(num_batches, epochs=EPOCHS, iters=None):
     return total, [round(total * e / EPOCHS) for e in LR_STEPS]
 
 
+def param_groups(model, weight_decay, norm_decay_mult=1.0):
+    """SGD parameter groups: normalisation layers' weights and biases decay by
+    weight_decay * norm_decay_mult (MMDetection's paramwise norm_decay_mult)."""
+    norm_types = (torch.nn.GroupNorm, torch.nn.BatchNorm2d, torch.nn.LayerNorm)
+    norm = {id(p) for m in model.modules() if isinstance(m, norm_types) for p in m.parameters(recurse=False)}
+    params = list(model.parameters())
+    groups = [dict(params=[p for p in params if id(p) not in norm], weight_decay=weight_decay),
+              dict(params=[p for p in params if id(p) in norm], weight_decay=weight_decay * norm_decay_mult)]
+    return [g for g in groups if g["params"]]
+
+
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -81,14 +98,13 @@ def train_step(net, model, data, device, dtype, amp, timer, reduce_mean):
     gt = [data[k].to(device) for k in ("gt_boxes", "gt_labels", "gt_valid")]
     timer("data")
     with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-        cls, reg, shapes = net(images, timer=timer)
+        *outs, shapes = net(images, timer=timer)
         # The losses start from detached head outputs so that their backward
         # can be timed apart from the network's; the gradient is the same.
-        cls_in, reg_in = cls.detach().requires_grad_(), reg.detach().requires_grad_()
-        losses = model.loss_from_raw(cls_in, reg_in, shapes, *gt, [m["img_shape"] for m in data["metas"]],
-                                     reduce_mean, timer)
+        ins = [t.detach().requires_grad_() for t in outs]
+        losses = model.loss_from_raw(*ins, shapes, *gt, [m["img_shape"] for m in data["metas"]], reduce_mean, timer)
     total = sum(losses.values())
-    return losses, total, (cls, reg), (cls_in, reg_in)
+    return losses, total, outs, ins
 
 
 def train(args):
@@ -113,21 +129,22 @@ def train(args):
     batches = AspectRatioBatchSampler(sampler, ds.aspect_groups(), batch)
     loader = torch.utils.data.DataLoader(ds, batch_sampler=batches, collate_fn=collate, num_workers=args.workers)
     model = build_model(ds.num_classes, args.preset, args.ops, args.weights, args.partial_weights, dtype,
-                        args.frozen_stages, args.norm_eval).to(device)
+                        args.frozen_stages, args.norm_eval, args.model).to(device)
+    settings = MODEL_SETTINGS[args.model]
     if args.perturb_init:
         with torch.no_grad():  # a rounding-sized change: the control of the float64 comparison
             for prm in model.parameters():
                 prm.mul_(1 + args.perturb_init)
     if rank == 0:
-        print(f"ops: {model.ops.report()}")
+        print(f"model: {args.model}; ops: {model.ops.report(model.OPS)}")
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                         else None)
     base_lr = (args.lr or cfg["lr"]) * batch * world / 16 if args.scale_lr else (args.lr or cfg["lr"])
-    opt = torch.optim.SGD(model.parameters(), lr=base_lr, momentum=0.9, weight_decay=1e-4)
+    opt = torch.optim.SGD(param_groups(model, 1e-4, settings["norm_decay_mult"]), lr=base_lr, momentum=0.9)
     iters, steps = schedule(len(batches), args.epochs, args.iters)
-    warmup = args.warmup_iters if args.warmup_iters is not None else cfg["warmup_iters"]
+    warmup = args.warmup_iters if args.warmup_iters is not None else cfg["warmup_iters"] * settings["warmup_mult"]
     amp = args.amp and device.type == "cuda" and dtype == torch.float32
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     work = Path(args.work_dir)
@@ -178,18 +195,19 @@ def train(args):
                 history.append(rec)
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
-                bar.set_postfix(loss=f"{rec['loss']:.3f}", cls=f"{rec['loss_cls']:.3f}",
-                                bbox=f"{rec['loss_bbox']:.3f}", dfl=f"{rec['loss_dfl']:.3f}")
+                bar.set_postfix(loss=f"{rec['loss']:.3f}", **{k[5:]: f"{rec[k]:.3f}" for k in losses})
             bar.update(1)
         epoch += 1
     bar.close()
     if rank == 0:
-        summary = dict(summary=True, iters=it, peak_mem_mib=peak_memory_mib(device), ops=model.ops.sources,
+        summary = dict(summary=True, model=args.model, iters=it, peak_mem_mib=peak_memory_mib(device),
+                       ops=model.ops.used(model.OPS),
                        dtype=args.dtype, lr_steps=steps, median_stage_s=medians(history),
                        median_step_s=sorted(r["step_s"] for r in history)[len(history) // 2] if history else None)
         log.write(json.dumps(summary) + "\n")
         torch.save(dict(model=model.state_dict(), optimizer=opt.state_dict(), iter=it, preset=args.preset,
-                        num_classes=ds.num_classes, ops=args.ops, dtype=args.dtype), work / "latest.pth")
+                        num_classes=ds.num_classes, ops=args.ops, dtype=args.dtype, detector=args.model),
+                   work / "latest.pth")
         log.close()
     distributed.cleanup()
     return history
@@ -197,6 +215,7 @@ def train(args):
 
 def parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=sorted(MODELS), default="gfl")
     p.add_argument("--preset", choices=sorted(PRESETS), default="small")
     p.add_argument("--ops", choices=["reference", "gflops"], default="reference")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
