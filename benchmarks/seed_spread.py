@@ -8,9 +8,10 @@ spread per backend. (The exact check is the float64 run of `make demo`.)
 
     python -m benchmarks.seed_spread                   # small preset, 3 seeds, 1000 iterations, CPU
     python -m benchmarks.seed_spread --seeds 5 --iters 2000
+    python -m benchmarks.seed_spread --model autoassign --seeds 4
 
 Runs already finished under --work-dir are reused. Results:
-benchmarks/results/seed_spread_<preset>_<device>.{md,json,png}.
+benchmarks/results/seed_spread_[autoassign_]<preset>_<device>.{md,json,png}.
 """
 import argparse
 import json
@@ -23,11 +24,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 BACKENDS = ("reference", "gflops")
 
 
-def run_one(preset, ops, seed, iters, device, work):
+def run_one(preset, ops, seed, iters, device, work, model="gfl"):
     wd = work / f"{ops}_seed{seed}"
     if not (wd / "eval.json").exists():
         py = sys.executable
-        cmd = [py, "-m", "reference.train", "--preset", preset, "--ops", ops, "--seed", str(seed),
+        cmd = [py, "-m", "reference.train", "--model", model, "--preset", preset, "--ops", ops, "--seed", str(seed),
                "--device", device, "--work-dir", str(wd), "--quiet", "--log-interval", "50"]
         if iters:
             cmd += ["--iters", str(iters)]
@@ -67,6 +68,7 @@ def plot(per_backend, out_png, title):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=["gfl", "autoassign"], default="gfl")
     p.add_argument("--preset", default="small")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--iters", type=int, default=1000, help="0: the preset's 12-epoch schedule")
@@ -74,11 +76,12 @@ def main(argv=None):
     p.add_argument("--work-dir", default="work_dirs/seed_spread")
     p.add_argument("--out-dir", default=str(RESULTS), help="where the md/json/png go")
     a = p.parse_args(argv)
-    work = Path(a.work_dir) / f"{a.preset}_{a.iters}"
+    name = "" if a.model == "gfl" else f"{a.model}_"
+    work = Path(a.work_dir) / f"{name}{a.preset}_{a.iters}"
     per_backend = {ops: [] for ops in BACKENDS}
     for seed in range(a.seeds):
         for ops in BACKENDS:  # interleaved, so a slow machine phase hits both alike
-            stats = run_one(a.preset, ops, seed, a.iters, a.device, work)
+            stats = run_one(a.preset, ops, seed, a.iters, a.device, work, a.model)
             per_backend[ops].append(dict(seed=seed, AP=stats["AP"], AP50=stats["AP50"]))
     summary = {ops: dict(AP=summarise([r["AP"] for r in runs]), AP50=summarise([r["AP50"] for r in runs]))
                for ops, runs in per_backend.items()}
@@ -90,10 +93,10 @@ def main(argv=None):
     se = (ref["std"] ** 2 / a.seeds + gfl["std"] ** 2 / a.seeds) ** 0.5
     welch_t = (gfl["mean"] - ref["mean"]) / se if se > 0 else 0.0
     summary["verdict"] = dict(spread=[lo, hi], inside=inside, welch_t=welch_t)
-    tag = f"{a.preset}_{'cuda' if a.device.startswith('cuda') else 'cpu'}"
+    tag = f"{name}{a.preset}_{'cuda' if a.device.startswith('cuda') else 'cpu'}"
     out = Path(a.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    title = f"GFL, preset {a.preset}, {a.iters or '12-epoch'} iterations, float32, {a.seeds} seeds"
+    title = f"{'GFL' if a.model == 'gfl' else 'AutoAssign'}, preset {a.preset}, {a.iters or '12-epoch'} iterations, float32, {a.seeds} seeds"
     plot(per_backend, out / f"seed_spread_{tag}.png", title)
     (out / f"seed_spread_{tag}.json").write_text(json.dumps(dict(runs=per_backend, summary=summary,
                                                                      args=vars(a)), indent=2))

@@ -25,8 +25,8 @@ def _tiny(num_classes=3, ops="reference", **kw):
 def test_head_layout_and_init():
     model = _tiny()
     head = model.head
-    convs = [m for m in head.cls_tower if isinstance(m, torch.nn.Conv2d)]
-    assert len(convs) == 2 and all(c.bias is not None for c in convs)  # conv_bias forced on
+    convs = [m for m in [*head.cls_tower, *head.reg_tower] if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 4 and all(c.bias is not None for c in convs)  # conv_bias forced on
     assert torch.allclose(head.cls.bias, torch.full((3,), -math.log(49)))
     assert head.reg.bias.tolist() == [4.0] * 4 and head.obj.bias.tolist() == [0.0]
     assert head.obj.in_channels == head.reg.in_channels
@@ -46,6 +46,9 @@ def test_head_layout_and_init():
     with torch.no_grad():
         head.cls_tower[0].weight.mul_(3)
     assert torch.equal(model.raw(x)[2], before)
+    with torch.no_grad():
+        head.reg_tower[0].weight.mul_(3)
+    assert not torch.allclose(model.raw(x)[2], before)
 
 
 def test_distances_are_clamped_scaled_and_strided():
@@ -54,29 +57,40 @@ def test_distances_are_clamped_scaled_and_strided():
         model.head.reg.bias.copy_(torch.tensor([-1.0, 0.5, 2.0, 3.0]))
         model.head.reg.weight.zero_()
         model.head.scales[1].scale.fill_(2.0)
+        model.head.scales[2].scale.fill_(-0.5)
     _, dist, _, _, shapes = model.raw(torch.randn(2, 3, 64, 64))
-    n0 = shapes[0][0] * shapes[0][1]
+    n0, n1 = (shapes[i][0] * shapes[i][1] for i in range(2))
     assert dist[0, 0].tolist() == [0.0, 4.0, 16.0, 24.0]  # level 0: stride 8, scale 1
     assert dist[0, n0].tolist() == [0.0, 16.0, 64.0, 96.0]  # level 1: stride 16, scale 2
+    assert dist[0, n0 + n1].tolist() == [16.0, 0.0, 0.0, 0.0]  # level 2: scale -0.5, then the clamp
 
 
 def test_post_process_scores_pairs_by_class_then_objectness():
-    """Candidates are (point, class) pairs chosen by sigma(cls) alone, then
-    scored sigma(cls) * sigma(obj); a point can be kept for two classes."""
-    pts = torch.tensor([[10.0, 10.0], [50.0, 50.0], [90.0, 90.0]])
-    cls = torch.full((1, 3, 3), -10.0)
+    """Candidates are (point, class) pairs chosen by sigma(cls) alone (above
+    score_thr, the best nms_pre), then scored sigma(cls) * sigma(obj) with no
+    second threshold; a point can be kept for two classes."""
+    pts = torch.tensor([[10.0, 10.0], [50.0, 50.0], [90.0, 90.0], [130.0, 130.0]])
+    cls = torch.full((1, 4, 3), -10.0)
     cls[0, 0, 0] = cls[0, 0, 2] = 2.0  # point 0: two classes
     cls[0, 1, 1] = 1.0
-    cls[0, 2, 1] = -3.5  # sigma 0.029 < 0.05: not a candidate whatever its objectness
-    obj = torch.tensor([[0.0, 3.0, 10.0]])
-    dist = torch.tensor([[[5.0, 5.0, 5.0, 5.0], [4.0, 4.0, 60.0, 4.0], [1.0, 1.0, 1.0, 1.0]]])
-    boxes, scores, labels, counts = distance_multiclass_nms(cls, dist, obj, pts, [3], [(80, 100)],
+    cls[0, 2, 1] = -2.5  # sigma 0.076 > 0.05; times sigma(-3) 0.047 < 0.05: kept all the same
+    cls[0, 3, 1] = -3.5  # sigma 0.029 < 0.05: never a candidate, whatever its objectness
+    obj = torch.tensor([[0.0, 3.0, -3.0, 10.0]])
+    dist = torch.tensor([[[5.0, 5.0, 5.0, 5.0], [4.0, 4.0, 60.0, 4.0], [1.0, 1.0, 1.0, 1.0], [2.0] * 4]])
+    boxes, scores, labels, counts = distance_multiclass_nms(cls, dist, obj, pts, [4], [(140, 100)],
                                                             scale_factors=[(1.0, 1.0)])
-    assert counts.tolist() == [3]
-    s0, s1 = torch.sigmoid(torch.tensor(2.0)) * 0.5, torch.sigmoid(torch.tensor(1.0)) * torch.sigmoid(torch.tensor(3.0))
-    assert labels[0, :3].tolist() == [1, 0, 2] and torch.allclose(scores[0, :3], torch.stack([s1, s0, s0]))
+    sig = torch.sigmoid
+    s0, s1, s2 = (sig(torch.tensor(c)) * sig(torch.tensor(o)) for c, o in ((2.0, 0.0), (1.0, 3.0), (-2.5, -3.0)))
+    assert counts.tolist() == [4] and s2 < 0.05
+    assert labels[0, :4].tolist() == [1, 0, 2, 1] and torch.allclose(scores[0, :4], torch.stack([s1, s0, s0, s2]))
     assert boxes[0, 0].tolist() == [46.0, 46.0, 100.0, 54.0]  # clipped to the image width
     assert boxes[0, 1].tolist() == [5.0, 5.0, 15.0, 15.0]
+    # nms_pre 2: the two best by sigma(cls) (point 0's pair), not the best products (points 1 and 0).
+    _, scores, labels, counts = distance_multiclass_nms(cls, dist, obj, pts, [4], [(140, 100)], nms_pre=2)
+    assert counts.tolist() == [2] and labels[0, :2].tolist() == [0, 2]
+    obj[0, 1] = -10.0  # a tiny objectness does not lose point 1 its candidacy either
+    _, scores, labels, counts = distance_multiclass_nms(cls, dist, obj, pts, [4], [(140, 100)], nms_pre=3)
+    assert counts.tolist() == [3] and labels[0, :3].tolist() == [0, 2, 1]
 
 
 def test_ops_switch_covers_autoassign():

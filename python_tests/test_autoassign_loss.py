@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from reference.autoassign_loss import autoassign_loss, autoassign_loss_terms, inside_gt, negative_weights
+from reference.autoassign_loss import autoassign_loss, autoassign_loss_terms, center_prior, inside_gt, negative_weights
 from reference.boxes import box_iou
 
 f64 = torch.float64
@@ -234,3 +234,86 @@ def test_normalisers_go_through_reduce_mean():
     assert out["loss_pos"].item() == pytest.approx(base["loss_pos"].item() / 1.5, rel=1e-12)
     assert out["loss_neg"].item() == pytest.approx(base["loss_neg"].item() / 1.5, rel=1e-12)
     assert out["loss_center"].item() == base["loss_center"].item()
+
+
+def _loop_oracle(cls, obj, d, pts, st, gt, lab, valid, mu, sigma):
+    """SPEC section 6 the way MMDetection's code is laid out: image by image,
+    GT by GT, each GT decoded back from its (l, t, r, b) at every point, the
+    negative weights written GT after GT (so the last, highest index, wins)."""
+    pos, neg, center, n_gt, n_prior = [], [], [], 0, 0.0
+    for b in range(cls.shape[0]):
+        g_boxes, g_lab = gt[b][valid[b]], lab[b][valid[b]]
+        joint = cls[b].sigmoid() * obj[b].sigmoid()[:, None]
+        pred = torch.cat([pts - d[b, :, :2], pts + d[b, :, 2:]], 1)
+        enc = [torch.stack([pts[:, 0] - g[0], pts[:, 1] - g[1], g[2] - pts[:, 0], g[3] - pts[:, 1]], 1)
+               for g in g_boxes]
+        decoded = [torch.cat([pts - e[:, :2], pts + e[:, 2:]], 1) for e in enc]
+        inside = [e.min(1).values > 0 for e in enc]
+        priors = []
+        for g, lb, ins in zip(g_boxes, g_lab, inside):
+            off = (pts - (g[:2] + g[2:]) / 2) / st[:, None]
+            priors.append(torch.exp(-(off - mu[lb]) ** 2 / (2 * sigma[lb] ** 2)).prod(1) * ins)
+        loss_pos = cls.new_zeros(())
+        for lb, dec, pr in zip(g_lab, decoded, priors):
+            p_pos = joint[:, lb] * torch.exp(-5 * (1 - box_iou(pred, dec, "giou", aligned=True)))
+            w = torch.exp(3 * p_pos) * pr
+            w = w / w.sum().clamp(min=1e-12)
+            loss_pos = loss_pos + torch.nn.functional.binary_cross_entropy((w * p_pos).sum(), cls.new_ones(()))
+        neg_w = torch.ones_like(joint)
+        if len(g_boxes):
+            with torch.no_grad():
+                best = torch.stack([box_iou(pred, dec, aligned=True) for dec in decoded], 1).max(1).values
+                for lb, ins in zip(g_lab, inside):
+                    if ins.any():
+                        tt = 1 / (1 - best[ins]).clamp(min=1e-12)
+                        neg_w[ins, lb] = 1 - (tt - tt.min() + 1e-12) / (tt.max() - tt.min() + 1e-12)
+        x = joint * neg_w
+        neg.append((x ** 2 * torch.nn.functional.binary_cross_entropy(x, torch.zeros_like(x), reduction="none")).sum())
+        pos.append(loss_pos)
+        psum = sum((p.sum() for p in priors), cls.new_zeros(()))
+        any_in = any(bool(i.any()) for i in inside)
+        center.append(len(g_boxes) / psum.clamp(min=1e-12) if any_in else 0 * psum)
+        n_gt += len(g_boxes)
+        n_prior += float(psum.detach())
+    return dict(loss_pos=0.25 * sum(pos) / max(n_gt, 1), loss_neg=0.75 * sum(neg) / max(n_prior, 1),
+                loss_center=0.75 * sum(center) / len(center))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_agrees_with_a_per_image_per_gt_loop(seed):
+    """Random images with overlapping same-class GTs (points inside several),
+    padding, an image without GT; values and gradients against the loop."""
+    args = list(_random_case(B=3, P=80, C=2, G=6, seed=seed, counts=(6, 3, 0)))
+    cls, obj, d, pts, st, gt, lab, valid, mu, sigma = args
+    inside = inside_gt(pts, gt, valid)[0]
+    same_class = lab[0][:, None].eq(lab[0][None, :]).triu(1)
+    assert (inside[:, :, None] & inside[:, None, :] & same_class).any((1, 2)).sum() >= 3  # duplicates exercised
+    leaves = [x.clone().requires_grad_() for x in (cls, obj, d, mu, sigma)]
+    outs = []
+    for fn in (autoassign_loss, _loop_oracle):
+        c, o, dd, m, s = leaves
+        out = fn(c, o, dd, pts, st, gt, lab, valid, m, s)
+        outs.append((out, torch.autograd.grad(sum(out.values()), leaves)))
+    (a, ga), (b, gb) = outs
+    for k in a:
+        assert a[k].item() == pytest.approx(b[k].item(), rel=1e-12), k
+    for x, y in zip(ga, gb):
+        torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-14)
+
+
+def test_force_topk_gives_empty_gts_their_best_prior_points():
+    """Off in MMDetection's configs; on, a valid GT with no point inside takes
+    the 9 points of highest raw prior, everywhere the inside mask is used."""
+    args = list(_random_case(B=1, P=64, C=2, G=3, counts=(3,)))
+    cls, obj, d, pts, st, gt, lab, valid, mu, sigma = args
+    gt[0, 2] = t([13.0, 13.0, 14.0, 14.0])  # between the points of an 8 px grid
+    args[5] = gt
+    plain = autoassign_loss_terms(*args)
+    forced = autoassign_loss_terms(*args, force_topk=True)
+    raw = center_prior(pts, st, gt, lab, mu, sigma)[0, :, 2]
+    assert not inside_gt(pts, gt, valid)[0, :, 2].any()
+    assert forced[2].item() == pytest.approx(plain[2].item() + raw.topk(9).values.sum().item(), rel=1e-12)
+    assert plain[0].item() - forced[0].item() > 50  # the empty GT's bag is no longer BCE(0, 1) = 100
+    assert forced[1].item() != plain[1].item()  # its points now carry negative weights too
+    full = autoassign_loss(*args, force_topk=True)
+    assert full["loss_pos"].item() == pytest.approx(0.25 * forced[0].item() / 3, rel=1e-12)

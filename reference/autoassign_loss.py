@@ -14,9 +14,9 @@ Choices where MMDetection 3.x (autoassign_head.py) leaves room:
   highest GT index. MMDetection writes these weights with one advanced-index
   assignment whose outcome PyTorch leaves undefined (on the CPU the highest
   index wins); SPEC fixes the rule.
-- With no GT in the local batch, loss_pos is 0 * the sum of all box distances
-  (MMDetection uses those of level 0), so that every level's scale stays in
-  the graph.
+- With no GT in the local batch, loss_pos is 0 * the sum of the box
+  distances of all images (MMDetection and SPEC: of image 0), so that every
+  image's predictions stay in the graph; the value and gradient are 0 either way.
 - N_neg is always max(reduce_mean(sum of priors), 1). SPEC's "N_neg = 1" for
   a batch without GTs is the one-process value of the same formula. Under DDP
   MMDetection also averages it over processes; a process that skipped the
@@ -81,8 +81,17 @@ def negative_weights(pred, gt_boxes, gt_labels, gt_valid, inside, num_classes, b
         return torch.where(winner > 0, 1 - t_norm.gather(2, (winner - 1).clamp(min=0)), ones)
 
 
+def force_topk_inside(inside, raw_prior, gt_valid, k=9):
+    """MMDetection's force_topk (off in its configs): a valid GT with no point
+    inside gets the k points of highest raw prior over all levels instead."""
+    empty = gt_valid & ~inside.any(1)
+    top = raw_prior.topk(min(k, raw_prior.shape[1]), dim=1).indices
+    forced = torch.zeros_like(inside).scatter(1, top, True)
+    return inside | (forced & empty[:, None, :])
+
+
 def autoassign_loss_terms(cls_logits, obj_logits, distances, points, strides, gt_boxes, gt_labels, gt_valid, mu,
-                          sigma, box_iou=boxes.box_iou, giou_loss=boxes.giou_loss):
+                          sigma, box_iou=boxes.box_iou, giou_loss=boxes.giou_loss, force_topk=False):
     """The per-image sums of SPEC section 6, each (B,):
     loss_pos (the bag BCE summed over valid GTs), loss_neg (x^2 BCE(x, 0)
     summed over points and classes), prior_sum (the masked center prior
@@ -93,7 +102,7 @@ def autoassign_loss_terms(cls_logits, obj_logits, distances, points, strides, gt
     in pixels, points (P, 2), strides (P,), gt_boxes (B, G, 4), gt_labels (B,
     G), gt_valid (B, G), mu and sigma (C, 2). Computed in float32 (float64 for
     float64 logits). box_iou and giou_loss are SPEC section 4's, swappable
-    for gflops's.
+    for gflops's. force_topk: see force_topk_inside (SPEC section 6).
     """
     dt = _acc(cls_logits)
     cls, obj, d = cls_logits.to(dt), obj_logits.to(dt), distances.to(dt)
@@ -103,7 +112,10 @@ def autoassign_loss_terms(cls_logits, obj_logits, distances, points, strides, gt
     G = gt.shape[1]
     pred = torch.cat([pts[None] - d[..., :2], pts[None] + d[..., 2:]], -1)
     inside = inside_gt(pts, gt, valid)
-    prior = center_prior(pts, st, gt, lab, mu.to(dt), sigma.to(dt)) * inside
+    raw = center_prior(pts, st, gt, lab, mu.to(dt), sigma.to(dt))
+    if force_topk:
+        inside = force_topk_inside(inside, raw.detach(), valid)
+    prior = raw * inside
     joint = cls.sigmoid() * obj.sigmoid()[..., None]
 
     # Positive: a bag of the points inside each GT, weighted by confidence and prior.
@@ -124,12 +136,13 @@ def autoassign_loss_terms(cls_logits, obj_logits, distances, points, strides, gt
 
 
 def autoassign_loss(cls_logits, obj_logits, distances, points, strides, gt_boxes, gt_labels, gt_valid, mu, sigma,
-                    reduce_mean=_identity, terms=autoassign_loss_terms):
+                    reduce_mean=_identity, terms=autoassign_loss_terms, force_topk=False):
     """dict(loss_pos, loss_neg, loss_center): the per-image terms (from
     `terms`, autoassign_loss_terms's signature) with SPEC section 6's batch
     normalisers and weights. reduce_mean averages a tensor over processes."""
+    extra = dict(force_topk=True) if force_topk else {}
     loss_pos, loss_neg, prior_sum, any_inside = terms(cls_logits, obj_logits, distances, points, strides, gt_boxes,
-                                                      gt_labels, gt_valid, mu, sigma)
+                                                      gt_labels, gt_valid, mu, sigma, **extra)
     dt = loss_pos.dtype
     num_gt = gt_valid.sum(1).to(dt)
     n_pos = reduce_mean(num_gt.sum()).clamp(min=1)
@@ -138,6 +151,6 @@ def autoassign_loss(cls_logits, obj_logits, distances, points, strides, gt_boxes
     # No GT in the local batch: zeros that keep the box, objectness and prior parameters in the graph.
     has_gt = gt_valid.any()
     loss_pos = torch.where(has_gt, POS_WEIGHT * loss_pos.sum() / n_pos, 0 * distances.to(dt).sum())
-    dummy = 0 * obj_logits[:1].to(dt).sum() + 0 * mu.to(dt).sum() + 0 * sigma.to(dt).sum()
+    dummy = 0 * obj_logits[:1].to(dt).sigmoid().sum() + 0 * mu.to(dt).sum() + 0 * sigma.to(dt).sum()
     loss_center = torch.where(has_gt, CENTER_WEIGHT * center.mean(), dummy) if center.numel() else dummy
     return dict(loss_pos=loss_pos, loss_neg=NEG_WEIGHT * loss_neg.sum() / n_neg, loss_center=loss_center)

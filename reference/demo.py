@@ -1,9 +1,10 @@
 """The end-to-end comparison: train the same detector from the same seed with
 reference ops and with gflops ops on the built-in dataset, evaluate both with
 COCOeval, and print one table (AP, AP50, training step time, post-process
-time, peak memory) plus a plot of the two loss curves; then the same in
-float64, where the two must agree to rounding (losses at every iteration,
-detections, COCOeval); then where a training step's time goes, by stage.
+time, peak memory) plus a plot of the loss curves, for GFL and for
+AutoAssign; then GFL in float64, where the two must agree to rounding
+(losses at every iteration, detections, COCOeval); then where a training
+step's time goes, by stage.
 
     python -m reference.demo                # small preset on CPU, medium on a GPU
     python -m reference.demo --preset tiny --iters 20
@@ -32,7 +33,7 @@ def _read_log(path):
     return [r for r in rows if not r.get("summary")], next(r for r in rows if r.get("summary"))
 
 
-def plot(histories, out_png):
+def plot(histories, out_png, keys=("loss", "loss_cls", "loss_bbox", "loss_dfl")):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -40,9 +41,9 @@ def plot(histories, out_png):
 
     import numpy as np
 
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.5))
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.5))
     for name, hist in histories.items():
-        for ax, key in zip(axes, ("loss", "loss_cls", "loss_bbox", "loss_dfl")):
+        for ax, key in zip(axes, keys):
             y = np.array([r[key] for r in hist])
             k = max(1, min(20, len(y) // 10))  # moving average, for readability
             ax.plot([r["iter"] for r in hist][k - 1:], np.convolve(y, np.ones(k) / k, mode="valid"), label=name,
@@ -78,9 +79,10 @@ def plot_stages(train_stages, eval_stages, out_png):
     plt.close(fig)
 
 
-def train_and_eval(py, preset, ops, device, seed, wd, iters=None, dtype="float32", perturb=0.0):
-    cmd = [py, "-m", "reference.train", "--preset", preset, "--ops", ops, "--device", device, "--seed", str(seed),
-           "--work-dir", str(wd), "--log-interval", "1", "--dtype", dtype, "--perturb-init", repr(perturb)]
+def train_and_eval(py, preset, ops, device, seed, wd, iters=None, dtype="float32", perturb=0.0, model="gfl"):
+    cmd = [py, "-m", "reference.train", "--model", model, "--preset", preset, "--ops", ops, "--device", device,
+           "--seed", str(seed), "--work-dir", str(wd), "--log-interval", "1", "--dtype", dtype,
+           "--perturb-init", repr(perturb)]
     if iters:
         cmd += ["--iters", str(iters)]
     _run(cmd)
@@ -165,6 +167,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default=None, help="small on CPU, medium on a GPU")
     p.add_argument("--iters", type=int, default=None, help="float32 runs (default: 1000 on the small preset)")
+    p.add_argument("--autoassign-iters", type=int, default=None,
+                   help="AutoAssign float32 runs (default: as --iters)")
     p.add_argument("--float64-iters", type=int, default=None,
                    help="float64 runs (default: the preset's 12-epoch schedule)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -176,15 +180,21 @@ def main(argv=None):
     work = Path(a.work_dir)
     py = sys.executable
     histories, rows, train_stages, eval_stages, f64 = {}, [], {}, {}, {}
-    for ops in ("reference", "gflops"):
-        hist, summary, ev, _ = train_and_eval(py, preset, ops, a.device, a.seed, work / ops, iters)
-        histories[ops] = hist
-        train_stages[ops] = summary["median_stage_s"]
-        eval_stages[ops] = dict(network=ev["forward_s_per_img"], postprocess=ev["postprocess_s_per_img"])
-        rows.append(dict(ops=ops, AP=ev["stats"]["AP"], AP50=ev["stats"]["AP50"],
-                         step_ms=1e3 * summary["median_step_s"], postprocess_ms_per_img=1e3 * ev["postprocess_s_per_img"],
-                         peak_mem_mib=summary["peak_mem_mib"],
-                         from_gflops=",".join(k for k, v in summary["ops"].items() if v == "gflops") or "-"))
+    aa_iters = a.autoassign_iters or iters
+    aa_histories = {}
+    for model, n, hists in (("gfl", iters, histories), ("autoassign", aa_iters, aa_histories)):
+        for ops in ("reference", "gflops"):
+            wd = work / (ops if model == "gfl" else f"{model}_{ops}")
+            hist, summary, ev, _ = train_and_eval(py, preset, ops, a.device, a.seed, wd, n, model=model)
+            hists[ops] = hist
+            name = ops if model == "gfl" else f"{model} {ops}"
+            train_stages[name] = summary["median_stage_s"]
+            eval_stages[name] = dict(network=ev["forward_s_per_img"], postprocess=ev["postprocess_s_per_img"])
+            rows.append(dict(model=model, ops=ops, iters=len(hist), AP=ev["stats"]["AP"], AP50=ev["stats"]["AP50"],
+                             step_ms=1e3 * summary["median_step_s"],
+                             postprocess_ms_per_img=1e3 * ev["postprocess_s_per_img"],
+                             peak_mem_mib=summary["peak_mem_mib"],
+                             from_gflops=",".join(k for k, v in summary["ops"].items() if v == "gflops") or "-"))
     swap = post_process_swap(py, work / "reference", a.device)
     for ops in ("reference", "gflops"):
         f64[ops] = train_and_eval(py, preset, ops, a.device, a.seed, work / f"{ops}_float64", a.float64_iters,
@@ -205,13 +215,17 @@ def main(argv=None):
     RESULTS.mkdir(parents=True, exist_ok=True)
     png = RESULTS / f"demo_{tag}.png"
     plot(histories, png)
+    aa_png = RESULTS / f"demo_autoassign_{tag}.png"
+    plot(aa_histories, aa_png, ("loss", "loss_pos", "loss_neg", "loss_center"))
     stages_png = RESULTS / f"demo_stages_{tag}.png"
     plot_stages(train_stages, eval_stages, stages_png)
-    head = "| ops | AP | AP50 | train step (ms, median) | post-process (ms/img) | peak memory (MiB) | ops from gflops |"
-    lines = [head, "|---|---|---|---|---|---|---|"]
+    head = ("| model | ops | iterations | AP | AP50 | train step (ms, median) | post-process (ms/img) | "
+            "peak memory (MiB) | ops from gflops |")
+    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['ops']} | {r['AP']:.3f} | {r['AP50']:.3f} | {r['step_ms']:.1f} | "
-                     f"{r['postprocess_ms_per_img']:.1f} | {r['peak_mem_mib']:.0f} | {r['from_gflops']} |")
+        lines.append(f"| {r['model']} | {r['ops']} | {r['iters']} | {r['AP']:.3f} | {r['AP50']:.3f} | "
+                     f"{r['step_ms']:.1f} | {r['postprocess_ms_per_img']:.1f} | {r['peak_mem_mib']:.0f} | "
+                     f"{r['from_gflops']} |")
     stage_lines = ["| ops | " + " | ".join(TRAIN_STAGES) + " | step | " + " | ".join(EVAL_STAGES) + " (per image) |",
                    "|---|" + "---|" * (len(TRAIN_STAGES) + 1 + len(EVAL_STAGES))]
     for ops in train_stages:
@@ -222,11 +236,13 @@ def main(argv=None):
     verdict = ("identical" if same["same_detections"] and same["max_detection_diff"] == 0 else
                f"the same boxes, labels and order, values within {same['max_detection_diff']:.1e}"
                if same["same_detections"] else "DIFFERENT")
-    text = (f"# Demo: GFL detector, preset {preset}, device {a.device}\n\n"
-            f"## float32, {iters or 'the preset schedule'} iterations, seed {a.seed}\n\n" + "\n".join(lines) + "\n\n"
+    text = (f"# Demo: GFL and AutoAssign detectors, preset {preset}, device {a.device}\n\n"
+            f"## float32, seed {a.seed}\n\n" + "\n".join(lines) + "\n\n"
             f"One float32 pair of runs differs like two seeds (sums in another order drift apart), so this AP\n"
             f"pair is not evidence either way: see seed_spread_{tag}.md for AP over seeds per backend, and the\n"
-            f"float64 run below for the exact check. Loss curves: {png.name}\n\n"
+            f"float64 run below for the exact check. Loss curves: {png.name} (GFL), {aa_png.name} (AutoAssign).\n"
+            f"AutoAssign's loss is the dense reference in both rows: gflops has no AutoAssign loss op yet; with\n"
+            f"`--ops gflops` its box IoU, GIoU and the NMS come from gflops.\n\n"
             f"## The post-process alone: reference vs gflops.multiclass_nms\n\n"
             f"The reference-ops float32 model evaluated again with `--ops gflops` (only the post-process\n"
             f"changes): {swap['detections']} detections, labels and order "
@@ -234,7 +250,7 @@ def main(argv=None):
             f"{swap['max_box_diff']:.1e} px, largest score difference {swap['max_score_diff']:.1e}; COCOeval "
             f"{'identical' if swap['same_cocoeval'] else 'DIFFERENT'}; post-process "
             f"{swap['postprocess_ms_per_img'][0]:.1f} -> {swap['postprocess_ms_per_img'][1]:.1f} ms per image.\n\n"
-            f"## Same function: float64, {same['iters']} iterations, seed {a.seed}\n\n"
+            f"## Same function (GFL): float64, {same['iters']} iterations, seed {a.seed}\n\n"
             f"Trained from the same seed in float64 with `--ops reference` and `--ops gflops`:\n"
             f"- largest relative difference of any loss term at any iteration: {same['worst_rel_loss_diff']:.1e} "
             f"(iteration {same['worst_at'][0]}, {same['worst_at'][1]});\n"
