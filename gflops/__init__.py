@@ -10,6 +10,7 @@ _C = _ext.load()
 
 from . import _autograd, _fake  # noqa: E402,F401  (registrations)
 from .assign import atss_assign  # noqa: E402
+from .autoassign import autoassign_loss_terms  # noqa: E402
 from .boxes import GIoULoss, box_iou, giou_loss  # noqa: E402
 from .decode import (  # noqa: E402
     bbox2distance,
@@ -52,6 +53,7 @@ def validation_enabled() -> bool:
 
 __all__ = [
     "atss_assign",
+    "autoassign_loss_terms",
     "nms",
     "batched_nms",
     "multiclass_nms",

@@ -81,5 +81,24 @@ def register(ns):
     torch.library.register_autograd(f"{ns}::decode_distribution", _decode_backward, setup_context=_decode_setup)
     torch.library.register_autograd(f"{ns}::gfl_box_branch", _branch_backward, setup_context=_branch_setup)
 
+    def _autoassign_setup(ctx, inputs, output):
+        cls, obj, dist, points, strides, gt_boxes, gt_labels, gt_valid, mu, sigma, level_shapes = inputs
+        neg_weight, gt_stats = output[4], output[5]
+        ctx.save_for_backward(cls, obj, dist, points, strides, gt_boxes, gt_labels, gt_valid, mu, sigma, neg_weight,
+                              gt_stats)
+        ctx.level_shapes = level_shapes
+        ctx.mark_non_differentiable(output[3], neg_weight, gt_stats)
+
+    def _autoassign_backward(ctx, g_pos, g_neg, g_prior, g_any, g_neg_weight, g_stats):
+        saved = ctx.saved_tensors
+        cls = saved[0]
+        grads = [g if g is not None else cls.new_zeros(cls.shape[:1], dtype=saved[2].dtype)
+                 for g in (g_pos, g_neg, g_prior)]
+        d_cls, d_obj, d_dist, d_mu, d_sigma = ops.autoassign_loss_terms_backward(*grads, *saved, ctx.level_shapes)
+        return d_cls, d_obj, d_dist, None, None, None, None, None, d_mu, d_sigma, None
+
+    torch.library.register_autograd(f"{ns}::autoassign_loss_terms", _autoassign_backward,
+                                    setup_context=_autoassign_setup)
+
 
 register("gflops")

@@ -23,6 +23,23 @@ def _loss_out(op, pred, reduction):
 
 def register(ns):
     """Registers the fake kernels of every op of the library `ns`."""
+    @torch.library.register_fake(f"{ns}::autoassign_loss_terms")
+    def _autoassign(cls, obj, dist, points, strides, gt_boxes, gt_labels, gt_valid, mu, sigma, level_shapes):
+        op = "gflops.autoassign_loss_terms"
+        torch._check(cls.dim() == 3, lambda: f"{op}: cls_logits must have shape (B, P, C), got {tuple(cls.shape)}")
+        _same_device(op, cls, "cls_logits", obj_logits=obj, distances=dist, gt_boxes=gt_boxes, mu=mu, sigma=sigma)
+        B, P, C = cls.shape
+        acc = _acc_dtype(cls)
+        per_image = [cls.new_empty((B,), dtype=acc) for _ in range(3)]
+        return (*per_image, cls.new_empty((B,), dtype=torch.bool), cls.new_empty((B, P, C), dtype=acc),
+                cls.new_empty((B, gt_boxes.shape[1], 2), dtype=acc))
+
+    @torch.library.register_fake(f"{ns}::autoassign_loss_terms_backward")
+    def _autoassign_bwd(grad_pos, grad_neg, grad_prior, cls, obj, dist, points, strides, gt_boxes, gt_labels,
+                        gt_valid, mu, sigma, neg_weight, gt_stats, level_shapes):
+        return (cls.new_empty(cls.shape), obj.new_empty(obj.shape), dist.new_empty(dist.shape),
+                mu.new_empty(mu.shape), sigma.new_empty(sigma.shape))
+
     @torch.library.register_fake(f"{ns}::quality_focal_loss")
     def _qfl(pred, label, score, weight, beta, reduction):
         op = "gflops.quality_focal_loss"

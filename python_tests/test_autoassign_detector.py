@@ -98,12 +98,23 @@ def test_ops_switch_covers_autoassign():
     assert ref.used(AutoAssign.OPS) == dict(autoassign_loss_terms="reference", box_iou="reference",
                                             giou_loss="reference", distance_multiclass_nms="reference",
                                             batched_nms="reference")
-    assert gfl.used(AutoAssign.OPS) == dict(autoassign_loss_terms="reference", box_iou="gflops", giou_loss="gflops",
-                                            distance_multiclass_nms="reference", batched_nms="gflops")
+    assert gfl.used(AutoAssign.OPS) == dict(autoassign_loss_terms="gflops", distance_multiclass_nms="reference",
+                                            batched_nms="gflops")
     import gflops
 
-    assert gfl.autoassign_loss_terms.keywords == dict(box_iou=gflops.box_iou, giou_loss=gflops.giou_loss)
+    assert gfl.autoassign_loss_terms is gflops.autoassign_loss_terms
     assert gfl.distance_multiclass_nms.keywords == dict(batched_nms=gflops.batched_nms)
+    # Composition: a namespace whose whole op is the reference runs it on the namespace's parts.
+    from reference import ops as ops_mod
+
+    saved = gflops.autoassign_loss_terms
+    try:
+        del gflops.autoassign_loss_terms
+        parts = Ops("gflops")
+    finally:
+        gflops.autoassign_loss_terms = saved
+    assert parts.autoassign_loss_terms.func is ops_mod.REFERENCE_OPS["autoassign_loss_terms"]
+    assert parts.autoassign_loss_terms.keywords == dict(box_iou=gflops.box_iou, giou_loss=gflops.giou_loss)
 
 
 def _batch(n=4, size=64, counts=(2, 1, 3, 0), seed=0, dtype=torch.float32):
@@ -118,9 +129,9 @@ def _batch(n=4, size=64, counts=(2, 1, 3, 0), seed=0, dtype=torch.float32):
 
 
 def test_same_function_on_gflops_parts_in_float64():
-    """With --ops gflops the loss runs on gflops.box_iou and giou_loss, the
-    post-process on gflops.batched_nms: the same losses, gradients and
-    detections as the reference in float64."""
+    """With --ops gflops the loss is gflops.autoassign_loss_terms (the fused
+    op) and the post-process runs on gflops.batched_nms: the same losses,
+    gradients (every parameter) and detections as the reference in float64."""
     images, boxes, labels, valid = _batch(dtype=torch.float64)
     outs = {}
     for ops in ("reference", "gflops"):
@@ -169,7 +180,7 @@ def test_train_and_evaluate_from_the_command_line(tmp_path, monkeypatch):
     train(["--model", "autoassign", "--preset", "tiny", "--iters", "6", "--device", "cpu", "--work-dir", str(wd),
            "--quiet", "--ops", "gflops"])
     hist, summary = _log(wd)
-    assert summary["model"] == "autoassign" and summary["ops"]["box_iou"] == "gflops"
+    assert summary["model"] == "autoassign" and summary["ops"]["autoassign_loss_terms"] == "gflops"
     assert len(hist) == 6 and set(hist[0]) >= {"loss_pos", "loss_neg", "loss_center", "loss"}
     assert all(math.isfinite(r["loss"]) for r in hist)
     ckpt = torch.load(wd / "latest.pth")

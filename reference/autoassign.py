@@ -130,7 +130,7 @@ class AutoAssign(nn.Module):
         if timer is not None:
             timer("assign")
         return autoassign_loss(cls, obj, dist, pts, strides, gt_boxes.to(dtype), gt_labels, gt_valid, prior[0],
-                               prior[1], reduce_mean, terms=self.ops.autoassign_loss_terms)
+                               prior[1], reduce_mean, terms=self.ops.autoassign_loss_terms, level_shapes=shapes)
 
     @torch.no_grad()
     def predict(self, images, metas, **kw):

@@ -91,7 +91,8 @@ def force_topk_inside(inside, raw_prior, gt_valid, k=9):
 
 
 def autoassign_loss_terms(cls_logits, obj_logits, distances, points, strides, gt_boxes, gt_labels, gt_valid, mu,
-                          sigma, box_iou=boxes.box_iou, giou_loss=boxes.giou_loss, force_topk=False):
+                          sigma, box_iou=boxes.box_iou, giou_loss=boxes.giou_loss, force_topk=False,
+                          level_shapes=None):
     """The per-image sums of SPEC section 6, each (B,):
     loss_pos (the bag BCE summed over valid GTs), loss_neg (x^2 BCE(x, 0)
     summed over points and classes), prior_sum (the masked center prior
@@ -103,6 +104,8 @@ def autoassign_loss_terms(cls_logits, obj_logits, distances, points, strides, gt
     G), gt_valid (B, G), mu and sigma (C, 2). Computed in float32 (float64 for
     float64 logits). box_iou and giou_loss are SPEC section 4's, swappable
     for gflops's. force_topk: see force_topk_inside (SPEC section 6).
+    level_shapes (the grid of each level) is unused here: gflops's fused op
+    enumerates the points inside each GT from it.
     """
     dt = _acc(cls_logits)
     cls, obj, d = cls_logits.to(dt), obj_logits.to(dt), distances.to(dt)
@@ -136,11 +139,13 @@ def autoassign_loss_terms(cls_logits, obj_logits, distances, points, strides, gt
 
 
 def autoassign_loss(cls_logits, obj_logits, distances, points, strides, gt_boxes, gt_labels, gt_valid, mu, sigma,
-                    reduce_mean=_identity, terms=autoassign_loss_terms, force_topk=False):
+                    reduce_mean=_identity, terms=autoassign_loss_terms, force_topk=False, level_shapes=None):
     """dict(loss_pos, loss_neg, loss_center): the per-image terms (from
     `terms`, autoassign_loss_terms's signature) with SPEC section 6's batch
     normalisers and weights. reduce_mean averages a tensor over processes."""
     extra = dict(force_topk=True) if force_topk else {}
+    if level_shapes is not None:
+        extra["level_shapes"] = level_shapes
     loss_pos, loss_neg, prior_sum, any_inside = terms(cls_logits, obj_logits, distances, points, strides, gt_boxes,
                                                       gt_labels, gt_valid, mu, sigma, **extra)
     dt = loss_pos.dtype

@@ -1,0 +1,98 @@
+// AutoAssign (SPEC.md section 6): the per-(point, GT) terms of the loss and
+// their gradients, and the enumeration of the grid points inside a GT box.
+// Torch-free. T is the compute type: float (for float32/half/bfloat16
+// logits) or double.
+#pragma once
+
+#include "box.h"
+#include "math.h"
+
+namespace gf {
+
+constexpr double kAutoAssignEps = 1e-12;  // every clamp of SPEC section 6
+constexpr double kAutoAssignIouEps = 1e-6;  // the GIoU and IoU eps
+constexpr double kAutoAssignGiouWeight = 5.0;
+
+// The strict inside test of SPEC: min(px - x1, py - y1, x2 - px, y2 - py) > 0.
+// A NaN side is never inside.
+template <typename T> GF_HD bool strictly_inside(T px, T py, const Box4<T>& g) {
+  return px - g.x1 > T(0) && py - g.y1 > T(0) && g.x2 - px > T(0) && g.y2 - py > T(0);
+}
+
+// Grid indices i in [0, n) whose coordinate i * stride may lie strictly
+// inside (lo, hi): a superset by one on each side (the caller tests each
+// candidate exactly, so rounding here never loses a point). Empty: first > last.
+template <typename T> GF_HD void grid_span(T lo, T hi, T stride, int n, int& first, int& last) {
+  T a = lo / stride, b = hi / stride;
+  // Non-finite or far-off bounds: clamp before converting to int.
+  a = a > T(-1) ? a : T(-1);
+  b = b < T(n) ? b : T(n);
+  if (!(a <= b)) {  // NaN, or an inverted box
+    first = 1;
+    last = 0;
+    return;
+  }
+  int f = static_cast<int>(a) - 1, l = static_cast<int>(b) + 1;
+  first = f < 0 ? 0 : f;
+  last = l > n - 1 ? n - 1 : l;
+}
+
+// The center prior of a point for a GT (SPEC section 6), with what its
+// gradient needs: the stride-normalised offsets less mu.
+template <typename T> struct PriorTerm { T value, ex, ey, dx, dy; };
+
+template <typename T>
+GF_HD PriorTerm<T> center_prior(T px, T py, T stride, T cx, T cy, T mux, T muy, T sx, T sy) {
+  PriorTerm<T> r;
+  r.dx = (px - cx) / stride - mux;
+  r.dy = (py - cy) / stride - muy;
+  r.ex = gexp(-(r.dx * r.dx) / (T(2) * (sx * sx)));
+  r.ey = gexp(-(r.dy * r.dy) / (T(2) * (sy * sy)));
+  r.value = r.ex * r.ey;
+  return r;
+}
+
+// g * d prior / d (mu_x, mu_y, sigma_x, sigma_y), added to out[0..3].
+template <typename T> GF_HD void center_prior_grad(const PriorTerm<T>& r, T sx, T sy, T g, T* out) {
+  const T gv = g * r.value;
+  out[0] += gv * r.dx / (sx * sx);
+  out[1] += gv * r.dy / (sy * sy);
+  out[2] += gv * (r.dx * r.dx) / (sx * sx * sx);
+  out[3] += gv * (r.dy * r.dy) / (sy * sy * sy);
+}
+
+// The C library's log and log1p, exact at 0 and 1 (-inf, then the clamp),
+// where the fast host logf of math.h is not meant to be called.
+GF_HD float log_libm(float x) { return ::logf(x); }
+GF_HD double log_libm(double x) { return ::log(x); }
+GF_HD float log1p_libm(float x) { return ::log1pf(x); }
+GF_HD double log1p_libm(double x) { return ::log1p(x); }
+
+// torch's binary_cross_entropy on probabilities: log(x) and log1p(-x), each
+// clamped at -100.
+template <typename T> GF_HD T bce_one(T x) { return -gmax(log_libm(x), T(-100)); }
+template <typename T> GF_HD T bce_zero(T x) { return -gmax(log1p_libm(-x), T(-100)); }
+// d BCE(x, y) / d x as torch computes it: (x - y) / max(x (1 - x), 1e-12).
+template <typename T> GF_HD T bce_grad(T x, T y) {
+  return (x - y) / gmax((T(1) - x) * x, T(kAutoAssignEps));
+}
+
+// The negative term of one (point, class): x^2 BCE(x, 0) and its derivative.
+template <typename T> GF_HD T neg_loss(T x) { return x * x * bce_zero(x); }
+template <typename T> GF_HD T neg_loss_grad(T x) { return T(2) * x * bce_zero(x) + x * x * bce_grad(x, T(0)); }
+
+template <typename T> GF_HD T sigmoid_of(T x) { return T(1) / (T(1) + gexp(-x)); }
+
+// One (point, GT) pair of the positive term: p_pos = joint * exp(-5 (1 - GIoU)).
+template <typename T> struct PosTerm { T joint, loc, p_pos; };
+
+template <typename T> GF_HD PosTerm<T> pos_term(T sc, T so, const Box4<T>& pred, const Box4<T>& gt) {
+  PosTerm<T> r;
+  r.joint = sc * so;
+  const T giou = overlap(pred, gt, T(kAutoAssignIouEps)).giou;
+  r.loc = gexp(-(T(kAutoAssignGiouWeight) * (T(1) - giou)));
+  r.p_pos = r.joint * r.loc;
+  return r;
+}
+
+}  // namespace gf

@@ -1,0 +1,303 @@
+// CPU kernels of the AutoAssign loss terms (SPEC.md section 6; math in
+// common/autoassign.h), forward and backward.
+//
+// Images run in parallel. Within an image, the grid points strictly inside
+// each valid GT are enumerated from the GT box itself, level by level: the
+// rows and columns its box spans, each candidate tested exactly. So work and
+// memory grow with the (point, GT) pairs inside, plus one dense pass over
+// points x classes for the negative term. Nothing of size points x GTs is
+// built, except the best-IoU search of the points inside some GT, which
+// costs that many x GTs time but O(P) memory. Sums run in a fixed order
+// (GTs ascending, then levels, rows, columns) and in double, so results do
+// not depend on the thread count.
+//
+// The forward also returns what the backward needs: the negative weights
+// (B, P, C) and per GT the sum of the positive weights and the bag
+// probability (B, G, 2).
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "../autoassign_checks.h"
+#include "../common/autoassign.h"
+
+namespace gflops {
+namespace {
+
+constexpr const char* kOp = "gflops.autoassign_loss_terms";
+constexpr const char* kOpBackward = "gflops.autoassign_loss_terms_backward";
+
+// One image's inputs, in the accumulation type A (logits T).
+template <typename T, typename A> struct Image {
+  const T* cls;     // (P, C)
+  const T* obj;     // (P,)
+  const A* dist;    // (P, 4)
+  const A* gt;      // (G, 4)
+  const int64_t* lab;
+  const bool* valid;
+};
+
+template <typename T, typename A> Image<T, A> image(const AutoAssignInputs& in, int64_t b) {
+  const int64_t P = in.points_n, C = in.classes, G = in.num_gt;
+  return Image<T, A>{in.cls.data_ptr<T>() + b * P * C, in.obj.data_ptr<T>() + b * P,
+                     in.dist.data_ptr<A>() + b * P * 4, in.gt_boxes.data_ptr<A>() + b * G * 4,
+                     in.gt_labels.data_ptr<int64_t>() + b * G, in.gt_valid.data_ptr<bool>() + b * G};
+}
+
+// f(p) for every point strictly inside box g: levels ascending, row-major.
+template <typename A, typename F>
+void for_each_inside(const AutoAssignInputs& in, const A* pts, const A* strides, const gf::Box4<A>& g, F&& f) {
+  for (size_t l = 0; l < in.level_start.size(); ++l) {
+    const int64_t h = in.level_h[l], w = in.level_w[l], start = in.level_start[l];
+    if (h == 0 || w == 0) continue;
+    const A s = strides[start];
+    int c0, c1, r0, r1;
+    gf::grid_span(g.x1, g.x2, s, static_cast<int>(w), c0, c1);
+    gf::grid_span(g.y1, g.y2, s, static_cast<int>(h), r0, r1);
+    for (int r = r0; r <= r1; ++r) {
+      for (int c = c0; c <= c1; ++c) {
+        const int64_t p = start + static_cast<int64_t>(r) * w + c;
+        if (gf::strictly_inside(pts[2 * p], pts[2 * p + 1], g)) f(p);
+      }
+    }
+  }
+}
+
+template <typename A> gf::Box4<A> pred_box(const A* pts, const A* dist, int64_t p) {
+  return gf::distance2bbox(pts[2 * p], pts[2 * p + 1], dist + 4 * p);
+}
+
+// Everything one (point, GT) pair of the positive term has.
+template <typename A> struct Pair {
+  gf::PriorTerm<A> prior;
+  gf::PosTerm<A> pos;
+  A sc, so, e3, cw;
+};
+
+template <typename T, typename A>
+Pair<A> pair_terms(const AutoAssignInputs& in, const Image<T, A>& im, const A* pts, const A* strides, const A* mu,
+                   const A* sigma, int64_t p, const gf::Box4<A>& g, int64_t c) {
+  const int64_t C = in.classes;
+  Pair<A> r;
+  r.prior = gf::center_prior(pts[2 * p], pts[2 * p + 1], strides[p], (g.x1 + g.x2) / A(2), (g.y1 + g.y2) / A(2),
+                             mu[2 * c], mu[2 * c + 1], sigma[2 * c], sigma[2 * c + 1]);
+  r.sc = gf::sigmoid_of(gf::cvt<A>(im.cls[p * C + c]));
+  r.so = gf::sigmoid_of(gf::cvt<A>(im.obj[p]));
+  r.pos = gf::pos_term(r.sc, r.so, pred_box(pts, im.dist, p), g);
+  r.e3 = gf::gexp(A(3) * r.pos.p_pos);
+  r.cw = r.e3 * r.prior.value;
+  return r;
+}
+
+template <typename T, typename A>
+void forward_image(const AutoAssignInputs& in, int64_t b, A* loss_pos, A* loss_neg, A* prior_sum, bool* any_inside,
+                   A* neg_w, A* stats) {
+  const int64_t P = in.points_n, C = in.classes, G = in.num_gt;
+  const Image<T, A> im = image<T, A>(in, b);
+  const A* pts = in.points.data_ptr<A>();
+  const A* strides = in.strides.data_ptr<A>();
+  const A* mu = in.mu.data_ptr<A>();
+  const A* sigma = in.sigma.data_ptr<A>();
+  const A eps = A(gf::kAutoAssignEps);
+
+  // The points inside some GT, and their 1 / (1 - best IoU over the image's valid GTs).
+  std::vector<A> t(P, A(0));
+  std::vector<uint8_t> in_some(P, 0);
+  for (int64_t g = 0; g < G; ++g) {
+    if (im.valid[g]) for_each_inside(in, pts, strides, gf::load_box(im.gt + 4 * g), [&](int64_t p) { in_some[p] = 1; });
+  }
+  bool any = false;
+  for (int64_t p = 0; p < P; ++p) {
+    if (!in_some[p]) continue;
+    any = true;
+    const gf::Box4<A> pb = pred_box(pts, im.dist, p);
+    A best = A(0);  // IoUs are >= 0 (padded slots count as 0); a NaN IoU stays NaN, as amax keeps it
+    for (int64_t g = 0; g < G && best == best; ++g) {
+      if (!im.valid[g]) continue;
+      const A v = gf::overlap(pb, gf::load_box(im.gt + 4 * g), A(gf::kAutoAssignIouEps)).iou;
+      if (v > best || v != v) best = v;
+    }
+    t[p] = A(1) / gf::gmax(A(1) - best, eps);
+  }
+
+  // Per GT: the positive bag and the range of t over its points.
+  std::vector<A> t_min(G), t_max(G);
+  double pos_total = 0.0, prior_total = 0.0;
+  for (int64_t g = 0; g < G; ++g) {
+    stats[2 * g] = stats[2 * g + 1] = A(0);
+    if (!im.valid[g]) continue;
+    const gf::Box4<A> box = gf::load_box(im.gt + 4 * g);
+    const int64_t c = im.lab[g];
+    double s = 0.0, a = 0.0, psum = 0.0;
+    A lo = std::numeric_limits<A>::infinity(), hi = -std::numeric_limits<A>::infinity();
+    for_each_inside(in, pts, strides, box, [&](int64_t p) {
+      const Pair<A> r = pair_terms(in, im, pts, strides, mu, sigma, p, box, c);
+      s += r.cw;
+      a += double(r.cw) * r.pos.p_pos;
+      psum += r.prior.value;
+      lo = gf::gmin(lo, t[p]);
+      hi = gf::gmax(hi, t[p]);
+    });
+    const A s_a = A(s);
+    const A bag = A(a) / gf::gmax(s_a, eps);
+    pos_total += gf::bce_one(bag);
+    prior_total += psum;
+    stats[2 * g] = s_a;
+    stats[2 * g + 1] = bag;
+    t_min[g] = lo;
+    t_max[g] = hi;
+  }
+
+  // Negative weights: GTs ascending, so the highest GT index of a class wins a point.
+  std::fill(neg_w, neg_w + P * C, A(1));
+  for (int64_t g = 0; g < G; ++g) {
+    if (!im.valid[g]) continue;
+    const int64_t c = im.lab[g];
+    const A lo = t_min[g], range = t_max[g] - t_min[g] + eps;
+    for_each_inside(in, pts, strides, gf::load_box(im.gt + 4 * g),
+                    [&](int64_t p) { neg_w[p * C + c] = A(1) - (t[p] - lo + eps) / range; });
+  }
+  double neg_total = 0.0;
+  for (int64_t p = 0; p < P; ++p) {
+    const A so = gf::sigmoid_of(gf::cvt<A>(im.obj[p]));
+    double row = 0.0;
+    for (int64_t c = 0; c < C; ++c)
+      row += gf::neg_loss(gf::sigmoid_of(gf::cvt<A>(im.cls[p * C + c])) * so * neg_w[p * C + c]);
+    neg_total += row;
+  }
+  loss_pos[b] = A(pos_total);
+  loss_neg[b] = A(neg_total);
+  prior_sum[b] = A(prior_total);
+  any_inside[b] = any;
+}
+
+template <typename T, typename A>
+void backward_image(const AutoAssignInputs& in, int64_t b, A gpos, A gneg, A gprior, const A* neg_w, const A* stats,
+                    A* dcls, A* dobj, A* ddist, double* dprior_params) {
+  const int64_t P = in.points_n, C = in.classes, G = in.num_gt;
+  const Image<T, A> im = image<T, A>(in, b);
+  const A* pts = in.points.data_ptr<A>();
+  const A* strides = in.strides.data_ptr<A>();
+  const A* mu = in.mu.data_ptr<A>();
+  const A* sigma = in.sigma.data_ptr<A>();
+  const A eps = A(gf::kAutoAssignEps);
+
+  // The dense negative term: x = sigma(cls) sigma(obj) neg_w.
+  for (int64_t p = 0; p < P; ++p) {
+    const A so = gf::sigmoid_of(gf::cvt<A>(im.obj[p]));
+    A to_obj = A(0);
+    for (int64_t c = 0; c < C; ++c) {
+      const A sc = gf::sigmoid_of(gf::cvt<A>(im.cls[p * C + c]));
+      const A w = neg_w[p * C + c];
+      const A d_joint = gneg * gf::neg_loss_grad(sc * so * w) * w;
+      dcls[p * C + c] = d_joint * so * (sc * (A(1) - sc));
+      to_obj += d_joint * sc;
+    }
+    dobj[p] = to_obj * (so * (A(1) - so));
+  }
+  // The positive bags and the prior sum, pair by pair.
+  for (int64_t g = 0; g < G; ++g) {
+    if (!im.valid[g]) continue;
+    const gf::Box4<A> box = gf::load_box(im.gt + 4 * g);
+    const int64_t c = im.lab[g];
+    const A s = stats[2 * g], bag = stats[2 * g + 1];
+    const A denom = gf::gmax(s, eps);
+    const A kept = gf::dclamp(s, eps);  // clamp(min=eps) passes the gradient when s >= eps
+    const A g_bag = gpos * gf::bce_grad(bag, A(1));
+    A local[4] = {A(0), A(0), A(0), A(0)};
+    for_each_inside(in, pts, strides, box, [&](int64_t p) {
+      const Pair<A> r = pair_terms(in, im, pts, strides, mu, sigma, p, box, c);
+      const A spread = r.pos.p_pos - kept * bag;
+      const A d_pos = g_bag * (r.cw / denom) * (A(1) + A(3) * spread);
+      const A d_prior = g_bag * r.e3 * spread / denom + gprior;
+      const A d_joint = d_pos * r.pos.loc;
+      const A d_loc = d_pos * r.pos.joint;
+      dcls[p * C + c] += d_joint * r.so * (r.sc * (A(1) - r.sc));
+      dobj[p] += d_joint * r.sc * (r.so * (A(1) - r.so));
+      // loc = exp(-5 (1 - GIoU)): d loc / d GIoU = 5 loc.
+      const gf::Box4<A> db = gf::overlap_grad_a(pred_box(pts, im.dist, p), box, A(gf::kAutoAssignIouEps), true,
+                                                A(gf::kAutoAssignGiouWeight) * r.pos.loc * d_loc);
+      ddist[4 * p] -= db.x1;
+      ddist[4 * p + 1] -= db.y1;
+      ddist[4 * p + 2] += db.x2;
+      ddist[4 * p + 3] += db.y2;
+      gf::center_prior_grad(r.prior, sigma[2 * c], sigma[2 * c + 1], d_prior, local);
+    });
+    for (int k = 0; k < 4; ++k) dprior_params[4 * c + k] += local[k];
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> autoassign_cpu(
+    const at::Tensor& cls, const at::Tensor& obj, const at::Tensor& dist, const at::Tensor& points,
+    const at::Tensor& strides, const at::Tensor& gt_boxes, const at::Tensor& gt_labels, const at::Tensor& gt_valid,
+    const at::Tensor& mu, const at::Tensor& sigma, at::IntArrayRef level_shapes) {
+  AutoAssignInputs in = autoassign_prepare(cls, obj, dist, points, strides, gt_boxes, gt_labels, gt_valid, mu, sigma,
+                                           level_shapes, kOp);
+  autoassign_check_values(in, kOp);
+  const int64_t B = in.batch, P = in.points_n, C = in.classes, G = in.num_gt;
+  const auto opts = in.dist.options();
+  at::Tensor loss_pos = at::zeros({B}, opts), loss_neg = at::zeros({B}, opts), prior_sum = at::zeros({B}, opts);
+  at::Tensor any_inside = at::zeros({B}, opts.dtype(at::kBool));
+  at::Tensor neg_w = at::ones({B, P, C}, opts), stats = at::zeros({B, G, 2}, opts);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.cls.scalar_type(), "autoassign_cpu", [&] {
+    using A = at::opmath_type<scalar_t>;
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b)
+        forward_image<scalar_t, A>(in, b, loss_pos.data_ptr<A>(), loss_neg.data_ptr<A>(), prior_sum.data_ptr<A>(),
+                                   any_inside.data_ptr<bool>(), neg_w.data_ptr<A>() + b * P * C,
+                                   stats.data_ptr<A>() + b * G * 2);
+    });
+  });
+  return {loss_pos, loss_neg, prior_sum, any_inside, neg_w, stats};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> autoassign_backward_cpu(
+    const at::Tensor& grad_pos, const at::Tensor& grad_neg, const at::Tensor& grad_prior, const at::Tensor& cls,
+    const at::Tensor& obj, const at::Tensor& dist, const at::Tensor& points, const at::Tensor& strides,
+    const at::Tensor& gt_boxes, const at::Tensor& gt_labels, const at::Tensor& gt_valid, const at::Tensor& mu,
+    const at::Tensor& sigma, const at::Tensor& neg_w, const at::Tensor& stats, at::IntArrayRef level_shapes) {
+  AutoAssignInputs in = autoassign_prepare(cls, obj, dist, points, strides, gt_boxes, gt_labels, gt_valid, mu, sigma,
+                                           level_shapes, kOpBackward);
+  const int64_t B = in.batch, P = in.points_n, C = in.classes, G = in.num_gt;
+  at::Tensor gp = check_grad_shape(grad_pos, in.cls, {B}, kOpBackward, "grad_pos");
+  at::Tensor gn = check_grad_shape(grad_neg, in.cls, {B}, kOpBackward, "grad_neg");
+  at::Tensor gr = check_grad_shape(grad_prior, in.cls, {B}, kOpBackward, "grad_prior");
+  at::Tensor nw = check_grad_shape(neg_w, in.cls, {B, P, C}, kOpBackward, "neg_weight");
+  at::Tensor st = check_grad_shape(stats, in.cls, {B, G, 2}, kOpBackward, "gt_stats");
+  const auto opts = in.dist.options();
+  at::Tensor dcls = at::empty({B, P, C}, opts), dobj = at::empty({B, P}, opts), ddist = at::zeros({B, P, 4}, opts);
+  at::Tensor partial = at::zeros({B, C, 4}, opts.dtype(at::kDouble));  // per image: d mu_x, mu_y, sigma_x, sigma_y
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.cls.scalar_type(), "autoassign_backward_cpu", [&] {
+    using A = at::opmath_type<scalar_t>;
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b)
+        backward_image<scalar_t, A>(in, b, gp.data_ptr<A>()[b], gn.data_ptr<A>()[b], gr.data_ptr<A>()[b],
+                                    nw.data_ptr<A>() + b * P * C, st.data_ptr<A>() + b * G * 2,
+                                    dcls.data_ptr<A>() + b * P * C, dobj.data_ptr<A>() + b * P,
+                                    ddist.data_ptr<A>() + b * P * 4, partial.data_ptr<double>() + b * C * 4);
+    });
+  });
+  // Images summed in order: the same result for any thread count.
+  at::Tensor total = at::zeros({C, 4}, partial.options());
+  const double* part = partial.data_ptr<double>();
+  double* tot = total.data_ptr<double>();
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t k = 0; k < C * 4; ++k) tot[k] += part[b * C * 4 + k];
+  at::Tensor params = total.to(opts.dtype());
+  return {dcls.to(cls.scalar_type()), dobj.to(obj.scalar_type()), ddist, params.narrow(1, 0, 2).contiguous(),
+          params.narrow(1, 2, 2).contiguous()};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gflops, CPU, m) {
+  m.impl("autoassign_loss_terms", &autoassign_cpu);
+  m.impl("autoassign_loss_terms_backward", &autoassign_backward_cpu);
+}
+
+}  // namespace gflops

@@ -1,0 +1,225 @@
+"""gflops.autoassign_loss_terms (the fused AutoAssign loss op, CPU) against
+reference/autoassign_loss.py: every term and every gradient, on random and
+adversarial cases; gradcheck, opcheck, torch.compile, bad inputs."""
+import pytest
+import torch
+
+import gflops
+from reference.autoassign_loss import autoassign_loss, autoassign_loss_terms as ref_terms
+from reference.gfl import anchors
+
+SHAPES = [(12, 16), (6, 8), (3, 4), (2, 2), (1, 1)]
+
+
+def case(B=2, C=4, G=6, seed=0, dtype=torch.float64, counts=(6, 3), shapes=SHAPES, spread=0.7, size=60):
+    g = torch.Generator().manual_seed(seed)
+    pts, st, _, _ = anchors(shapes, "cpu", dtype=dtype)
+    P = pts.shape[0]
+    extent = torch.tensor([shapes[0][1] * 8, shapes[0][0] * 8], dtype=dtype)
+    xy = torch.rand(B, G, 2, generator=g, dtype=dtype) * extent * spread
+    wh = torch.rand(B, G, 2, generator=g, dtype=dtype) * size + 4
+    gt = torch.cat([xy, xy + wh], -1)
+    lab = torch.randint(0, C, (B, G), generator=g)
+    valid = torch.arange(G)[None] < torch.tensor(counts)[:, None]
+    lab[~valid] = -1
+    cls = torch.randn(B, P, C, generator=g, dtype=dtype) * 2
+    obj = torch.randn(B, P, generator=g, dtype=dtype)
+    d = torch.rand(B, P, 4, generator=g, dtype=dtype) * 30 + 0.5
+    mu = torch.randn(C, 2, generator=g, dtype=dtype) * 0.3
+    sigma = torch.rand(C, 2, generator=g, dtype=dtype) + 0.6
+    return [cls, obj, d, pts, st, gt, lab, valid, mu, sigma]
+
+
+def _run(fn, args, shapes=SHAPES, weights=(0.7, 1.3, 0.1)):
+    """The four outputs, and the gradients of a weighted sum of the three
+    differentiable ones w.r.t. cls, obj, distances, mu and sigma."""
+    leaves = [args[i].detach().clone().requires_grad_() for i in (0, 1, 2, 8, 9)]
+    a = list(args)
+    a[0], a[1], a[2], a[8], a[9] = leaves
+    out = fn(*a, level_shapes=shapes)
+    B = out[0].shape[0]
+    w = [torch.linspace(weights[k], 2 * weights[k], B, dtype=out[0].dtype) for k in range(3)]
+    total = sum((o * wk).sum() for o, wk in zip(out[:3], w))
+    grads = torch.autograd.grad(total, leaves, allow_unused=True) if total.requires_grad else [None] * 5
+    return [o.detach() for o in out], grads
+
+
+def _compare(args, rtol, shapes=SHAPES, atol=0.0):
+    (ro, rg), (go, gg) = _run(ref_terms, args, shapes), _run(gflops.autoassign_loss_terms, args, shapes)
+    for name, x, y in zip(("loss_pos", "loss_neg", "prior_sum"), ro[:3], go[:3]):
+        assert y.dtype == x.dtype, name
+        torch.testing.assert_close(y, x, rtol=rtol, atol=atol, msg=name)
+    assert torch.equal(ro[3], go[3])
+    for name, x, y in zip(("cls", "obj", "distances", "mu", "sigma"), rg, gg):
+        if x is None:
+            assert y is None or y.abs().max() == 0, name
+            continue
+        scale = x.abs().max().clamp(min=1e-30)
+        assert (y - x).abs().max() <= rtol * scale + atol, (name, ((y - x).abs().max() / scale).item())
+    return ro, rg
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_float64_agrees_to_rounding(seed):
+    ro, rg = _compare(case(seed=seed), 1e-12)
+    assert ro[3].tolist() == [True, True] and all(g.abs().sum() > 0 for g in rg)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_low_precision_logits_compute_in_float32(dtype):
+    args = case(dtype=torch.float32, seed=5)
+    args[0], args[1] = args[0].to(dtype), args[1].to(dtype)
+    _compare(args, 2e-5 if dtype == torch.float32 else 5e-5)
+    out = gflops.autoassign_loss_terms(*args, level_shapes=SHAPES)
+    assert all(o.dtype == torch.float32 for o in out[:3])
+
+
+def test_adversarial_geometry():
+    """A GT over nothing, a point inside many GTs of one class, tiny and
+    huge GTs (beyond the image), GTs on grid lines, extreme logits."""
+    args = case(B=3, C=3, G=8, counts=(8, 8, 1), seed=2)
+    gt, lab = args[5], args[6]
+    gt[0] = torch.tensor([[13.0, 13.0, 14.0, 14.0],  # between grid points: no point inside
+                          [0.0, 0.0, 200.0, 150.0],  # the whole image (and points on its edge are outside)
+                          [-500.0, -500.0, 900.0, 900.0],  # far beyond
+                          [16.0, 16.0, 48.0, 48.0], [20.0, 20.0, 44.0, 44.0], [24.0, 24.0, 40.0, 40.0],  # nested
+                          [8.0, 8.0, 16.0, 16.0],  # corners on grid points: only (x, y) strictly inside count
+                          [31.9, 31.9, 32.1, 32.1]], dtype=torch.float64)  # tiny, around one point
+    lab[0] = torch.tensor([0, 1, 1, 2, 2, 2, 0, 2])
+    gt[1] = gt[0].flip(0)
+    lab[1] = lab[0].flip(0)
+    args[0][0, :10] = 30.0
+    args[0][0, 10:20] = -30.0
+    args[1][1, :15] = 40.0
+    args[1][1, 15:30] = -40.0
+    _compare(args, 1e-11)
+
+
+def test_images_and_batches_without_gt():
+    args = case(counts=(0, 0))
+    out, grads = _run(gflops.autoassign_loss_terms, args)
+    ref, _ = _run(ref_terms, args)
+    assert out[0].tolist() == [0.0, 0.0] and out[2].tolist() == [0.0, 0.0] and out[3].tolist() == [False, False]
+    torch.testing.assert_close(out[1], ref[1], rtol=1e-12, atol=0)
+    assert grads[2].abs().max() == 0 and grads[3].abs().max() == 0 and grads[4].abs().max() == 0
+    for G in (0,):  # no GT slot at all
+        a = case(counts=(0, 0), G=1)
+        a[5], a[6], a[7] = a[5][:, :G], a[6][:, :G], a[7][:, :G]
+        _compare(a, 1e-12)
+    _compare(case(counts=(4, 0), seed=7), 1e-12)  # one image with GTs, one without
+
+
+def test_whole_loss_and_training_iteration_match(tmp_path):
+    """autoassign_loss with the fused terms: the SPEC normalisers on top give
+    the reference's losses and gradients."""
+    args = case(seed=11)
+    leaves = [args[i].clone().requires_grad_() for i in (0, 1, 2, 8, 9)]
+    results = []
+    for terms in (ref_terms, gflops.autoassign_loss_terms):
+        a = list(args)
+        a[0], a[1], a[2], a[8], a[9] = leaves
+        out = autoassign_loss(*a, terms=terms, level_shapes=SHAPES)
+        results.append((out, torch.autograd.grad(sum(out.values()), leaves)))
+    (a, ga), (b, gb) = results
+    for k in a:
+        assert a[k].item() == pytest.approx(b[k].item(), rel=1e-12)
+    for x, y in zip(ga, gb):
+        torch.testing.assert_close(y, x, rtol=1e-10, atol=1e-15)
+
+
+def test_gradcheck_float64():
+    args = case(B=2, C=3, G=3, counts=(3, 2), shapes=[(4, 5), (2, 3)], seed=3, size=25)
+    shapes = [(4, 5), (2, 3)]
+
+    def fn(cls, obj, mu, sigma):
+        a = list(args)
+        a[0], a[1], a[8], a[9] = cls, obj, mu, sigma
+        return gflops.autoassign_loss_terms(*a, level_shapes=shapes)[:3]
+
+    inputs = [args[i].clone().requires_grad_() for i in (0, 1, 8, 9)]
+    assert fn(*inputs)[2].min() > 0
+    assert torch.autograd.gradcheck(fn, inputs)
+
+    # The distances move the GIoU (loss_pos) but the negative weights' IoU carries no gradient by definition.
+    def fn_d(d):
+        a = list(args)
+        a[2] = d
+        out = gflops.autoassign_loss_terms(*a, level_shapes=shapes)
+        return out[0], out[2]
+
+    assert torch.autograd.gradcheck(fn_d, [args[2].clone().requires_grad_()])
+
+
+def test_deterministic_over_thread_counts():
+    args = case(B=4, counts=(6, 5, 2, 6), G=6, seed=4, dtype=torch.float32)
+    before = torch.get_num_threads()
+    runs = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            runs.append(_run(gflops.autoassign_loss_terms, args))
+    finally:
+        torch.set_num_threads(before)
+    for x, y in zip(runs[0][0] + list(runs[0][1]), runs[1][0] + list(runs[1][1])):
+        assert torch.equal(x, y)
+
+
+def test_opcheck():
+    args = case(B=2, C=3, G=4, counts=(4, 1), shapes=[(4, 5), (2, 3)], seed=6)
+    flat = [4, 5, 2, 3]
+    for i in (0, 1, 2, 8, 9):
+        args[i] = args[i].clone().requires_grad_()
+    torch.library.opcheck(torch.ops.gflops.autoassign_loss_terms, (*args, flat))
+
+
+def test_torch_compile_fullgraph():
+    args = case(B=2, C=3, G=4, counts=(4, 2), seed=8, dtype=torch.float32)
+
+    def loss(*a):
+        out = gflops.autoassign_loss_terms(*a, level_shapes=SHAPES)
+        return out[0].sum() + out[1].sum() + out[2].sum()
+
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    assert compiled(*args).item() == pytest.approx(loss(*args).item(), rel=1e-6)
+
+
+def test_bad_inputs_name_the_problem():
+    args = case()
+    fn = gflops.autoassign_loss_terms
+
+    def call(i=None, v=None, **kw):
+        a = list(args)
+        if i is not None:
+            a[i] = v
+        return fn(*a, **{"level_shapes": SHAPES, **kw})
+
+    with pytest.raises(ValueError, match="level_shapes"):
+        fn(*args)
+    with pytest.raises(ValueError, match="force_topk"):
+        call(force_topk=True)
+    with pytest.raises(RuntimeError, match="level_shapes .* hold 240 points but the inputs have P = 257"):
+        call(level_shapes=SHAPES[:2])
+    with pytest.raises(RuntimeError, match="obj_logits must have shape"):
+        call(1, args[1][:, :-1])
+    with pytest.raises(RuntimeError, match="distances must have shape"):
+        call(2, args[2][..., :3])
+    with pytest.raises(RuntimeError, match="mu must have shape"):
+        call(8, args[8][:2])
+    with pytest.raises(RuntimeError, match="obj_logits must have the cls_logits' dtype"):
+        call(1, args[1].float())
+    with pytest.raises(RuntimeError, match="gt_valid must be bool"):
+        call(7, args[7].long())
+    with pytest.raises(RuntimeError, match="gt_labels must be int64 or int32"):
+        call(6, args[6].double())
+    bad = args[6].clone()
+    bad[0, 1] = 4
+    with pytest.raises(RuntimeError, match=r"gt_labels of valid GTs must be in \[0, num_classes\), got 4"):
+        call(6, bad)
+    bad[0, 1] = -1
+    with pytest.raises(RuntimeError, match="got -1"):
+        call(6, bad)
+    ok = args[6].clone()
+    ok[1, 4] = 99  # a padded GT's label is never read
+    call(6, ok)
+    with pytest.raises(RuntimeError, match="cls_logits must have shape"):
+        call(0, args[0][0])
