@@ -60,7 +60,8 @@ def available():
 def _sources(build_dir):
     csrc = _ext.CSRC
     srcs = [csrc / "emulation" / n for n in ("module.cpp", "runtime.cpp", "racecheck.cpp", "selftest.cpp")]
-    srcs += [csrc / "checks.cpp", csrc / "box_checks.cpp", csrc / "assign_checks.cpp", csrc / "nms_checks.cpp"]
+    srcs += [csrc / n for n in ("checks.cpp", "box_checks.cpp", "assign_checks.cpp", "nms_checks.cpp",
+                                "autoassign_checks.cpp")]
     # g++ compiles each CUDA launcher as C++ through a one-line wrapper.
     for cu in sorted((csrc / "cuda").glob("*.cu")):
         wrapper = Path(build_dir) / f"emu_{cu.stem}.cpp"

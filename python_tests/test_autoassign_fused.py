@@ -1,17 +1,20 @@
-"""gflops.autoassign_loss_terms (the fused AutoAssign loss op, CPU) against
-reference/autoassign_loss.py: every term and every gradient, on random and
-adversarial cases; gradcheck, opcheck, torch.compile, bad inputs."""
+"""gflops.autoassign_loss_terms (the fused AutoAssign loss op) against
+reference/autoassign_loss.py, on the CPU kernels and the CUDA kernels (a GPU,
+or the CPU emulator: `device` "emu"): every term and every gradient, on
+random and adversarial cases; gradcheck, opcheck, torch.compile, bad inputs."""
 import pytest
 import torch
 
 import gflops
+from gflops import _ops, emulation
+from conftest import needs_emu
 from reference.autoassign_loss import autoassign_loss, autoassign_loss_terms as ref_terms
 from reference.gfl import anchors
 
 SHAPES = [(12, 16), (6, 8), (3, 4), (2, 2), (1, 1)]
 
 
-def case(B=2, C=4, G=6, seed=0, dtype=torch.float64, counts=(6, 3), shapes=SHAPES, spread=0.7, size=60):
+def case(B=2, C=4, G=6, seed=0, dtype=torch.float64, counts=(6, 3), shapes=SHAPES, spread=0.7, size=60, dev="cpu"):
     g = torch.Generator().manual_seed(seed)
     pts, st, _, _ = anchors(shapes, "cpu", dtype=dtype)
     P = pts.shape[0]
@@ -27,7 +30,7 @@ def case(B=2, C=4, G=6, seed=0, dtype=torch.float64, counts=(6, 3), shapes=SHAPE
     d = torch.rand(B, P, 4, generator=g, dtype=dtype) * 30 + 0.5
     mu = torch.randn(C, 2, generator=g, dtype=dtype) * 0.3
     sigma = torch.rand(C, 2, generator=g, dtype=dtype) + 0.6
-    return [cls, obj, d, pts, st, gt, lab, valid, mu, sigma]
+    return [x.to(dev) for x in (cls, obj, d, pts, st, gt, lab, valid, mu, sigma)]
 
 
 def _run(fn, args, shapes=SHAPES, weights=(0.7, 1.3, 0.1)):
@@ -60,32 +63,32 @@ def _compare(args, rtol, shapes=SHAPES, atol=0.0):
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_float64_agrees_to_rounding(seed):
-    ro, rg = _compare(case(seed=seed), 1e-12)
+def test_float64_agrees_to_rounding(seed, device):
+    ro, rg = _compare(case(seed=seed, dev=device), 1e-12)
     assert ro[3].tolist() == [True, True] and all(g.abs().sum() > 0 for g in rg)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_low_precision_logits_compute_in_float32(dtype):
-    args = case(dtype=torch.float32, seed=5)
+def test_low_precision_logits_compute_in_float32(dtype, device):
+    args = case(dtype=torch.float32, seed=5, dev=device)
     args[0], args[1] = args[0].to(dtype), args[1].to(dtype)
     _compare(args, 2e-5 if dtype == torch.float32 else 5e-5)
     out = gflops.autoassign_loss_terms(*args, level_shapes=SHAPES)
     assert all(o.dtype == torch.float32 for o in out[:3])
 
 
-def test_adversarial_geometry():
+def test_adversarial_geometry(device):
     """A GT over nothing, a point inside many GTs of one class, tiny and
     huge GTs (beyond the image), GTs on grid lines, extreme logits."""
-    args = case(B=3, C=3, G=8, counts=(8, 8, 1), seed=2)
+    args = case(B=3, C=3, G=8, counts=(8, 8, 1), seed=2, dev=device)
     gt, lab = args[5], args[6]
     gt[0] = torch.tensor([[13.0, 13.0, 14.0, 14.0],  # between grid points: no point inside
                           [0.0, 0.0, 200.0, 150.0],  # the whole image (and points on its edge are outside)
                           [-500.0, -500.0, 900.0, 900.0],  # far beyond
                           [16.0, 16.0, 48.0, 48.0], [20.0, 20.0, 44.0, 44.0], [24.0, 24.0, 40.0, 40.0],  # nested
                           [8.0, 8.0, 16.0, 16.0],  # corners on grid points: only (x, y) strictly inside count
-                          [31.9, 31.9, 32.1, 32.1]], dtype=torch.float64)  # tiny, around one point
-    lab[0] = torch.tensor([0, 1, 1, 2, 2, 2, 0, 2])
+                          [31.9, 31.9, 32.1, 32.1]], dtype=torch.float64, device=gt.device)  # tiny, one point
+    lab[0] = torch.tensor([0, 1, 1, 2, 2, 2, 0, 2], device=lab.device)
     gt[1] = gt[0].flip(0)
     lab[1] = lab[0].flip(0)
     args[0][0, :10] = 30.0
@@ -95,24 +98,24 @@ def test_adversarial_geometry():
     _compare(args, 1e-11)
 
 
-def test_images_and_batches_without_gt():
-    args = case(counts=(0, 0))
+def test_images_and_batches_without_gt(device):
+    args = case(counts=(0, 0), dev=device)
     out, grads = _run(gflops.autoassign_loss_terms, args)
     ref, _ = _run(ref_terms, args)
     assert out[0].tolist() == [0.0, 0.0] and out[2].tolist() == [0.0, 0.0] and out[3].tolist() == [False, False]
     torch.testing.assert_close(out[1], ref[1], rtol=1e-12, atol=0)
     assert grads[2].abs().max() == 0 and grads[3].abs().max() == 0 and grads[4].abs().max() == 0
     for G in (0,):  # no GT slot at all
-        a = case(counts=(0, 0), G=1)
+        a = case(counts=(0, 0), G=1, dev=device)
         a[5], a[6], a[7] = a[5][:, :G], a[6][:, :G], a[7][:, :G]
         _compare(a, 1e-12)
-    _compare(case(counts=(4, 0), seed=7), 1e-12)  # one image with GTs, one without
+    _compare(case(counts=(4, 0), seed=7, dev=device), 1e-12)  # one image with GTs, one without
 
 
-def test_whole_loss_and_training_iteration_match(tmp_path):
+def test_whole_loss_matches(device):
     """autoassign_loss with the fused terms: the SPEC normalisers on top give
     the reference's losses and gradients."""
-    args = case(seed=11)
+    args = case(seed=11, dev=device)
     leaves = [args[i].clone().requires_grad_() for i in (0, 1, 2, 8, 9)]
     results = []
     for terms in (ref_terms, gflops.autoassign_loss_terms):
@@ -127,8 +130,8 @@ def test_whole_loss_and_training_iteration_match(tmp_path):
         torch.testing.assert_close(y, x, rtol=1e-10, atol=1e-15)
 
 
-def test_gradcheck_float64():
-    args = case(B=2, C=3, G=3, counts=(3, 2), shapes=[(4, 5), (2, 3)], seed=3, size=25)
+def test_gradcheck_float64(device):
+    args = case(B=2, C=3, G=3, counts=(3, 2), shapes=[(4, 5), (2, 3)], seed=3, size=25, dev=device)
     shapes = [(4, 5), (2, 3)]
 
     def fn(cls, obj, mu, sigma):
@@ -138,7 +141,10 @@ def test_gradcheck_float64():
 
     inputs = [args[i].clone().requires_grad_() for i in (0, 1, 8, 9)]
     assert fn(*inputs)[2].min() > 0
-    assert torch.autograd.gradcheck(fn, inputs)
+    # The emulated kernels take the fast (random projection) check: the full
+    # one runs on the CPU kernels, and the two agree to rounding elsewhere.
+    fast = _ops.lib() is not torch.ops.gflops
+    assert torch.autograd.gradcheck(fn, inputs, fast_mode=fast)
 
     # The distances move the GIoU (loss_pos) but the negative weights' IoU carries no gradient by definition.
     def fn_d(d):
@@ -147,7 +153,7 @@ def test_gradcheck_float64():
         out = gflops.autoassign_loss_terms(*a, level_shapes=shapes)
         return out[0], out[2]
 
-    assert torch.autograd.gradcheck(fn_d, [args[2].clone().requires_grad_()])
+    assert torch.autograd.gradcheck(fn_d, [args[2].clone().requires_grad_()], fast_mode=fast)
 
 
 def test_deterministic_over_thread_counts():
@@ -164,12 +170,12 @@ def test_deterministic_over_thread_counts():
         assert torch.equal(x, y)
 
 
-def test_opcheck():
-    args = case(B=2, C=3, G=4, counts=(4, 1), shapes=[(4, 5), (2, 3)], seed=6)
+def test_opcheck(device):
+    args = case(B=2, C=3, G=4, counts=(4, 1), shapes=[(4, 5), (2, 3)], seed=6, dev=device)
     flat = [4, 5, 2, 3]
     for i in (0, 1, 2, 8, 9):
         args[i] = args[i].clone().requires_grad_()
-    torch.library.opcheck(torch.ops.gflops.autoassign_loss_terms, (*args, flat))
+    torch.library.opcheck(_ops.lib().autoassign_loss_terms, (*args, flat))
 
 
 def test_torch_compile_fullgraph():
@@ -183,8 +189,8 @@ def test_torch_compile_fullgraph():
     assert compiled(*args).item() == pytest.approx(loss(*args).item(), rel=1e-6)
 
 
-def test_bad_inputs_name_the_problem():
-    args = case()
+def test_bad_inputs_name_the_problem(device, validation):
+    args = case(dev=device)
     fn = gflops.autoassign_loss_terms
 
     def call(i=None, v=None, **kw):
@@ -223,3 +229,31 @@ def test_bad_inputs_name_the_problem():
     call(6, ok)
     with pytest.raises(RuntimeError, match="cls_logits must have shape"):
         call(0, args[0][0])
+
+
+@needs_emu
+def test_emulated_results_independent_of_block_order_and_grid():
+    """The CUDA kernels' results (forward and backward) do not depend on which
+    block runs first or on the grid size, and equal the CPU kernels' to rounding."""
+    m = emulation.load()
+    args = case(B=3, counts=(6, 2, 5), seed=9, dtype=torch.float32)
+    cpu = _run(gflops.autoassign_loss_terms, args)
+    runs = []
+    try:
+        with _ops.use("gflops_emu"):
+            for sms, shuffle, seed in [(1, False, 0), (5, True, 1), (2, True, 2)]:
+                m.set_num_sms(sms)
+                m.set_block_order(shuffle, seed)
+                runs.append(_run(gflops.autoassign_loss_terms, args))
+    finally:
+        m.set_block_order(False, 0)
+        m.set_num_sms(3)
+    flat = [list(out) + list(grads) for out, grads in runs]
+    for other in flat[1:]:
+        for x, y in zip(flat[0], other):
+            assert torch.equal(x, y)
+    for x, y in zip(list(cpu[0]) + list(cpu[1]), flat[0]):
+        if x.dtype == torch.bool:
+            assert torch.equal(x, y)
+        else:
+            torch.testing.assert_close(y, x, rtol=2e-5, atol=1e-6 * float(x.abs().max()))

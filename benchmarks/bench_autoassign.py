@@ -1,0 +1,159 @@
+"""The AutoAssign loss: reference eager vs torch.compile(reference) vs gflops
+(the fused op), forward and forward+backward, on the points of a 1333x800
+image (P = 22400 over P3-P7), 80 classes, over the batch and the GTs per image.
+
+    python -m benchmarks.bench_autoassign [--device cuda] [--budget-gib 8]
+
+The reference builds (B, P, G) tensors; where its predicted peak memory
+passes the budget it is not run, and the row says so (with the prediction).
+Writes benchmarks/results/autoassign_<device>.{md,csv,json,png}.
+"""
+import argparse
+import functools
+import sys
+
+import torch
+
+import gflops
+from benchmarks.bench_assign import timed
+from benchmarks.harness import RESULTS, copy_gbps, device_tag, peak_mb, write_results
+from reference.autoassign import points as grid_points
+from reference.autoassign_loss import autoassign_loss, autoassign_loss_terms
+
+STRIDES = (8, 16, 32, 64, 128)
+H, W = 800, 1333
+BATCHES = (2, 16)
+GTS = (10, 100, 1000)
+NUM_CLASSES = 80
+
+
+def level_shapes():
+    ph, pw = -(-H // 32) * 32, -(-W // 32) * 32
+    return [(-(-ph // s), -(-pw // s)) for s in STRIDES]
+
+
+def inputs(batch, num_gt, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shapes = level_shapes()
+    pts, st, _ = grid_points(shapes, "cpu")
+    P = pts.shape[0]
+    xy = torch.rand(batch, num_gt, 2, generator=g) * torch.tensor([W, H])
+    wh = (torch.rand(batch, num_gt, 2, generator=g) ** 2) * torch.tensor([W, H]) * 0.4 + 4
+    boxes = torch.cat([xy - wh / 2, xy + wh / 2], -1)
+    labels = torch.randint(0, NUM_CLASSES, (batch, num_gt), generator=g)
+    valid = torch.ones(batch, num_gt, dtype=torch.bool)
+    cls = torch.randn(batch, P, NUM_CLASSES, generator=g) - 4  # about the prior-0.02 init
+    obj = torch.randn(batch, P, generator=g)
+    dist = torch.rand(batch, P, 4, generator=g) * st[None, :, None] * 8
+    mu = torch.randn(NUM_CLASSES, 2, generator=g) * 0.2
+    sigma = torch.rand(NUM_CLASSES, 2, generator=g) + 0.5
+    tensors = [t.to(device) for t in (cls, obj, dist, pts, st, boxes, labels, valid, mu, sigma)]
+    return tensors, shapes
+
+
+def loss_fn(terms):
+    def fn(*args, level_shapes=None):
+        out = autoassign_loss(*args, terms=terms, level_shapes=level_shapes)
+        return out["loss_pos"] + out["loss_neg"] + out["loss_center"]
+    return fn
+
+
+def run(device, budget_gib):
+    ref = loss_fn(autoassign_loss_terms)
+    providers = {"reference": ref, "compile": torch.compile(ref, dynamic=False),
+                 "gflops": loss_fn(gflops.autoassign_loss_terms)}
+    rows, per_pair = [], {}
+    for batch in BATCHES:
+        for num_gt in GTS:
+            args, shapes = inputs(batch, num_gt, device)
+            pairs = batch * args[0].shape[1] * num_gt
+            for mode in ("forward", "forward+backward"):
+                base, want = {}, None
+                for prov, fn in providers.items():
+                    row = dict(points=args[0].shape[1], batch=batch, gts=num_gt, mode=mode, provider=prov)
+                    key = (prov, mode)
+                    if prov != "gflops" and key in per_pair and per_pair[key] * pairs > budget_gib * 2**30:
+                        pred = per_pair[key] * pairs / 2**30
+                        row.update(median_ms=None, peak_mib=None, vs_eager=None, vs_compile=None,
+                                   note=f"not run: predicted peak {pred:.0f} GiB (B x P x G tensors) > {budget_gib} GiB")
+                        print(f"B={batch} G={num_gt} {mode} {prov}: {row['note']}", file=sys.stderr)
+                        rows.append(row)
+                        continue
+                    leaves = [a.clone().requires_grad_() if i in (0, 1, 2, 8, 9) else a for i, a in enumerate(args)]
+
+                    def call(fn=fn, leaves=leaves, mode=mode):
+                        if mode == "forward":
+                            with torch.no_grad():
+                                return fn(*leaves, level_shapes=shapes)
+                        loss = fn(*leaves, level_shapes=shapes)
+                        grads = torch.autograd.grad(loss, [leaves[i] for i in (0, 1, 2, 8, 9)])
+                        return loss.detach(), grads
+
+                    ms, out = timed(call, device, budget_s=2.0, max_iters=10)
+                    mem = peak_mb(call, device)
+                    value = out if mode == "forward" else out[0]
+                    if want is None:
+                        want = value
+                    close = abs(float(value) - float(want)) <= 1e-4 * abs(float(want))
+                    if prov != "gflops":
+                        per_pair[key] = max(per_pair.get(key, 0.0), mem * 2**20 / pairs)
+                    base[prov] = ms
+                    row.update(median_ms=ms, peak_mib=mem,
+                               vs_eager=base["reference"] / ms if "reference" in base else None,
+                               vs_compile=base["compile"] / ms if "compile" in base else None,
+                               note="" if close else f"LOSS DIFFERS: {float(value)} vs {float(want)}")
+                    print(f"B={batch} G={num_gt} {mode} {prov}: {ms:.1f} ms, peak {mem:.1f} MiB", file=sys.stderr)
+                    rows.append(row)
+    return rows
+
+
+def plot(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = ("forward", "forward+backward")
+    fig, axes = plt.subplots(2, len(modes), figsize=(12, 8), squeeze=False)
+    styles = {"reference": "o-", "compile": "s--", "gflops": "^-"}
+    for col, mode in enumerate(modes):
+        for batch in BATCHES:
+            for prov, style in styles.items():
+                pts = [(r["gts"], r["median_ms"], r["peak_mib"]) for r in rows
+                       if r["mode"] == mode and r["batch"] == batch and r["provider"] == prov and r["median_ms"]]
+                if not pts:
+                    continue
+                g, ms, mib = zip(*pts)
+                axes[0][col].plot(g, ms, style, label=f"{prov} B={batch}")
+                axes[1][col].plot(g, [max(m, 1e-3) for m in mib], style, label=f"{prov} B={batch}")
+        axes[0][col].set_title(f"AutoAssign loss {mode}, points of a 1333x800 image, 80 classes")
+        axes[0][col].set_ylabel("median time (ms)")
+        axes[1][col].set_ylabel("peak memory (MiB)")
+        for ax in axes[:, col]:
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("GTs per image (G)")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--budget-gib", type=float, default=8.0,
+                   help="skip a dense provider whose predicted peak memory exceeds this")
+    a = p.parse_args(argv)
+    device = torch.device(a.device)
+    rows = run(device, a.budget_gib)
+    meta = dict(device=str(device), torch=torch.__version__, threads=torch.get_num_threads(),
+                copy_gbps=copy_gbps(device), classes=NUM_CLASSES, image=f"{W}x{H}",
+                note="vs_eager / vs_compile are speedups (x); peak is allocator memory during one call")
+    table = write_results("autoassign", device, rows, meta)
+    plot(rows, RESULTS / f"autoassign_{device_tag(device)}.png")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

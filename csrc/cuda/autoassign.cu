@@ -1,0 +1,121 @@
+// CUDA registration of the AutoAssign loss terms: shared checks, workspace,
+// then the torch-free entry points of autoassign_kernels.cuh on the current
+// stream. No value is read back to the host (the label check runs only with
+// validation on, as the other ops' value checks do).
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "../autoassign_checks.h"
+#include "autoassign_kernels.cuh"
+#include "launch.h"
+
+namespace gflops {
+namespace {
+
+namespace gc = gf::cuda;
+
+gc::AutoAssignArgs args_of(const AutoAssignInputs& in, const char* op) {
+  TORCH_CHECK(static_cast<int>(in.level_start.size()) <= gc::kAutoAssignMaxLevels, op, ": at most ",
+              gc::kAutoAssignMaxLevels, " levels are supported, got ", in.level_start.size());
+  TORCH_CHECK(in.batch <= 65535, op, ": the CUDA kernels take at most 65535 images, got ", in.batch);
+  gc::AutoAssignArgs a{};
+  a.cls = in.cls.data_ptr();
+  a.obj = in.obj.data_ptr();
+  a.dist = in.dist.data_ptr();
+  a.points = in.points.data_ptr();
+  a.strides = in.strides.data_ptr();
+  a.gt = in.gt_boxes.data_ptr();
+  a.labels = in.gt_labels.data_ptr<int64_t>();
+  a.valid = in.gt_valid.data_ptr<bool>();
+  a.mu = in.mu.data_ptr();
+  a.sigma = in.sigma.data_ptr();
+  a.levels.count = static_cast<int>(in.level_start.size());
+  for (size_t l = 0; l < in.level_start.size(); ++l) {
+    TORCH_CHECK(in.level_h[l] < (int64_t(1) << 30) && in.level_w[l] < (int64_t(1) << 30), op,
+                ": a level of more than 2^30 rows or columns");
+    a.levels.start[l] = in.level_start[l];
+    a.levels.h[l] = static_cast<int>(in.level_h[l]);
+    a.levels.w[l] = static_cast<int>(in.level_w[l]);
+  }
+  a.batch = in.batch;
+  a.points_n = in.points_n;
+  a.classes = in.classes;
+  a.num_gt = in.num_gt;
+  return a;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> autoassign_cuda(
+    const at::Tensor& cls, const at::Tensor& obj, const at::Tensor& dist, const at::Tensor& points,
+    const at::Tensor& strides, const at::Tensor& gt_boxes, const at::Tensor& gt_labels, const at::Tensor& gt_valid,
+    const at::Tensor& mu, const at::Tensor& sigma, at::IntArrayRef level_shapes) {
+  const char* op = "gflops.autoassign_loss_terms";
+  AutoAssignInputs in = autoassign_prepare(cls, obj, dist, points, strides, gt_boxes, gt_labels, gt_valid, mu, sigma,
+                                           level_shapes, op);
+  if (validation_enabled()) autoassign_check_values(in, op);
+  const DeviceGuard guard(in.cls.device());
+  const int64_t B = in.batch, P = in.points_n, C = in.classes, G = in.num_gt;
+  const auto opts = in.dist.options();
+  at::Tensor loss_pos = at::empty({B}, opts), loss_neg = at::empty({B}, opts), prior_sum = at::empty({B}, opts);
+  at::Tensor any_inside = at::empty({B}, opts.dtype(at::kBool));
+  at::Tensor neg_w = at::ones({B, P, C}, opts), stats = at::empty({B, G, 2}, opts);
+  at::Tensor t = at::empty({B, P}, opts), gt_part = at::empty({B, G, 5}, opts);
+  at::Tensor neg_part = at::empty({B, gc::kAutoAssignNegBlocks}, opts);
+  gc::AutoAssignArgs a = args_of(in, op);
+  a.t = t.data_ptr();
+  a.gt_part = gt_part.data_ptr();
+  a.neg_part = neg_part.data_ptr();
+  a.neg_weight = neg_w.data_ptr();
+  a.stats = stats.data_ptr();
+  a.loss_pos = loss_pos.data_ptr();
+  a.loss_neg = loss_neg.data_ptr();
+  a.prior_sum = prior_sum.data_ptr();
+  a.any_inside = any_inside.data_ptr<bool>();
+  GF_CUDA_CHECK(gc::autoassign_forward(kernel_dtype(in.cls.scalar_type()), a, num_sms(in.cls.get_device()),
+                                       current_stream()));
+  return {loss_pos, loss_neg, prior_sum, any_inside, neg_w, stats};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> autoassign_backward_cuda(
+    const at::Tensor& grad_pos, const at::Tensor& grad_neg, const at::Tensor& grad_prior, const at::Tensor& cls,
+    const at::Tensor& obj, const at::Tensor& dist, const at::Tensor& points, const at::Tensor& strides,
+    const at::Tensor& gt_boxes, const at::Tensor& gt_labels, const at::Tensor& gt_valid, const at::Tensor& mu,
+    const at::Tensor& sigma, const at::Tensor& neg_w, const at::Tensor& stats, at::IntArrayRef level_shapes) {
+  const char* op = "gflops.autoassign_loss_terms_backward";
+  AutoAssignInputs in = autoassign_prepare(cls, obj, dist, points, strides, gt_boxes, gt_labels, gt_valid, mu, sigma,
+                                           level_shapes, op);
+  const int64_t B = in.batch, P = in.points_n, C = in.classes, G = in.num_gt;
+  at::Tensor gp = check_grad_shape(grad_pos, in.cls, {B}, op, "grad_pos");
+  at::Tensor gn = check_grad_shape(grad_neg, in.cls, {B}, op, "grad_neg");
+  at::Tensor gr = check_grad_shape(grad_prior, in.cls, {B}, op, "grad_prior");
+  at::Tensor nw = check_grad_shape(neg_w, in.cls, {B, P, C}, op, "neg_weight");
+  at::Tensor st = check_grad_shape(stats, in.cls, {B, G, 2}, op, "gt_stats");
+  const DeviceGuard guard(in.cls.device());
+  const auto opts = in.dist.options();
+  at::Tensor dcls = at::empty({B, P, C}, opts), dobj = at::empty({B, P}, opts), ddist = at::empty({B, P, 4}, opts);
+  at::Tensor dmu = at::empty({C, 2}, opts), dsigma = at::empty({C, 2}, opts);
+  at::Tensor prior_part = at::empty({B, G, 4}, opts);
+  gc::AutoAssignArgs a = args_of(in, op);
+  a.neg_weight = nw.data_ptr();
+  a.stats = st.data_ptr();
+  a.grad_pos = gp.data_ptr();
+  a.grad_neg = gn.data_ptr();
+  a.grad_prior = gr.data_ptr();
+  a.d_cls = dcls.data_ptr();
+  a.d_obj = dobj.data_ptr();
+  a.d_dist = ddist.data_ptr();
+  a.prior_part = prior_part.data_ptr();
+  a.d_mu = dmu.data_ptr();
+  a.d_sigma = dsigma.data_ptr();
+  GF_CUDA_CHECK(gc::autoassign_backward(kernel_dtype(in.cls.scalar_type()), a, num_sms(in.cls.get_device()),
+                                        current_stream()));
+  return {dcls.to(cls.scalar_type()), dobj.to(obj.scalar_type()), ddist, dmu, dsigma};
+}
+
+}  // namespace
+
+GF_CUDA_LIBRARY_IMPL(m) {
+  m.impl("autoassign_loss_terms", &autoassign_cuda);
+  m.impl("autoassign_loss_terms_backward", &autoassign_backward_cuda);
+}
+
+}  // namespace gflops
