@@ -4,6 +4,8 @@
 // logits) or double.
 #pragma once
 
+#include <cmath>
+
 #include "box.h"
 #include "math.h"
 
@@ -68,10 +70,25 @@ GF_HD double log_libm(double x) { return ::log(x); }
 GF_HD float log1p_libm(float x) { return ::log1pf(x); }
 GF_HD double log1p_libm(double x) { return ::log1p(x); }
 
+// log1p(-x) for x in [0, 1]. On the host, in float, the classic
+// log(u) * (-x) / (u - 1) with u = 1 - x on the vectorisable logf of math.h
+// (within a few ulp; u is never subnormal), so the dense negative term's loops
+// vectorise; x >= 1 gives -inf as log1p does.
+GF_HD float log1p_neg(float x) {
+#if defined(GF_DEVICE_MATH)
+  return ::log1pf(-x);
+#else
+  const float u = 1.0f - x, d = u - 1.0f;
+  const float r = d == 0.0f ? -x : host_logf(u) * (-x / d);
+  return x >= 1.0f ? -INFINITY : r;
+#endif
+}
+GF_HD double log1p_neg(double x) { return ::log1p(-x); }
+
 // torch's binary_cross_entropy on probabilities: log(x) and log1p(-x), each
 // clamped at -100.
 template <typename T> GF_HD T bce_one(T x) { return -gmax(log_libm(x), T(-100)); }
-template <typename T> GF_HD T bce_zero(T x) { return -gmax(log1p_libm(-x), T(-100)); }
+template <typename T> GF_HD T bce_zero(T x) { return -gmax(log1p_neg(x), T(-100)); }
 // d BCE(x, y) / d x as torch computes it: (x - y) / max(x (1 - x), 1e-12).
 template <typename T> GF_HD T bce_grad(T x, T y) {
   return (x - y) / gmax((T(1) - x) * x, T(kAutoAssignEps));

@@ -25,6 +25,7 @@
 
 #include "../autoassign_checks.h"
 #include "../common/autoassign.h"
+#include "reduce.h"
 
 namespace gflops {
 namespace {
@@ -94,6 +95,56 @@ Pair<A> pair_terms(const AutoAssignInputs& in, const Image<T, A>& im, const A* p
   return r;
 }
 
+// IoU of a predicted box with each GT of the image (SoA; 0 for padded slots),
+// into iou[0, G): vectorised, no multiply-add fused, as the reference rounds.
+template <typename A>
+GF_CPU_CLONES_EXACT void ious_with_gts(const gf::Box4<A>& pb, const A* x1, const A* y1, const A* x2, const A* y2,
+                                       const uint8_t* valid, int64_t G, A* iou) {
+#pragma omp simd
+  for (int64_t g = 0; g < G; ++g) {
+    const A v = gf::iou_only(pb, gf::Box4<A>{x1[g], y1[g], x2[g], y2[g]}, A(gf::kAutoAssignIouEps));
+    iou[g] = valid[g] ? v : A(0);
+  }
+}
+
+// The dense negative term of points [0, P): sum of x^2 BCE(x, 0) with x =
+// sigma(cls) sigma(obj) neg_w, rows summed in order.
+template <typename T, typename A>
+GF_CPU_CLONES double neg_rows(const T* cls, const T* obj, const A* w, int64_t P, int64_t C) {
+  double total = 0.0;
+  for (int64_t p = 0; p < P; ++p) {
+    const A so = gf::sigmoid_of(gf::cvt<A>(obj[p]));
+    const T* x = cls + p * C;
+    const A* wr = w + p * C;
+    A row = A(0);
+#pragma omp simd reduction(+ : row)
+    for (int64_t c = 0; c < C; ++c) row += gf::neg_loss(gf::sigmoid_of(gf::cvt<A>(x[c])) * so * wr[c]);
+    total += row;
+  }
+  return total;
+}
+
+// Its gradient: d_cls for every (point, class) and d_obj per point.
+template <typename T, typename A>
+GF_CPU_CLONES void neg_grad_rows(const T* cls, const T* obj, const A* w, A g, int64_t P, int64_t C, A* dcls,
+                                 A* dobj) {
+  for (int64_t p = 0; p < P; ++p) {
+    const A so = gf::sigmoid_of(gf::cvt<A>(obj[p]));
+    const T* x = cls + p * C;
+    const A* wr = w + p * C;
+    A* d = dcls + p * C;
+    A to_obj = A(0);
+#pragma omp simd reduction(+ : to_obj)
+    for (int64_t c = 0; c < C; ++c) {
+      const A sc = gf::sigmoid_of(gf::cvt<A>(x[c]));
+      const A d_joint = g * gf::neg_loss_grad(sc * so * wr[c]) * wr[c];
+      d[c] = d_joint * so * (sc * (A(1) - sc));
+      to_obj += d_joint * sc;
+    }
+    dobj[p] = to_obj * (so * (A(1) - so));
+  }
+}
+
 template <typename T, typename A>
 void forward_image(const AutoAssignInputs& in, int64_t b, A* loss_pos, A* loss_neg, A* prior_sum, bool* any_inside,
                    A* neg_w, A* stats) {
@@ -112,16 +163,21 @@ void forward_image(const AutoAssignInputs& in, int64_t b, A* loss_pos, A* loss_n
     if (im.valid[g]) for_each_inside(in, pts, strides, gf::load_box(im.gt + 4 * g), [&](int64_t p) { in_some[p] = 1; });
   }
   bool any = false;
+  std::vector<A> soa(5 * G);  // x1, y1, x2, y2 of the GTs, then their IoUs with one point's box
+  std::vector<uint8_t> valid_u8(G);
+  for (int64_t g = 0; g < G; ++g) {
+    for (int k = 0; k < 4; ++k) soa[k * G + g] = im.gt[4 * g + k];
+    valid_u8[g] = im.valid[g];
+  }
+  A* iou = soa.data() + 4 * G;
   for (int64_t p = 0; p < P; ++p) {
     if (!in_some[p]) continue;
     any = true;
-    const gf::Box4<A> pb = pred_box(pts, im.dist, p);
+    ious_with_gts(pred_box(pts, im.dist, p), soa.data(), soa.data() + G, soa.data() + 2 * G, soa.data() + 3 * G,
+                  valid_u8.data(), G, iou);
     A best = A(0);  // IoUs are >= 0 (padded slots count as 0); a NaN IoU stays NaN, as amax keeps it
-    for (int64_t g = 0; g < G && best == best; ++g) {
-      if (!im.valid[g]) continue;
-      const A v = gf::overlap(pb, gf::load_box(im.gt + 4 * g), A(gf::kAutoAssignIouEps)).iou;
-      if (v > best || v != v) best = v;
-    }
+    for (int64_t g = 0; g < G && best == best; ++g)
+      if (iou[g] > best || iou[g] != iou[g]) best = iou[g];
     t[p] = A(1) / gf::gmax(A(1) - best, eps);
   }
 
@@ -162,16 +218,8 @@ void forward_image(const AutoAssignInputs& in, int64_t b, A* loss_pos, A* loss_n
     for_each_inside(in, pts, strides, gf::load_box(im.gt + 4 * g),
                     [&](int64_t p) { neg_w[p * C + c] = A(1) - (t[p] - lo + eps) / range; });
   }
-  double neg_total = 0.0;
-  for (int64_t p = 0; p < P; ++p) {
-    const A so = gf::sigmoid_of(gf::cvt<A>(im.obj[p]));
-    double row = 0.0;
-    for (int64_t c = 0; c < C; ++c)
-      row += gf::neg_loss(gf::sigmoid_of(gf::cvt<A>(im.cls[p * C + c])) * so * neg_w[p * C + c]);
-    neg_total += row;
-  }
   loss_pos[b] = A(pos_total);
-  loss_neg[b] = A(neg_total);
+  loss_neg[b] = A(neg_rows(im.cls, im.obj, neg_w, P, C));
   prior_sum[b] = A(prior_total);
   any_inside[b] = any;
 }
@@ -187,19 +235,7 @@ void backward_image(const AutoAssignInputs& in, int64_t b, A gpos, A gneg, A gpr
   const A* sigma = in.sigma.data_ptr<A>();
   const A eps = A(gf::kAutoAssignEps);
 
-  // The dense negative term: x = sigma(cls) sigma(obj) neg_w.
-  for (int64_t p = 0; p < P; ++p) {
-    const A so = gf::sigmoid_of(gf::cvt<A>(im.obj[p]));
-    A to_obj = A(0);
-    for (int64_t c = 0; c < C; ++c) {
-      const A sc = gf::sigmoid_of(gf::cvt<A>(im.cls[p * C + c]));
-      const A w = neg_w[p * C + c];
-      const A d_joint = gneg * gf::neg_loss_grad(sc * so * w) * w;
-      dcls[p * C + c] = d_joint * so * (sc * (A(1) - sc));
-      to_obj += d_joint * sc;
-    }
-    dobj[p] = to_obj * (so * (A(1) - so));
-  }
+  neg_grad_rows(im.cls, im.obj, neg_w, gneg, P, C, dcls, dobj);
   // The positive bags and the prior sum, pair by pair.
   for (int64_t g = 0; g < G; ++g) {
     if (!im.valid[g]) continue;

@@ -176,7 +176,7 @@ __global__ void __launch_bounds__(kThreads) aa_best_iou_kernel(AutoAssignArgs a)
       acc_t best = acc_t(0);
       for (int64_t g = 0; g < a.num_gt && best == best; ++g) {
         if (!a.valid[b * a.num_gt + g]) continue;
-        const acc_t v = overlap(pb, aa_box(gt + 4 * (b * a.num_gt + g)), acc_t(kAutoAssignIouEps)).iou;
+        const acc_t v = iou_only(pb, aa_box(gt + 4 * (b * a.num_gt + g)), acc_t(kAutoAssignIouEps));
         if (v > best || v != v) best = v;
       }
       out = acc_t(1) / gmax(acc_t(1) - best, acc_t(kAutoAssignEps));
