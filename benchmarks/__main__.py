@@ -1,10 +1,10 @@
 """All benchmarks in one run: `python -m benchmarks [--device cuda] [--size ...] [--dtype ...]`.
 
-The assignment and NMS benchmarks sweep their own sizes and take only
---device."""
+The assignment, NMS and AutoAssign benchmarks sweep their own sizes and take
+only --device."""
 import sys
 
-from benchmarks import bench_assign, bench_boxes, bench_losses, bench_nms
+from benchmarks import bench_assign, bench_autoassign, bench_boxes, bench_losses, bench_nms
 
 
 def _device_args(argv):
@@ -22,3 +22,4 @@ if __name__ == "__main__":
         bench.main(sys.argv[1:])
     bench_assign.main(_device_args(sys.argv[1:]))
     bench_nms.main(_device_args(sys.argv[1:]))
+    bench_autoassign.main(_device_args(sys.argv[1:]))

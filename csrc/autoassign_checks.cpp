@@ -11,8 +11,8 @@ void check_shape(const at::Tensor& t, at::IntArrayRef want, const char* op, cons
 }
 
 void check_dtype(const at::Tensor& t, at::ScalarType want, const char* op, const char* name) {
-  TORCH_CHECK(t.scalar_type() == want, op, ": ", name, " must be ", want, " (the accumulation dtype of the logits), got ",
-              t.scalar_type());
+  TORCH_CHECK(t.scalar_type() == want, op, ": ", name, " must be ", want,
+              " (the accumulation dtype of the logits), got ", t.scalar_type());
 }
 
 }  // namespace

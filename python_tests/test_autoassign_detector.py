@@ -190,6 +190,25 @@ def test_train_and_evaluate_from_the_command_line(tmp_path, monkeypatch):
     assert len(ev["stats"]) == 12 and ev["images"] == 4
 
 
+def test_float64_training_with_the_fused_loss_follows_the_reference(tmp_path, monkeypatch):
+    """Six float64 iterations from one seed with --ops reference and --ops
+    gflops (the fused AutoAssign loss op): the same losses at every iteration."""
+    from reference.train import main as train
+
+    monkeypatch.chdir(tmp_path)
+    logs = {}
+    for ops in ("reference", "gflops"):
+        wd = tmp_path / ops
+        train(["--model", "autoassign", "--preset", "tiny", "--iters", "6", "--device", "cpu", "--work-dir", str(wd),
+               "--quiet", "--ops", ops, "--dtype", "float64", "--seed", "2"])
+        logs[ops] = _log(wd)
+    assert logs["gflops"][1]["ops"]["autoassign_loss_terms"] == "gflops"
+    for a, b in zip(logs["reference"][0], logs["gflops"][0]):
+        for k in ("loss_pos", "loss_neg", "loss_center", "loss"):
+            assert a[k] == pytest.approx(b[k], rel=1e-9), (a["iter"], k)
+    assert logs["reference"][0][-1]["loss"] != logs["reference"][0][0]["loss"]
+
+
 def test_norm_layers_have_no_weight_decay_for_autoassign():
     from reference.train import param_groups
 

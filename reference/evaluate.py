@@ -1,4 +1,5 @@
-"""Run a detector (GFL or AutoAssign, as the checkpoint says) on a COCO-format set and score it with pycocotools' COCOeval.
+"""Run a detector (GFL or AutoAssign, as the checkpoint says) on a COCO-format
+set and score it with pycocotools' COCOeval.
 
     python -m reference.evaluate --checkpoint work_dirs/gfl/latest.pth [--ops gflops]
 """
