@@ -62,6 +62,8 @@ AutoAssignInputs autoassign_prepare(const at::Tensor& cls, const at::Tensor& obj
   for (size_t l = 0; l < level_shapes.size(); l += 2) {
     const int64_t h = level_shapes[l], w = level_shapes[l + 1];
     TORCH_CHECK(h >= 0 && w >= 0, op, ": level_shapes must be >= 0, got ", level_shapes);
+    TORCH_CHECK(h < (int64_t(1) << 30) && w < (int64_t(1) << 30), op,
+                ": a level of 2^30 or more rows or columns, got ", level_shapes);
     in.level_start.push_back(start);
     in.level_h.push_back(h);
     in.level_w.push_back(w);

@@ -257,3 +257,41 @@ def test_emulated_results_independent_of_block_order_and_grid():
             assert torch.equal(x, y)
         else:
             torch.testing.assert_close(y, x, rtol=2e-5, atol=1e-6 * float(x.abs().max()))
+
+
+@needs_emu
+def test_emulated_bad_label_without_validation_is_ignored():
+    """On CUDA the label check costs a sync, so it runs only with validation
+    on; without it a valid GT with a label outside [0, C) is ignored, never
+    used as an index (the sanitizer runs would catch a stray access)."""
+    emulation.load()
+    args = case(seed=12)
+    bad, ignored = list(args), list(args)
+    bad[6] = args[6].clone()
+    bad[6][0, 1] = 99
+    ignored[7] = args[7].clone()
+    ignored[7][0, 1] = False
+    before = gflops.validation_enabled()
+    gflops.set_validation(False)
+    try:
+        with _ops.use("gflops_emu"):
+            got, want = _run(gflops.autoassign_loss_terms, bad), _run(gflops.autoassign_loss_terms, ignored)
+    finally:
+        gflops.set_validation(before)
+    for x, y in zip(list(got[0]) + list(got[1]), list(want[0]) + list(want[1])):
+        assert torch.equal(x, y)
+
+
+def test_nan_distances_are_not_hidden(device):
+    """A NaN box prediction inside a GT makes that image's positive loss NaN
+    (torch's BCE would refuse the NaN probability; the clamp at -100 must not
+    turn it into a finite 100)."""
+    args = case(seed=13, dev=device)
+    pts, gt = args[3], args[5]
+    inside = ((pts[:, 0] > gt[0, 0, 0]) & (pts[:, 0] < gt[0, 0, 2]) & (pts[:, 1] > gt[0, 0, 1])
+              & (pts[:, 1] < gt[0, 0, 3]))
+    p = int(torch.nonzero(inside)[0, 0])
+    args[2] = args[2].clone()
+    args[2][0, p] = float("nan")
+    out = gflops.autoassign_loss_terms(*args, level_shapes=SHAPES)
+    assert torch.isnan(out[0][0]) and torch.isfinite(out[0][1])

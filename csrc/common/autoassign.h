@@ -26,10 +26,11 @@ template <typename T> GF_HD bool strictly_inside(T px, T py, const Box4<T>& g) {
 // candidate exactly, so rounding here never loses a point). Empty: first > last.
 template <typename T> GF_HD void grid_span(T lo, T hi, T stride, int n, int& first, int& last) {
   T a = lo / stride, b = hi / stride;
-  // Non-finite or far-off bounds: clamp before converting to int.
+  // Infinite or far-off bounds are clamped before the conversion to int; a
+  // NaN bound becomes the whole level (its points then fail the exact test).
   a = a > T(-1) ? a : T(-1);
   b = b < T(n) ? b : T(n);
-  if (!(a <= b)) {  // NaN, or an inverted box
+  if (!(a <= b)) {  // an inverted box
     first = 1;
     last = 0;
     return;
@@ -85,13 +86,22 @@ GF_HD float log1p_neg(float x) {
 }
 GF_HD double log1p_neg(double x) { return ::log1p(-x); }
 
+// max(v, m) as std::max and torch's clamp(min=m) take it: a NaN v stays NaN
+// (math.h's gmax would return m), so a NaN input is not hidden in a loss.
+template <typename T> GF_HD T clamp_min_nan(T v, T m) { return v < m ? m : v; }
+
 // torch's binary_cross_entropy on probabilities: log(x) and log1p(-x), each
 // clamped at -100.
-template <typename T> GF_HD T bce_one(T x) { return -gmax(log_libm(x), T(-100)); }
-template <typename T> GF_HD T bce_zero(T x) { return -gmax(log1p_neg(x), T(-100)); }
+template <typename T> GF_HD T bce_one(T x) { return -clamp_min_nan(log_libm(x), T(-100)); }
+template <typename T> GF_HD T bce_zero(T x) { return -clamp_min_nan(log1p_neg(x), T(-100)); }
 // d BCE(x, y) / d x as torch computes it: (x - y) / max(x (1 - x), 1e-12).
 template <typename T> GF_HD T bce_grad(T x, T y) {
-  return (x - y) / gmax((T(1) - x) * x, T(kAutoAssignEps));
+  return (x - y) / clamp_min_nan((T(1) - x) * x, T(kAutoAssignEps));
+}
+
+// The negative weights' 1 / max(1 - best IoU, 1e-12).
+template <typename T> GF_HD T inverse_miss(T best_iou) {
+  return T(1) / clamp_min_nan(T(1) - best_iou, T(kAutoAssignEps));
 }
 
 // The negative term of one (point, class): x^2 BCE(x, 0) and its derivative.

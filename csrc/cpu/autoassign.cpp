@@ -178,7 +178,7 @@ void forward_image(const AutoAssignInputs& in, int64_t b, A* loss_pos, A* loss_n
     A best = A(0);  // IoUs are >= 0 (padded slots count as 0); a NaN IoU stays NaN, as amax keeps it
     for (int64_t g = 0; g < G && best == best; ++g)
       if (iou[g] > best || iou[g] != iou[g]) best = iou[g];
-    t[p] = A(1) / gf::gmax(A(1) - best, eps);
+    t[p] = gf::inverse_miss(best);
   }
 
   // Per GT: the positive bag and the range of t over its points.
@@ -200,7 +200,7 @@ void forward_image(const AutoAssignInputs& in, int64_t b, A* loss_pos, A* loss_n
       hi = gf::gmax(hi, t[p]);
     });
     const A s_a = A(s);
-    const A bag = A(a) / gf::gmax(s_a, eps);
+    const A bag = A(a) / gf::clamp_min_nan(s_a, eps);
     pos_total += gf::bce_one(bag);
     prior_total += psum;
     stats[2 * g] = s_a;
@@ -242,7 +242,7 @@ void backward_image(const AutoAssignInputs& in, int64_t b, A gpos, A gneg, A gpr
     const gf::Box4<A> box = gf::load_box(im.gt + 4 * g);
     const int64_t c = im.lab[g];
     const A s = stats[2 * g], bag = stats[2 * g + 1];
-    const A denom = gf::gmax(s, eps);
+    const A denom = gf::clamp_min_nan(s, eps);
     const A kept = gf::dclamp(s, eps);  // clamp(min=eps) passes the gradient when s >= eps
     const A g_bag = gpos * gf::bce_grad(bag, A(1));
     A local[4] = {A(0), A(0), A(0), A(0)};

@@ -31,8 +31,6 @@ gc::AutoAssignArgs args_of(const AutoAssignInputs& in, const char* op) {
   a.sigma = in.sigma.data_ptr();
   a.levels.count = static_cast<int>(in.level_start.size());
   for (size_t l = 0; l < in.level_start.size(); ++l) {
-    TORCH_CHECK(in.level_h[l] < (int64_t(1) << 30) && in.level_w[l] < (int64_t(1) << 30), op,
-                ": a level of more than 2^30 rows or columns");
     a.levels.start[l] = in.level_start[l];
     a.levels.h[l] = static_cast<int>(in.level_h[l]);
     a.levels.w[l] = static_cast<int>(in.level_w[l]);

@@ -77,6 +77,13 @@ struct AutoAssignArgs {
   void* d_sigma;           // (C, 2)
 };
 
+// A GT the kernels use: valid, with a label in [0, C). Without validation a
+// bad label is not an error on CUDA (that check costs a sync); such a GT is
+// ignored rather than let the kernels index past the class dimension.
+__device__ __forceinline__ bool aa_usable(const AutoAssignArgs& a, int64_t r) {
+  return a.valid[r] && a.labels[r] >= 0 && a.labels[r] < a.classes;
+}
+
 template <typename acc_t> __device__ __forceinline__ Box4<acc_t> aa_box(const acc_t* p) {
   return Box4<acc_t>{p[0], p[1], p[2], p[3]};
 }
@@ -169,17 +176,17 @@ __global__ void __launch_bounds__(kThreads) aa_best_iou_kernel(AutoAssignArgs a)
     const acc_t px = pts[2 * p], py = pts[2 * p + 1];
     bool inside = false;
     for (int64_t g = 0; g < a.num_gt && !inside; ++g)
-      inside = a.valid[b * a.num_gt + g] && strictly_inside(px, py, aa_box(gt + 4 * (b * a.num_gt + g)));
+      inside = aa_usable(a, b * a.num_gt + g) && strictly_inside(px, py, aa_box(gt + 4 * (b * a.num_gt + g)));
     acc_t out = acc_t(0);
     if (inside) {
       const Box4<acc_t> pb = distance2bbox(px, py, dist + 4 * i);
       acc_t best = acc_t(0);
       for (int64_t g = 0; g < a.num_gt && best == best; ++g) {
-        if (!a.valid[b * a.num_gt + g]) continue;
+        if (!aa_usable(a, b * a.num_gt + g)) continue;
         const acc_t v = iou_only(pb, aa_box(gt + 4 * (b * a.num_gt + g)), acc_t(kAutoAssignIouEps));
         if (v > best || v != v) best = v;
       }
-      out = acc_t(1) / gmax(acc_t(1) - best, acc_t(kAutoAssignEps));
+      out = inverse_miss(best);
     }
     t[i] = out;
   }
@@ -194,7 +201,7 @@ __global__ void __launch_bounds__(kThreads) aa_gt_kernel(AutoAssignArgs a) {
   const acc_t inf = acc_t(INFINITY), eps = acc_t(kAutoAssignEps);
   for (int64_t r = blockIdx.x; r < a.batch * a.num_gt; r += gridDim.x) {  // block-uniform
     const int64_t b = r / a.num_gt;
-    if (!a.valid[r]) {
+    if (!aa_usable(a, r)) {
       if (threadIdx.x == 0) {
         for (int k = 0; k < 5; ++k) part[5 * r + k] = acc_t(0);
         stats[2 * r] = stats[2 * r + 1] = acc_t(0);
@@ -227,7 +234,7 @@ __global__ void __launch_bounds__(kThreads) aa_gt_kernel(AutoAssignArgs a) {
     lo = aa_block_reduce(lo, AaMin{});
     hi = aa_block_reduce(hi, AaMax{});
     if (threadIdx.x == 0) {
-      const acc_t bag = num / gmax(s, eps);
+      const acc_t bag = num / clamp_min_nan(s, eps);
       part[5 * r] = bce_one(bag);
       part[5 * r + 1] = psum;
       part[5 * r + 2] = lo;
@@ -253,7 +260,7 @@ __global__ void __launch_bounds__(kThreads) aa_neg_weight_kernel(AutoAssignArgs 
     const int64_t b = i / a.points_n, p = i - b * a.points_n;
     for (int64_t g = 0; g < a.num_gt; ++g) {
       const int64_t r = b * a.num_gt + g;
-      if (!a.valid[r] || !strictly_inside(pts[2 * p], pts[2 * p + 1], aa_box(gt + 4 * r))) continue;
+      if (!aa_usable(a, r) || !strictly_inside(pts[2 * p], pts[2 * p + 1], aa_box(gt + 4 * r))) continue;
       const acc_t lo = part[5 * r + 2], hi = part[5 * r + 3];
       w[i * a.classes + a.labels[r]] = acc_t(1) - (tp - lo + eps) / (hi - lo + eps);
     }
@@ -347,12 +354,12 @@ __global__ void __launch_bounds__(kThreads) aa_pos_grad_kernel(AutoAssignArgs a)
     acc_t d_obj = acc_t(0), dd[4] = {acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
     for (int64_t g = 0; g < a.num_gt; ++g) {
       const int64_t r = b * a.num_gt + g;
-      if (!a.valid[r]) continue;
+      if (!aa_usable(a, r)) continue;
       const Box4<acc_t> box = aa_box(gt + 4 * r);
       if (!strictly_inside(pts[2 * p], pts[2 * p + 1], box)) continue;
       const int64_t c = a.labels[r];
       const acc_t s = stats[2 * r], bag = stats[2 * r + 1];
-      const acc_t denom = gmax(s, eps), kept = dclamp(s, eps);
+      const acc_t denom = clamp_min_nan(s, eps), kept = dclamp(s, eps);
       const acc_t g_bag = gpos[b] * bce_grad(bag, acc_t(1));
       const AaPair<scalar_t, acc_t> q = aa_pair<scalar_t, acc_t>(a, b, p, box, c);
       const acc_t spread = q.pos.p_pos - kept * bag;
@@ -385,11 +392,11 @@ __global__ void __launch_bounds__(kThreads) aa_prior_grad_kernel(AutoAssignArgs 
   for (int64_t r = blockIdx.x; r < a.batch * a.num_gt; r += gridDim.x) {  // block-uniform
     const int64_t b = r / a.num_gt;
     acc_t acc[4] = {acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
-    if (a.valid[r]) {
+    if (aa_usable(a, r)) {
       const Box4<acc_t> g = aa_box(gt + 4 * r);
       const int64_t c = a.labels[r];
       const acc_t s = stats[2 * r], bag = stats[2 * r + 1];
-      const acc_t denom = gmax(s, eps), kept = dclamp(s, eps);
+      const acc_t denom = clamp_min_nan(s, eps), kept = dclamp(s, eps);
       const acc_t g_bag = gpos[b] * bce_grad(bag, acc_t(1));
       for (int l = 0; l < a.levels.count; ++l) {
         const Span sp = aa_span(a, static_cast<const acc_t*>(a.strides), l, g);
@@ -416,7 +423,7 @@ __global__ void __launch_bounds__(kThreads) aa_prior_reduce_kernel(AutoAssignArg
   GF_GRID_STRIDE(c, a.classes) {
     acc_t v[4] = {acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
     for (int64_t r = 0; r < a.batch * a.num_gt; ++r)
-      if (a.valid[r] && a.labels[r] == c)
+      if (aa_usable(a, r) && a.labels[r] == c)
         for (int k = 0; k < 4; ++k) v[k] += part[4 * r + k];
     auto* dmu = static_cast<acc_t*>(a.d_mu);
     auto* dsg = static_cast<acc_t*>(a.d_sigma);
