@@ -254,15 +254,19 @@ __global__ void __launch_bounds__(kThreads) aa_neg_weight_kernel(AutoAssignArgs 
   const auto* part = static_cast<const acc_t*>(a.gt_part);
   auto* w = static_cast<acc_t*>(a.neg_weight);
   const acc_t eps = acc_t(kAutoAssignEps);
-  GF_GRID_STRIDE(i, a.batch * a.points_n) {
+  const int64_t b = blockIdx.y;  // the image: no 64-bit division (a call, and spills on sm_80)
+  for (int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; p < a.points_n;
+       p += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t i = b * a.points_n + p;
     const acc_t tp = t[i];
     if (tp == acc_t(0)) continue;  // inside no GT
-    const int64_t b = i / a.points_n, p = i - b * a.points_n;
-    for (int64_t g = 0; g < a.num_gt; ++g) {
+    const acc_t px = pts[2 * p], py = pts[2 * p + 1];
+    acc_t* row = w + i * a.classes;
+    for (int g = 0; g < static_cast<int>(a.num_gt); ++g) {
       const int64_t r = b * a.num_gt + g;
-      if (!aa_usable(a, r) || !strictly_inside(pts[2 * p], pts[2 * p + 1], aa_box(gt + 4 * r))) continue;
+      if (!aa_usable(a, r) || !strictly_inside(px, py, aa_box(gt + 4 * r))) continue;
       const acc_t lo = part[5 * r + 2], hi = part[5 * r + 3];
-      w[i * a.classes + a.labels[r]] = acc_t(1) - (tp - lo + eps) / (hi - lo + eps);
+      row[a.labels[r]] = acc_t(1) - (tp - lo + eps) / (hi - lo + eps);
     }
   }
 }
@@ -451,7 +455,9 @@ inline cudaError_t autoassign_forward(DType dt, const AutoAssignArgs& args, int 
                                                        stream, args);
     if (rows > 0 && gts > 0) {
       constexpr auto K3 = aa_neg_weight_kernel<scalar_t, acc_t>;
-      launch<K3>(grid_for<K3>(rows, num_sms), kThreads, 0, stream, args);
+      const int64_t per_image = (grid_for<K3>(rows, num_sms) + args.batch - 1) / args.batch;
+      launch<K3>(dim3(static_cast<unsigned>(per_image), static_cast<unsigned>(args.batch)), kThreads, 0, stream,
+                 args);
     }
     launch<aa_neg_loss_kernel<scalar_t, acc_t>>(dim3(kAutoAssignNegBlocks, static_cast<unsigned>(args.batch)),
                                                 kThreads, 0, stream, args);
