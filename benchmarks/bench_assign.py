@@ -15,7 +15,7 @@ import time
 import torch
 
 import gflops
-from benchmarks.harness import RESULTS, copy_gbps, device_tag, peak_mb, sync, write_results
+from benchmarks.harness import RESULTS, copy_gbps, device_tag, peak_mb, plot_sweep, sync, write_results
 from reference.assign import atss_assign as ref_assign
 from reference.gfl import anchors as fpn_anchors
 
@@ -98,34 +98,8 @@ def run(device, budget_gib):
 
 
 def plot(rows, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, len(IMAGES), figsize=(6 * len(IMAGES), 8), squeeze=False)
-    styles = {"reference": "o-", "compile": "s--", "gflops": "^-"}
-    for col, image in enumerate(IMAGES):
-        for batch in BATCHES:
-            for prov, style in styles.items():
-                pts = [(r["gts"], r["median_ms"], r["peak_mib"]) for r in rows
-                       if r["image"] == image and r["batch"] == batch and r["provider"] == prov and r["median_ms"]]
-                if not pts:
-                    continue
-                g, ms, mib = zip(*pts)
-                axes[0][col].plot(g, ms, style, label=f"{prov} B={batch}")
-                axes[1][col].plot(g, [max(m, 1e-3) for m in mib], style, label=f"{prov} B={batch}")
-        axes[0][col].set_title(f"ATSS, anchors of a {image} image")
-        axes[0][col].set_ylabel("median time (ms)")
-        axes[1][col].set_ylabel("peak memory (MiB)")
-        for ax in axes[:, col]:
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.set_xlabel("GTs per image (G)")
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    plot_sweep(rows, path, [(f"ATSS, anchors of a {image} image", lambda r, image=image: r["image"] == image)
+                            for image in IMAGES], BATCHES)
 
 
 def main(argv=None):

@@ -16,7 +16,7 @@ import torch
 
 import gflops
 from benchmarks.bench_assign import timed
-from benchmarks.harness import RESULTS, copy_gbps, device_tag, peak_mb, write_results
+from benchmarks.harness import RESULTS, copy_gbps, device_tag, peak_mb, plot_sweep, write_results
 from reference.autoassign import points as grid_points
 from reference.autoassign_loss import autoassign_loss, autoassign_loss_terms
 
@@ -111,35 +111,9 @@ def run(device, budget_gib):
 
 
 def plot(rows, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    modes = ("forward", "forward+backward")
-    fig, axes = plt.subplots(2, len(modes), figsize=(12, 8), squeeze=False)
-    styles = {"reference": "o-", "compile": "s--", "gflops": "^-"}
-    for col, mode in enumerate(modes):
-        for batch in BATCHES:
-            for prov, style in styles.items():
-                pts = [(r["gts"], r["median_ms"], r["peak_mib"]) for r in rows
-                       if r["mode"] == mode and r["batch"] == batch and r["provider"] == prov and r["median_ms"]]
-                if not pts:
-                    continue
-                g, ms, mib = zip(*pts)
-                axes[0][col].plot(g, ms, style, label=f"{prov} B={batch}")
-                axes[1][col].plot(g, [max(m, 1e-3) for m in mib], style, label=f"{prov} B={batch}")
-        axes[0][col].set_title(f"AutoAssign loss {mode}, points of a 1333x800 image, 80 classes")
-        axes[0][col].set_ylabel("median time (ms)")
-        axes[1][col].set_ylabel("peak memory (MiB)")
-        for ax in axes[:, col]:
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.set_xlabel("GTs per image (G)")
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    plot_sweep(rows, path, [(f"AutoAssign loss {mode}, 1333x800 points, 80 classes",
+                             lambda r, mode=mode: r["mode"] == mode) for mode in ("forward", "forward+backward")],
+               BATCHES)
 
 
 def main(argv=None):

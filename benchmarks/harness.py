@@ -189,3 +189,38 @@ def cli(run, doc, argv=None):
     device = torch.device(a.device)
     size = a.size or ("coco" if device.type == "cuda" else "small")
     print(run(device, size, getattr(torch, a.dtype), a.providers.split(",")))
+
+
+def plot_sweep(rows, path, columns, batches, styles=None):
+    """Median time (top) and peak memory (bottom) against GTs per image, one
+    column per (title, row filter) in `columns`, one line per batch and
+    provider, log-log. Rows without a time (not run) are left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    styles = styles or {"reference": "o-", "compile": "s--", "gflops": "^-"}
+    fig, axes = plt.subplots(2, len(columns), figsize=(6 * len(columns), 8), squeeze=False)
+    for col, (title, keep) in enumerate(columns):
+        for batch in batches:
+            for prov, style in styles.items():
+                pts = [(r["gts"], r["median_ms"], r["peak_mib"]) for r in rows
+                       if keep(r) and r["batch"] == batch and r["provider"] == prov and r["median_ms"]]
+                if not pts:
+                    continue
+                g, ms, mib = zip(*pts)
+                axes[0][col].plot(g, ms, style, label=f"{prov} B={batch}")
+                axes[1][col].plot(g, [max(m, 1e-3) for m in mib], style, label=f"{prov} B={batch}")
+        axes[0][col].set_title(title, fontsize=10)
+        axes[0][col].set_ylabel("median time (ms)")
+        axes[1][col].set_ylabel("peak memory (MiB)")
+        for ax in axes[:, col]:
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("GTs per image (G)")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
