@@ -32,6 +32,7 @@ def main(out):
     if rank == 0:
         torch.save(dict(world=world, losses=dict(zip(sorted(losses), mean.tolist())),
                         grads={n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}), out)
+    del net  # DDP's reducer holds gloo work; release it before the group goes
     distributed.cleanup()
 
 

@@ -29,5 +29,8 @@ def reduce_mean(t):
 
 
 def cleanup():
+    """Leaves the process group once every process is done with it: a process that
+    tore gloo down while a peer still held its pairs was seen to abort (std::terminate)."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
