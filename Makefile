@@ -9,6 +9,8 @@ deps:
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
 	@$(PY) -c "import ninja, pybind11, pytest, numpy, filelock, pycocotools, PIL, tqdm, matplotlib" 2>/dev/null || \
 		$(PY) -m pip install -q ninja pybind11 pytest numpy filelock pycocotools pillow tqdm matplotlib
+	@# triton has no dependencies (no torch): its interpreter runs the Triton kernels' tests on the CPU.
+	@$(PY) -c "import triton" 2>/dev/null || $(PY) -m pip install -q triton==3.9.0
 
 build: deps
 	$(PY) -m pip install --no-build-isolation -e .
@@ -24,7 +26,7 @@ test: deps
 
 # The emulated CUDA cases (every test id with "emu") under AddressSanitizer +
 # UBSan (memcheck's job), then under the shared-memory race check (racecheck's).
-EMU_TESTS = python_tests/test_losses.py python_tests/test_boxes.py python_tests/test_decode.py python_tests/test_assign.py python_tests/test_nms.py \
+EMU_TESTS = python_tests/test_losses.py python_tests/test_boxes.py python_tests/test_decode.py python_tests/test_box_branch.py python_tests/test_assign.py python_tests/test_nms.py \
 	python_tests/test_autoassign_fused.py \
 	python_tests/test_cuda_paths.py
 test-sanitizers: deps

@@ -45,7 +45,7 @@ setup(
     name="gflops",
     version="0.1.0",
     description="Fused CUDA/C++ kernels for GFL-family dense object detectors",
-    packages=["gflops", "reference"],
+    packages=["gflops", "gflops.triton", "reference"],
     ext_modules=[ext],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     python_requires=">=3.10",

@@ -1,8 +1,33 @@
-// The Python module gflops._C: loading it registers the ops; the few
-// functions here are library switches, not ops.
+// The Python module gflops._C: loading it registers the ops; the functions
+// here are library switches and the shared argument checks, bound so that the
+// Triton launchers (gflops/triton) reject exactly what the C++ backends reject,
+// with the same text. They are not ops.
 #include <torch/extension.h>
 
+#include "box_checks.h"
 #include "checks.h"
+
+namespace py = pybind11;
+
+namespace {
+
+using gflops::LossInputs;
+
+py::tuple loss_tuple(const LossInputs& in) {
+  py::object weight = in.weight.defined() ? py::cast(in.weight) : py::none();
+  return py::make_tuple(in.pred, in.index, in.target, weight, in.rows, in.cols, in.sum);
+}
+
+// The incoming gradient of a loss, checked against its prepared inputs.
+at::Tensor loss_grad(const at::Tensor& grad, const at::Tensor& pred, int64_t rows, bool sum, const std::string& op) {
+  LossInputs in;
+  in.pred = pred;
+  in.rows = rows;
+  in.sum = sum;
+  return gflops::check_loss_grad(grad, in, op.c_str());
+}
+
+}  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_validation", &gflops::set_validation, "Turn value checks on CUDA inputs on or off");
@@ -13,5 +38,43 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #else
     return false;
 #endif
+  });
+
+  // (pred, label, score, weight | None, rows, cols, sum), contiguous, side tensors in the accumulation dtype.
+  m.def("prepare_qfl", [](const at::Tensor& pred, const at::Tensor& label, const at::Tensor& score,
+                          const c10::optional<at::Tensor>& weight, double beta, const std::string& reduction,
+                          bool check_values, const std::string& op) {
+    LossInputs in = gflops::qfl_prepare(pred, label, score, weight, beta, reduction, op.c_str());
+    if (check_values) gflops::qfl_check_values(in, op.c_str());
+    return loss_tuple(in);
+  });
+  // (pred, undefined, target, weight | None, rows, cols, sum).
+  m.def("prepare_dfl", [](const at::Tensor& pred, const at::Tensor& target, const c10::optional<at::Tensor>& weight,
+                          const std::string& reduction, bool check_values, const std::string& op) {
+    LossInputs in = gflops::dfl_prepare(pred, target, weight, reduction, op.c_str());
+    if (check_values) gflops::dfl_check_values(in, op.c_str());
+    return loss_tuple(in);
+  });
+  m.def("check_loss_grad", &loss_grad);
+  m.def("check_grad_shape", [](const at::Tensor& grad, const at::Tensor& pred, std::vector<int64_t> shape,
+                               const std::string& op) {
+    return gflops::check_grad_shape(grad, pred, shape, op.c_str());
+  });
+  // (pred, rows, n1, out_shape).
+  m.def("prepare_integral", [](const at::Tensor& pred, int64_t reg_max, const std::string& op) {
+    gflops::DistInputs in = gflops::integral_prepare(pred, reg_max, op.c_str());
+    return py::make_tuple(in.pred, in.rows, in.n1, in.out_shape);
+  });
+  // (pred, rows, n1, out_shape, points, strides, anchors, clamp, max_h, max_w).
+  m.def("prepare_decode", [](const at::Tensor& pred, const at::Tensor& points, const at::Tensor& strides,
+                             int64_t reg_max, c10::optional<std::vector<double>> max_shape, bool check_strides,
+                             const std::string& op) {
+    c10::optional<at::ArrayRef<double>> shape;
+    if (max_shape.has_value()) shape = at::ArrayRef<double>(*max_shape);
+    gflops::DecodeInputs in = gflops::decode_prepare(pred, points, strides, reg_max, shape, op.c_str());
+    if (check_strides) gflops::check_strides_positive(in.strides, op.c_str());
+    const gflops::DistInputs& d = in.dist;
+    return py::make_tuple(d.pred, d.rows, d.n1, d.out_shape, in.points, in.strides, in.anchors, in.clamp, in.max_h,
+                          in.max_w);
   });
 }

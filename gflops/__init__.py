@@ -9,6 +9,8 @@ from . import _ext
 _C = _ext.load()
 
 from . import _autograd, _fake  # noqa: E402,F401  (registrations)
+from . import backend as _backend  # noqa: E402
+from .backend import backend_info, set_backend  # noqa: E402
 from .assign import atss_assign  # noqa: E402
 from .autoassign import autoassign_loss_terms  # noqa: E402
 from .boxes import GIoULoss, box_iou, giou_loss  # noqa: E402
@@ -34,6 +36,8 @@ def has_cuda() -> bool:
     """True when the CUDA kernels are compiled into the loaded library."""
     return bool(_C.cuda_compiled())
 
+
+_backend.init_from_env()
 
 _validation_listeners = []  # the emulated CUDA library keeps a switch of its own
 
@@ -70,6 +74,8 @@ __all__ = [
     "QualityFocalLoss",
     "DistributionFocalLoss",
     "has_cuda",
+    "backend_info",
+    "set_backend",
     "set_validation",
     "validation_enabled",
 ]

@@ -12,6 +12,10 @@ def register(ns):
     backward calls that library's backward ops."""
     ops = getattr(torch.ops, ns)
 
+    def autograd(name, backward, setup):
+        if hasattr(ops, name):  # the Triton twin has only the loss and decoding ops
+            torch.library.register_autograd(f"{ns}::{name}", backward, setup_context=setup)
+
     def _qfl_setup(ctx, inputs, output):
         pred, label, score, weight, beta, reduction = inputs
         ctx.save_for_backward(pred, label, score, weight)
@@ -33,8 +37,8 @@ def register(ns):
         return gp, None, None, None
 
 
-    torch.library.register_autograd(f"{ns}::quality_focal_loss", _qfl_backward, setup_context=_qfl_setup)
-    torch.library.register_autograd(f"{ns}::distribution_focal_loss", _dfl_backward, setup_context=_dfl_setup)
+    autograd("quality_focal_loss", _qfl_backward, _qfl_setup)
+    autograd("distribution_focal_loss", _dfl_backward, _dfl_setup)
 
     def _giou_setup(ctx, inputs, output):
         pred, target, weight, eps, reduction = inputs
@@ -76,10 +80,10 @@ def register(ns):
         return g, None, None, None, None, None
 
 
-    torch.library.register_autograd(f"{ns}::giou_loss", _giou_backward, setup_context=_giou_setup)
-    torch.library.register_autograd(f"{ns}::integral", _integral_backward, setup_context=_integral_setup)
-    torch.library.register_autograd(f"{ns}::decode_distribution", _decode_backward, setup_context=_decode_setup)
-    torch.library.register_autograd(f"{ns}::gfl_box_branch", _branch_backward, setup_context=_branch_setup)
+    autograd("giou_loss", _giou_backward, _giou_setup)
+    autograd("integral", _integral_backward, _integral_setup)
+    autograd("decode_distribution", _decode_backward, _decode_setup)
+    autograd("gfl_box_branch", _branch_backward, _branch_setup)
 
     def _autoassign_setup(ctx, inputs, output):
         cls, obj, dist, points, strides, gt_boxes, gt_labels, gt_valid, mu, sigma, level_shapes = inputs
@@ -97,8 +101,7 @@ def register(ns):
         d_cls, d_obj, d_dist, d_mu, d_sigma = ops.autoassign_loss_terms_backward(*grads, *saved, ctx.level_shapes)
         return d_cls, d_obj, d_dist, None, None, None, None, None, d_mu, d_sigma, None
 
-    torch.library.register_autograd(f"{ns}::autoassign_loss_terms", _autoassign_backward,
-                                    setup_context=_autoassign_setup)
+    autograd("autoassign_loss_terms", _autoassign_backward, _autoassign_setup)
 
 
 register("gflops")

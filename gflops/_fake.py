@@ -22,8 +22,16 @@ def _loss_out(op, pred, reduction):
 
 
 def register(ns):
-    """Registers the fake kernels of every op of the library `ns`."""
-    @torch.library.register_fake(f"{ns}::autoassign_loss_terms")
+    """Registers the fake kernels of the ops the library `ns` has (the Triton
+    twin has only the loss and decoding ops)."""
+    lib = getattr(torch.ops, ns)
+
+    def fake(name):
+        if not hasattr(lib, name):
+            return lambda fn: fn
+        return torch.library.register_fake(f"{ns}::{name}")
+
+    @fake("autoassign_loss_terms")
     def _autoassign(cls, obj, dist, points, strides, gt_boxes, gt_labels, gt_valid, mu, sigma, level_shapes):
         op = "gflops.autoassign_loss_terms"
         torch._check(cls.dim() == 3, lambda: f"{op}: cls_logits must have shape (B, P, C), got {tuple(cls.shape)}")
@@ -34,77 +42,77 @@ def register(ns):
         return (*per_image, cls.new_empty((B,), dtype=torch.bool), cls.new_empty((B, P, C), dtype=acc),
                 cls.new_empty((B, gt_boxes.shape[1], 2), dtype=acc))
 
-    @torch.library.register_fake(f"{ns}::autoassign_loss_terms_backward")
+    @fake("autoassign_loss_terms_backward")
     def _autoassign_bwd(grad_pos, grad_neg, grad_prior, cls, obj, dist, points, strides, gt_boxes, gt_labels,
                         gt_valid, mu, sigma, neg_weight, gt_stats, level_shapes):
         return (cls.new_empty(cls.shape), obj.new_empty(obj.shape), dist.new_empty(dist.shape),
                 mu.new_empty(mu.shape), sigma.new_empty(sigma.shape))
 
-    @torch.library.register_fake(f"{ns}::quality_focal_loss")
+    @fake("quality_focal_loss")
     def _qfl(pred, label, score, weight, beta, reduction):
         op = "gflops.quality_focal_loss"
         _same_device(op, pred, label=label, score=score, weight=weight)
         return _loss_out(op, pred, reduction)
 
-    @torch.library.register_fake(f"{ns}::quality_focal_loss_backward")
+    @fake("quality_focal_loss_backward")
     def _qfl_bwd(grad, pred, label, score, weight, beta, reduction):
         return pred.new_empty(pred.shape)
 
-    @torch.library.register_fake(f"{ns}::distribution_focal_loss")
+    @fake("distribution_focal_loss")
     def _dfl(pred, target, weight, reduction):
         op = "gflops.distribution_focal_loss"
         _same_device(op, pred, target=target, weight=weight)
         return _loss_out(op, pred, reduction)
 
-    @torch.library.register_fake(f"{ns}::distribution_focal_loss_backward")
+    @fake("distribution_focal_loss_backward")
     def _dfl_bwd(grad, pred, target, weight, reduction):
         return pred.new_empty(pred.shape)
 
-    @torch.library.register_fake(f"{ns}::box_iou")
+    @fake("box_iou")
     def _box_iou(boxes1, boxes2, mode, aligned, eps):
         _same_device("gflops.box_iou", boxes1, "boxes1", boxes2=boxes2)
         if aligned:
             return boxes1.new_empty(boxes1.shape[:-1])
         return boxes1.new_empty((*boxes1.shape[:-1], boxes2.shape[-2]))
 
-    @torch.library.register_fake(f"{ns}::giou_loss")
+    @fake("giou_loss")
     def _giou(pred, target, weight, eps, reduction):
         _same_device("gflops.giou_loss", pred, target=target, weight=weight)
         return _loss_out("gflops.giou_loss", pred, reduction)
 
-    @torch.library.register_fake(f"{ns}::giou_loss_backward")
+    @fake("giou_loss_backward")
     def _giou_bwd(grad, pred, target, weight, eps, reduction):
         return pred.new_empty(pred.shape)
 
-    @torch.library.register_fake(f"{ns}::integral")
+    @fake("integral")
     def _integral(pred, reg_max):
         return pred.new_empty((*pred.shape[:-1], 4))
 
-    @torch.library.register_fake(f"{ns}::integral_backward")
+    @fake("integral_backward")
     def _integral_bwd(grad, pred, reg_max):
         return pred.new_empty(pred.shape)
 
-    @torch.library.register_fake(f"{ns}::decode_distribution")
+    @fake("decode_distribution")
     def _decode(pred, points, strides, reg_max, max_shape):
         _same_device("gflops.decode_distribution", pred, points=points, strides=strides)
         return pred.new_empty((*pred.shape[:-1], 4))
 
-    @torch.library.register_fake(f"{ns}::decode_distribution_backward")
+    @fake("decode_distribution_backward")
     def _decode_bwd(grad, pred, points, strides, reg_max, max_shape):
         return pred.new_empty(pred.shape)
 
-    @torch.library.register_fake(f"{ns}::gfl_box_branch")
+    @fake("gfl_box_branch")
     def _branch(pred, points, strides, gt_boxes, weight, reg_max):
         _same_device("gflops.gfl_box_branch", pred, points=points, strides=strides, gt_boxes=gt_boxes, weight=weight)
         acc = _acc_dtype(pred)
         return pred.new_empty((), dtype=acc), pred.new_empty((), dtype=acc), pred.new_empty((pred.shape[0],), dtype=acc)
 
-    @torch.library.register_fake(f"{ns}::gfl_box_branch_backward")
+    @fake("gfl_box_branch_backward")
     def _branch_bwd(grad_giou, grad_dfl, pred, points, strides, gt_boxes, weight, reg_max):
         return pred.new_empty(pred.shape)
 
 
-    @torch.library.register_fake(f"{ns}::atss_assign")
+    @fake("atss_assign")
     def _atss(anchors, num_level_anchors, gt_boxes, gt_labels, gt_valid, anchor_valid, topk, background_label):
         op = "gflops.atss_assign"
         torch._check(anchors.dim() == 2 and anchors.shape[-1] == 4,
@@ -124,15 +132,15 @@ def register(ns):
         # The number of kept boxes is data-dependent.
         return boxes.new_empty((torch.library.get_ctx().new_dynamic_size(),), dtype=torch.long)
 
-    @torch.library.register_fake(f"{ns}::nms")
+    @fake("nms")
     def _nms(boxes, scores, iou_threshold):
         return _nms_common("gflops.nms", boxes, scores, None)
 
-    @torch.library.register_fake(f"{ns}::batched_nms")
+    @fake("batched_nms")
     def _batched_nms(boxes, scores, idxs, iou_threshold):
         return _nms_common("gflops.batched_nms", boxes, scores, idxs)
 
-    @torch.library.register_fake(f"{ns}::multiclass_nms")
+    @fake("multiclass_nms")
     def _multiclass_nms(cls_scores, bbox_preds, points, strides, level_sizes, image_shapes, scale_factors, reg_max,
                         score_thr, nms_pre, iou_threshold, max_per_img, min_bbox_size):
         op = "gflops.multiclass_nms"

@@ -1,19 +1,37 @@
 import contextlib
+import os
 
 import pytest
 import torch
 
-import gflops
-from gflops import _ops, emulation
+# Without a GPU the Triton kernels run in Triton's interpreter on CPU tensors;
+# it is chosen when the kernels are decorated, so before gflops.triton imports them.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import gflops  # noqa: E402
+from gflops import _ops, emulation  # noqa: E402
+from gflops import triton as gtriton  # noqa: E402
 
 CUDA_OK = torch.cuda.is_available() and gflops.has_cuda()
 needs_cuda = pytest.mark.skipif(not CUDA_OK, reason="needs a GPU and gflops built with CUDA")
 EMU_OK, EMU_WHY = emulation.available()
 needs_emu = pytest.mark.skipif(not EMU_OK, reason=f"the emulated CUDA build is unavailable: {EMU_WHY}")
 
+TRITON_OK, TRITON_WHY = gtriton.available()
+if TRITON_OK and not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+    TRITON_OK, TRITON_WHY = False, "no GPU, and TRITON_INTERPRET=0 keeps Triton's CPU interpreter off"
+needs_triton = pytest.mark.skipif(not TRITON_OK, reason=f"the Triton kernels cannot run here: {TRITON_WHY}")
+
 # "emu": the CUDA launchers and kernels, run by the CPU emulator (gflops.emulation).
 DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda), pytest.param("emu", marks=needs_emu)]
 ACCELERATORS = [pytest.param("cuda", marks=needs_cuda), pytest.param("emu", marks=needs_emu)]
+# "triton": the Triton kernels (gflops.triton), on the GPU or in Triton's interpreter.
+# Only the loss and decoding ops have them, so only their tests take these lists.
+TRITON = pytest.param("triton", marks=needs_triton)
+KERNEL_DEVICES = DEVICES + [TRITON]
+KERNEL_ACCELERATORS = ACCELERATORS + [TRITON]
+TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def ops():
@@ -21,16 +39,31 @@ def ops():
     return _ops.lib()
 
 
+def routed(kind):
+    """Where a test's tensors live, with the gflops functions and ops() routed
+    for the block: "emu" to the emulated CUDA library, "triton" to the Triton
+    twin (torch.ops.gflops_triton)."""
+    if kind == "emu":
+        emulation.load()
+        with _ops.use("gflops_emu"):
+            yield "cpu"
+    elif kind == "triton":
+        gtriton.load_twin()
+        with _ops.use(gtriton.NAMESPACE):
+            yield TRITON_DEVICE
+    else:
+        yield kind
+
+
 @pytest.fixture(params=DEVICES)
 def device(request):
-    """Where a test's tensors live. For "emu" they stay on the CPU and every
-    gflops function and ops() is routed to the emulated CUDA library."""
-    if request.param != "emu":
-        yield request.param
-        return
-    emulation.load()
-    with _ops.use("gflops_emu"):
-        yield "cpu"
+    yield from routed(request.param)
+
+
+@pytest.fixture(params=KERNEL_DEVICES)
+def kernel_device(request):
+    """`device` plus "triton", for the ops that have Triton kernels."""
+    yield from routed(request.param)
 
 
 class Accelerator:
@@ -39,7 +72,7 @@ class Accelerator:
 
     def __init__(self, kind):
         self.kind = kind
-        self.device = "cuda" if kind == "cuda" else "cpu"
+        self.device = {"cuda": "cuda", "triton": TRITON_DEVICE}.get(kind, "cpu")
         self._stack = None
 
     def __call__(self, t):
@@ -47,19 +80,31 @@ class Accelerator:
 
     def __enter__(self):
         self._stack = contextlib.ExitStack()
-        if self.kind == "emu":
-            self._stack.enter_context(_ops.use("gflops_emu"))
+        if self.kind in ("emu", "triton"):
+            self._stack.enter_context(_ops.use("gflops_emu" if self.kind == "emu" else gtriton.NAMESPACE))
         return self
 
     def __exit__(self, *exc):
         self._stack.close()
 
 
+def _accelerator(kind):
+    if kind == "emu":
+        emulation.load()
+    if kind == "triton":
+        gtriton.load_twin()
+    return Accelerator(kind)
+
+
 @pytest.fixture(params=ACCELERATORS)
 def accel(request):
-    if request.param == "emu":
-        emulation.load()
-    return Accelerator(request.param)
+    return _accelerator(request.param)
+
+
+@pytest.fixture(params=KERNEL_ACCELERATORS)
+def kernel_accel(request):
+    """`accel` plus "triton" (the Triton kernels, compared with the CPU ones)."""
+    return _accelerator(request.param)
 
 
 @pytest.fixture

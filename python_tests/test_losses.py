@@ -1,4 +1,7 @@
-"""QFL / DFL: agreement with reference/, gradients, registration, edge cases, errors."""
+"""QFL / DFL: agreement with reference/, gradients, registration, edge cases, errors.
+
+The kernels run on every backend that has them: CPU, CUDA, the emulated CUDA
+path and Triton (`kernel_device`)."""
 import pytest
 import torch
 
@@ -10,6 +13,16 @@ from loss_cases import dfl_inputs, grads, qfl_inputs, tol
 REDUCTIONS = ["none", "sum", "mean"]
 QFL_SHAPES = [(1, 1), (1, 80), (7, 81), (333, 80), (100003, 8), (64, 3)]
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+@pytest.fixture
+def device(kernel_device):
+    return kernel_device
+
+
+@pytest.fixture
+def accel(kernel_accel):
+    return kernel_accel
 
 
 def _assert_close(a, b, dtype, what):

@@ -1,0 +1,249 @@
+"""Triton kernels of the loss and decoding family (SPEC.md sections 1-3).
+
+The formulas are the ones of csrc/common (qfl.h, dfl.h, integral.h,
+box_branch.h) written in Triton's tile language: the same sigmoid/BCE from
+one exp(-|x|), the same log1p correction, the same target split and clamps,
+so that the two backends agree to rounding. Each program owns a tile of rows
+(rows x a power-of-two number of columns, masked); a 'sum' writes one partial
+per program and `sum_partials` adds them in program order, so results are
+bitwise reproducible (no atomics). Accumulation is float32 (float64 for
+float64 logits: ACC is the accumulation dtype).
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _log1p_unit(e):
+    # log1p(e) for e in [0, 1] without libdevice (the interpreter has none):
+    # log(u) * e / (u - 1) cancels the rounding of u = 1 + e.
+    u = 1.0 + e
+    d = u - 1.0
+    return tl.where(d == 0.0, e, tl.log(u) * (e / tl.where(d == 0.0, 1.0, d)))
+
+
+@triton.jit
+def _pow_nonneg(a, b):
+    # a^b for a >= 0 with 0^0 = 1 (SPEC section 1).
+    v = tl.exp(b * tl.log(tl.where(a > 0.0, a, 1.0)))
+    return tl.where(a > 0.0, v, tl.where(b == 0.0, 1.0, 0.0))
+
+
+@triton.jit
+def _sigmoid_bce(x, y):
+    e = tl.exp(-tl.abs(x))
+    inv = 1.0 / (1.0 + e)
+    s = tl.where(x >= 0.0, inv, e * inv)
+    bce = tl.maximum(x, 0.0) - x * y + _log1p_unit(e)
+    return s, bce
+
+
+@triton.jit
+def _qfl_tile(pred, label, score, rows, rmask, c0, C, ACC: tl.constexpr, BLOCK_C: tl.constexpr):
+    """(x, y, mask) of the tile rows x [c0, c0 + BLOCK_C)."""
+    cols = c0 + tl.arange(0, BLOCK_C)
+    mask = rmask[:, None] & (cols < C)[None, :]
+    x = tl.load(pred + rows.to(tl.int64)[:, None] * C + cols[None, :], mask=mask, other=0.0).to(ACC)
+    lab = tl.load(label + rows, mask=rmask, other=-1)
+    sc = tl.load(score + rows, mask=rmask, other=0.0)
+    # Labels outside [0, C) never match a column; a background row's score is never read into a value.
+    y = tl.where(cols[None, :] == lab[:, None], sc[:, None], 0.0)
+    return x, y, mask
+
+
+@triton.jit
+def qfl_forward_kernel(pred, label, score, weight, out, N, C, beta,
+                       BETA2: tl.constexpr, HAS_W: tl.constexpr, SUM: tl.constexpr, ACC: tl.constexpr,
+                       BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    rmask = rows < N
+    acc = tl.zeros((BLOCK_N,), dtype=ACC)
+    for c0 in range(0, C, BLOCK_C):
+        x, y, mask = _qfl_tile(pred, label, score, rows, rmask, c0, C, ACC, BLOCK_C)
+        s, bce = _sigmoid_bce(x, y)
+        d = s - y
+        if BETA2:
+            mod = d * d
+        else:
+            mod = _pow_nonneg(tl.abs(d), beta)
+        acc += tl.sum(tl.where(mask, bce * mod, 0.0), axis=1)
+    if HAS_W:
+        acc *= tl.load(weight + rows, mask=rmask, other=0.0)
+    if SUM:
+        tl.store(out + pid, tl.sum(tl.where(rmask, acc, 0.0), axis=0))
+    else:
+        tl.store(out + rows, acc, mask=rmask)
+
+
+@triton.jit
+def qfl_backward_kernel(grad, pred, label, score, weight, out, N, C, beta,
+                        BETA2: tl.constexpr, HAS_W: tl.constexpr, GRAD_PER_ROW: tl.constexpr, ACC: tl.constexpr,
+                        BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    rmask = rows < N
+    if GRAD_PER_ROW:
+        g = tl.load(grad + rows, mask=rmask, other=0.0)
+    else:
+        g = tl.load(grad + rows * 0, mask=rmask, other=0.0)
+    if HAS_W:
+        g *= tl.load(weight + rows, mask=rmask, other=0.0)
+    for c0 in range(0, C, BLOCK_C):
+        x, y, mask = _qfl_tile(pred, label, score, rows, rmask, c0, C, ACC, BLOCK_C)
+        s, bce = _sigmoid_bce(x, y)
+        d = s - y
+        ds = s * (1.0 - s)
+        if BETA2:
+            dx = 2.0 * d * ds * bce + d * d * d
+        else:
+            ad = tl.abs(d)
+            sign = tl.where(d > 0.0, 1.0, tl.where(d < 0.0, -1.0, 0.0))
+            p = _pow_nonneg(ad, beta)
+            # |d|^(beta-1) s(1-s) as (|d|^beta s(1-s)) / |d|, finite for beta < 1 (as qfl.h).
+            first = tl.where(ad > 0.0, beta * sign * ((p * ds) / tl.where(ad > 0.0, ad, 1.0)) * bce, 0.0)
+            dx = first + p * d
+        cols = c0 + tl.arange(0, BLOCK_C)
+        offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
+        tl.store(out + offs, (g[:, None] * dx).to(out.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _row_tile(pred, rows, rmask, n1: tl.constexpr, ACC: tl.constexpr, BLOCK_B: tl.constexpr):
+    """Rows of n1 bin logits as a (rows, BLOCK_B) tile; padding bins are -inf."""
+    bins = tl.arange(0, BLOCK_B)
+    bmask = bins < n1
+    mask = rmask[:, None] & bmask[None, :]
+    x = tl.load(pred + rows.to(tl.int64)[:, None] * n1 + bins[None, :], mask=mask, other=0.0).to(ACC)
+    x = tl.where(bmask[None, :], x, float("-inf"))
+    return x, bins, mask
+
+
+@triton.jit
+def _lse_dist(x, bins):
+    """Per row: log-sum-exp and the expected bin sum_b softmax(x)[b] * b."""
+    m = tl.max(x, axis=1)
+    e = tl.exp(x - m[:, None])
+    s = tl.sum(e, axis=1)
+    dist = tl.sum(e * bins[None, :].to(x.dtype), axis=1) / s
+    return m + tl.log(s), dist
+
+
+@triton.jit
+def _dfl_split(target, n1: tl.constexpr):
+    """(l, wl, wr): the bins around the target, clamped to [0, n] so that no
+    index leaves the row without validation; NaN becomes 0 (as dfl.h)."""
+    n: tl.constexpr = n1 - 1
+    t = tl.minimum(tl.maximum(target, 0.0), n * 1.0)
+    t = tl.where(t == t, t, 0.0)
+    lf = tl.minimum(tl.floor(t), (n - 1) * 1.0)
+    return lf.to(tl.int32), (lf + 1.0) - t, t - lf
+
+
+@triton.jit
+def dfl_forward_kernel(pred, target, weight, out, M, n1: tl.constexpr,
+                       HAS_W: tl.constexpr, SUM: tl.constexpr, ACC: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_B: tl.constexpr):
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    rmask = rows < M
+    x, bins, mask = _row_tile(pred, rows, rmask, n1, ACC, BLOCK_B)
+    lse, _ = _lse_dist(x, bins)
+    l, wl, wr = _dfl_split(tl.load(target + rows, mask=rmask, other=0.0), n1)
+    xl = tl.sum(tl.where(bins[None, :] == l[:, None], x, 0.0), axis=1)
+    xr = tl.sum(tl.where(bins[None, :] == l[:, None] + 1, x, 0.0), axis=1)
+    loss = wl * (lse - xl) + wr * (lse - xr)
+    if HAS_W:
+        loss *= tl.load(weight + rows, mask=rmask, other=0.0)
+    loss = tl.where(rmask, loss, 0.0)
+    if SUM:
+        tl.store(out + pid, tl.sum(loss, axis=0))
+    else:
+        tl.store(out + rows, loss, mask=rmask)
+
+
+@triton.jit
+def dfl_backward_kernel(grad, pred, target, weight, out, M, n1: tl.constexpr,
+                        HAS_W: tl.constexpr, GRAD_PER_ROW: tl.constexpr, ACC: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_B: tl.constexpr):
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    rmask = rows < M
+    x, bins, mask = _row_tile(pred, rows, rmask, n1, ACC, BLOCK_B)
+    lse, _ = _lse_dist(x, bins)
+    l, wl, wr = _dfl_split(tl.load(target + rows, mask=rmask, other=0.0), n1)
+    if GRAD_PER_ROW:
+        g = tl.load(grad + rows, mask=rmask, other=0.0)
+    else:
+        g = tl.load(grad + rows * 0, mask=rmask, other=0.0)
+    if HAS_W:
+        g *= tl.load(weight + rows, mask=rmask, other=0.0)
+    p = tl.exp(x - lse[:, None])
+    hot = tl.where(bins[None, :] == l[:, None], wl[:, None], 0.0) + \
+        tl.where(bins[None, :] == l[:, None] + 1, wr[:, None], 0.0)
+    offs = rows.to(tl.int64)[:, None] * n1 + bins[None, :]
+    tl.store(out + offs, (g[:, None] * (p - hot)).to(out.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _side_coord(rows, rmask, points, strides, anchors, dist, clamp_h, clamp_w, CLAMP: tl.constexpr):
+    """Row r is side k = r % 4 of box r // 4, whose anchor is (r // 4) % anchors:
+    (coordinate, sign * stride * pass) of distance2bbox(point, dist * stride),
+    clamped to [0, W] x [0, H]; a clamped coordinate passes no gradient."""
+    k = rows % 4
+    a = (rows // 4) % anchors
+    pt = tl.load(points + 2 * a + (k % 2), mask=rmask, other=0.0)
+    st = tl.load(strides + a, mask=rmask, other=0.0)
+    sign = tl.where(k < 2, -1.0, 1.0)
+    v = pt + sign * (dist * st)
+    scale = sign * st
+    if CLAMP:
+        lim = tl.where(k % 2 == 0, clamp_w, clamp_h)
+        scale = tl.where((v >= 0.0) & (v <= lim), scale, 0.0)
+        v = tl.minimum(tl.maximum(v, 0.0), lim)
+    return v, scale
+
+
+@triton.jit
+def integral_kernel(pred, out, R, n1: tl.constexpr, points, strides, anchors, clamp_h, clamp_w,
+                    DECODE: tl.constexpr, CLAMP: tl.constexpr, ACC: tl.constexpr,
+                    BLOCK_R: tl.constexpr, BLOCK_B: tl.constexpr):
+    """integral (DECODE=False): out[r] = expected bin of row r; the fused
+    decode (DECODE=True): out[r] = that side's pixel coordinate."""
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
+    rmask = rows < R
+    x, bins, _ = _row_tile(pred, rows, rmask, n1, ACC, BLOCK_B)
+    _, dist = _lse_dist(x, bins)
+    if DECODE:
+        dist, _ = _side_coord(rows, rmask, points, strides, anchors, dist, clamp_h, clamp_w, CLAMP)
+    tl.store(out + rows, dist.to(out.dtype.element_ty), mask=rmask)
+
+
+@triton.jit
+def integral_backward_kernel(grad, pred, out, R, n1: tl.constexpr, points, strides, anchors, clamp_h, clamp_w,
+                             DECODE: tl.constexpr, CLAMP: tl.constexpr, ACC: tl.constexpr,
+                             BLOCK_R: tl.constexpr, BLOCK_B: tl.constexpr):
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
+    rmask = rows < R
+    x, bins, mask = _row_tile(pred, rows, rmask, n1, ACC, BLOCK_B)
+    lse, dist = _lse_dist(x, bins)
+    g = tl.load(grad + rows, mask=rmask, other=0.0)
+    if DECODE:
+        _, scale = _side_coord(rows, rmask, points, strides, anchors, dist, clamp_h, clamp_w, CLAMP)
+        g = g * scale
+    p = tl.exp(x - lse[:, None])
+    dx = g[:, None] * (p * (bins[None, :].to(ACC) - dist[:, None]))
+    offs = rows.to(tl.int64)[:, None] * n1 + bins[None, :]
+    tl.store(out + offs, dx.to(out.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def sum_partials_kernel(partials, out, n, BLOCK: tl.constexpr):
+    """One program adds the per-program partial sums in a fixed order."""
+    acc = tl.zeros((BLOCK,), dtype=partials.dtype.element_ty)
+    for i in range(0, n, BLOCK):
+        offs = i + tl.arange(0, BLOCK)
+        acc += tl.load(partials + offs, mask=offs < n, other=0.0)
+    tl.store(out, tl.sum(acc, axis=0))

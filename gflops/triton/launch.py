@@ -1,0 +1,199 @@
+"""Launchers of the Triton kernels, one per op, with the ops' signatures.
+
+Arguments go through the same C++ checks as the CPU and CUDA backends
+(gflops._C.prepare_*: same errors, same contiguity and side-tensor casts);
+value checks (targets in range, scores in [0, 1], positive strides) cost a
+host sync and run only with gflops.set_validation(True), as on CUDA. Without
+them the kernels still never index outside a row.
+"""
+import contextlib
+
+import torch
+import triton
+import triton.language as tl
+
+import gflops
+from . import kernels as K
+
+_C = gflops._C
+_ACC = {torch.float64: tl.float64}
+NUM_WARPS = 4
+
+
+def interpreting():
+    from triton import knobs  # read per call: the interpreter is chosen when the kernels are decorated
+    return bool(knobs.runtime.interpret)
+
+
+def _tile_elems():
+    # A GPU program holds ~4k elements (16 per thread at 4 warps); the interpreter
+    # pays per program, so it gets bigger tiles. Same kernels, other constexprs.
+    return 32768 if interpreting() else 4096
+
+
+def _acc(pred):
+    return _ACC.get(pred.dtype, tl.float32)
+
+
+def _acc_torch(pred):
+    return torch.float64 if pred.dtype == torch.float64 else torch.float32
+
+
+def _device(t):
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
+def _rows_per_program(cols_block):
+    return max(1, _tile_elems() // cols_block)
+
+
+def _sum(partials):
+    out = partials.new_empty(())
+    K.sum_partials_kernel[(1,)](partials, out, partials.numel(), BLOCK=1024)
+    return out
+
+
+# ---- QFL ---------------------------------------------------------------------
+
+
+def _qfl_blocks(cols):
+    block_c = min(triton.next_power_of_2(max(cols, 1)), 256)
+    return _rows_per_program(block_c), block_c
+
+
+def quality_focal_loss(pred, label, score, weight, beta, reduction):
+    op = "gflops.quality_focal_loss"
+    pred, label, score, weight, n, c, total = _C.prepare_qfl(pred, label, score, weight, beta, reduction,
+                                                             gflops.validation_enabled(), op)
+    acc = _acc_torch(pred)
+    if n == 0:
+        return pred.new_zeros((), dtype=acc) if total else pred.new_empty((0,), dtype=acc)
+    bn, bc = _qfl_blocks(c)
+    grid = (triton.cdiv(n, bn),)
+    out = pred.new_empty(grid if total else (n,), dtype=acc)
+    with _device(pred):
+        K.qfl_forward_kernel[grid](pred, label, score, weight, out, n, c, float(beta), BETA2=beta == 2.0,
+                                   HAS_W=weight is not None, SUM=total, ACC=_acc(pred), BLOCK_N=bn, BLOCK_C=bc,
+                                   num_warps=NUM_WARPS)
+        return _sum(out) if total else out
+
+
+def quality_focal_loss_backward(grad, pred, label, score, weight, beta, reduction):
+    op = "gflops.quality_focal_loss_backward"
+    pred, label, score, weight, n, c, total = _C.prepare_qfl(pred, label, score, weight, beta, reduction, False, op)
+    grad = _C.check_loss_grad(grad, pred, n, total, op)
+    out = torch.empty_like(pred)
+    if out.numel() == 0:
+        return out
+    bn, bc = _qfl_blocks(c)
+    with _device(pred):
+        K.qfl_backward_kernel[(triton.cdiv(n, bn),)](grad, pred, label, score, weight, out, n, c, float(beta),
+                                                     BETA2=beta == 2.0, HAS_W=weight is not None,
+                                                     GRAD_PER_ROW=not total, ACC=_acc(pred), BLOCK_N=bn,
+                                                     BLOCK_C=bc, num_warps=NUM_WARPS)
+    return out
+
+
+# ---- DFL ---------------------------------------------------------------------
+
+
+def _bin_blocks(n1):
+    block_b = triton.next_power_of_2(n1)
+    return _rows_per_program(block_b), block_b
+
+
+def distribution_focal_loss(pred, target, weight, reduction):
+    op = "gflops.distribution_focal_loss"
+    pred, _, target, weight, m, n1, total = _C.prepare_dfl(pred, target, weight, reduction,
+                                                           gflops.validation_enabled(), op)
+    acc = _acc_torch(pred)
+    if m == 0:
+        return pred.new_zeros((), dtype=acc) if total else pred.new_empty((0,), dtype=acc)
+    bm, bb = _bin_blocks(n1)
+    grid = (triton.cdiv(m, bm),)
+    out = pred.new_empty(grid if total else (m,), dtype=acc)
+    with _device(pred):
+        K.dfl_forward_kernel[grid](pred, target, weight, out, m, n1, HAS_W=weight is not None, SUM=total,
+                                   ACC=_acc(pred), BLOCK_M=bm, BLOCK_B=bb, num_warps=NUM_WARPS)
+        return _sum(out) if total else out
+
+
+def distribution_focal_loss_backward(grad, pred, target, weight, reduction):
+    op = "gflops.distribution_focal_loss_backward"
+    pred, _, target, weight, m, n1, total = _C.prepare_dfl(pred, target, weight, reduction, False, op)
+    grad = _C.check_loss_grad(grad, pred, m, total, op)
+    out = torch.empty_like(pred)
+    if out.numel() == 0:
+        return out
+    bm, bb = _bin_blocks(n1)
+    with _device(pred):
+        K.dfl_backward_kernel[(triton.cdiv(m, bm),)](grad, pred, target, weight, out, m, n1,
+                                                     HAS_W=weight is not None, GRAD_PER_ROW=not total,
+                                                     ACC=_acc(pred), BLOCK_M=bm, BLOCK_B=bb, num_warps=NUM_WARPS)
+    return out
+
+
+# ---- integral and the fused decode ----------------------------------------------
+
+
+def _rows_launch(kernel, args, pred, rows, n1, decode=None):
+    """Launches an integral-family kernel over `rows` distribution rows;
+    decode = (points, strides, anchors, clamp, h, w) for the fused decode."""
+    bm, bb = _bin_blocks(n1)
+    if decode is None:
+        points, strides, anchors, clamp, h, w = pred, pred, 1, False, 0.0, 0.0
+    else:
+        points, strides, anchors, clamp, h, w = decode
+    with _device(pred):
+        kernel[(triton.cdiv(rows, bm),)](*args, rows, n1, points, strides, max(anchors, 1), float(h), float(w),
+                                         DECODE=decode is not None, CLAMP=bool(clamp), ACC=_acc(pred), BLOCK_R=bm,
+                                         BLOCK_B=bb, num_warps=NUM_WARPS)
+
+
+def integral(pred, reg_max):
+    pred, rows, n1, shape = _C.prepare_integral(pred, reg_max, "gflops.integral")
+    out = pred.new_empty(shape)
+    if rows:
+        _rows_launch(K.integral_kernel, (pred, out), pred, rows, n1)
+    return out
+
+
+def integral_backward(grad, pred, reg_max):
+    op = "gflops.integral_backward"
+    pred, rows, n1, shape = _C.prepare_integral(pred, reg_max, op)
+    grad = _C.check_grad_shape(grad, pred, shape, op)
+    out = torch.empty_like(pred)
+    if rows:
+        _rows_launch(K.integral_backward_kernel, (grad, pred, out), pred, rows, n1)
+    return out
+
+
+def _decode_inputs(pred, points, strides, reg_max, max_shape, check, op):
+    pred, rows, n1, shape, points, strides, anchors, clamp, h, w = _C.prepare_decode(
+        pred, points, strides, reg_max, max_shape, check, op)
+    return pred, rows, n1, shape, (points, strides, anchors, clamp, h, w)
+
+
+def decode_distribution(pred, points, strides, reg_max, max_shape):
+    op = "gflops.decode_distribution"
+    pred, rows, n1, shape, dec = _decode_inputs(pred, points, strides, reg_max, max_shape,
+                                                gflops.validation_enabled(), op)
+    out = pred.new_empty(shape)
+    if rows:
+        _rows_launch(K.integral_kernel, (pred, out), pred, rows, n1, dec)
+    return out
+
+
+def decode_distribution_backward(grad, pred, points, strides, reg_max, max_shape):
+    op = "gflops.decode_distribution_backward"
+    pred, rows, n1, shape, dec = _decode_inputs(pred, points, strides, reg_max, max_shape, False, op)
+    grad = _C.check_grad_shape(grad, pred, shape, op)
+    out = torch.empty_like(pred)
+    if rows:
+        _rows_launch(K.integral_backward_kernel, (grad, pred, out), pred, rows, n1, dec)
+    return out
+
+
+OPS = {f.__name__: f for f in (quality_focal_loss, quality_focal_loss_backward, distribution_focal_loss,
+                               distribution_focal_loss_backward, integral, integral_backward,
+                               decode_distribution, decode_distribution_backward)}

@@ -1,0 +1,125 @@
+"""Which kernels serve CUDA tensors: gflops.backend_info / set_backend /
+GFLOPS_BACKEND, and the Triton launchers reached through the dispatcher."""
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import gflops
+from conftest import needs_triton
+from gflops import triton as gtriton
+from loss_cases import dfl_inputs, qfl_inputs
+
+ROOT = Path(__file__).resolve().parent.parent
+CUDA_KEY = torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)
+
+
+def _cuda_kernel(name):
+    dump = torch._C._dispatch_dump(f"gflops::{name}")
+    return next((line for line in dump.splitlines() if line.startswith("CUDA:")), None)
+
+
+@pytest.fixture
+def restore_backend():
+    before = gflops.backend_info()["requested"]
+    yield
+    gflops.set_backend(before)
+
+
+def test_backend_info_describes_this_build():
+    info = gflops.backend_info()
+    assert info["cpu"] == "C++ kernels" and info["cuda_kernels_compiled"] == gflops.has_cuda()
+    assert info["requested"] in ("auto", "cuda", "triton")
+    if gtriton.available()[0]:
+        assert info["triton"] and info["triton_ops"] == list(gtriton.OP_NAMES)
+    else:
+        assert info["triton"] is None and info["triton_ops"] == []
+
+
+@needs_triton
+def test_auto_without_compiled_cuda_routes_cuda_tensors_to_triton(restore_backend):
+    gflops.set_backend("auto")
+    for name in gtriton.OP_NAMES:
+        line = _cuda_kernel(name)
+        if gflops.has_cuda():
+            assert "gflops/backend.py" not in line, line  # the compiled kernel serves
+        else:
+            assert line is not None and "gflops/backend.py" in line, f"{name}: {line}"
+    assert _cuda_kernel("box_iou") is None or "gflops/backend.py" not in _cuda_kernel("box_iou")
+    if not gflops.has_cuda():
+        assert gflops.backend_info()["cuda"].startswith("triton for quality_focal_loss")
+
+
+@needs_triton
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the routing with CPU tensors and the interpreter")
+def test_the_cuda_dispatch_key_reaches_the_triton_launchers(restore_backend):
+    """Redispatching to the CUDA key with CPU tensors runs whatever is registered
+    there: under Triton's interpreter, the Triton launchers; they must agree with
+    the CPU kernels."""
+    gflops.set_backend("triton")
+    pred, label, score, weight = qfl_inputs(300, 20, "cpu", weight=True)
+    via_cuda = torch.ops.gflops.quality_focal_loss.default.redispatch(CUDA_KEY, pred, label, score, weight, 2.0,
+                                                                      "none")
+    torch.testing.assert_close(via_cuda, torch.ops.gflops.quality_focal_loss(pred, label, score, weight, 2.0, "none"),
+                               rtol=1e-5, atol=1e-6)
+    p, target, w = dfl_inputs(64, 16, "cpu", weight=True)
+    g = torch.ops.gflops.distribution_focal_loss_backward.default.redispatch(CUDA_KEY, torch.tensor(1.0), p, target,
+                                                                            w, "sum")
+    torch.testing.assert_close(g, torch.ops.gflops.distribution_focal_loss_backward(torch.tensor(1.0), p, target, w,
+                                                                                     "sum"))
+
+
+def test_set_backend_rejects_what_it_cannot_do(restore_backend):
+    with pytest.raises(ValueError, match="backend must be one of"):
+        gflops.set_backend("opencl")
+    if not gflops.has_cuda():
+        with pytest.raises(RuntimeError, match="this build of gflops has no CUDA kernels"):
+            gflops.set_backend("cuda")
+    if not gtriton.available()[0]:
+        with pytest.raises(RuntimeError, match="triton package is not installed"):
+            gflops.set_backend("triton")
+
+
+def test_forcing_and_releasing_restores_the_earlier_kernel():
+    """set_backend('cuda') after 'triton' relies on the dispatcher restoring the
+    kernel registered before an override when the override's library goes;
+    shown here on the CPU key, where a compiled kernel always exists."""
+    a, b = torch.rand(3, 4), torch.rand(5, 4)
+    expected = torch.ops.gflops.box_iou(a, b, "iou", False, 1e-6)
+    lib = torch.library.Library("gflops", "IMPL")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lib.impl("box_iou", lambda *args: torch.full((1,), -1.0), "CPU")
+    assert torch.ops.gflops.box_iou(a, b, "iou", False, 1e-6).tolist() == [-1.0]
+    lib._destroy()
+    torch.testing.assert_close(torch.ops.gflops.box_iou(a, b, "iou", False, 1e-6), expected)
+
+
+def _import_with(backend):
+    env = dict(os.environ, GFLOPS_BACKEND=backend)
+    code = "import gflops; print(gflops.backend_info()['requested'])"
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=900)
+
+
+def test_environment_variable_picks_the_backend():
+    r = _import_with("opencl")
+    assert r.returncode != 0 and "GFLOPS_BACKEND must be one of" in r.stderr
+    if gtriton.available()[0]:
+        r = _import_with("triton")
+        assert r.returncode == 0 and r.stdout.split()[-1] == "triton", r.stderr
+
+
+@needs_triton
+def test_twin_has_the_schemas_of_gflops():
+    from gflops.triton.launch import OPS
+
+    assert tuple(OPS) == gtriton.OP_NAMES
+    twin = gtriton.load_twin()
+    for name in gtriton.OP_NAMES:
+        ours = str(getattr(twin, name).default._schema).split("::", 1)[1]
+        assert ours == str(getattr(torch.ops.gflops, name).default._schema).split("::", 1)[1]
