@@ -1,5 +1,6 @@
 """Pairwise IoU, integral decode and the fused GFL box branch: reference eager
-vs torch.compile(reference) vs gflops, on COCO-like sizes.
+vs torch.compile(reference) vs gflops (and gflops' Triton kernels for the decode),
+on COCO-like sizes.
 
     python -m benchmarks.bench_boxes [--device cuda] [--size coco|small]
 """
@@ -8,7 +9,7 @@ import torch
 import gflops
 import reference
 from benchmarks.harness import (bench_providers, cli, copy_gbps, forward_modes, grad_modes, meta_for,
-                                subset_tag, write_results)
+                                subset_tag, triton_provider, write_results)
 
 SIZES = {"coco": dict(batch=16, anchors=22400, gts=100, pos=1000, reg_max=16),
          "small": dict(batch=2, anchors=22400, gts=100, pos=1000, reg_max=16)}
@@ -72,7 +73,8 @@ def run(device, size, dtype, providers):
 
     name, args, kw, nbytes = decode_case(s, device, dtype)
     fns = {"reference": reference.decode_distribution, "gflops": gflops.decode_distribution,
-           "compile": torch.compile(reference.decode_distribution)}
+           "compile": torch.compile(reference.decode_distribution),
+           "triton": triton_provider(gflops.decode_distribution, device)}
     rows += bench_providers(name, fns, lambda fn: grad_modes(fn, args, kw, lambda out: out.float().sum()),
                             nbytes, device, copy, providers)
 

@@ -1,5 +1,5 @@
 """QFL and DFL forward, backward and forward+backward: reference eager vs
-torch.compile(reference) vs gflops, on COCO-like sizes.
+torch.compile(reference) vs gflops' Triton kernels vs gflops, on COCO-like sizes.
 
     python -m benchmarks.bench_losses [--device cuda] [--size coco|small]
 """
@@ -7,7 +7,8 @@ import torch
 
 import gflops
 import reference
-from benchmarks.harness import bench_providers, cli, copy_gbps, grad_modes, meta_for, subset_tag, write_results
+from benchmarks.harness import (bench_providers, cli, copy_gbps, grad_modes, meta_for, subset_tag, triton_provider,
+                                write_results)
 
 # (batch, anchors per image, classes); DFL: 4 sides x batch x positives, reg_max.
 SIZES = {"coco": dict(batch=16, anchors=22400, classes=80, pos=1000, reg_max=16),
@@ -51,7 +52,8 @@ def run(device, size, dtype, providers):
     for case, ref_fn, ours in [(qfl_case, reference.quality_focal_loss, gflops.quality_focal_loss),
                                (dfl_case, reference.distribution_focal_loss, gflops.distribution_focal_loss)]:
         name, args, kw, nbytes = case(s, device, dtype)
-        fns = {"reference": ref_fn, "compile": torch.compile(ref_fn), "gflops": ours}
+        fns = {"reference": ref_fn, "compile": torch.compile(ref_fn), "gflops": ours,
+               "triton": triton_provider(ours, device)}
         rows += bench_providers(name, fns, lambda fn: grad_modes(fn, args, kw, lambda out: out), nbytes,
                                 device, copy, providers)
     return write_results(f"losses_{size}_{str(dtype).split('.')[-1]}{subset_tag(providers)}", device, rows,

@@ -143,11 +143,36 @@ def forward_modes(fn, args, kw):
     return {"fwd": (lambda: fn(*args, **kw), _nothing)}
 
 
+def triton_provider(fn, device):
+    """`fn` (a gflops function) run on the Triton kernels, or the reason it cannot be.
+    Benchmarks time real GPU code only: Triton's CPU interpreter is a test tool."""
+    from gflops import _ops
+    from gflops import triton as gtriton
+
+    ok, why = gtriton.available()
+    if not ok:
+        return why
+    if device.type != "cuda":
+        return "the Triton kernels need a GPU (no GPU here)"
+    gtriton.load_twin()
+
+    def run(*args, **kw):
+        with _ops.use(gtriton.NAMESPACE):
+            return fn(*args, **kw)
+    return run
+
+
 def bench_providers(name, fns, make_modes, nbytes, device, copy, providers):
-    """Rows of one op: every provider (reference, compile, gflops) in every mode."""
+    """Rows of one op: every provider (reference, compile, gflops, triton) in every
+    mode. A provider whose entry is missing or a string (the reason) is skipped
+    with that reason printed."""
     rows, base = [], {}
     for prov in providers:
-        for mode, (f, setup) in make_modes(fns[prov]).items():
+        fn = fns.get(prov, "no Triton kernel for this op" if prov == "triton" else "not provided")
+        if isinstance(fn, str):
+            print(f"{name:24s} {prov:10s} skipped: {fn}", file=sys.stderr)
+            continue
+        for mode, (f, setup) in make_modes(fn).items():
             ms = median_ms(f, device, setup=setup)
             mem = peak_mb(f, device, setup=setup)
             base.setdefault(mode, {})[prov] = ms
@@ -155,6 +180,7 @@ def bench_providers(name, fns, make_modes, nbytes, device, copy, providers):
             rows.append(dict(op=name, mode=mode, provider=prov, median_ms=ms,
                              vs_eager=base[mode].get("reference", float("nan")) / ms,
                              vs_compile=base[mode].get("compile", float("nan")) / ms,
+                             vs_triton=base[mode].get("triton", float("nan")) / ms,
                              peak_mib=mem, gbps=gbps if device.type == "cuda" else None,
                              pct_copy_bw=100 * gbps / copy if copy else None))
             print(f"{name:24s} {mode:8s} {prov:10s} {ms:9.3f} ms  peak {mem:8.1f} MiB", file=sys.stderr)
@@ -164,10 +190,10 @@ def bench_providers(name, fns, make_modes, nbytes, device, copy, providers):
 def meta_for(device, size, dtype, copy):
     return dict(device=str(device), size=size, dtype=str(dtype), torch=torch.__version__,
                 threads=torch.get_num_threads(), copy_gbps=copy,
-                note="vs_eager / vs_compile are speedups (x); bytes are what a fused kernel must move")
+                note="vs_eager / vs_compile / vs_triton are speedups (x); bytes are what a fused kernel must move")
 
 
-PROVIDERS = ("reference", "compile", "gflops")
+PROVIDERS = ("reference", "compile", "triton", "gflops")
 
 
 def subset_tag(providers):

@@ -14,6 +14,9 @@ export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_
 time python3 -m pip install -q --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1 || { tail -50 "$OUT/build.log"; exit 1; }
 python3 -c "import gflops; assert gflops.has_cuda(), 'CUDA kernels not built'" || exit 1
 python3 -m pytest -q python_tests 2>&1 | tee "$OUT/pytest_cuda.txt" | tail -5
+# The CUDA cases again with the Triton kernels serving torch.ops.gflops on CUDA tensors.
+GFLOPS_BACKEND=triton python3 -m pytest -q python_tests/test_losses.py python_tests/test_decode.py -k cuda 2>&1 \
+  | tee "$OUT/pytest_cuda_forced_triton.txt" | tail -3
 sani=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
 if [ -n "$sani" ]; then
   for tool in memcheck racecheck; do
