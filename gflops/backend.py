@@ -70,8 +70,11 @@ def backend_info():
     triton_ok, _ = _triton.available()
     version = None
     if triton_ok:
-        from importlib.metadata import version as _v
-        version = _v("triton")
+        try:  # pytorch-triton wheels install the module under another distribution name
+            import triton
+            version = triton.__version__
+        except Exception as e:  # noqa: BLE001 - an unusable triton is reported, not raised
+            version = f"unusable: {e}"
     if _state["lib"] is not None:
         cuda = "triton for " + ", ".join(_triton.OP_NAMES) + ("; compiled CUDA kernels for the rest"
                                                                 if _cuda_compiled() else "; no kernels for the rest")
@@ -86,7 +89,12 @@ def backend_info():
 
 
 def init_from_env():
+    """GFLOPS_BACKEND at import. A value that cannot be honoured warns and falls
+    back to 'auto': an environment variable set for a whole cluster must not
+    stop the CPU kernels from loading."""
     name = os.environ.get("GFLOPS_BACKEND", "auto")
-    if name not in _CHOICES:
-        raise ValueError(f"gflops: GFLOPS_BACKEND must be one of {_CHOICES}, got {name!r}")
-    set_backend(name)
+    try:
+        set_backend(name)
+    except (ValueError, RuntimeError) as e:
+        warnings.warn(f"GFLOPS_BACKEND={name!r} ignored, using 'auto': {e}", RuntimeWarning, stacklevel=2)
+        set_backend("auto")

@@ -108,10 +108,46 @@ def _import_with(backend):
 
 def test_environment_variable_picks_the_backend():
     r = _import_with("opencl")
-    assert r.returncode != 0 and "GFLOPS_BACKEND must be one of" in r.stderr
+    assert r.returncode == 0 and r.stdout.split()[-1] == "auto", r.stderr
+    assert "GFLOPS_BACKEND='opencl' ignored, using 'auto': gflops.set_backend: backend must be one of" in r.stderr
+    if not gflops.has_cuda():
+        r = _import_with("cuda")
+        assert r.returncode == 0 and "this build of gflops has no CUDA kernels" in r.stderr
     if gtriton.available()[0]:
         r = _import_with("triton")
         assert r.returncode == 0 and r.stdout.split()[-1] == "triton", r.stderr
+
+
+@needs_triton
+def test_float64_parameters_are_not_rounded_to_float32():
+    """beta and max_shape reach the Triton kernels in the accumulation dtype: as
+    Python floats they would be float32 on a GPU (0.3 and 300.1 are not)."""
+    twin = gtriton.load_twin()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    pred, label, score, weight = qfl_inputs(64, 7, device, dtype=torch.float64, weight=True)
+    g = torch.rand(64, dtype=torch.float64, device=device)
+    for name, args in (("quality_focal_loss", (pred, label, score, weight, 0.3, "none")),
+                       ("quality_focal_loss_backward", (g, pred, label, score, weight, 0.3, "none"))):
+        torch.testing.assert_close(getattr(twin, name)(*args).cpu(),
+                                   getattr(torch.ops.gflops, name)(*[a.cpu() if torch.is_tensor(a) else a
+                                                                     for a in args]), rtol=1e-13, atol=1e-15)
+    dist = torch.randn(3, 50, 68, dtype=torch.float64, device=device) * 3
+    points = torch.rand(50, 2, dtype=torch.float64, device=device) * 400
+    strides = torch.full((50,), 16.0, dtype=torch.float64, device=device)
+    args = (dist, points, strides, 16, [300.1, 400.3])
+    ours = twin.decode_distribution(*args)
+    assert (ours[..., 1::2] == 300.1).any() and (ours[..., 0::2] == 400.3).any()  # clamped, exactly
+    torch.testing.assert_close(ours.cpu(), torch.ops.gflops.decode_distribution(*[a.cpu() if torch.is_tensor(a)
+                                                                                  else a for a in args]),
+                               rtol=1e-13, atol=1e-12)
+
+
+@needs_triton
+def test_reg_max_beyond_the_triton_tile_is_a_clear_error():
+    twin = gtriton.load_twin()
+    pred = torch.randn(2, 4 * 1025, device="cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(RuntimeError, match=r"gflops.integral: the Triton kernels take up to 1024 bins"):
+        twin.integral(pred, 1024)
 
 
 @needs_triton

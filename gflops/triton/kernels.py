@@ -43,7 +43,7 @@ def _qfl_tile(pred, label, score, rows, rmask, c0, C, ACC: tl.constexpr, BLOCK_C
     """(x, y, mask) of the tile rows x [c0, c0 + BLOCK_C)."""
     cols = c0 + tl.arange(0, BLOCK_C)
     mask = rmask[:, None] & (cols < C)[None, :]
-    x = tl.load(pred + rows.to(tl.int64)[:, None] * C + cols[None, :], mask=mask, other=0.0).to(ACC)
+    x = tl.load(pred + rows[:, None] * C + cols[None, :], mask=mask, other=0.0).to(ACC)
     lab = tl.load(label + rows, mask=rmask, other=-1)
     sc = tl.load(score + rows, mask=rmask, other=0.0)
     # Labels outside [0, C) never match a column; a background row's score is never read into a value.
@@ -52,12 +52,13 @@ def _qfl_tile(pred, label, score, rows, rmask, c0, C, ACC: tl.constexpr, BLOCK_C
 
 
 @triton.jit
-def qfl_forward_kernel(pred, label, score, weight, out, N, C, beta,
+def qfl_forward_kernel(pred, label, score, weight, out, N, C, params,
                        BETA2: tl.constexpr, HAS_W: tl.constexpr, SUM: tl.constexpr, ACC: tl.constexpr,
                        BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
     pid = tl.program_id(0)
-    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     rmask = rows < N
+    beta = tl.load(params)
     acc = tl.zeros((BLOCK_N,), dtype=ACC)
     for c0 in range(0, C, BLOCK_C):
         x, y, mask = _qfl_tile(pred, label, score, rows, rmask, c0, C, ACC, BLOCK_C)
@@ -77,12 +78,13 @@ def qfl_forward_kernel(pred, label, score, weight, out, N, C, beta,
 
 
 @triton.jit
-def qfl_backward_kernel(grad, pred, label, score, weight, out, N, C, beta,
+def qfl_backward_kernel(grad, pred, label, score, weight, out, N, C, params,
                         BETA2: tl.constexpr, HAS_W: tl.constexpr, GRAD_PER_ROW: tl.constexpr, ACC: tl.constexpr,
                         BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
     pid = tl.program_id(0)
-    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     rmask = rows < N
+    beta = tl.load(params)
     if GRAD_PER_ROW:
         g = tl.load(grad + rows, mask=rmask, other=0.0)
     else:
@@ -104,7 +106,7 @@ def qfl_backward_kernel(grad, pred, label, score, weight, out, N, C, beta,
             first = tl.where(ad > 0.0, beta * sign * ((p * ds) / tl.where(ad > 0.0, ad, 1.0)) * bce, 0.0)
             dx = first + p * d
         cols = c0 + tl.arange(0, BLOCK_C)
-        offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
+        offs = rows[:, None] * C + cols[None, :]
         tl.store(out + offs, (g[:, None] * dx).to(out.dtype.element_ty), mask=mask)
 
 
@@ -114,7 +116,7 @@ def _row_tile(pred, rows, rmask, n1: tl.constexpr, ACC: tl.constexpr, BLOCK_B: t
     bins = tl.arange(0, BLOCK_B)
     bmask = bins < n1
     mask = rmask[:, None] & bmask[None, :]
-    x = tl.load(pred + rows.to(tl.int64)[:, None] * n1 + bins[None, :], mask=mask, other=0.0).to(ACC)
+    x = tl.load(pred + rows[:, None] * n1 + bins[None, :], mask=mask, other=0.0).to(ACC)
     x = tl.where(bmask[None, :], x, float("-inf"))
     return x, bins, mask
 
@@ -145,7 +147,7 @@ def dfl_forward_kernel(pred, target, weight, out, M, n1: tl.constexpr,
                        HAS_W: tl.constexpr, SUM: tl.constexpr, ACC: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_B: tl.constexpr):
     pid = tl.program_id(0)
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = pid.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     rmask = rows < M
     x, bins, mask = _row_tile(pred, rows, rmask, n1, ACC, BLOCK_B)
     lse, _ = _lse_dist(x, bins)
@@ -167,7 +169,7 @@ def dfl_backward_kernel(grad, pred, target, weight, out, M, n1: tl.constexpr,
                         HAS_W: tl.constexpr, GRAD_PER_ROW: tl.constexpr, ACC: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_B: tl.constexpr):
     pid = tl.program_id(0)
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = pid.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     rmask = rows < M
     x, bins, mask = _row_tile(pred, rows, rmask, n1, ACC, BLOCK_B)
     lse, _ = _lse_dist(x, bins)
@@ -181,12 +183,12 @@ def dfl_backward_kernel(grad, pred, target, weight, out, M, n1: tl.constexpr,
     p = tl.exp(x - lse[:, None])
     hot = tl.where(bins[None, :] == l[:, None], wl[:, None], 0.0) + \
         tl.where(bins[None, :] == l[:, None] + 1, wr[:, None], 0.0)
-    offs = rows.to(tl.int64)[:, None] * n1 + bins[None, :]
+    offs = rows[:, None] * n1 + bins[None, :]
     tl.store(out + offs, (g[:, None] * (p - hot)).to(out.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _side_coord(rows, rmask, points, strides, anchors, dist, clamp_h, clamp_w, CLAMP: tl.constexpr):
+def _side_coord(rows, rmask, points, strides, anchors, dist, limits, CLAMP: tl.constexpr):
     """Row r is side k = r % 4 of box r // 4, whose anchor is (r // 4) % anchors:
     (coordinate, sign * stride * pass) of distance2bbox(point, dist * stride),
     clamped to [0, W] x [0, H]; a clamped coordinate passes no gradient."""
@@ -198,44 +200,44 @@ def _side_coord(rows, rmask, points, strides, anchors, dist, clamp_h, clamp_w, C
     v = pt + sign * (dist * st)
     scale = sign * st
     if CLAMP:
-        lim = tl.where(k % 2 == 0, clamp_w, clamp_h)
+        lim = tl.where(k % 2 == 0, tl.load(limits + 1), tl.load(limits))
         scale = tl.where((v >= 0.0) & (v <= lim), scale, 0.0)
         v = tl.minimum(tl.maximum(v, 0.0), lim)
     return v, scale
 
 
 @triton.jit
-def integral_kernel(pred, out, R, n1: tl.constexpr, points, strides, anchors, clamp_h, clamp_w,
+def integral_kernel(pred, out, R, n1: tl.constexpr, points, strides, anchors, limits,
                     DECODE: tl.constexpr, CLAMP: tl.constexpr, ACC: tl.constexpr,
                     BLOCK_R: tl.constexpr, BLOCK_B: tl.constexpr):
     """integral (DECODE=False): out[r] = expected bin of row r; the fused
     decode (DECODE=True): out[r] = that side's pixel coordinate."""
     pid = tl.program_id(0)
-    rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
+    rows = pid.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     rmask = rows < R
     x, bins, _ = _row_tile(pred, rows, rmask, n1, ACC, BLOCK_B)
     _, dist = _lse_dist(x, bins)
     if DECODE:
-        dist, _ = _side_coord(rows, rmask, points, strides, anchors, dist, clamp_h, clamp_w, CLAMP)
+        dist, _ = _side_coord(rows, rmask, points, strides, anchors, dist, limits, CLAMP)
     tl.store(out + rows, dist.to(out.dtype.element_ty), mask=rmask)
 
 
 @triton.jit
-def integral_backward_kernel(grad, pred, out, R, n1: tl.constexpr, points, strides, anchors, clamp_h, clamp_w,
+def integral_backward_kernel(grad, pred, out, R, n1: tl.constexpr, points, strides, anchors, limits,
                              DECODE: tl.constexpr, CLAMP: tl.constexpr, ACC: tl.constexpr,
                              BLOCK_R: tl.constexpr, BLOCK_B: tl.constexpr):
     pid = tl.program_id(0)
-    rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
+    rows = pid.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     rmask = rows < R
     x, bins, mask = _row_tile(pred, rows, rmask, n1, ACC, BLOCK_B)
     lse, dist = _lse_dist(x, bins)
     g = tl.load(grad + rows, mask=rmask, other=0.0)
     if DECODE:
-        _, scale = _side_coord(rows, rmask, points, strides, anchors, dist, clamp_h, clamp_w, CLAMP)
+        _, scale = _side_coord(rows, rmask, points, strides, anchors, dist, limits, CLAMP)
         g = g * scale
     p = tl.exp(x - lse[:, None])
     dx = g[:, None] * (p * (bins[None, :].to(ACC) - dist[:, None]))
-    offs = rows.to(tl.int64)[:, None] * n1 + bins[None, :]
+    offs = rows[:, None] * n1 + bins[None, :]
     tl.store(out + offs, dx.to(out.dtype.element_ty), mask=mask)
 
 

@@ -20,15 +20,31 @@ _ACC = {torch.float64: tl.float64}
 NUM_WARPS = 4
 
 
+# Whether Triton's interpreter runs these kernels: fixed when they were decorated
+# (TRITON_INTERPRET=1 at their import), so read off them, not off the environment.
+INTERPRETED = type(K.qfl_forward_kernel).__name__ == "InterpretedFunction"
+# The distribution kernels hold a whole row of bins per tile row.
+MAX_BINS = 1024
+
+
 def interpreting():
-    from triton import knobs  # read per call: the interpreter is chosen when the kernels are decorated
-    return bool(knobs.runtime.interpret)
+    return INTERPRETED
 
 
 def _tile_elems():
     # A GPU program holds ~4k elements (16 per thread at 4 warps); the interpreter
     # pays per program, so it gets bigger tiles. Same kernels, other constexprs.
-    return 32768 if interpreting() else 4096
+    return 32768 if INTERPRETED else 4096
+
+
+def _scalars(pred, *values):
+    """Scalar parameters as a tensor in the accumulation dtype: a Python float
+    argument would reach the kernel as float32, and float64 inputs must not round.
+    Filled on the device (no host-to-device copy: CUDA graphs can capture it)."""
+    t = torch.empty(len(values), dtype=_acc_torch(pred), device=pred.device)
+    for i, v in enumerate(values):
+        t[i:i + 1].fill_(float(v))
+    return t
 
 
 def _acc(pred):
@@ -72,7 +88,7 @@ def quality_focal_loss(pred, label, score, weight, beta, reduction):
     grid = (triton.cdiv(n, bn),)
     out = pred.new_empty(grid if total else (n,), dtype=acc)
     with _device(pred):
-        K.qfl_forward_kernel[grid](pred, label, score, weight, out, n, c, float(beta), BETA2=beta == 2.0,
+        K.qfl_forward_kernel[grid](pred, label, score, weight, out, n, c, _scalars(pred, beta), BETA2=beta == 2.0,
                                    HAS_W=weight is not None, SUM=total, ACC=_acc(pred), BLOCK_N=bn, BLOCK_C=bc,
                                    num_warps=NUM_WARPS)
         return _sum(out) if total else out
@@ -87,7 +103,7 @@ def quality_focal_loss_backward(grad, pred, label, score, weight, beta, reductio
         return out
     bn, bc = _qfl_blocks(c)
     with _device(pred):
-        K.qfl_backward_kernel[(triton.cdiv(n, bn),)](grad, pred, label, score, weight, out, n, c, float(beta),
+        K.qfl_backward_kernel[(triton.cdiv(n, bn),)](grad, pred, label, score, weight, out, n, c, _scalars(pred, beta),
                                                      BETA2=beta == 2.0, HAS_W=weight is not None,
                                                      GRAD_PER_ROW=not total, ACC=_acc(pred), BLOCK_N=bn,
                                                      BLOCK_C=bc, num_warps=NUM_WARPS)
@@ -97,7 +113,10 @@ def quality_focal_loss_backward(grad, pred, label, score, weight, beta, reductio
 # ---- DFL ---------------------------------------------------------------------
 
 
-def _bin_blocks(n1):
+def _bin_blocks(n1, op):
+    if n1 > MAX_BINS:
+        raise RuntimeError(f"{op}: the Triton kernels take up to {MAX_BINS} bins per distribution "
+                           f"(reg_max <= {MAX_BINS - 1}), got reg_max = {n1 - 1}; use the CPU or CUDA kernels")
     block_b = triton.next_power_of_2(n1)
     return _rows_per_program(block_b), block_b
 
@@ -109,7 +128,7 @@ def distribution_focal_loss(pred, target, weight, reduction):
     acc = _acc_torch(pred)
     if m == 0:
         return pred.new_zeros((), dtype=acc) if total else pred.new_empty((0,), dtype=acc)
-    bm, bb = _bin_blocks(n1)
+    bm, bb = _bin_blocks(n1, op)
     grid = (triton.cdiv(m, bm),)
     out = pred.new_empty(grid if total else (m,), dtype=acc)
     with _device(pred):
@@ -125,7 +144,7 @@ def distribution_focal_loss_backward(grad, pred, target, weight, reduction):
     out = torch.empty_like(pred)
     if out.numel() == 0:
         return out
-    bm, bb = _bin_blocks(n1)
+    bm, bb = _bin_blocks(n1, op)
     with _device(pred):
         K.dfl_backward_kernel[(triton.cdiv(m, bm),)](grad, pred, target, weight, out, m, n1,
                                                      HAS_W=weight is not None, GRAD_PER_ROW=not total,
@@ -136,25 +155,27 @@ def distribution_focal_loss_backward(grad, pred, target, weight, reduction):
 # ---- integral and the fused decode ----------------------------------------------
 
 
-def _rows_launch(kernel, args, pred, rows, n1, decode=None):
+def _rows_launch(kernel, args, pred, rows, n1, op, decode=None):
     """Launches an integral-family kernel over `rows` distribution rows;
     decode = (points, strides, anchors, clamp, h, w) for the fused decode."""
-    bm, bb = _bin_blocks(n1)
+    bm, bb = _bin_blocks(n1, op)
     if decode is None:
         points, strides, anchors, clamp, h, w = pred, pred, 1, False, 0.0, 0.0
     else:
         points, strides, anchors, clamp, h, w = decode
+    limits = _scalars(pred, h, w) if clamp else pred
     with _device(pred):
-        kernel[(triton.cdiv(rows, bm),)](*args, rows, n1, points, strides, max(anchors, 1), float(h), float(w),
+        kernel[(triton.cdiv(rows, bm),)](*args, rows, n1, points, strides, max(anchors, 1), limits,
                                          DECODE=decode is not None, CLAMP=bool(clamp), ACC=_acc(pred), BLOCK_R=bm,
                                          BLOCK_B=bb, num_warps=NUM_WARPS)
 
 
 def integral(pred, reg_max):
-    pred, rows, n1, shape = _C.prepare_integral(pred, reg_max, "gflops.integral")
+    op = "gflops.integral"
+    pred, rows, n1, shape = _C.prepare_integral(pred, reg_max, op)
     out = pred.new_empty(shape)
     if rows:
-        _rows_launch(K.integral_kernel, (pred, out), pred, rows, n1)
+        _rows_launch(K.integral_kernel, (pred, out), pred, rows, n1, op)
     return out
 
 
@@ -164,7 +185,7 @@ def integral_backward(grad, pred, reg_max):
     grad = _C.check_grad_shape(grad, pred, shape, op)
     out = torch.empty_like(pred)
     if rows:
-        _rows_launch(K.integral_backward_kernel, (grad, pred, out), pred, rows, n1)
+        _rows_launch(K.integral_backward_kernel, (grad, pred, out), pred, rows, n1, op)
     return out
 
 
@@ -180,7 +201,7 @@ def decode_distribution(pred, points, strides, reg_max, max_shape):
                                                 gflops.validation_enabled(), op)
     out = pred.new_empty(shape)
     if rows:
-        _rows_launch(K.integral_kernel, (pred, out), pred, rows, n1, dec)
+        _rows_launch(K.integral_kernel, (pred, out), pred, rows, n1, op, dec)
     return out
 
 
@@ -190,7 +211,7 @@ def decode_distribution_backward(grad, pred, points, strides, reg_max, max_shape
     grad = _C.check_grad_shape(grad, pred, shape, op)
     out = torch.empty_like(pred)
     if rows:
-        _rows_launch(K.integral_backward_kernel, (grad, pred, out), pred, rows, n1, dec)
+        _rows_launch(K.integral_backward_kernel, (grad, pred, out), pred, rows, n1, op, dec)
     return out
 
 
