@@ -131,3 +131,51 @@ def test_empty_inputs_launch_nothing(emu):
     out.backward()
     assert out.item() == 0.0 and pred.grad.shape == (0, 80)
     assert launched(emu) == []
+
+
+def _distribution_ops(reg_max, dtype, sms_rows):
+    """Forward and backward of DFL, integral, decode and the box branch at one reg_max."""
+    out = []
+    dpred, target, dweight = dfl_inputs(sms_rows, reg_max, "cpu", dtype=dtype, weight=True)
+    for reduction in ("none", "sum"):
+        out += grads(gflops.distribution_focal_loss, dpred, target, dweight, reduction=reduction)
+    p, points, strides = distribution_inputs(2, sms_rows // 8, reg_max, dtype=dtype)
+    out += grads(gflops.integral, p, reg_max)
+    out += grads(gflops.decode_distribution, p, points, strides, reg_max, (300, 400))
+    bp, bpts, bst, bgt, bw = branch_inputs(sms_rows // 4, reg_max, dtype=dtype)
+    q = bp.clone().requires_grad_(True)
+    giou, dfl, sc = gflops.gfl_box_branch(q, bpts, bst, bgt, bw, reg_max=reg_max)
+    (giou + dfl).backward()
+    return out + [giou.detach(), dfl.detach(), sc, q.grad]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("reg_max", [16, 7, 100, 400])
+def test_distribution_kernels_through_shared_memory_tiles(emu, dtype, reg_max):
+    """The distribution rows are staged through shared memory in tiles of up to
+    256 rows (160 anchors) in 48 KiB, fewer for a large reg_max (reg_max 400:
+    30 rows, 7 anchors); one emulated SM, so each block walks several tiles.
+    Every op agrees with the CPU kernels."""
+    emu.set_num_sms(1)
+    emu.set_launch_log(True)
+    ours = _distribution_ops(reg_max, dtype, 4000)
+    grids = {r[0].split("<")[0]: r[1][0] for r in launched(emu) if "sum_partials" not in r[0]}
+    assert {"gf::cuda::rows_dist_kernel", "gf::cuda::box_branch_kernel", "gf::cuda::dfl_forward_kernel"} <= set(grids)
+    assert all(g <= 8 for g in grids.values())  # one SM's wave: the blocks loop over tiles
+    with _ops.use("gflops"):
+        ref = _distribution_ops(reg_max, dtype, 4000)
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else (
+        dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2))
+    for i, (a, b) in enumerate(zip(ours, ref)):
+        torch.testing.assert_close(a, b, **tol, msg=lambda m: f"output {i}: {m}")
+
+
+def test_reg_max_beyond_a_shared_memory_tile_is_a_clear_error(emu):
+    with pytest.raises(RuntimeError, match=r"gflops.integral: reg_max = 12300 is too large for the CUDA kernels"):
+        gflops.integral(torch.zeros(1, 4 * 12301), 12300)
+    with pytest.raises(RuntimeError, match=r"gflops.distribution_focal_loss: reg_max = 12300 is too large"):
+        gflops.distribution_focal_loss(torch.zeros(2, 12301), torch.zeros(2))
+    bp, bpts, bst, bgt, bw = branch_inputs(2, 3100)
+    with pytest.raises(RuntimeError, match=r"gflops.gfl_box_branch: reg_max = 3100 is too large"):
+        gflops.gfl_box_branch(bp, bpts, bst, bgt, bw, reg_max=3100)
+    assert gflops.integral(torch.zeros(1, 4 * 12200), 12199).shape == (1, 4)  # one row fits: a tile of one

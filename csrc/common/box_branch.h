@@ -81,17 +81,30 @@ GF_HD void box_branch_backward(const scalar_t* x, int n1, T px, T py, T stride, 
   box_branch_backward_stats(x, n1, px, py, stride, gt, w, g_giou, g_dfl, lse, dist, g);
 }
 
-// Pixel box of one anchor: distance2bbox(point, dist * stride), clamped to
-// [0, W] x [0, H] when clamp is set.
+// One side k (0..3: l, t, r, b) of the pixel box distance2bbox(point,
+// dist * stride): pt is the point's x (k even) or y (k odd); clamped to
+// [0, lim] (lim = W for x, H for y) when clamp is set. Per side, so that a
+// kernel can give each side row its own thread.
+template <typename T> GF_HD T decode_side(T dist, int k, T pt, T stride, bool clamp, T lim) {
+  const T d = dist * stride;
+  const T v = k < 2 ? pt - d : pt + d;
+  return clamp ? gmin(gmax(v, T(0)), lim) : v;
+}
+
+// d decode_side / d dist: +-stride, 0 where the clamp holds the coordinate
+// (clamp passes the gradient when 0 <= v <= lim, as autograd does).
+template <typename T> GF_HD T decode_side_grad(T dist, int k, T pt, T stride, bool clamp, T lim) {
+  const T d = dist * stride;
+  const T v = k < 2 ? pt - d : pt + d;
+  const T pass = clamp ? (v >= T(0) && v <= lim ? T(1) : T(0)) : T(1);
+  return (k < 2 ? -stride : stride) * pass;
+}
+
+// Pixel box of one anchor: its four decode_side()s.
 template <typename T>
 GF_HD Box4<T> decode_box(const T* dist, T px, T py, T stride, bool clamp, T h, T w) {
-  const T d[4] = {dist[0] * stride, dist[1] * stride, dist[2] * stride, dist[3] * stride};
-  Box4<T> b = distance2bbox(px, py, d);
-  if (clamp) {
-    b.x1 = gmin(gmax(b.x1, T(0)), w); b.x2 = gmin(gmax(b.x2, T(0)), w);
-    b.y1 = gmin(gmax(b.y1, T(0)), h); b.y2 = gmin(gmax(b.y2, T(0)), h);
-  }
-  return b;
+  return Box4<T>{decode_side(dist[0], 0, px, stride, clamp, w), decode_side(dist[1], 1, py, stride, clamp, h),
+                 decode_side(dist[2], 2, px, stride, clamp, w), decode_side(dist[3], 3, py, stride, clamp, h)};
 }
 
 template <typename T, typename scalar_t>
@@ -101,18 +114,13 @@ GF_HD Box4<T> decode_forward(const scalar_t* x, int n1, T px, T py, T stride, bo
   return decode_box(dist, px, py, stride, clamp, h, w);
 }
 
-// d(sum_c gb[c] * box[c]) / d x; a clamped coordinate passes no gradient
-// (clamp passes it when min <= v <= max, as autograd does).
+// d(sum_c gb[c] * box[c]) / d x; a clamped coordinate passes no gradient.
 template <typename T, typename scalar_t>
 GF_HD void decode_backward_stats(const scalar_t* x, int n1, T px, T py, T stride, bool clamp, T h, T w, const T* gb,
                                  const T* lse, const T* dist, scalar_t* g) {
-  const T lim[4] = {w, h, w, h};
-  const T sign[4] = {T(-1), T(-1), T(1), T(1)};
-  const T pt[4] = {px, py, px, py};
   for (int k = 0; k < 4; ++k) {
-    const T v = pt[k] + sign[k] * (dist[k] * stride);
-    const T pass = clamp ? (v >= T(0) && v <= lim[k] ? T(1) : T(0)) : T(1);
-    const T gd = gb[k] * sign[k] * stride * pass, lk = lse[k], dk = dist[k];
+    const T gd = gb[k] * decode_side_grad(dist[k], k, k % 2 ? py : px, stride, clamp, k % 2 ? h : w);
+    const T lk = lse[k], dk = dist[k];
     const scalar_t* xk = x + k * n1;
     scalar_t* gk = g + k * n1;
     GF_SIMD

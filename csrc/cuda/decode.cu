@@ -14,6 +14,7 @@ namespace gc = gf::cuda;
 
 at::Tensor integral_cuda(const at::Tensor& pred, int64_t reg_max) {
   DistInputs in = integral_prepare(pred, reg_max, "gflops.integral");
+  check_rows_fit(in.n1, in.pred, reg_max, "gflops.integral");
   const DeviceGuard guard(in.pred.device());
   at::Tensor out = at::empty(in.out_shape, in.pred.options());
   GF_CUDA_CHECK(gc::integral(kernel_dtype(in.pred.scalar_type()), in.pred.data_ptr(), in.rows, in.n1, out.data_ptr(),
@@ -24,6 +25,7 @@ at::Tensor integral_cuda(const at::Tensor& pred, int64_t reg_max) {
 at::Tensor integral_backward_cuda(const at::Tensor& grad, const at::Tensor& pred, int64_t reg_max) {
   const char* op = "gflops.integral_backward";
   DistInputs in = integral_prepare(pred, reg_max, op);
+  check_rows_fit(in.n1, in.pred, reg_max, op);
   at::Tensor g = check_grad_shape(grad, in.pred, in.out_shape, op);
   const DeviceGuard guard(in.pred.device());
   at::Tensor out = at::empty_like(in.pred);
@@ -53,6 +55,7 @@ at::Tensor decode_cuda(const at::Tensor& pred, const at::Tensor& points, const a
                        c10::optional<at::ArrayRef<double>> max_shape) {
   const char* op = "gflops.decode_distribution";
   DecodeInputs in = decode_prepare(pred, points, strides, reg_max, max_shape, op);
+  check_rows_fit(in.dist.n1, in.dist.pred, reg_max, op);
   if (validation_enabled()) check_strides_positive(in.strides, op);
   const DeviceGuard guard(in.dist.pred.device());
   at::Tensor out = at::empty(in.dist.out_shape, in.dist.pred.options());
@@ -65,6 +68,7 @@ at::Tensor decode_backward_cuda(const at::Tensor& grad, const at::Tensor& pred, 
                                 c10::optional<at::ArrayRef<double>> max_shape) {
   const char* op = "gflops.decode_distribution_backward";
   DecodeInputs in = decode_prepare(pred, points, strides, reg_max, max_shape, op);
+  check_rows_fit(in.dist.n1, in.dist.pred, reg_max, op);
   at::Tensor g = check_grad_shape(grad, in.dist.pred, in.dist.out_shape, op);
   const DeviceGuard guard(in.dist.pred.device());
   at::Tensor out = at::empty_like(in.dist.pred);
@@ -77,12 +81,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> box_branch_cuda(const at::Tensor&
                                                                const at::Tensor& weight, int64_t reg_max) {
   const char* op = "gflops.gfl_box_branch";
   BoxBranchInputs in = box_branch_prepare(pred, points, strides, gt_boxes, weight, reg_max, op);
+  check_rows_fit(4 * int64_t(in.dec.dist.n1), in.dec.dist.pred, reg_max, op);
   if (validation_enabled()) check_strides_positive(in.dec.strides, op);
   const DeviceGuard guard(in.dec.dist.pred.device());
   gc::DecodeArgs a = decode_args(in.dec);
   auto opts = in.dec.dist.pred.options().dtype(acc_dtype(in.dec.dist.pred));
   at::Tensor giou = at::empty({}, opts), dfl = at::empty({}, opts), score = at::empty({in.dec.anchors}, opts);
-  at::Tensor partials = at::empty({2 * gc::box_branch_blocks(a.boxes, a.num_sms)}, opts);
+  at::Tensor partials = at::empty({2 * gc::box_branch_blocks(a)}, opts);
   GF_CUDA_CHECK(gc::box_branch(a, in.gt.data_ptr(), in.weight.data_ptr(), giou.data_ptr(), dfl.data_ptr(),
                                 score.data_ptr(), partials.data_ptr(), current_stream()));
   return {giou, dfl, score};
@@ -93,6 +98,7 @@ at::Tensor box_branch_backward_cuda(const at::Tensor& grad_giou, const at::Tenso
                                     const at::Tensor& weight, int64_t reg_max) {
   const char* op = "gflops.gfl_box_branch_backward";
   BoxBranchInputs in = box_branch_prepare(pred, points, strides, gt_boxes, weight, reg_max, op);
+  check_rows_fit(4 * int64_t(in.dec.dist.n1), in.dec.dist.pred, reg_max, op);
   at::Tensor gg = check_grad_shape(grad_giou, in.dec.dist.pred, {}, op, "grad_giou");
   at::Tensor gd = check_grad_shape(grad_dfl, in.dec.dist.pred, {}, op, "grad_dfl");
   const DeviceGuard guard(in.dec.dist.pred.device());

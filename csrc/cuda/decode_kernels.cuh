@@ -1,40 +1,21 @@
 // CUDA kernels of the decoding family (integral, fused decode, fused GFL box
 // branch) and their torch-free host entry points. Included by decode.cu alone.
-// One thread per distribution row (integral) or per anchor (decode, box
-// branch: its 4 x (reg_max + 1) logits), the math in csrc/common. The anchor
-// kernels ask for at least 1 resident block, not ptxas's default target: it
-// then keeps their 48-70 registers instead of spilling to reach 8 blocks/SM
+// The math is in csrc/common. Every kernel stages a block's rows through
+// shared memory with coalesced loads and stores (row_tiles.cuh), then gives
+// each distribution row one thread (integral, and the decode, whose four side
+// rows of an anchor are independent) or each anchor one thread (the box
+// branch, whose GIoU needs all four sides). The box-branch kernels ask for at
+// least 1 resident block, not ptxas's default target: it then keeps their
+// 56-66 registers instead of spilling to reach 8 blocks/SM
 // (benchmarks/results/ptxas_resources.md); grids follow the real occupancy.
 #pragma once
 
 #include "../common/box_branch.h"
 #include "common.cuh"
+#include "row_tiles.cuh"
 
 namespace gf {
 namespace cuda {
-
-template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
-integral_kernel(const scalar_t* __restrict__ pred, int64_t rows, int n1, scalar_t* __restrict__ out) {
-  GF_GRID_STRIDE(r, rows) {
-    acc_t lse, dist;
-    row_lse_dist<acc_t>(pred + r * n1, n1, lse, dist);
-    out[r] = cvt<scalar_t>(dist);
-  }
-}
-
-template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
-integral_backward_kernel(const acc_t* __restrict__ grad, const scalar_t* __restrict__ pred, int64_t rows, int n1,
-                         scalar_t* __restrict__ out) {
-  GF_GRID_STRIDE(r, rows) {
-    const scalar_t* x = pred + r * n1;
-    acc_t lse, d;
-    row_lse_dist<acc_t>(x, n1, lse, d);
-    const acc_t g = grad[r];
-    for (int b = 0; b < n1; ++b) out[r * n1 + b] = cvt<scalar_t>(g * integral_grad(cvt<acc_t>(x[b]), b, lse, d));
-  }
-}
 
 struct DecodeArgs {
   const void* pred = nullptr;     // (boxes, 4 * n1)
@@ -48,44 +29,101 @@ struct DecodeArgs {
   int num_sms = 1;
 };
 
-template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads, 1)
-decode_kernel(const scalar_t* __restrict__ pred, const acc_t* __restrict__ pts, const acc_t* __restrict__ st,
-              int64_t boxes, int64_t anchors, int n1, bool clamp, acc_t h, acc_t w, scalar_t* __restrict__ out) {
-  GF_GRID_STRIDE(i, boxes) {
-    const int64_t a = i % anchors;
-    const Box4<acc_t> b = decode_forward<acc_t>(pred + i * 4 * n1, n1, pts[2 * a], pts[2 * a + 1], st[a], clamp, h, w);
-    out[4 * i + 0] = cvt<scalar_t>(b.x1);
-    out[4 * i + 1] = cvt<scalar_t>(b.y1);
-    out[4 * i + 2] = cvt<scalar_t>(b.x2);
-    out[4 * i + 3] = cvt<scalar_t>(b.y2);
+
+// Where side row r (side k = r % 4 of box r / 4, anchor (r / 4) % anchors) sits.
+template <typename acc_t> struct SideGeo {
+  const acc_t* pts = nullptr;
+  const acc_t* st = nullptr;
+  int64_t anchors = 1;
+  bool clamp = false;
+  acc_t h = acc_t(0), w = acc_t(0);
+};
+
+template <typename acc_t> struct Side { int k; acc_t pt, stride, lim; };
+
+template <typename acc_t> __device__ __forceinline__ Side<acc_t> side_of(const SideGeo<acc_t>& g, int64_t r) {
+  const int k = static_cast<int>(r & 3);
+  const int64_t a = (r >> 2) % g.anchors;
+  return Side<acc_t>{k, g.pts[2 * a + (k & 1)], g.st[a], (k & 1) ? g.h : g.w};
+}
+
+// integral (DECODE = false): out[r] = the expected bin of row r; the fused
+// decode (DECODE = true): out[r] = that side's pixel coordinate.
+template <typename scalar_t, typename acc_t, bool DECODE>
+__global__ void __launch_bounds__(kThreads)
+rows_dist_kernel(const scalar_t* __restrict__ pred, int64_t rows, int n1, int per_tile, SideGeo<acc_t> geo,
+                       scalar_t* __restrict__ out) {
+  GF_DYNAMIC_SHARED(unsigned char, smem);
+  acc_t* tile = reinterpret_cast<acc_t*>(smem);
+  const int stride = n1 | 1;
+  GF_TILE_LOOP(first, nr, rows, per_tile) {
+    __syncthreads();  // the previous tile is consumed
+    load_tile(pred + first * n1, nr * n1, n1, stride, tile);
+    __syncthreads();
+    if (static_cast<int>(threadIdx.x) < nr) {
+      const int64_t r = first + threadIdx.x;
+      acc_t lse, dist;
+      row_lse_dist<acc_t>(tile + threadIdx.x * stride, n1, lse, dist);
+      if constexpr (DECODE) {
+        const Side<acc_t> sd = side_of(geo, r);
+        dist = decode_side(dist, sd.k, sd.pt, sd.stride, geo.clamp, sd.lim);
+      }
+      out[r] = cvt<scalar_t>(dist);
+    }
   }
 }
 
-template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads, 1)
-decode_backward_kernel(const acc_t* __restrict__ grad, const scalar_t* __restrict__ pred, const acc_t* __restrict__ pts,
-                       const acc_t* __restrict__ st, int64_t boxes, int64_t anchors, int n1, bool clamp, acc_t h,
-                       acc_t w, scalar_t* __restrict__ out) {
-  GF_GRID_STRIDE(i, boxes) {
-    const int64_t a = i % anchors;
-    decode_backward<acc_t>(pred + i * 4 * n1, n1, pts[2 * a], pts[2 * a + 1], st[a], clamp, h, w, grad + 4 * i,
-                           out + i * 4 * n1);
+// d(sum_r grad[r] * out[r]) / d pred of rows_dist_kernel; grad (rows,)
+// in the accumulation dtype.
+template <typename scalar_t, typename acc_t, bool DECODE>
+__global__ void __launch_bounds__(kThreads)
+rows_dist_backward_kernel(const acc_t* __restrict__ grad, const scalar_t* __restrict__ pred, int64_t rows,
+                                int n1, int per_tile, SideGeo<acc_t> geo, scalar_t* __restrict__ out) {
+  GF_DYNAMIC_SHARED(unsigned char, smem);
+  acc_t* tile = reinterpret_cast<acc_t*>(smem);
+  const int stride = n1 | 1;
+  GF_TILE_LOOP(first, nr, rows, per_tile) {
+    __syncthreads();
+    load_tile(pred + first * n1, nr * n1, n1, stride, tile);
+    __syncthreads();
+    if (static_cast<int>(threadIdx.x) < nr) {
+      const int64_t r = first + threadIdx.x;
+      acc_t* x = tile + threadIdx.x * stride;
+      acc_t lse, dist;
+      row_lse_dist<acc_t>(x, n1, lse, dist);
+      acc_t g = grad[r];
+      if constexpr (DECODE) {
+        const Side<acc_t> sd = side_of(geo, r);
+        g *= decode_side_grad(dist, sd.k, sd.pt, sd.stride, geo.clamp, sd.lim);
+      }
+      for (int b = 0; b < n1; ++b) x[b] = g * integral_grad(x[b], b, lse, dist);  // in place: own row only
+    }
+    __syncthreads();
+    store_tile(tile, nr * n1, n1, stride, out + first * n1);
   }
 }
 
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads, 1)
 box_branch_kernel(const scalar_t* __restrict__ pred, const acc_t* __restrict__ pts, const acc_t* __restrict__ st,
-                  const acc_t* __restrict__ gt, const acc_t* __restrict__ weight, int64_t p, int n1,
-                  acc_t* __restrict__ score, acc_t* __restrict__ partials) {
+                        const acc_t* __restrict__ gt, const acc_t* __restrict__ weight, int64_t p, int n1,
+                        int per_tile, acc_t* __restrict__ score, acc_t* __restrict__ partials) {
+  GF_DYNAMIC_SHARED(unsigned char, smem);
+  acc_t* tile = reinterpret_cast<acc_t*>(smem);
+  const int len = 4 * n1, stride = len | 1;
   acc_t giou = acc_t(0), dfl = acc_t(0);
-  GF_GRID_STRIDE(i, p) {
-    const BranchOut<acc_t> r =
-        box_branch_forward<acc_t>(pred + i * 4 * n1, n1, pts[2 * i], pts[2 * i + 1], st[i], gt + 4 * i, weight[i]);
-    giou += r.giou_loss;
-    dfl += r.dfl;
-    score[i] = r.score;
+  GF_TILE_LOOP(first, nr, p, per_tile) {
+    __syncthreads();
+    load_tile(pred + first * len, nr * len, len, stride, tile);
+    __syncthreads();
+    if (static_cast<int>(threadIdx.x) < nr) {
+      const int64_t i = first + threadIdx.x;
+      const BranchOut<acc_t> r = box_branch_forward<acc_t>(tile + threadIdx.x * stride, n1, pts[2 * i], pts[2 * i + 1],
+                                                           st[i], gt + 4 * i, weight[i]);
+      giou += r.giou_loss;
+      dfl += r.dfl;
+      score[i] = r.score;
+    }
   }
   giou = block_sum(giou);
   dfl = block_sum(dfl);
@@ -98,17 +136,50 @@ box_branch_kernel(const scalar_t* __restrict__ pred, const acc_t* __restrict__ p
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads, 1)
 box_branch_backward_kernel(const acc_t* __restrict__ g_giou, const acc_t* __restrict__ g_dfl,
-                           const scalar_t* __restrict__ pred, const acc_t* __restrict__ pts, const acc_t* __restrict__ st,
-                           const acc_t* __restrict__ gt, const acc_t* __restrict__ weight, int64_t p, int n1,
-                           scalar_t* __restrict__ out) {
+                                 const scalar_t* __restrict__ pred, const acc_t* __restrict__ pts,
+                                 const acc_t* __restrict__ st, const acc_t* __restrict__ gt,
+                                 const acc_t* __restrict__ weight, int64_t p, int n1, int per_tile,
+                                 scalar_t* __restrict__ out) {
+  GF_DYNAMIC_SHARED(unsigned char, smem);
+  acc_t* tile = reinterpret_cast<acc_t*>(smem);
+  const int len = 4 * n1, stride = len | 1;
   const acc_t gg = *g_giou, gd = *g_dfl;
-  GF_GRID_STRIDE(i, p) {
-    box_branch_backward<acc_t>(pred + i * 4 * n1, n1, pts[2 * i], pts[2 * i + 1], st[i], gt + 4 * i, weight[i], gg, gd,
-                               out + i * 4 * n1);
+  GF_TILE_LOOP(first, nr, p, per_tile) {
+    __syncthreads();
+    load_tile(pred + first * len, nr * len, len, stride, tile);
+    __syncthreads();
+    if (static_cast<int>(threadIdx.x) < nr) {
+      const int64_t i = first + threadIdx.x;
+      acc_t* x = tile + threadIdx.x * stride;
+      // In place: every logit is read before its own gradient overwrites it.
+      box_branch_backward<acc_t>(x, n1, pts[2 * i], pts[2 * i + 1], st[i], gt + 4 * i, weight[i], gg, gd, x);
+    }
+    __syncthreads();
+    store_tile(tile, nr * len, len, stride, out + first * len);
   }
 }
 
 // ---- host side -------------------------------------------------------------
+
+// The rows of an integral-family op, tile by tile.
+template <typename scalar_t, typename acc_t, bool DECODE>
+void launch_rows_dist(const scalar_t* pred, int64_t rows, int n1, const SideGeo<acc_t>& geo, scalar_t* out,
+                      int num_sms, cudaStream_t stream) {
+  const int per_tile = tile_rows(n1, sizeof(acc_t));
+  constexpr auto K = rows_dist_kernel<scalar_t, acc_t, DECODE>;
+  const size_t smem = tile_smem(per_tile, n1, sizeof(acc_t));
+  launch<K>(tile_grid<K>(rows, per_tile, smem, num_sms), kThreads, smem, stream, pred, rows, n1, per_tile, geo, out);
+}
+
+template <typename scalar_t, typename acc_t, bool DECODE>
+void launch_rows_dist_backward(const acc_t* grad, const scalar_t* pred, int64_t rows, int n1,
+                               const SideGeo<acc_t>& geo, scalar_t* out, int num_sms, cudaStream_t stream) {
+  const int per_tile = tile_rows(n1, sizeof(acc_t));
+  constexpr auto K = rows_dist_backward_kernel<scalar_t, acc_t, DECODE>;
+  const size_t smem = tile_smem(per_tile, n1, sizeof(acc_t));
+  launch<K>(tile_grid<K>(rows, per_tile, smem, num_sms), kThreads, smem, stream, grad, pred, rows, n1, per_tile, geo,
+            out);
+}
 
 // pred (rows, n1) -> out (rows,) in pred's dtype.
 inline cudaError_t integral(DType dt, const void* pred, int64_t rows, int n1, void* out, int num_sms, cudaStream_t stream) {
@@ -116,9 +187,8 @@ inline cudaError_t integral(DType dt, const void* pred, int64_t rows, int n1, vo
   dispatch_dtype(dt, [&](auto t) {
     using scalar_t = typename decltype(t)::scalar_t;
     using acc_t = typename decltype(t)::acc_t;
-    constexpr auto K = integral_kernel<scalar_t, acc_t>;
-    launch<K>(grid_for<K>(rows, num_sms), kThreads, 0, stream,
-        static_cast<const scalar_t*>(pred), rows, n1, static_cast<scalar_t*>(out));
+    launch_rows_dist<scalar_t, acc_t, false>(static_cast<const scalar_t*>(pred), rows, n1, SideGeo<acc_t>{},
+                                             static_cast<scalar_t*>(out), num_sms, stream);
   });
   return cudaGetLastError();
 }
@@ -129,11 +199,22 @@ inline cudaError_t integral_backward(DType dt, const void* grad, const void* pre
   dispatch_dtype(dt, [&](auto t) {
     using scalar_t = typename decltype(t)::scalar_t;
     using acc_t = typename decltype(t)::acc_t;
-    constexpr auto K = integral_backward_kernel<scalar_t, acc_t>;
-    launch<K>(grid_for<K>(rows, num_sms), kThreads, 0, stream,
-        static_cast<const acc_t*>(grad), static_cast<const scalar_t*>(pred), rows, n1, static_cast<scalar_t*>(out));
+    launch_rows_dist_backward<scalar_t, acc_t, false>(static_cast<const acc_t*>(grad),
+                                                      static_cast<const scalar_t*>(pred), rows, n1, SideGeo<acc_t>{},
+                                                      static_cast<scalar_t*>(out), num_sms, stream);
   });
   return cudaGetLastError();
+}
+
+template <typename acc_t> SideGeo<acc_t> side_geo(const DecodeArgs& a) {
+  SideGeo<acc_t> g;
+  g.pts = static_cast<const acc_t*>(a.points);
+  g.st = static_cast<const acc_t*>(a.strides);
+  g.anchors = a.anchors;
+  g.clamp = a.clamp;
+  g.h = static_cast<acc_t>(a.max_h);
+  g.w = static_cast<acc_t>(a.max_w);
+  return g;
 }
 
 // out (boxes, 4) in pred's dtype.
@@ -142,11 +223,8 @@ inline cudaError_t decode(const DecodeArgs& a, void* out, cudaStream_t stream) {
   dispatch_dtype(a.dtype, [&](auto t) {
     using scalar_t = typename decltype(t)::scalar_t;
     using acc_t = typename decltype(t)::acc_t;
-    constexpr auto K = decode_kernel<scalar_t, acc_t>;
-    launch<K>(grid_for<K>(a.boxes, a.num_sms), kThreads, 0, stream,
-        static_cast<const scalar_t*>(a.pred), static_cast<const acc_t*>(a.points), static_cast<const acc_t*>(a.strides),
-        a.boxes, a.anchors, a.n1, a.clamp, static_cast<acc_t>(a.max_h), static_cast<acc_t>(a.max_w),
-        static_cast<scalar_t*>(out));
+    launch_rows_dist<scalar_t, acc_t, true>(static_cast<const scalar_t*>(a.pred), 4 * a.boxes, a.n1,
+                                            side_geo<acc_t>(a), static_cast<scalar_t*>(out), a.num_sms, stream);
   });
   return cudaGetLastError();
 }
@@ -157,16 +235,19 @@ inline cudaError_t decode_backward(const DecodeArgs& a, const void* grad, void* 
   dispatch_dtype(a.dtype, [&](auto t) {
     using scalar_t = typename decltype(t)::scalar_t;
     using acc_t = typename decltype(t)::acc_t;
-    constexpr auto K = decode_backward_kernel<scalar_t, acc_t>;
-    launch<K>(grid_for<K>(a.boxes, a.num_sms), kThreads, 0, stream,
-        static_cast<const acc_t*>(grad), static_cast<const scalar_t*>(a.pred), static_cast<const acc_t*>(a.points),
-        static_cast<const acc_t*>(a.strides), a.boxes, a.anchors, a.n1, a.clamp, static_cast<acc_t>(a.max_h),
-        static_cast<acc_t>(a.max_w), static_cast<scalar_t*>(out));
+    launch_rows_dist_backward<scalar_t, acc_t, true>(static_cast<const acc_t*>(grad),
+                                                     static_cast<const scalar_t*>(a.pred), 4 * a.boxes, a.n1,
+                                                     side_geo<acc_t>(a), static_cast<scalar_t*>(out), a.num_sms,
+                                                     stream);
   });
   return cudaGetLastError();
 }
 
-inline int box_branch_blocks(int64_t p, int num_sms) { return max_grid(p, num_sms); }
+// Anchors per box-branch tile (4 * n1 logits each).
+inline int box_branch_tile(const DecodeArgs& a) { return tile_rows(4 * a.n1, acc_size(a.dtype)); }
+
+// Entries per partial sum that box_branch() needs (it takes two of them).
+inline int box_branch_blocks(const DecodeArgs& a) { return max_tile_grid(a.boxes, box_branch_tile(a), a.num_sms); }
 
 // a.anchors == a.boxes == P. giou_sum, dfl_sum: scalars; score (P,); partials:
 // 2 * box_branch_blocks() entries; all in the accumulation dtype.
@@ -179,12 +260,14 @@ inline cudaError_t box_branch(const DecodeArgs& a, const void* gt, const void* w
   dispatch_dtype(a.dtype, [&](auto t) {
     using scalar_t = typename decltype(t)::scalar_t;
     using acc_t = typename decltype(t)::acc_t;
-    constexpr auto K = box_branch_kernel<scalar_t, acc_t>;
-    const int grid = grid_for<K>(a.boxes, a.num_sms);
     auto* part = static_cast<acc_t*>(partials);
-    launch<K>(grid, kThreads, 0, stream, static_cast<const scalar_t*>(a.pred), static_cast<const acc_t*>(a.points), static_cast<const acc_t*>(a.strides),
-        static_cast<const acc_t*>(gt), static_cast<const acc_t*>(weight), a.boxes, a.n1, static_cast<acc_t*>(score),
-        part);
+    const int per_tile = box_branch_tile(a);
+    constexpr auto K = box_branch_kernel<scalar_t, acc_t>;
+    const size_t smem = tile_smem(per_tile, 4 * a.n1, sizeof(acc_t));
+    const int grid = tile_grid<K>(a.boxes, per_tile, smem, a.num_sms);
+    launch<K>(grid, kThreads, smem, stream, static_cast<const scalar_t*>(a.pred), static_cast<const acc_t*>(a.points),
+              static_cast<const acc_t*>(a.strides), static_cast<const acc_t*>(gt), static_cast<const acc_t*>(weight),
+              a.boxes, a.n1, per_tile, static_cast<acc_t*>(score), part);
     // The kernel writes its giou partials at [0, grid) and dfl partials at [grid, 2 grid).
     launch<sum_partials_kernel<acc_t>>(1, kThreads, 0, stream, static_cast<const acc_t*>(part), grid,
                                        static_cast<acc_t*>(giou_sum));
@@ -200,11 +283,13 @@ inline cudaError_t box_branch_backward(const DecodeArgs& a, const void* gt, cons
   dispatch_dtype(a.dtype, [&](auto t) {
     using scalar_t = typename decltype(t)::scalar_t;
     using acc_t = typename decltype(t)::acc_t;
+    const int per_tile = box_branch_tile(a);
     constexpr auto K = box_branch_backward_kernel<scalar_t, acc_t>;
-    launch<K>(grid_for<K>(a.boxes, a.num_sms), kThreads, 0, stream,
-        static_cast<const acc_t*>(g_giou), static_cast<const acc_t*>(g_dfl), static_cast<const scalar_t*>(a.pred),
-        static_cast<const acc_t*>(a.points), static_cast<const acc_t*>(a.strides), static_cast<const acc_t*>(gt),
-        static_cast<const acc_t*>(weight), a.boxes, a.n1, static_cast<scalar_t*>(out));
+    const size_t smem = tile_smem(per_tile, 4 * a.n1, sizeof(acc_t));
+    launch<K>(tile_grid<K>(a.boxes, per_tile, smem, a.num_sms), kThreads, smem, stream,
+              static_cast<const acc_t*>(g_giou), static_cast<const acc_t*>(g_dfl), static_cast<const scalar_t*>(a.pred),
+              static_cast<const acc_t*>(a.points), static_cast<const acc_t*>(a.strides), static_cast<const acc_t*>(gt),
+              static_cast<const acc_t*>(weight), a.boxes, a.n1, per_tile, static_cast<scalar_t*>(out));
   });
   return cudaGetLastError();
 }

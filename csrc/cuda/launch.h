@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include "common.cuh"
+#include "row_tiles.cuh"
 
 #if defined(GF_EMULATED)
 
@@ -73,5 +74,15 @@ inline gf::cuda::DType kernel_dtype(at::ScalarType t) {
 }
 
 inline const void* opt_ptr(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
+
+// The distribution kernels hold whole rows (a box-branch anchor: 4 rows) in
+// shared memory; one must fit the 48 KiB a block takes without opting in.
+inline void check_rows_fit(int64_t row_len, const at::Tensor& pred, int64_t reg_max, const char* op) {
+  const size_t acc = pred.scalar_type() == at::kDouble ? sizeof(double) : sizeof(float);
+  TORCH_CHECK(row_len < (int64_t(1) << 30) && gf::cuda::tile_fits(static_cast<int>(row_len), acc), op,
+              ": reg_max = ", reg_max, " is too large for the CUDA kernels (", row_len, " ",
+              acc == sizeof(double) ? "float64" : "float32", " values per thread must fit in ",
+              gf::cuda::kTileBytes / 1024, " KiB of shared memory)");
+}
 
 }  // namespace gflops

@@ -68,6 +68,7 @@ at::Tensor dfl_forward_cuda(const at::Tensor& pred, const at::Tensor& target,
                             const c10::optional<at::Tensor>& weight, c10::string_view reduction) {
   const char* op = "gflops.distribution_focal_loss";
   LossInputs in = dfl_prepare(pred, target, weight, std::string(reduction), op);
+  check_rows_fit(in.cols, in.pred, in.cols - 1, op);
   if (validation_enabled()) dfl_check_values(in, op);
   const DeviceGuard guard(in.pred.device());
   gc::LossArgs a = make_args(in);
@@ -82,6 +83,7 @@ at::Tensor dfl_backward_cuda(const at::Tensor& grad, const at::Tensor& pred, con
                              const c10::optional<at::Tensor>& weight, c10::string_view reduction) {
   const char* op = "gflops.distribution_focal_loss_backward";
   LossInputs in = dfl_prepare(pred, target, weight, std::string(reduction), op);
+  check_rows_fit(in.cols, in.pred, in.cols - 1, op);
   at::Tensor g = check_loss_grad(grad, in, op);
   const DeviceGuard guard(in.pred.device());
   gc::LossArgs a = make_args(in);

@@ -4,7 +4,8 @@
 //
 // QFL forward (sum) and backward walk the logits as one flat array in 16-byte
 // packs (rows never straddle a pack: C % VEC == 0 is checked by the caller);
-// QFL forward (none) gives each row one warp; DFL gives each row one thread.
+// QFL forward (none) gives each row one warp; DFL gives each row one thread,
+// its logits staged through shared memory (row_tiles.cuh).
 // Without validation nothing here reads or writes out of bounds for any
 // value: labels outside [0, C) match no column and DFL targets are clamped
 // to [0, reg_max] (gf::dfl_split).
@@ -13,6 +14,7 @@
 #include <cstdint>
 
 #include "../common/dfl.h"
+#include "row_tiles.cuh"
 #include "../common/qfl.h"
 #include "common.cuh"
 #include "runtime.cuh"
@@ -114,17 +116,27 @@ qfl_backward_kernel(const scalar_t* __restrict__ pred, const int64_t* __restrict
   }
 }
 
+// The DFL rows staged through shared memory (row_tiles.cuh): coalesced loads
+// of the logits (and stores of the gradient), one thread per row.
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
 dfl_forward_kernel(const scalar_t* __restrict__ pred, const acc_t* __restrict__ target,
-                   const acc_t* __restrict__ weight, int64_t rows, int n1, acc_t* __restrict__ row_out,
-                   acc_t* __restrict__ partials) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+                         const acc_t* __restrict__ weight, int64_t rows, int n1, int per_tile,
+                         acc_t* __restrict__ row_out, acc_t* __restrict__ partials) {
+  GF_DYNAMIC_SHARED(unsigned char, smem);
+  acc_t* tile = reinterpret_cast<acc_t*>(smem);
+  const int stride = n1 | 1;
   acc_t acc = acc_t(0);
-  for (int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; r < rows; r += stride) {
-    const acc_t l = dfl_row_loss<acc_t>(pred + r * n1, n1, target[r]) * weight_of(weight, r);
-    if (row_out) row_out[r] = l;
-    acc += l;
+  GF_TILE_LOOP(first, nr, rows, per_tile) {
+    __syncthreads();
+    load_tile(pred + first * n1, nr * n1, n1, stride, tile);
+    __syncthreads();
+    if (static_cast<int>(threadIdx.x) < nr) {
+      const int64_t r = first + threadIdx.x;
+      const acc_t l = dfl_row_loss<acc_t>(tile + threadIdx.x * stride, n1, target[r]) * weight_of(weight, r);
+      if (row_out) row_out[r] = l;
+      acc += l;
+    }
   }
   if (partials) {  // uniform across the grid, so every thread reaches block_sum
     acc = block_sum(acc);
@@ -135,21 +147,35 @@ dfl_forward_kernel(const scalar_t* __restrict__ pred, const acc_t* __restrict__ 
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
 dfl_backward_kernel(const scalar_t* __restrict__ pred, const acc_t* __restrict__ target,
-                    const acc_t* __restrict__ weight, const acc_t* __restrict__ grad, bool grad_per_row,
-                    int64_t rows, int n1, scalar_t* __restrict__ out) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+                          const acc_t* __restrict__ weight, const acc_t* __restrict__ grad, bool grad_per_row,
+                          int64_t rows, int n1, int per_tile, scalar_t* __restrict__ out) {
+  GF_DYNAMIC_SHARED(unsigned char, smem);
+  acc_t* tile = reinterpret_cast<acc_t*>(smem);
+  const int stride = n1 | 1;
   const acc_t g0 = grad[0];
-  for (int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; r < rows; r += stride) {
-    const acc_t scale = (grad_per_row ? grad[r] : g0) * weight_of(weight, r);
-    dfl_row_grad<acc_t>(pred + r * n1, n1, target[r], scale, out + r * n1);
+  GF_TILE_LOOP(first, nr, rows, per_tile) {
+    __syncthreads();
+    load_tile(pred + first * n1, nr * n1, n1, stride, tile);
+    __syncthreads();
+    if (static_cast<int>(threadIdx.x) < nr) {
+      const int64_t r = first + threadIdx.x;
+      acc_t* x = tile + threadIdx.x * stride;
+      const acc_t scale = (grad_per_row ? grad[r] : g0) * weight_of(weight, r);
+      dfl_row_grad<acc_t>(x, n1, target[r], scale, x);  // in place: each logit is read before it is replaced
+    }
+    __syncthreads();
+    store_tile(tile, nr * n1, n1, stride, out + first * n1);
   }
 }
 
 // ---- host side -------------------------------------------------------------
 
+// DFL rows per tile.
+inline int dfl_tile(const LossArgs& a) { return tile_rows(static_cast<int>(a.cols), acc_size(a.dtype)); }
+
 // Entries `partials` must have for qfl_forward/dfl_forward with sum = true.
 inline int qfl_forward_blocks(const LossArgs& a) { return max_grid(a.rows * a.cols, a.num_sms); }
-inline int dfl_forward_blocks(const LossArgs& a) { return max_grid(a.rows, a.num_sms); }
+inline int dfl_forward_blocks(const LossArgs& a) { return max_tile_grid(a.rows, dfl_tile(a), a.num_sms); }
 
 // out: (rows,) when `sum` is false, else a scalar; partials: qfl_forward_blocks() entries.
 inline cudaError_t qfl_forward(const LossArgs& a, bool sum, void* out, void* partials, cudaStream_t stream) {
@@ -241,11 +267,13 @@ inline cudaError_t dfl_forward(const LossArgs& a, bool sum, void* out, void* par
   dispatch_dtype(a.dtype, [&](auto t) {
     using scalar_t = typename decltype(t)::scalar_t;
     using acc_t = typename decltype(t)::acc_t;
-    constexpr auto K = dfl_forward_kernel<scalar_t, acc_t>;
-    const int grid = grid_for<K>(a.rows, a.num_sms);
     auto* part = sum ? static_cast<acc_t*>(partials) : nullptr;
-    launch<K>(grid, kThreads, 0, stream, static_cast<const scalar_t*>(a.pred), static_cast<const acc_t*>(a.target),
-              static_cast<const acc_t*>(a.weight), a.rows, static_cast<int>(a.cols),
+    const int per_tile = dfl_tile(a);
+    constexpr auto K = dfl_forward_kernel<scalar_t, acc_t>;
+    const size_t smem = tile_smem(per_tile, static_cast<int>(a.cols), sizeof(acc_t));
+    const int grid = tile_grid<K>(a.rows, per_tile, smem, a.num_sms);
+    launch<K>(grid, kThreads, smem, stream, static_cast<const scalar_t*>(a.pred), static_cast<const acc_t*>(a.target),
+              static_cast<const acc_t*>(a.weight), a.rows, static_cast<int>(a.cols), per_tile,
               sum ? nullptr : static_cast<acc_t*>(out), part);
     if (sum)
       launch<sum_partials_kernel<acc_t>>(1, kThreads, 0, stream, static_cast<const acc_t*>(part), grid,
@@ -259,11 +287,13 @@ inline cudaError_t dfl_backward(const LossArgs& a, void* out, cudaStream_t strea
   dispatch_dtype(a.dtype, [&](auto t) {
     using scalar_t = typename decltype(t)::scalar_t;
     using acc_t = typename decltype(t)::acc_t;
+    const int per_tile = dfl_tile(a);
     constexpr auto K = dfl_backward_kernel<scalar_t, acc_t>;
-    launch<K>(grid_for<K>(a.rows, a.num_sms), kThreads, 0, stream, static_cast<const scalar_t*>(a.pred),
-              static_cast<const acc_t*>(a.target), static_cast<const acc_t*>(a.weight),
-              static_cast<const acc_t*>(a.grad), a.grad_per_row, a.rows, static_cast<int>(a.cols),
-              static_cast<scalar_t*>(out));
+    const size_t smem = tile_smem(per_tile, static_cast<int>(a.cols), sizeof(acc_t));
+    launch<K>(tile_grid<K>(a.rows, per_tile, smem, a.num_sms), kThreads, smem, stream,
+              static_cast<const scalar_t*>(a.pred), static_cast<const acc_t*>(a.target),
+              static_cast<const acc_t*>(a.weight), static_cast<const acc_t*>(a.grad), a.grad_per_row, a.rows,
+              static_cast<int>(a.cols), per_tile, static_cast<scalar_t*>(out));
   });
   return cudaGetLastError();
 }
