@@ -5,6 +5,7 @@ weights are constants (detectors pass them detached); gflops.losses refuses
 them when they require grad rather than return a silently wrong gradient.
 """
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 
 def register(ns):
@@ -26,6 +27,34 @@ def register(ns):
         gp = ops.quality_focal_loss_backward(grad, pred, label, score, weight, ctx.beta, ctx.reduction)
         return gp, None, None, None, None, None
 
+    def _qfl_fused_setup(ctx, inputs, output):
+        pred, label, score, weight, beta, reduction = inputs
+        fused = output[1]  # the gradient computed with the loss; empty where the backend does not fuse
+        ctx.beta, ctx.reduction = beta, reduction
+        ctx.fused = fused.shape == pred.shape
+        ctx.mark_non_differentiable(fused)
+        ctx.set_materialize_grads(False)  # else autograd hands the backward a logits-sized zero gradient of `fused`
+        # Traced (torch.compile, opcheck): saved like any tensor, scaled out of place, and the
+        # compiler plans the buffers. Eager: held on ctx, not saved, so that the backward can
+        # scale it in place (one logits-sized buffer in all) and drop it.
+        ctx.traced = is_fake(fused)
+        ctx.save_for_backward(pred, label, score, weight, *((fused,) if ctx.traced and ctx.fused else ()))
+        ctx.fused_grad = None if ctx.traced else fused
+
+    def _qfl_fused_backward(ctx, grad, _grad_of_fused):
+        if grad is None:  # grads are not materialised: nothing flowed into the loss
+            return None, None, None, None, None, None
+        if not ctx.fused:
+            return _qfl_backward(ctx, grad)
+        scale = grad if ctx.reduction == "sum" else grad[:, None]
+        if ctx.traced:
+            return ctx.saved_tensors[4] * scale, None, None, None, None, None
+        fused, ctx.fused_grad = ctx.fused_grad, None
+        if fused is None:  # a second backward (retain_graph): the same sweep again, so the same bits
+            pred, label, score, weight = ctx.saved_tensors
+            fused = ops.quality_focal_loss_and_grad(pred, label, score, weight, ctx.beta, ctx.reduction)[1]
+        return fused.mul_(scale), None, None, None, None, None
+
     def _dfl_setup(ctx, inputs, output):
         pred, target, weight, reduction = inputs
         ctx.save_for_backward(pred, target, weight)
@@ -38,6 +67,7 @@ def register(ns):
 
 
     autograd("quality_focal_loss", _qfl_backward, _qfl_setup)
+    autograd("quality_focal_loss_and_grad", _qfl_fused_backward, _qfl_fused_setup)
     autograd("distribution_focal_loss", _dfl_backward, _dfl_setup)
 
     def _giou_setup(ctx, inputs, output):

@@ -54,6 +54,13 @@ def register(ns):
         _same_device(op, pred, label=label, score=score, weight=weight)
         return _loss_out(op, pred, reduction)
 
+    @fake("quality_focal_loss_and_grad")
+    def _qfl_and_grad(pred, label, score, weight, beta, reduction):
+        from ._composite import fuses_qfl_gradient
+
+        loss = _qfl(pred, label, score, weight, beta, reduction)
+        return loss, pred.new_empty(pred.shape if fuses_qfl_gradient(ns, pred.device) else (0,))
+
     @fake("quality_focal_loss_backward")
     def _qfl_bwd(grad, pred, label, score, weight, beta, reduction):
         return pred.new_empty(pred.shape)

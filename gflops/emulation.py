@@ -111,9 +111,10 @@ def load(sanitizer=None):
             with_cuda=False,
             verbose=os.environ.get("GFLOPS_VERBOSE_BUILD", "0") == "1",
         )
-    from . import _autograd, _fake
+    from . import _autograd, _composite, _fake
     import gflops
 
+    _composite.register("gflops_emu")
     _fake.register("gflops_emu")
     _autograd.register("gflops_emu")
     module.set_validation(gflops.validation_enabled())

@@ -43,7 +43,12 @@ def quality_focal_loss(pred, label, score, weight=None, beta=2.0, reduction="mea
     _check_constant(fn, "score", score)
     _check_constant(fn, "weight", weight)
     op_reduction = "none" if reduction == "none" else "sum"
-    out = _ops.lib().quality_focal_loss(pred, label, score, weight, float(beta), op_reduction)
+    lib = _ops.lib()
+    if pred.requires_grad and torch.is_grad_enabled():
+        # The gradient from the same sweep where a backend fuses it (CPU); see gflops/_composite.py.
+        out, _ = lib.quality_focal_loss_and_grad(pred, label, score, weight, float(beta), op_reduction)
+    else:
+        out = lib.quality_focal_loss(pred, label, score, weight, float(beta), op_reduction)
     return _reduce(out, reduction, avg_factor, pred.shape[0] if pred.dim() else 0)
 
 

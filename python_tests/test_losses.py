@@ -410,11 +410,35 @@ def test_opcheck(device):
     for reduction in ("none", "sum"):
         torch.library.opcheck(ops().quality_focal_loss, (pred, label, score, weight, 2.0, reduction))
         torch.library.opcheck(ops().quality_focal_loss, (pred, label, score, None, 1.5, reduction))
+        torch.library.opcheck(ops().quality_focal_loss_and_grad, (pred, label, score, weight, 2.0, reduction))
     dpred, target, dweight = dfl_inputs(40, 16, device, weight=True)
     dpred.requires_grad_(True)
     for reduction in ("none", "sum"):
         torch.library.opcheck(ops().distribution_focal_loss, (dpred, target, dweight, reduction))
         torch.library.opcheck(ops().distribution_focal_loss, (dpred, target, None, reduction))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reduction", ["none", "sum"])
+def test_qfl_gradient_from_the_forward_sweep(device, dtype, reduction):
+    """With pred requiring grad the loss comes from quality_focal_loss_and_grad:
+    on CPU it returns the gradient with the loss (empty on the other backends,
+    which run the backward op). Either way the gradient is the backward op's,
+    and a second backward (retain_graph) gives the same bits as the first."""
+    pred, label, score, weight = qfl_inputs(301, 80, device, dtype=dtype, weight=True)
+    loss, fused = ops().quality_focal_loss_and_grad(pred, label, score, weight, 2.0, reduction)
+    torch.testing.assert_close(loss, ops().quality_focal_loss(pred, label, score, weight, 2.0, reduction))
+    on_cpu_kernels = ops() is torch.ops.gflops and device == "cpu"
+    assert fused.shape == (pred.shape if on_cpu_kernels else (0,))
+    g = torch.rand(loss.shape, dtype=loss.dtype, device=device) + 0.5
+    expected = ops().quality_focal_loss_backward(g, pred, label, score, weight, 2.0, reduction)
+    leaf = pred.clone().requires_grad_(True)
+    out = gflops.quality_focal_loss(leaf, label, score, weight, reduction=reduction)
+    (first,) = torch.autograd.grad(out, leaf, g, retain_graph=True)
+    (second,) = torch.autograd.grad(out, leaf, g)
+    rtol, atol = tol(dtype)
+    torch.testing.assert_close(first, expected, rtol=rtol, atol=atol)
+    assert torch.equal(first, second)
 
 
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])

@@ -17,36 +17,39 @@ template <typename T> GF_HD SigBce<T> sigmoid_bce(T x, T y) {
   return r;
 }
 
-// loss = BCE(x, y) * |y - s|^beta. BETA2 is the beta == 2 fast path.
-template <typename T, bool BETA2> GF_HD T qfl_loss(T x, T y, T beta) {
-  SigBce<T> sb = sigmoid_bce(x, y);
-  T d = sb.s - y;
-  T ad = d < T(0) ? -d : d;
-  T mod;
-  if constexpr (BETA2) mod = d * d; else mod = gpow_nonneg(ad, beta);
-  return sb.bce * mod;
-}
+template <typename T> struct LossGrad { T loss; T grad; };
 
-// d loss / d x, with the modulating factor not detached:
+// loss = BCE(x, y) * |y - s|^beta and d loss / d x, from one sigmoid/BCE, with
+// the modulating factor not detached:
 // beta*|d|^(beta-1)*sign(d)*s*(1-s)*BCE + |d|^beta*d, first term 0 when d == 0.
-template <typename T, bool BETA2> GF_HD T qfl_grad(T x, T y, T beta) {
+// BETA2 is the beta == 2 fast path. A caller that uses one of the two gets
+// the other removed by the compiler (inlined, pure arithmetic).
+template <typename T, bool BETA2> GF_HD LossGrad<T> qfl_loss_grad(T x, T y, T beta) {
   SigBce<T> sb = sigmoid_bce(x, y);
-  T s = sb.s;
-  T d = s - y;
-  T ds = s * (T(1) - s);
+  const T s = sb.s;
+  const T d = s - y;
+  const T ds = s * (T(1) - s);
+  LossGrad<T> r;
   if constexpr (BETA2) {
-    return T(2) * d * ds * sb.bce + d * d * d;
+    r.loss = sb.bce * (d * d);
+    r.grad = T(2) * d * ds * sb.bce + d * d * d;
   } else {
-    T ad = d < T(0) ? -d : d;
-    T sign = d > T(0) ? T(1) : (d < T(0) ? T(-1) : T(0));
-    T p = gpow_nonneg(ad, beta);
+    const T ad = d < T(0) ? -d : d;
+    const T sign = d > T(0) ? T(1) : (d < T(0) ? T(-1) : T(0));
+    const T p = gpow_nonneg(ad, beta);
+    r.loss = sb.bce * p;
     // |d|^(beta-1) * s(1-s) as (|d|^beta * s(1-s)) / |d|: for beta < 1 the power
     // itself overflows on a denormal |d| (a logit near -90 with y = 0) before the
     // vanishing s(1-s)*BCE can cancel it; this order stays finite (|d| = s there).
-    T first = ad > T(0) ? beta * sign * ((p * ds) / ad) * sb.bce : T(0);
-    return first + p * d;
+    const T first = ad > T(0) ? beta * sign * ((p * ds) / ad) * sb.bce : T(0);
+    r.grad = first + p * d;
   }
+  return r;
 }
+
+template <typename T, bool BETA2> GF_HD T qfl_loss(T x, T y, T beta) { return qfl_loss_grad<T, BETA2>(x, y, beta).loss; }
+
+template <typename T, bool BETA2> GF_HD T qfl_grad(T x, T y, T beta) { return qfl_loss_grad<T, BETA2>(x, y, beta).grad; }
 
 // The target of element (row, c): the row's score on its label column, else 0.
 // Labels outside [0, C) are background, so they never match a column, and a

@@ -7,6 +7,7 @@
 
 #include "../box_checks.h"
 #include "../common/box_branch.h"
+#include "huge_pages.h"
 #include "reduce.h"
 #include "tiles.h"
 
@@ -144,7 +145,7 @@ at::Tensor integral_backward_cpu(const at::Tensor& grad, const at::Tensor& pred,
   const char* op = "gflops.integral_backward";
   DistInputs in = integral_prepare(pred, reg_max, op);
   at::Tensor g = check_grad_shape(grad, in.pred, in.out_shape, op);
-  at::Tensor out = at::empty_like(in.pred);
+  at::Tensor out = cpu::empty_output_like(in.pred);
   GF_DISPATCH(in.pred.scalar_type(), "integral_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* p = in.pred.data_ptr<scalar_t>();
@@ -185,7 +186,7 @@ at::Tensor decode_backward_cpu(const at::Tensor& grad, const at::Tensor& pred, c
   const char* op = "gflops.decode_distribution_backward";
   DecodeInputs in = decode_prepare(pred, points, strides, reg_max, max_shape, op);
   at::Tensor g = check_grad_shape(grad, in.dist.pred, in.dist.out_shape, op);
-  at::Tensor out = at::empty_like(in.dist.pred);
+  at::Tensor out = cpu::empty_output_like(in.dist.pred);
   GF_DISPATCH(in.dist.pred.scalar_type(), "decode_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* p = in.dist.pred.data_ptr<scalar_t>();
@@ -237,7 +238,7 @@ at::Tensor box_branch_backward_cpu(const at::Tensor& grad_giou, const at::Tensor
   BoxBranchInputs in = box_branch_prepare(pred, points, strides, gt_boxes, weight, reg_max, op);
   const at::Tensor gg = check_grad_shape(grad_giou, in.dec.dist.pred, {}, op, "grad_giou");
   const at::Tensor gd = check_grad_shape(grad_dfl, in.dec.dist.pred, {}, op, "grad_dfl");
-  at::Tensor out = at::empty_like(in.dec.dist.pred);
+  at::Tensor out = cpu::empty_output_like(in.dec.dist.pred);
   GF_DISPATCH(in.dec.dist.pred.scalar_type(), "box_branch_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* p = in.dec.dist.pred.data_ptr<scalar_t>();

@@ -14,6 +14,7 @@
 #include "../checks.h"
 #include "../common/dfl.h"
 #include "../common/qfl.h"
+#include "huge_pages.h"
 #include "reduce.h"
 #include "tiles.h"
 
@@ -25,21 +26,27 @@ using cpu::rows_per_block;
 template <typename acc_t>
 acc_t row_weight(const acc_t* weight, int64_t r) { return weight ? weight[r] : acc_t(1); }
 
-// Sum of the weighted QFL of rows [r0, r1); writes each row's loss when row_out is set.
-template <typename scalar_t, typename acc_t, bool BETA2>
-GF_CPU_CLONES acc_t qfl_rows(const scalar_t* pred, const int64_t* label, const acc_t* score,
-                             const acc_t* weight, int64_t C, acc_t beta, int64_t r0, int64_t r1,
-                             acc_t* row_out) {
+// Sum of the weighted QFL of rows [r0, r1); writes each row's loss when
+// row_out is set and, with WITH_GRAD, w * d loss / d pred of every element to
+// grad: one sweep of exponentials and logarithms for the loss and its gradient.
+template <typename scalar_t, typename acc_t, bool BETA2, bool WITH_GRAD>
+GF_CPU_CLONES acc_t qfl_rows(const scalar_t* pred, const int64_t* label, const acc_t* score, const acc_t* weight,
+                             int64_t C, acc_t beta, int64_t r0, int64_t r1, acc_t* row_out, scalar_t* grad) {
   acc_t total = 0;
   for (int64_t r = r0; r < r1; ++r) {
     const scalar_t* x = pred + r * C;
+    scalar_t* g = WITH_GRAD ? grad + r * C : nullptr;
     const int64_t lab = label[r];
     const acc_t sc = score[r];
+    const acc_t w = row_weight(weight, r);
     acc_t acc = 0;
 #pragma omp simd reduction(+ : acc)
-    for (int64_t c = 0; c < C; ++c)
-      acc += gf::qfl_loss<acc_t, BETA2>(gf::cvt<acc_t>(x[c]), gf::qfl_target(c, lab, sc), beta);
-    acc *= row_weight(weight, r);
+    for (int64_t c = 0; c < C; ++c) {
+      const auto lg = gf::qfl_loss_grad<acc_t, BETA2>(gf::cvt<acc_t>(x[c]), gf::qfl_target(c, lab, sc), beta);
+      acc += lg.loss;
+      if constexpr (WITH_GRAD) g[c] = gf::cvt<scalar_t>(w * lg.grad);
+    }
+    acc *= w;
     if (row_out) row_out[r] = acc;
     total += acc;
   }
@@ -126,13 +133,15 @@ at::Tensor reduce_rows(const LossInputs& in, F rows_fn) {
 template <typename acc_t>
 const acc_t* opt_ptr(const at::Tensor& t) { return t.defined() ? t.data_ptr<acc_t>() : nullptr; }
 
-at::Tensor qfl_forward_cpu(const at::Tensor& pred, const at::Tensor& label, const at::Tensor& score,
-                           const c10::optional<at::Tensor>& weight, double beta,
-                           c10::string_view reduction) {
+// The QFL forward; with_grad also returns w * d loss / d pred from the same sweep.
+std::tuple<at::Tensor, at::Tensor> qfl_forward_impl(const at::Tensor& pred, const at::Tensor& label,
+                                                    const at::Tensor& score, const c10::optional<at::Tensor>& weight,
+                                                    double beta, c10::string_view reduction, bool with_grad) {
   const char* op = "gflops.quality_focal_loss";
   LossInputs in = qfl_prepare(pred, label, score, weight, beta, std::string(reduction), op);
   qfl_check_values(in, op);
   at::Tensor out;
+  at::Tensor grad = with_grad ? cpu::empty_output_like(in.pred) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.pred.scalar_type(), "qfl_forward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* p = in.pred.data_ptr<scalar_t>();
@@ -141,12 +150,27 @@ at::Tensor qfl_forward_cpu(const at::Tensor& pred, const at::Tensor& label, cons
     const acc_t* w = opt_ptr<acc_t>(in.weight);
     const acc_t b = static_cast<acc_t>(beta);
     const int64_t C = in.cols;
+    scalar_t* g = with_grad ? grad.data_ptr<scalar_t>() : nullptr;
     out = reduce_rows<acc_t>(in, [&](int64_t r0, int64_t r1, acc_t* o) {
-      return beta == 2.0 ? qfl_rows<scalar_t, acc_t, true>(p, lab, sc, w, C, b, r0, r1, o)
-                         : qfl_rows<scalar_t, acc_t, false>(p, lab, sc, w, C, b, r0, r1, o);
+      if (with_grad)
+        return beta == 2.0 ? qfl_rows<scalar_t, acc_t, true, true>(p, lab, sc, w, C, b, r0, r1, o, g)
+                           : qfl_rows<scalar_t, acc_t, false, true>(p, lab, sc, w, C, b, r0, r1, o, g);
+      return beta == 2.0 ? qfl_rows<scalar_t, acc_t, true, false>(p, lab, sc, w, C, b, r0, r1, o, g)
+                         : qfl_rows<scalar_t, acc_t, false, false>(p, lab, sc, w, C, b, r0, r1, o, g);
     });
   });
-  return out;
+  return {out, grad};
+}
+
+at::Tensor qfl_forward_cpu(const at::Tensor& pred, const at::Tensor& label, const at::Tensor& score,
+                           const c10::optional<at::Tensor>& weight, double beta, c10::string_view reduction) {
+  return std::get<0>(qfl_forward_impl(pred, label, score, weight, beta, reduction, false));
+}
+
+std::tuple<at::Tensor, at::Tensor> qfl_and_grad_cpu(const at::Tensor& pred, const at::Tensor& label,
+                                                    const at::Tensor& score, const c10::optional<at::Tensor>& weight,
+                                                    double beta, c10::string_view reduction) {
+  return qfl_forward_impl(pred, label, score, weight, beta, reduction, true);
 }
 
 at::Tensor qfl_backward_cpu(const at::Tensor& grad, const at::Tensor& pred, const at::Tensor& label,
@@ -155,7 +179,7 @@ at::Tensor qfl_backward_cpu(const at::Tensor& grad, const at::Tensor& pred, cons
   const char* op = "gflops.quality_focal_loss_backward";
   LossInputs in = qfl_prepare(pred, label, score, weight, beta, std::string(reduction), op);
   at::Tensor g = check_loss_grad(grad, in, op);
-  at::Tensor out = at::empty_like(in.pred);
+  at::Tensor out = cpu::empty_output_like(in.pred);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.pred.scalar_type(), "qfl_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* p = in.pred.data_ptr<scalar_t>();
@@ -200,7 +224,7 @@ at::Tensor dfl_backward_cpu(const at::Tensor& grad, const at::Tensor& pred, cons
   const char* op = "gflops.distribution_focal_loss_backward";
   LossInputs in = dfl_prepare(pred, target, weight, std::string(reduction), op);
   at::Tensor g = check_loss_grad(grad, in, op);
-  at::Tensor out = at::empty_like(in.pred);
+  at::Tensor out = cpu::empty_output_like(in.pred);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.pred.scalar_type(), "dfl_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* p = in.pred.data_ptr<scalar_t>();
@@ -221,6 +245,7 @@ at::Tensor dfl_backward_cpu(const at::Tensor& grad, const at::Tensor& pred, cons
 TORCH_LIBRARY_IMPL(gflops, CPU, m) {
   m.impl("quality_focal_loss", &qfl_forward_cpu);
   m.impl("quality_focal_loss_backward", &qfl_backward_cpu);
+  m.impl("quality_focal_loss_and_grad", &qfl_and_grad_cpu);
   m.impl("distribution_focal_loss", &dfl_forward_cpu);
   m.impl("distribution_focal_loss_backward", &dfl_backward_cpu);
 }

@@ -53,16 +53,18 @@ def load_twin():
     ok, why = available()
     if not ok:
         raise RuntimeError(f"gflops.triton: {why}")
-    from .. import _autograd, _fake
+    from .. import _autograd, _composite, _fake
     from .launch import OPS, interpreting
 
     lib = torch.library.Library(NAMESPACE, "DEF")
-    for name, fn in OPS.items():
+    for name in (*OPS, "quality_focal_loss_and_grad"):
         schema = str(getattr(torch.ops.gflops, name).default._schema)
         lib.define(schema.split("::", 1)[1])
+    for name, fn in OPS.items():
         lib.impl(name, fn, "CUDA")
         if interpreting():
             lib.impl(name, fn, "CPU")
+    _composite.register(NAMESPACE)
     _fake.register(NAMESPACE)
     _autograd.register(NAMESPACE)
     _twin = lib
