@@ -36,7 +36,8 @@ def register(ns):
         ctx.set_materialize_grads(False)  # else autograd hands the backward a logits-sized zero gradient of `fused`
         # Traced (torch.compile, opcheck): saved like any tensor, scaled out of place, and the
         # compiler plans the buffers. Eager: held on ctx, not saved, so that the backward can
-        # scale it in place (one logits-sized buffer in all) and drop it.
+        # scale it in place (one logits-sized buffer in all) and drop it; it therefore bypasses
+        # saved-tensor hooks (offloading), and lives until the backward runs or the graph goes.
         ctx.traced = is_fake(fused)
         ctx.save_for_backward(pred, label, score, weight, *((fused,) if ctx.traced and ctx.fused else ()))
         ctx.fused_grad = None if ctx.traced else fused
@@ -44,7 +45,8 @@ def register(ns):
     def _qfl_fused_backward(ctx, grad, _grad_of_fused):
         if grad is None:  # grads are not materialised: nothing flowed into the loss
             return None, None, None, None, None, None
-        if not ctx.fused:
+        if not ctx.fused or torch.is_grad_enabled():
+            # create_graph: the buffer is a constant, so the op-based backward keeps autograd's view of pred.
             return _qfl_backward(ctx, grad)
         scale = grad if ctx.reduction == "sum" else grad[:, None]
         if ctx.traced:

@@ -8,6 +8,9 @@ writing and re-reading that buffer would cost more than recomputing the
 gradient in the backward op; so every other backend (CUDA, Triton, and the
 twins of the tests) computes the loss alone here and returns an empty
 gradient, and autograd calls the backward op as before (gflops/_autograd.py).
+
+The gradient output is autograd's to use: when pred requires grad, the
+backward scales it in place (gflops.quality_focal_loss discards it).
 """
 import torch
 
@@ -27,6 +30,8 @@ def register(ns):
     _libs.append(lib)
 
 
-def fuses_qfl_gradient(ns, device):
-    """Whether `ns`'s quality_focal_loss_and_grad returns the gradient on `device`."""
-    return ns == "gflops" and torch.device(device).type == "cpu"
+def fuses_qfl_gradient(ns, pred):
+    """Whether `ns`'s quality_focal_loss_and_grad returns the gradient for `pred`:
+    the CPU kernel, for float32/float64 logits (a 16-bit buffer would round the
+    unscaled gradient, underflowing what a loss scaler multiplies up later)."""
+    return ns == "gflops" and pred.device.type == "cpu" and pred.dtype in (torch.float32, torch.float64)

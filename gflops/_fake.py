@@ -59,7 +59,7 @@ def register(ns):
         from ._composite import fuses_qfl_gradient
 
         loss = _qfl(pred, label, score, weight, beta, reduction)
-        return loss, pred.new_empty(pred.shape if fuses_qfl_gradient(ns, pred.device) else (0,))
+        return loss, pred.new_empty(pred.shape if fuses_qfl_gradient(ns, pred) else (0,))
 
     @fake("quality_focal_loss_backward")
     def _qfl_bwd(grad, pred, label, score, weight, beta, reduction):

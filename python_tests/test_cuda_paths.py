@@ -150,12 +150,13 @@ def _distribution_ops(reg_max, dtype, sms_rows):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-@pytest.mark.parametrize("reg_max", [16, 7, 100, 400])
+@pytest.mark.parametrize("reg_max", [16, 7, 100, 101, 400, 408])
 def test_distribution_kernels_through_shared_memory_tiles(emu, dtype, reg_max):
     """The distribution rows are staged through shared memory in tiles of up to
-    256 rows (160 anchors) in 48 KiB, fewer for a large reg_max (reg_max 400:
-    30 rows, 7 anchors); one emulated SM, so each block walks several tiles.
-    Every op agrees with the CPU kernels."""
+    256 rows (160 anchors) in 47 KiB, fewer for a large reg_max (reg_max 400:
+    30 rows, 7 anchors), leaving the static shared arrays room (101, 408: the
+    tiles alone would fill 48 KiB); one emulated SM, so each block walks
+    several tiles. Every op agrees with the CPU kernels."""
     emu.set_num_sms(1)
     emu.set_launch_log(True)
     ours = _distribution_ops(reg_max, dtype, 4000)
@@ -178,4 +179,4 @@ def test_reg_max_beyond_a_shared_memory_tile_is_a_clear_error(emu):
     bp, bpts, bst, bgt, bw = branch_inputs(2, 3100)
     with pytest.raises(RuntimeError, match=r"gflops.gfl_box_branch: reg_max = 3100 is too large"):
         gflops.gfl_box_branch(bp, bpts, bst, bgt, bw, reg_max=3100)
-    assert gflops.integral(torch.zeros(1, 4 * 12200), 12199).shape == (1, 4)  # one row fits: a tile of one
+    assert gflops.integral(torch.zeros(1, 4 * 12001), 12000).shape == (1, 4)  # one row fits: a tile of one

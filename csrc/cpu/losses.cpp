@@ -167,10 +167,15 @@ at::Tensor qfl_forward_cpu(const at::Tensor& pred, const at::Tensor& label, cons
   return std::get<0>(qfl_forward_impl(pred, label, score, weight, beta, reduction, false));
 }
 
+// float32/float64 only: a float16/bfloat16 buffer would round the unscaled gradient
+// (underflowing what a loss scaler multiplies up later); there the backward op runs.
 std::tuple<at::Tensor, at::Tensor> qfl_and_grad_cpu(const at::Tensor& pred, const at::Tensor& label,
                                                     const at::Tensor& score, const c10::optional<at::Tensor>& weight,
                                                     double beta, c10::string_view reduction) {
-  return qfl_forward_impl(pred, label, score, weight, beta, reduction, true);
+  const bool fuse = pred.scalar_type() == at::kFloat || pred.scalar_type() == at::kDouble;
+  auto r = qfl_forward_impl(pred, label, score, weight, beta, reduction, fuse);
+  if (!fuse) std::get<1>(r) = pred.new_empty({0});
+  return r;
 }
 
 at::Tensor qfl_backward_cpu(const at::Tensor& grad, const at::Tensor& pred, const at::Tensor& label,

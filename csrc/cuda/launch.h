@@ -76,7 +76,8 @@ inline gf::cuda::DType kernel_dtype(at::ScalarType t) {
 inline const void* opt_ptr(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
 
 // The distribution kernels hold whole rows (a box-branch anchor: 4 rows) in
-// shared memory; one must fit the 48 KiB a block takes without opting in.
+// shared memory; one must fit the tile budget (47 KiB: 48 KiB, the most a
+// block takes without opting in, less the kernels' static arrays).
 inline void check_rows_fit(int64_t row_len, const at::Tensor& pred, int64_t reg_max, const char* op) {
   const size_t acc = pred.scalar_type() == at::kDouble ? sizeof(double) : sizeof(float);
   TORCH_CHECK(row_len < (int64_t(1) << 30) && gf::cuda::tile_fits(static_cast<int>(row_len), acc), op,
