@@ -1,10 +1,10 @@
 """All benchmarks in one run: `python -m benchmarks [--device cuda] [--size ...] [--dtype ...]`.
 
 The assignment, NMS and AutoAssign benchmarks sweep their own sizes and take
-only --device."""
+only --device; the thread scaling runs on the CPU."""
 import sys
 
-from benchmarks import bench_assign, bench_autoassign, bench_boxes, bench_losses, bench_nms
+from benchmarks import bench_assign, bench_autoassign, bench_boxes, bench_losses, bench_nms, bench_threads
 
 
 def _device_args(argv):
@@ -23,3 +23,4 @@ if __name__ == "__main__":
     bench_assign.main(_device_args(sys.argv[1:]))
     bench_nms.main(_device_args(sys.argv[1:]))
     bench_autoassign.main(_device_args(sys.argv[1:]))
+    bench_threads.main()
