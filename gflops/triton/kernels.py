@@ -52,6 +52,18 @@ def _qfl_tile(pred, label, score, rows, rmask, c0, C, ACC: tl.constexpr, BLOCK_C
 
 
 @triton.jit
+def _row_scale(grad, weight, rows, rmask, HAS_W: tl.constexpr, GRAD_PER_ROW: tl.constexpr):
+    """Per row: the incoming gradient (per row, or the one scalar) times the row's weight."""
+    if GRAD_PER_ROW:
+        g = tl.load(grad + rows, mask=rmask, other=0.0)
+    else:
+        g = tl.load(grad + rows * 0, mask=rmask, other=0.0)
+    if HAS_W:
+        g *= tl.load(weight + rows, mask=rmask, other=0.0)
+    return g
+
+
+@triton.jit
 def qfl_forward_kernel(pred, label, score, weight, out, N, C, params,
                        BETA2: tl.constexpr, HAS_W: tl.constexpr, SUM: tl.constexpr, ACC: tl.constexpr,
                        BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
@@ -85,12 +97,7 @@ def qfl_backward_kernel(grad, pred, label, score, weight, out, N, C, params,
     rows = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     rmask = rows < N
     beta = tl.load(params)
-    if GRAD_PER_ROW:
-        g = tl.load(grad + rows, mask=rmask, other=0.0)
-    else:
-        g = tl.load(grad + rows * 0, mask=rmask, other=0.0)
-    if HAS_W:
-        g *= tl.load(weight + rows, mask=rmask, other=0.0)
+    g = _row_scale(grad, weight, rows, rmask, HAS_W, GRAD_PER_ROW)
     for c0 in range(0, C, BLOCK_C):
         x, y, mask = _qfl_tile(pred, label, score, rows, rmask, c0, C, ACC, BLOCK_C)
         s, bce = _sigmoid_bce(x, y)
@@ -143,15 +150,21 @@ def _dfl_split(target, n1: tl.constexpr):
 
 
 @triton.jit
-def dfl_forward_kernel(pred, target, weight, out, M, n1: tl.constexpr,
-                       HAS_W: tl.constexpr, SUM: tl.constexpr, ACC: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_B: tl.constexpr):
-    pid = tl.program_id(0)
-    rows = pid.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+def _dfl_tile(pred, target, M, n1: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_B: tl.constexpr):
+    """The program's rows with their logits, log-sum-exp and target split."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     rmask = rows < M
     x, bins, mask = _row_tile(pred, rows, rmask, n1, ACC, BLOCK_B)
     lse, _ = _lse_dist(x, bins)
     l, wl, wr = _dfl_split(tl.load(target + rows, mask=rmask, other=0.0), n1)
+    return rows, rmask, x, bins, mask, lse, l, wl, wr
+
+
+@triton.jit
+def dfl_forward_kernel(pred, target, weight, out, M, n1: tl.constexpr,
+                       HAS_W: tl.constexpr, SUM: tl.constexpr, ACC: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_B: tl.constexpr):
+    rows, rmask, x, bins, _, lse, l, wl, wr = _dfl_tile(pred, target, M, n1, ACC, BLOCK_M, BLOCK_B)
     xl = tl.sum(tl.where(bins[None, :] == l[:, None], x, 0.0), axis=1)
     xr = tl.sum(tl.where(bins[None, :] == l[:, None] + 1, x, 0.0), axis=1)
     loss = wl * (lse - xl) + wr * (lse - xr)
@@ -159,7 +172,7 @@ def dfl_forward_kernel(pred, target, weight, out, M, n1: tl.constexpr,
         loss *= tl.load(weight + rows, mask=rmask, other=0.0)
     loss = tl.where(rmask, loss, 0.0)
     if SUM:
-        tl.store(out + pid, tl.sum(loss, axis=0))
+        tl.store(out + tl.program_id(0), tl.sum(loss, axis=0))
     else:
         tl.store(out + rows, loss, mask=rmask)
 
@@ -168,18 +181,8 @@ def dfl_forward_kernel(pred, target, weight, out, M, n1: tl.constexpr,
 def dfl_backward_kernel(grad, pred, target, weight, out, M, n1: tl.constexpr,
                         HAS_W: tl.constexpr, GRAD_PER_ROW: tl.constexpr, ACC: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_B: tl.constexpr):
-    pid = tl.program_id(0)
-    rows = pid.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rmask = rows < M
-    x, bins, mask = _row_tile(pred, rows, rmask, n1, ACC, BLOCK_B)
-    lse, _ = _lse_dist(x, bins)
-    l, wl, wr = _dfl_split(tl.load(target + rows, mask=rmask, other=0.0), n1)
-    if GRAD_PER_ROW:
-        g = tl.load(grad + rows, mask=rmask, other=0.0)
-    else:
-        g = tl.load(grad + rows * 0, mask=rmask, other=0.0)
-    if HAS_W:
-        g *= tl.load(weight + rows, mask=rmask, other=0.0)
+    rows, rmask, x, bins, mask, lse, l, wl, wr = _dfl_tile(pred, target, M, n1, ACC, BLOCK_M, BLOCK_B)
+    g = _row_scale(grad, weight, rows, rmask, HAS_W, GRAD_PER_ROW)
     p = tl.exp(x - lse[:, None])
     hot = tl.where(bins[None, :] == l[:, None], wl[:, None], 0.0) + \
         tl.where(bins[None, :] == l[:, None] + 1, wr[:, None], 0.0)
