@@ -17,6 +17,8 @@ inline void define_schemas(torch::Library& m) {
   m.def("quality_focal_loss_and_grad(Tensor pred, Tensor label, Tensor score, Tensor? weight, float beta, str reduction) -> (Tensor, Tensor)");
   m.def("distribution_focal_loss(Tensor pred, Tensor target, Tensor? weight, str reduction) -> Tensor");
   m.def("distribution_focal_loss_backward(Tensor grad, Tensor pred, Tensor target, Tensor? weight, str reduction) -> Tensor");
+  // As quality_focal_loss_and_grad, for the DFL.
+  m.def("distribution_focal_loss_and_grad(Tensor pred, Tensor target, Tensor? weight, str reduction) -> (Tensor, Tensor)");
 
   m.def("box_iou(Tensor boxes1, Tensor boxes2, str mode, bool aligned, float eps) -> Tensor");
   m.def("giou_loss(Tensor pred, Tensor target, Tensor? weight, float eps, str reduction) -> Tensor");

@@ -23,39 +23,48 @@ def register(ns):
         ctx.beta, ctx.reduction = beta, reduction
 
     def _qfl_backward(ctx, grad):
-        pred, label, score, weight = ctx.saved_tensors
+        pred, label, score, weight = ctx.saved_tensors[:4]
         gp = ops.quality_focal_loss_backward(grad, pred, label, score, weight, ctx.beta, ctx.reduction)
         return gp, None, None, None, None, None
 
-    def _qfl_fused_setup(ctx, inputs, output):
-        pred, label, score, weight, beta, reduction = inputs
-        fused = output[1]  # the gradient computed with the loss; empty where the backend does not fuse
-        ctx.beta, ctx.reduction = beta, reduction
-        ctx.fused = fused.shape == pred.shape
-        ctx.mark_non_differentiable(fused)
-        ctx.set_materialize_grads(False)  # else autograd hands the backward a logits-sized zero gradient of `fused`
-        # Traced (torch.compile, opcheck): saved like any tensor, scaled out of place, and the
-        # compiler plans the buffers. Eager: held on ctx, not saved, so that the backward can
-        # scale it in place (one logits-sized buffer in all) and drop it; it therefore bypasses
-        # saved-tensor hooks (offloading), and lives until the backward runs or the graph goes.
-        ctx.traced = is_fake(fused)
-        ctx.save_for_backward(pred, label, score, weight, *((fused,) if ctx.traced and ctx.fused else ()))
-        ctx.fused_grad = None if ctx.traced else fused
+    def fused(name, plain_setup, backward, n_tensors):
+        """Autograd of `name`_and_grad, whose second output is w * d loss / d pred
+        from the forward sweep (empty where the backend does not fuse). The op's
+        first `n_tensors` inputs are tensors; `plain_setup` and `backward` are
+        the op-based autograd of `name`, for where that buffer cannot serve."""
 
-    def _qfl_fused_backward(ctx, grad, _grad_of_fused):
-        if grad is None:  # grads are not materialised: nothing flowed into the loss
-            return None, None, None, None, None, None
-        if not ctx.fused or torch.is_grad_enabled():
-            # create_graph: the buffer is a constant, so the op-based backward keeps autograd's view of pred.
-            return _qfl_backward(ctx, grad)
-        scale = grad if ctx.reduction == "sum" else grad[:, None]
-        if ctx.traced:
-            return ctx.saved_tensors[4] * scale, None, None, None, None, None
-        fused, ctx.fused_grad = ctx.fused_grad, None
-        if fused is None:  # a second backward (retain_graph): the same sweep again, so the same bits
-            pred, label, score, weight = ctx.saved_tensors
-            fused = ops.quality_focal_loss_and_grad(pred, label, score, weight, ctx.beta, ctx.reduction)[1]
-        return fused.mul_(scale), None, None, None, None, None
+        def setup(ctx, inputs, output):
+            plain_setup(ctx, inputs, output[0])
+            fused = output[1]
+            ctx.args = inputs[n_tensors:]
+            ctx.fused = fused.shape == inputs[0].shape
+            ctx.mark_non_differentiable(fused)
+            ctx.set_materialize_grads(False)  # else autograd hands the backward a logits-sized zero gradient of `fused`
+            # Traced (torch.compile, opcheck): saved like any tensor, scaled out of place, and the
+            # compiler plans the buffers. Eager: held on ctx, not saved, so that the backward can
+            # scale it in place (one logits-sized buffer in all) and drop it; it therefore bypasses
+            # saved-tensor hooks (offloading), and lives until the backward runs or the graph goes.
+            ctx.traced = is_fake(fused)
+            if ctx.traced and ctx.fused:
+                ctx.save_for_backward(*inputs[:n_tensors], fused)
+            ctx.fused_grad = None if ctx.traced else fused
+
+        def run_backward(ctx, grad, _grad_of_fused):
+            nones = (None,) * (n_tensors + len(ctx.args))
+            if grad is None:  # grads are not materialised: nothing flowed into the loss
+                return nones
+            if not ctx.fused or torch.is_grad_enabled():
+                # create_graph: the buffer is a constant, so the op-based backward keeps autograd's view of pred.
+                return backward(ctx, grad)
+            scale = grad if ctx.reduction == "sum" else grad[:, None]
+            if ctx.traced:
+                return ctx.saved_tensors[n_tensors] * scale, *nones[1:]
+            fused, ctx.fused_grad = ctx.fused_grad, None
+            if fused is None:  # a second backward (retain_graph): the same sweep again, so the same bits
+                fused = getattr(ops, f"{name}_and_grad")(*ctx.saved_tensors[:n_tensors], *ctx.args)[1]
+            return fused.mul_(scale), *nones[1:]
+
+        autograd(f"{name}_and_grad", run_backward, setup)
 
     def _dfl_setup(ctx, inputs, output):
         pred, target, weight, reduction = inputs
@@ -63,14 +72,15 @@ def register(ns):
         ctx.reduction = reduction
 
     def _dfl_backward(ctx, grad):
-        pred, target, weight = ctx.saved_tensors
+        pred, target, weight = ctx.saved_tensors[:3]
         gp = ops.distribution_focal_loss_backward(grad, pred, target, weight, ctx.reduction)
         return gp, None, None, None
 
 
     autograd("quality_focal_loss", _qfl_backward, _qfl_setup)
-    autograd("quality_focal_loss_and_grad", _qfl_fused_backward, _qfl_fused_setup)
     autograd("distribution_focal_loss", _dfl_backward, _dfl_setup)
+    fused("quality_focal_loss", _qfl_setup, _qfl_backward, 4)
+    fused("distribution_focal_loss", _dfl_setup, _dfl_backward, 3)
 
     def _giou_setup(ctx, inputs, output):
         pred, target, weight, eps, reduction = inputs

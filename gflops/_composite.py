@@ -1,7 +1,8 @@
 """Default kernels of the ops that one backend fuses and the others compose.
 
-`quality_focal_loss_and_grad` returns the QFL loss and d loss / d pred. The
-CPU kernel computes both in one sweep: there the exponentials and logarithms
+`quality_focal_loss_and_grad` and `distribution_focal_loss_and_grad` return
+the loss and d loss / d pred. The CPU kernels compute both in one sweep:
+there the exponentials and logarithms
 dominate, so sharing them between the loss and the gradient pays for the
 extra logits-sized write. A GPU is bound by memory traffic instead, where
 writing and re-reading that buffer would cost more than recomputing the
@@ -19,19 +20,22 @@ _libs = []
 
 def register(ns):
     ops = getattr(torch.ops, ns)
-    if not hasattr(ops, "quality_focal_loss_and_grad"):
-        return
     lib = torch.library.Library(ns, "IMPL")
 
     def qfl_and_grad(pred, label, score, weight, beta, reduction):
         return ops.quality_focal_loss(pred, label, score, weight, beta, reduction), pred.new_empty((0,))
 
-    lib.impl("quality_focal_loss_and_grad", qfl_and_grad, "CompositeExplicitAutograd")
+    def dfl_and_grad(pred, target, weight, reduction):
+        return ops.distribution_focal_loss(pred, target, weight, reduction), pred.new_empty((0,))
+
+    for name, fn in (("quality_focal_loss_and_grad", qfl_and_grad), ("distribution_focal_loss_and_grad", dfl_and_grad)):
+        if hasattr(ops, name):
+            lib.impl(name, fn, "CompositeExplicitAutograd")
     _libs.append(lib)
 
 
-def fuses_qfl_gradient(ns, pred):
-    """Whether `ns`'s quality_focal_loss_and_grad returns the gradient for `pred`:
-    the CPU kernel, for float32/float64 logits (a 16-bit buffer would round the
+def fuses_gradient(ns, pred):
+    """Whether `ns`'s *_and_grad ops return the gradient for `pred`: the CPU
+    kernels, for float32/float64 logits (a 16-bit buffer would round the
     unscaled gradient, underflowing what a loss scaler multiplies up later)."""
     return ns == "gflops" and pred.device.type == "cpu" and pred.dtype in (torch.float32, torch.float64)

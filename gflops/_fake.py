@@ -31,6 +31,11 @@ def register(ns):
             return lambda fn: fn
         return torch.library.register_fake(f"{ns}::{name}")
 
+    def _fused_grad(pred):
+        from ._composite import fuses_gradient
+
+        return pred.new_empty(pred.shape if fuses_gradient(ns, pred) else (0,))
+
     @fake("autoassign_loss_terms")
     def _autoassign(cls, obj, dist, points, strides, gt_boxes, gt_labels, gt_valid, mu, sigma, level_shapes):
         op = "gflops.autoassign_loss_terms"
@@ -56,10 +61,8 @@ def register(ns):
 
     @fake("quality_focal_loss_and_grad")
     def _qfl_and_grad(pred, label, score, weight, beta, reduction):
-        from ._composite import fuses_qfl_gradient
-
         loss = _qfl(pred, label, score, weight, beta, reduction)
-        return loss, pred.new_empty(pred.shape if fuses_qfl_gradient(ns, pred) else (0,))
+        return loss, _fused_grad(pred)
 
     @fake("quality_focal_loss_backward")
     def _qfl_bwd(grad, pred, label, score, weight, beta, reduction):
@@ -74,6 +77,10 @@ def register(ns):
     @fake("distribution_focal_loss_backward")
     def _dfl_bwd(grad, pred, target, weight, reduction):
         return pred.new_empty(pred.shape)
+
+    @fake("distribution_focal_loss_and_grad")
+    def _dfl_and_grad(pred, target, weight, reduction):
+        return _dfl(pred, target, weight, reduction), _fused_grad(pred)
 
     @fake("box_iou")
     def _box_iou(boxes1, boxes2, mode, aligned, eps):

@@ -60,7 +60,11 @@ def distribution_focal_loss(pred, target, weight=None, reduction="mean", avg_fac
     _check_constant(fn, "target", target)
     _check_constant(fn, "weight", weight)
     op_reduction = "none" if reduction == "none" else "sum"
-    out = _ops.lib().distribution_focal_loss(pred, target, weight, op_reduction)
+    lib = _ops.lib()
+    if pred.requires_grad and torch.is_grad_enabled():
+        out, _ = lib.distribution_focal_loss_and_grad(pred, target, weight, op_reduction)  # as quality_focal_loss
+    else:
+        out = lib.distribution_focal_loss(pred, target, weight, op_reduction)
     return _reduce(out, reduction, avg_factor, pred.shape[0] if pred.dim() else 0)
 
 

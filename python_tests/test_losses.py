@@ -277,7 +277,7 @@ def test_qfl_mixed_devices_cuda():
 
 # ---- DFL ---------------------------------------------------------------------
 
-DFL_SHAPES = [(1, 1), (1, 16), (64000, 16), (777, 7), (33, 63)]
+DFL_SHAPES = [(1, 1), (1, 16), (64000, 16), (777, 7), (33, 63), (40, 64)]  # 64/65 bins: both CPU tile paths
 
 
 @pytest.mark.parametrize("shape", DFL_SHAPES)
@@ -416,25 +416,38 @@ def test_opcheck(device):
     for reduction in ("none", "sum"):
         torch.library.opcheck(ops().distribution_focal_loss, (dpred, target, dweight, reduction))
         torch.library.opcheck(ops().distribution_focal_loss, (dpred, target, None, reduction))
+        torch.library.opcheck(ops().distribution_focal_loss_and_grad, (dpred, target, dweight, reduction))
 
 
+def _fused_case(loss, device, dtype, weight=True, n=301):
+    """(op name, tensor inputs, constant args, public function) of one loss."""
+    if loss == "qfl":
+        pred, label, score, w = qfl_inputs(n, 80, device, dtype=dtype, weight=weight)
+        return "quality_focal_loss", (pred, label, score, w), (2.0,), gflops.quality_focal_loss
+    pred, target, w = dfl_inputs(n, 16, device, dtype=dtype, weight=weight)
+    return "distribution_focal_loss", (pred, target, w), (), gflops.distribution_focal_loss
+
+
+@pytest.mark.parametrize("loss", ["qfl", "dfl"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("reduction", ["none", "sum"])
-def test_qfl_gradient_from_the_forward_sweep(device, dtype, reduction):
-    """With pred requiring grad the loss comes from quality_focal_loss_and_grad:
-    on CPU it returns the gradient with the loss (empty on the other backends,
-    which run the backward op). Either way the gradient is the backward op's,
-    and a second backward (retain_graph) gives the same bits as the first."""
-    pred, label, score, weight = qfl_inputs(301, 80, device, dtype=dtype, weight=True)
-    loss, fused = ops().quality_focal_loss_and_grad(pred, label, score, weight, 2.0, reduction)
-    torch.testing.assert_close(loss, ops().quality_focal_loss(pred, label, score, weight, 2.0, reduction))
+def test_gradient_from_the_forward_sweep(device, loss, dtype, reduction):
+    """With pred requiring grad the loss comes from <loss>_and_grad: on CPU it
+    returns the gradient with the loss (empty on the other backends, which run
+    the backward op). Either way the gradient is the backward op's, and a
+    second backward (retain_graph) gives the same bits as the first."""
+    name, tensors, consts, public = _fused_case(loss, device, dtype)
+    pred, rest = tensors[0], tensors[1:]
+    args = (*consts, reduction)
+    out_loss, fused = getattr(ops(), f"{name}_and_grad")(*tensors, *args)
+    torch.testing.assert_close(out_loss, getattr(ops(), name)(*tensors, *args))
     on_cpu_kernels = ops() is torch.ops.gflops and device == "cpu"
     fuses = on_cpu_kernels and dtype in (torch.float32, torch.float64)  # 16-bit: the backward op rounds once
     assert fused.shape == (pred.shape if fuses else (0,))
-    g = torch.rand(loss.shape, dtype=loss.dtype, device=device) + 0.5
-    expected = ops().quality_focal_loss_backward(g, pred, label, score, weight, 2.0, reduction)
+    g = torch.rand(out_loss.shape, dtype=out_loss.dtype, device=device) + 0.5
+    expected = getattr(ops(), f"{name}_backward")(g, *tensors, *args)
     leaf = pred.clone().requires_grad_(True)
-    out = gflops.quality_focal_loss(leaf, label, score, weight, reduction=reduction)
+    out = public(leaf, *rest, reduction=reduction)
     (first,) = torch.autograd.grad(out, leaf, g, retain_graph=True)
     (second,) = torch.autograd.grad(out, leaf, g)
     rtol, atol = tol(dtype)
@@ -442,15 +455,16 @@ def test_qfl_gradient_from_the_forward_sweep(device, dtype, reduction):
     assert torch.equal(first, second)
 
 
-def test_qfl_create_graph_keeps_the_op_backward(device):
+@pytest.mark.parametrize("loss", ["qfl", "dfl"])
+def test_create_graph_keeps_the_op_backward(device, loss):
     """With create_graph the gradient is not the forward's constant buffer (which
     would silently drop d grad / d pred): the backward op runs, as without fusion."""
-    pred, label, score, weight = qfl_inputs(40, 7, device, dtype=torch.float64, weight=True)
-    leaf = pred.clone().requires_grad_(True)
-    out = gflops.quality_focal_loss(leaf, label, score, weight, reduction="sum")
+    name, tensors, consts, public = _fused_case(loss, device, torch.float64, n=40)
+    leaf = tensors[0].clone().requires_grad_(True)
+    out = public(leaf, *tensors[1:], reduction="sum")
     (g,) = torch.autograd.grad(out, leaf, create_graph=True)
-    expected = ops().quality_focal_loss_backward(torch.ones((), dtype=torch.float64, device=device), pred, label,
-                                                 score, weight, 2.0, "sum")
+    one = torch.ones((), dtype=torch.float64, device=device)
+    expected = getattr(ops(), f"{name}_backward")(one, *tensors, *consts, "sum")
     torch.testing.assert_close(g, expected)
     assert g.grad_fn is not None
 

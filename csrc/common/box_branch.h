@@ -128,6 +128,21 @@ GF_HD void decode_backward_stats(const scalar_t* x, int n1, T px, T py, T stride
   }
 }
 
+// The same gradient from each side's exponentials e (exp(x - max), n1 per
+// side) and their sums s, as a CPU tile computes them once for all sides.
+template <typename T, typename scalar_t>
+GF_HD void decode_backward_exp(const T* e, const T* s, int n1, T px, T py, T stride, bool clamp, T h, T w,
+                               const T* gb, const T* dist, scalar_t* g) {
+  for (int k = 0; k < 4; ++k) {
+    const T gd = gb[k] * decode_side_grad(dist[k], k, k % 2 ? py : px, stride, clamp, k % 2 ? h : w);
+    const T inv = T(1) / s[k], dk = dist[k];
+    const T* ek = e + k * n1;
+    scalar_t* gk = g + k * n1;
+    GF_SIMD
+    for (int b = 0; b < n1; ++b) gk[b] = cvt<scalar_t>(gd * integral_grad_from_p(ek[b] * inv, b, dk));
+  }
+}
+
 template <typename T, typename scalar_t>
 GF_HD void decode_backward(const scalar_t* x, int n1, T px, T py, T stride, bool clamp, T h, T w, const T* gb,
                            scalar_t* g) {

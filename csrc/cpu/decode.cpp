@@ -85,11 +85,23 @@ GF_CPU_CLONES void decode_grad_rows(const scalar_t* p, const acc_t* pts, const a
   const acc_t h = static_cast<acc_t>(geo.h), w = static_cast<acc_t>(geo.w);
   for (int64_t t0 = i0; t0 < i1; t0 += kTileBoxes) {
     acc_t lse[cpu::kTile], dist[cpu::kTile];
-    const int nb = box_tile_stats(p, n1, t0, i1, lse, dist);
+    if (n1 > cpu::kMaxTileBins) {
+      const int nb = box_tile_stats(p, n1, t0, i1, lse, dist);
+      for (int j = 0; j < nb; ++j) {
+        const int64_t i = t0 + j, a = i % geo.anchors;
+        gf::decode_backward_stats<acc_t>(p + i * 4 * n1, n1, pts[2 * a], pts[2 * a + 1], st[a], geo.clamp, h, w,
+                                         grad + 4 * i, lse + 4 * j, dist + 4 * j, o + i * 4 * n1);
+      }
+      continue;
+    }
+    // Short rows: each exponential once, kept for the gradient (the forward's statistics are not saved).
+    acc_t e[cpu::kTile * cpu::kMaxTileBins], m[cpu::kTile], s[cpu::kTile];
+    const int nb = static_cast<int>(std::min<int64_t>(kTileBoxes, i1 - t0));
+    cpu::tile_row_exp(p + t0 * 4 * n1, n1, 4 * nb, e, m, s, dist);
     for (int j = 0; j < nb; ++j) {
       const int64_t i = t0 + j, a = i % geo.anchors;
-      gf::decode_backward_stats<acc_t>(p + i * 4 * n1, n1, pts[2 * a], pts[2 * a + 1], st[a], geo.clamp, h, w,
-                                       grad + 4 * i, lse + 4 * j, dist + 4 * j, o + i * 4 * n1);
+      gf::decode_backward_exp<acc_t>(e + 4 * j * n1, s + 4 * j, n1, pts[2 * a], pts[2 * a + 1], st[a], geo.clamp, h,
+                                     w, grad + 4 * i, dist + 4 * j, o + i * 4 * n1);
     }
   }
 }
@@ -196,7 +208,7 @@ at::Tensor decode_backward_cpu(const at::Tensor& grad, const at::Tensor& pred, c
     scalar_t* o = out.data_ptr<scalar_t>();
     const int n1 = in.dist.n1;
     const int64_t boxes = in.dist.rows / 4, A = in.anchors;
-    at::parallel_for(0, boxes, cpu::rows_per_block(4 * n1), [&](int64_t i0, int64_t i1) {
+    at::parallel_for(0, boxes, cpu::rows_per_block(4 * n1, boxes), [&](int64_t i0, int64_t i1) {
       decode_grad_rows<scalar_t, acc_t>(p, pts, st, gp, DecodeGeom{A, in.clamp, in.max_h, in.max_w}, n1, i0, i1, o);
     });
   });

@@ -10,6 +10,7 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
+#include <type_traits>
 
 #include "../checks.h"
 #include "../common/dfl.h"
@@ -70,22 +71,40 @@ GF_CPU_CLONES void qfl_grad_rows(const scalar_t* pred, const int64_t* label, con
   }
 }
 
-template <typename scalar_t, typename acc_t>
+// Sum of the weighted DFL of rows [r0, r1) (each row's loss to row_out when
+// set); with WITH_GRAD also w * d loss / d pred to grad, whose exponentials
+// are those of the loss: tile_row_exp writes them straight into grad.
+template <typename scalar_t, typename acc_t, bool WITH_GRAD>
 GF_CPU_CLONES acc_t dfl_rows(const scalar_t* pred, const acc_t* target, const acc_t* weight, int n1,
-                             int64_t r0, int64_t r1, acc_t* row_out) {
+                             int64_t r0, int64_t r1, acc_t* row_out, scalar_t* grad) {
   acc_t total = 0;
   for (int64_t t0 = r0; t0 < r1; t0 += cpu::kTile) {
     const int nr = static_cast<int>(std::min<int64_t>(cpu::kTile, r1 - t0));
-    acc_t lse[cpu::kTile];
-    cpu::tile_row_stats(pred + t0 * n1, n1, nr, lse, static_cast<acc_t*>(nullptr));
+    acc_t lse[cpu::kTile], m[cpu::kTile], s[cpu::kTile];
+    if constexpr (WITH_GRAD) {
+      cpu::tile_row_exp(pred + t0 * n1, n1, nr, grad + t0 * n1, m, s);
+      for (int j = 0; j < nr; ++j) lse[j] = m[j] + gf::glog(s[j]);
+    } else if (n1 <= cpu::kMaxTileBins) {
+      acc_t e[cpu::kTile * cpu::kMaxTileBins];
+      cpu::tile_row_exp(pred + t0 * n1, n1, nr, e, m, s);
+      for (int j = 0; j < nr; ++j) lse[j] = m[j] + gf::glog(s[j]);
+    } else {
+      cpu::tile_row_stats(pred + t0 * n1, n1, nr, lse, static_cast<acc_t*>(nullptr));
+    }
     for (int j = 0; j < nr; ++j) {
       const int64_t r = t0 + j;
       const scalar_t* x = pred + r * n1;
       const auto sp = gf::dfl_split(target[r], n1 - 1);
-      acc_t l = gf::dfl_loss_from_lse(lse[j], gf::cvt<acc_t>(x[sp.l]), gf::cvt<acc_t>(x[sp.l + 1]), sp) *
-                row_weight(weight, r);
+      const acc_t w = row_weight(weight, r);
+      const acc_t l = gf::dfl_loss_from_lse(lse[j], gf::cvt<acc_t>(x[sp.l]), gf::cvt<acc_t>(x[sp.l + 1]), sp) * w;
       if (row_out) row_out[r] = l;
       total += l;
+      if constexpr (WITH_GRAD) {
+        scalar_t* g = grad + r * n1;
+        const acc_t inv = acc_t(1) / s[j];
+#pragma omp simd
+        for (int k = 0; k < n1; ++k) g[k] = w * gf::dfl_grad_from_p(g[k] * inv, k, sp);
+      }
     }
   }
   return total;
@@ -117,7 +136,7 @@ GF_CPU_CLONES void dfl_grad_rows(const scalar_t* pred, const acc_t* target, cons
 template <typename acc_t, typename F>
 at::Tensor reduce_rows(const LossInputs& in, F rows_fn) {
   const auto opts = in.pred.options().dtype(acc_dtype(in.pred));
-  const int64_t rpb = rows_per_block(in.cols);
+  const int64_t rpb = rows_per_block(in.cols, in.rows);
   if (!in.sum) {
     at::Tensor out = at::empty({in.rows}, opts);
     acc_t* o = out.data_ptr<acc_t>();
@@ -167,12 +186,16 @@ at::Tensor qfl_forward_cpu(const at::Tensor& pred, const at::Tensor& label, cons
   return std::get<0>(qfl_forward_impl(pred, label, score, weight, beta, reduction, false));
 }
 
+bool fuses_gradient(const at::Tensor& pred) {
+  return pred.scalar_type() == at::kFloat || pred.scalar_type() == at::kDouble;
+}
+
 // float32/float64 only: a float16/bfloat16 buffer would round the unscaled gradient
 // (underflowing what a loss scaler multiplies up later); there the backward op runs.
 std::tuple<at::Tensor, at::Tensor> qfl_and_grad_cpu(const at::Tensor& pred, const at::Tensor& label,
                                                     const at::Tensor& score, const c10::optional<at::Tensor>& weight,
                                                     double beta, c10::string_view reduction) {
-  const bool fuse = pred.scalar_type() == at::kFloat || pred.scalar_type() == at::kDouble;
+  const bool fuse = fuses_gradient(pred);
   auto r = qfl_forward_impl(pred, label, score, weight, beta, reduction, fuse);
   if (!fuse) std::get<1>(r) = pred.new_empty({0});
   return r;
@@ -195,7 +218,7 @@ at::Tensor qfl_backward_cpu(const at::Tensor& grad, const at::Tensor& pred, cons
     const acc_t b = static_cast<acc_t>(beta);
     const int64_t C = in.cols;
     scalar_t* o = out.data_ptr<scalar_t>();
-    at::parallel_for(0, in.rows, rows_per_block(C), [&](int64_t r0, int64_t r1) {
+    at::parallel_for(0, in.rows, rows_per_block(C, in.rows), [&](int64_t r0, int64_t r1) {
       if (beta == 2.0)
         qfl_grad_rows<scalar_t, acc_t, true>(p, lab, sc, w, gp, !in.sum, C, b, r0, r1, o);
       else
@@ -205,23 +228,44 @@ at::Tensor qfl_backward_cpu(const at::Tensor& grad, const at::Tensor& pred, cons
   return out;
 }
 
-at::Tensor dfl_forward_cpu(const at::Tensor& pred, const at::Tensor& target,
-                           const c10::optional<at::Tensor>& weight, c10::string_view reduction) {
+// The DFL forward; with_grad also returns w * d loss / d pred from the same sweep.
+std::tuple<at::Tensor, at::Tensor> dfl_forward_impl(const at::Tensor& pred, const at::Tensor& target,
+                                                    const c10::optional<at::Tensor>& weight,
+                                                    c10::string_view reduction, bool with_grad) {
   const char* op = "gflops.distribution_focal_loss";
   LossInputs in = dfl_prepare(pred, target, weight, std::string(reduction), op);
   dfl_check_values(in, op);
   at::Tensor out;
+  at::Tensor grad = with_grad ? cpu::empty_output_like(in.pred) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.pred.scalar_type(), "dfl_forward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* p = in.pred.data_ptr<scalar_t>();
     const acc_t* t = in.target.data_ptr<acc_t>();
     const acc_t* w = opt_ptr<acc_t>(in.weight);
     const int n1 = static_cast<int>(in.cols);
+    scalar_t* g = with_grad ? grad.data_ptr<scalar_t>() : nullptr;
     out = reduce_rows<acc_t>(in, [&](int64_t r0, int64_t r1, acc_t* o) {
-      return dfl_rows<scalar_t, acc_t>(p, t, w, n1, r0, r1, o);
+      if constexpr (std::is_same_v<scalar_t, acc_t>)  // fuses_gradient: float32/float64 only
+        if (with_grad) return dfl_rows<scalar_t, acc_t, true>(p, t, w, n1, r0, r1, o, g);
+      return dfl_rows<scalar_t, acc_t, false>(p, t, w, n1, r0, r1, o, g);
     });
   });
-  return out;
+  return {out, grad};
+}
+
+at::Tensor dfl_forward_cpu(const at::Tensor& pred, const at::Tensor& target,
+                           const c10::optional<at::Tensor>& weight, c10::string_view reduction) {
+  return std::get<0>(dfl_forward_impl(pred, target, weight, reduction, false));
+}
+
+// float32/float64 only, as qfl_and_grad_cpu.
+std::tuple<at::Tensor, at::Tensor> dfl_and_grad_cpu(const at::Tensor& pred, const at::Tensor& target,
+                                                    const c10::optional<at::Tensor>& weight,
+                                                    c10::string_view reduction) {
+  const bool fuse = fuses_gradient(pred);
+  auto r = dfl_forward_impl(pred, target, weight, reduction, fuse);
+  if (!fuse) std::get<1>(r) = pred.new_empty({0});
+  return r;
 }
 
 at::Tensor dfl_backward_cpu(const at::Tensor& grad, const at::Tensor& pred, const at::Tensor& target,
@@ -238,7 +282,7 @@ at::Tensor dfl_backward_cpu(const at::Tensor& grad, const at::Tensor& pred, cons
     const acc_t* gp = g.data_ptr<acc_t>();
     const int n1 = static_cast<int>(in.cols);
     scalar_t* o = out.data_ptr<scalar_t>();
-    at::parallel_for(0, in.rows, rows_per_block(n1), [&](int64_t r0, int64_t r1) {
+    at::parallel_for(0, in.rows, rows_per_block(n1, in.rows), [&](int64_t r0, int64_t r1) {
       dfl_grad_rows<scalar_t, acc_t>(p, t, w, gp, !in.sum, n1, r0, r1, o);
     });
   });
@@ -253,6 +297,7 @@ TORCH_LIBRARY_IMPL(gflops, CPU, m) {
   m.impl("quality_focal_loss_and_grad", &qfl_and_grad_cpu);
   m.impl("distribution_focal_loss", &dfl_forward_cpu);
   m.impl("distribution_focal_loss_backward", &dfl_backward_cpu);
+  m.impl("distribution_focal_loss_and_grad", &dfl_and_grad_cpu);
 }
 
 }  // namespace gflops

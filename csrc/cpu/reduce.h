@@ -33,6 +33,15 @@ inline int64_t rows_per_block(int64_t cols) {
   return std::max<int64_t>(1, kBlockElems / std::max<int64_t>(cols, 1));
 }
 
+// As above, but at least kMinBlocks blocks (of whole 16-row tiles) where the
+// rows allow, so that small inputs still spread over the threads. A function
+// of the shape alone, so sums stay bitwise the same for any thread count.
+constexpr int64_t kMinBlocks = 16;
+inline int64_t rows_per_block(int64_t cols, int64_t rows) {
+  const int64_t even = (rows + kMinBlocks - 1) / kMinBlocks;
+  return std::max<int64_t>(1, std::min(rows_per_block(cols), (even + 15) / 16 * 16));
+}
+
 // K ordered sums over rows [0, n): fn(r0, r1, sums) adds rows r0..r1 into sums[0..K).
 template <typename acc_t, int K, typename F>
 std::array<acc_t, K> blocked_sums(int64_t n, int64_t rpb, const F& fn) {
