@@ -3,7 +3,14 @@ vs torch.compile(reference) vs gflops (and gflops' Triton kernels for the decode
 on COCO-like sizes.
 
     python -m benchmarks.bench_boxes [--device cuda] [--size coco|small]
+
+The decode runs twice: as GFL configures it (17 bins, boxes clamped to the
+image) and as Ultralytics' training loss does (16 bins, no clamp), where its
+bbox_decode (softmax, matmul with the bin indices, dist2bbox) is a peer when
+the ultralytics package imports (see bench_losses).
 """
+import types
+
 import torch
 
 import gflops
@@ -31,9 +38,27 @@ def iou_case(s, device, dtype):
     return f"box_iou {s['batch']}x{s['anchors']}x{s['gts']}", (a, b), {}, nbytes
 
 
-def decode_case(s, device, dtype):
+def ultralytics_decode(points, strides):
+    """Ultralytics' bbox_decode (v8DetectionLoss, the training path) on gflops'
+    arguments: its anchor points are in grid units and its boxes are scaled by
+    the stride afterwards, so those are prepared here, outside the timing."""
+    try:
+        from ultralytics.utils.loss import v8DetectionLoss
+    except Exception as e:  # noqa: BLE001 - any import failure means the peer is unavailable
+        return f"ultralytics unavailable ({type(e).__name__}: {str(e).splitlines()[0][:100]})"
+    grid, scale = points / strides[:, None], strides[:, None]
+
+    def decode(pred, points_, strides_, reg_max, max_shape):
+        assert max_shape is None, "Ultralytics' decode does not clamp"
+        head = types.SimpleNamespace(use_dfl=True, proj=torch.arange(reg_max + 1, dtype=torch.float, device=pred.device))
+        return v8DetectionLoss.bbox_decode(head, grid, pred) * scale
+    return decode
+
+
+def decode_case(s, device, dtype, reg_max=None, max_shape=(800, 1333)):
     g = torch.Generator().manual_seed(1)
-    n1 = s["reg_max"] + 1
+    reg_max = s["reg_max"] if reg_max is None else reg_max
+    n1 = reg_max + 1
     pred = torch.randn(s["batch"], s["anchors"], 4 * n1, generator=g).to(device, dtype)
     points = (torch.rand(s["anchors"], 2, generator=g) * 1333).to(device)
     strides = torch.tensor([8.0, 16, 32, 64, 128])[torch.arange(s["anchors"]) % 5].to(device)
@@ -41,7 +66,7 @@ def decode_case(s, device, dtype):
     logits = pred.numel() * esz
     boxes = s["batch"] * s["anchors"] * 4 * esz
     nbytes = {"fwd": logits + boxes, "bwd": 2 * logits + boxes, "fwd+bwd": 3 * logits + 2 * boxes}
-    return (f"decode {s['batch']}x{s['anchors']}", (pred, points, strides, s["reg_max"], (800, 1333)), {}, nbytes)
+    return (f"decode {s['batch']}x{s['anchors']}x{n1}", (pred, points, strides, reg_max, max_shape), {}, nbytes)
 
 
 def branch_case(s, device, dtype):
@@ -71,19 +96,26 @@ def run(device, size, dtype, providers):
     fns["compile"] = torch.compile(fns["reference"])
     rows += bench_providers(name, fns, lambda fn: forward_modes(fn, args, kw), nbytes, device, copy, providers)
 
-    name, args, kw, nbytes = decode_case(s, device, dtype)
-    fns = {"reference": reference.decode_distribution, "gflops": gflops.decode_distribution,
-           "compile": torch.compile(reference.decode_distribution),
-           "triton": triton_provider(gflops.decode_distribution, device)}
-    rows += bench_providers(name, fns, lambda fn: grad_modes(fn, args, kw, lambda out: out.float().sum()),
-                            nbytes, device, copy, providers)
+    for reg_max, max_shape in ((s["reg_max"], (800, 1333)), (15, None)):
+        name, args, kw, nbytes = decode_case(s, device, dtype, reg_max, max_shape)
+        torch._dynamo.reset()
+        fns = {"reference": reference.decode_distribution, "gflops": gflops.decode_distribution,
+               "compile": torch.compile(reference.decode_distribution),
+               "triton": triton_provider(gflops.decode_distribution, device)}
+        if max_shape is None:
+            fns["ultralytics"] = peer = ultralytics_decode(args[1], args[2])
+            if not isinstance(peer, str):  # the peer computes the same boxes, or it is not compared
+                torch.testing.assert_close(peer(*args), reference.decode_distribution(*args), rtol=1e-4, atol=1e-2)
+        rows += bench_providers(name, fns, lambda fn: grad_modes(fn, args, kw, lambda out: out.float().sum()),
+                                nbytes, device, copy, providers)
 
     name, args, kw, nbytes = branch_case(s, device, dtype)
     fns = {"reference": reference.gfl_box_branch, "gflops": gflops.gfl_box_branch,
            "compile": torch.compile(reference.gfl_box_branch)}
     rows += bench_providers(name, fns, lambda fn: grad_modes(fn, args, kw, lambda out: 2.0 * out[0] + 0.25 * out[1]),
                             nbytes, device, copy, providers)
-    return write_results(f"boxes_{size}_{str(dtype).split('.')[-1]}{subset_tag(providers)}", device, rows, meta_for(device, size, dtype, copy))
+    return write_results(f"boxes_{size}_{str(dtype).split('.')[-1]}{subset_tag(providers)}", device, rows,
+                         meta_for(device, size, dtype, copy), plot=True)
 
 
 def main(argv=None):

@@ -1,18 +1,46 @@
 """QFL and DFL forward, backward and forward+backward: reference eager vs
-torch.compile(reference) vs gflops' Triton kernels vs gflops, on COCO-like sizes.
+torch.compile(reference) vs gflops' Triton kernels vs gflops, on COCO-like sizes,
+and DFL against Ultralytics' DFLoss where the ultralytics package imports.
 
     python -m benchmarks.bench_losses [--device cuda] [--size coco|small]
+
+The machine's limits, per case and mode: pct_copy is the time of a copy
+moving the same bytes over the provider's time, pct_math that of PyTorch's
+vectorised exp and log1p (QFL) or exp (DFL) over the same elements (once:
+what any implementation must evaluate), both in percent.
+
+Ultralytics is a peer, never a dependency: its wheels need opencv and read
+torchvision's metadata, so the committed numbers come from the separate
+virtualenv of the README ("Benchmarks"), where it is installed with --no-deps.
 """
 import torch
 
 import gflops
 import reference
-from benchmarks.harness import (bench_providers, cli, copy_gbps, grad_modes, meta_for, subset_tag, triton_provider,
-                                write_results)
+from benchmarks.harness import (bench_providers, cli, copy_gbps, copy_ms, grad_modes, math_ms, meta_for, subset_tag,
+                                triton_provider, write_results)
 
-# (batch, anchors per image, classes); DFL: 4 sides x batch x positives, reg_max.
-SIZES = {"coco": dict(batch=16, anchors=22400, classes=80, pos=1000, reg_max=16),
-         "small": dict(batch=2, anchors=22400, classes=80, pos=1000, reg_max=16)}
+# QFL: (batch, anchors per image, classes). DFL: positives in the batch (x 4 sides), bins per side:
+# 17 is GFL's reg_max 16, 16 is Ultralytics' (YOLOv8 and later).
+SIZES = {"coco": dict(batch=16, anchors=22400, classes=80, pos=1000, dfl_pos=13000),
+         "small": dict(batch=2, anchors=22400, classes=80, pos=1000, dfl_pos=2000)}
+DFL_BINS = (17, 16)
+
+
+def ultralytics_dfl(bins):
+    """Ultralytics' DFLoss as its BboxLoss applies it (the mean over a box's 4
+    sides times the box's weight, summed, over the normaliser), on gflops'
+    arguments: rows are sides, 4 per box, each with its box's weight."""
+    try:
+        from ultralytics.utils.loss import DFLoss
+    except Exception as e:  # noqa: BLE001 - any import failure means the peer is unavailable
+        return f"ultralytics unavailable ({type(e).__name__}: {str(e).splitlines()[0][:100]})"
+    dfl = DFLoss(reg_max=bins)
+
+    def loss(pred, target, weight, avg_factor):
+        per_box = dfl(pred, target.view(-1, 4))  # (boxes, 1): the mean over the sides
+        return 4 * (per_box * weight.view(-1, 4)[:, :1]).sum() / avg_factor
+    return loss
 
 
 def qfl_case(s, device, dtype):
@@ -33,31 +61,44 @@ def qfl_case(s, device, dtype):
     return f"QFL {n}x{c}", args, kw, nbytes
 
 
-def dfl_case(s, device, dtype):
+def dfl_case(s, device, dtype, n1):
     g = torch.Generator().manual_seed(1)
-    m, n1 = 4 * s["batch"] * s["pos"], s["reg_max"] + 1
+    m = 4 * s["dfl_pos"]
     pred = torch.randn(m, n1, generator=g).to(device, dtype)
-    target = (torch.rand(m, generator=g) * (s["reg_max"] - 0.1)).to(device)
-    weight = torch.rand(m, generator=g).to(device)
+    target = (torch.rand(m, generator=g) * (n1 - 1.1)).to(device)
+    weight = torch.rand(m // 4, generator=g).repeat_interleave(4).to(device)  # a box's weight on its 4 sides
     esz = pred.element_size()
     side = m * 8
     nbytes = {"fwd": m * n1 * esz + side, "bwd": 2 * m * n1 * esz + side, "fwd+bwd": 3 * m * n1 * esz + 2 * side}
     return f"DFL {m}x{n1}", (pred, target, weight), dict(avg_factor=4.0), nbytes
 
 
+def limits(device, nbytes, elements, funcs):
+    math = math_ms(elements, device, funcs)
+    return {mode: (copy_ms(b, device), math) for mode, b in nbytes.items()}
+
+
 def run(device, size, dtype, providers):
     s = SIZES[size]
     copy = copy_gbps(device)
     rows = []
-    for case, ref_fn, ours in [(qfl_case, reference.quality_focal_loss, gflops.quality_focal_loss),
-                               (dfl_case, reference.distribution_focal_loss, gflops.distribution_focal_loss)]:
-        name, args, kw, nbytes = case(s, device, dtype)
+    cases = [(lambda: qfl_case(s, device, dtype), reference.quality_focal_loss, gflops.quality_focal_loss,
+              (torch.exp, torch.log1p), None)]
+    cases += [(lambda n1=n1: dfl_case(s, device, dtype, n1), reference.distribution_focal_loss,
+               gflops.distribution_focal_loss, (torch.exp,), ultralytics_dfl(n1)) for n1 in DFL_BINS]
+    for case, ref_fn, ours, funcs, peer in cases:
+        name, args, kw, nbytes = case()
+        torch._dynamo.reset()  # a fresh compile per case: one shared cache would hit the recompile limit
         fns = {"reference": ref_fn, "compile": torch.compile(ref_fn), "gflops": ours,
                "triton": triton_provider(ours, device)}
+        if peer is not None:
+            fns["ultralytics"] = peer
+            if not isinstance(peer, str):  # the peer computes the same loss, or it is not compared
+                torch.testing.assert_close(peer(*args, **kw), ref_fn(*args, **kw), rtol=1e-4, atol=1e-4)
         rows += bench_providers(name, fns, lambda fn: grad_modes(fn, args, kw, lambda out: out), nbytes,
-                                device, copy, providers)
+                                device, copy, providers, limits(device, nbytes, args[0].numel(), funcs))
     return write_results(f"losses_{size}_{str(dtype).split('.')[-1]}{subset_tag(providers)}", device, rows,
-                         meta_for(device, size, dtype, copy))
+                         meta_for(device, size, dtype, copy), plot=True)
 
 
 def main(argv=None):

@@ -31,7 +31,7 @@ def cases(device):
     s = bench_losses.SIZES["small"]
     name, args, kw, _ = bench_losses.qfl_case(s, device, dtype)
     out.append((f"{name} fwd+bwd", _fwd_bwd(gflops.quality_focal_loss, *args, **kw)))
-    name, args, kw, _ = bench_losses.dfl_case(s, device, dtype)
+    name, args, kw, _ = bench_losses.dfl_case(s, device, dtype, 17)
     out.append((f"{name} fwd+bwd", _fwd_bwd(gflops.distribution_focal_loss, *args, **kw)))
     s = bench_boxes.SIZES["small"]
     name, args, _, _ = bench_boxes.iou_case(s, device, dtype)

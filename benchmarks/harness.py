@@ -97,15 +97,19 @@ def device_tag(device):
     return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
 
 
-def write_results(name, device, rows, meta):
-    """benchmarks/results/<name>_<device>.{md,csv,json}; returns the markdown table."""
+def write_results(name, device, rows, meta, plot=False):
+    """benchmarks/results/<name>_<device>.{md,csv,json} (and .png of the providers'
+    times with `plot`); returns the markdown table."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"{name}_{device_tag(device)}"
-    cols = list(rows[0].keys())
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    rows = [{c: r.get(c) for c in cols} for r in rows]
     with open(stem.with_suffix(".csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
         w.writerows(rows)
+    if plot:
+        plot_providers(rows, stem.with_suffix(".png"), f"{name} on {device_tag(device)}")
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
 
     def fmt(v):
@@ -117,6 +121,32 @@ def write_results(name, device, rows, meta):
     table = "\n".join(lines)
     stem.with_suffix(".md").write_text(f"# {name} on {device_tag(device)}\n\n{head}\n\n{table}\n")
     return table
+
+
+def plot_providers(rows, path, title):
+    """Median time of every provider, one group of bars per (op, mode), log scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = list(dict.fromkeys((r["op"], r["mode"]) for r in rows))
+    provs = list(dict.fromkeys(r["provider"] for r in rows))
+    fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(groups)), 5))
+    width = 0.8 / len(provs)
+    for k, prov in enumerate(provs):
+        ms = {(r["op"], r["mode"]): r["median_ms"] for r in rows if r["provider"] == prov}
+        xs = [i + k * width for i, g in enumerate(groups) if g in ms]
+        ax.bar(xs, [ms[g] for g in groups if g in ms], width, label=prov)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))])
+    ax.set_xticklabels([f"{op}\n{mode}" for op, mode in groups], fontsize=7, rotation=30, ha="right")
+    ax.set_yscale("log")
+    ax.set_ylabel("median ms (lower is better)")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def grad_modes(fn, args, kw, loss_of):
@@ -162,12 +192,40 @@ def triton_provider(fn, device):
     return run
 
 
-def bench_providers(name, fns, make_modes, nbytes, device, copy, providers):
-    """Rows of one op: every provider (reference, compile, gflops, triton) in every
-    mode. A provider whose entry is missing or a string (the reason) is skipped
-    with that reason printed."""
+def copy_ms(nbytes, device):
+    """Median time of a copy that moves `nbytes` (half read, half written) between
+    preallocated buffers: the memory limit of an op that moves as many bytes."""
+    src = torch.empty(max(nbytes // 8, 1), dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    return median_ms(lambda: dst.copy_(src), device, warmup=3, min_iters=20, budget_s=0.5)
+
+
+def math_ms(elements, device, funcs):
+    """Median time of PyTorch's vectorised elementwise `funcs` (e.g. exp, log1p)
+    applied in place, in turn, over `elements` float32 values: the throughput
+    limit of the transcendental functions an op must evaluate per element."""
+    buf = torch.rand(elements, device=device) * -4
+    src = buf.clone()
+
+    def run():
+        buf.copy_(src)
+        for f in funcs:
+            f(buf, out=buf)
+    base = median_ms(lambda: buf.copy_(src), device, warmup=3, min_iters=20, budget_s=0.5)
+    return max(median_ms(run, device, warmup=3, min_iters=20, budget_s=0.5) - base, 1e-6)
+
+
+PEERS = ("ultralytics",)
+
+
+def bench_providers(name, fns, make_modes, nbytes, device, copy, providers, limits=None):
+    """Rows of one op: every provider (reference, compile, gflops, triton and the
+    peers) in every mode. A provider whose entry is missing or a string (the
+    reason) is skipped with that reason printed. `limits` maps a mode to the
+    (copy, math) times of the machine's limits for it (copy_ms, math_ms):
+    pct_copy and pct_math say how close a provider comes to each."""
     rows, base = [], {}
-    for prov in providers:
+    for prov in (*providers, *(p for p in PEERS if p in fns)):
         fn = fns.get(prov, "no Triton kernel for this op" if prov == "triton" else "not provided")
         if isinstance(fn, str):
             print(f"{name:24s} {prov:10s} skipped: {fn}", file=sys.stderr)
@@ -177,13 +235,20 @@ def bench_providers(name, fns, make_modes, nbytes, device, copy, providers):
             mem = peak_mb(f, device, setup=setup)
             base.setdefault(mode, {})[prov] = ms
             gbps = nbytes[mode] / (ms * 1e-3) / 1e9
+            lim = (limits or {}).get(mode)
             rows.append(dict(op=name, mode=mode, provider=prov, median_ms=ms,
                              vs_eager=base[mode].get("reference", float("nan")) / ms,
                              vs_compile=base[mode].get("compile", float("nan")) / ms,
                              vs_triton=base[mode].get("triton", float("nan")) / ms,
                              peak_mib=mem, gbps=gbps if device.type == "cuda" else None,
-                             pct_copy_bw=100 * gbps / copy if copy else None))
+                             pct_copy_bw=100 * gbps / copy if copy else None,
+                             pct_copy=100 * lim[0] / ms if lim else None,
+                             pct_math=100 * lim[1] / ms if lim else None))
             print(f"{name:24s} {mode:8s} {prov:10s} {ms:9.3f} ms  peak {mem:8.1f} MiB", file=sys.stderr)
+    for r in rows:  # the peers' speedups: gflops against each, in the gflops rows
+        for peer in PEERS:
+            if peer in base.get(r["mode"], {}) and r["provider"] == "gflops":
+                r[f"vs_{peer}"] = base[r["mode"]][peer] / r["median_ms"]
     return rows
 
 
