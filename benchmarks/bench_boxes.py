@@ -114,7 +114,9 @@ def run(device, size, dtype, providers):
            "compile": torch.compile(reference.gfl_box_branch)}
     rows += bench_providers(name, fns, lambda fn: grad_modes(fn, args, kw, lambda out: 2.0 * out[0] + 0.25 * out[1]),
                             nbytes, device, copy, providers)
-    return write_results(f"boxes_{size}_{str(dtype).split('.')[-1]}{subset_tag(providers)}", device, rows,
+    # Runs with the peer come from another virtualenv (another torch): kept apart from the project's own.
+    peers = "_ultralytics" if any(r["provider"] == "ultralytics" for r in rows) else ""
+    return write_results(f"boxes_{size}_{str(dtype).split('.')[-1]}{subset_tag(providers)}{peers}", device, rows,
                          meta_for(device, size, dtype, copy), plot=True)
 
 

@@ -5,9 +5,10 @@ and DFL against Ultralytics' DFLoss where the ultralytics package imports.
     python -m benchmarks.bench_losses [--device cuda] [--size coco|small]
 
 The machine's limits, per case and mode: pct_copy is the time of a copy
-moving the same bytes over the provider's time, pct_math that of PyTorch's
-vectorised exp and log1p (QFL) or exp (DFL) over the same elements (once:
-what any implementation must evaluate), both in percent.
+moving the same bytes over the provider's time, pct_math that of the
+kernels' own vectorised exp and log1p (QFL) or exp (DFL) loop over the same
+elements, once each (what any implementation must evaluate; CPU only), both
+in percent.
 
 Ultralytics is a peer, never a dependency: its wheels need opencv and read
 torchvision's metadata, so the committed numbers come from the separate
@@ -73,8 +74,8 @@ def dfl_case(s, device, dtype, n1):
     return f"DFL {m}x{n1}", (pred, target, weight), dict(avg_factor=4.0), nbytes
 
 
-def limits(device, nbytes, elements, funcs):
-    math = math_ms(elements, device, funcs)
+def limits(device, nbytes, elements, with_log1p):
+    math = math_ms(elements, device, with_log1p)
     return {mode: (copy_ms(b, device), math) for mode, b in nbytes.items()}
 
 
@@ -83,10 +84,10 @@ def run(device, size, dtype, providers):
     copy = copy_gbps(device)
     rows = []
     cases = [(lambda: qfl_case(s, device, dtype), reference.quality_focal_loss, gflops.quality_focal_loss,
-              (torch.exp, torch.log1p), None)]
+              True, None)]
     cases += [(lambda n1=n1: dfl_case(s, device, dtype, n1), reference.distribution_focal_loss,
-               gflops.distribution_focal_loss, (torch.exp,), ultralytics_dfl(n1)) for n1 in DFL_BINS]
-    for case, ref_fn, ours, funcs, peer in cases:
+               gflops.distribution_focal_loss, False, ultralytics_dfl(n1)) for n1 in DFL_BINS]
+    for case, ref_fn, ours, with_log1p, peer in cases:
         name, args, kw, nbytes = case()
         torch._dynamo.reset()  # a fresh compile per case: one shared cache would hit the recompile limit
         fns = {"reference": ref_fn, "compile": torch.compile(ref_fn), "gflops": ours,
@@ -96,8 +97,10 @@ def run(device, size, dtype, providers):
             if not isinstance(peer, str):  # the peer computes the same loss, or it is not compared
                 torch.testing.assert_close(peer(*args, **kw), ref_fn(*args, **kw), rtol=1e-4, atol=1e-4)
         rows += bench_providers(name, fns, lambda fn: grad_modes(fn, args, kw, lambda out: out), nbytes,
-                                device, copy, providers, limits(device, nbytes, args[0].numel(), funcs))
-    return write_results(f"losses_{size}_{str(dtype).split('.')[-1]}{subset_tag(providers)}", device, rows,
+                                device, copy, providers, limits(device, nbytes, args[0].numel(), with_log1p))
+    # Runs with the peer come from another virtualenv (another torch): kept apart from the project's own.
+    peers = "_ultralytics" if any(r["provider"] == "ultralytics" for r in rows) else ""
+    return write_results(f"losses_{size}_{str(dtype).split('.')[-1]}{subset_tag(providers)}{peers}", device, rows,
                          meta_for(device, size, dtype, copy), plot=True)
 
 

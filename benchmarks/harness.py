@@ -150,11 +150,15 @@ def plot_providers(rows, path, title):
 
 
 def grad_modes(fn, args, kw, loss_of):
-    """(timed closure, untimed setup) for fwd, bwd (on a retained graph) and
-    fwd+bwd of fn(pred, *rest); the setup drops the last gradient, so peak
-    memory counts the new one. loss_of turns fn's output into a scalar."""
+    """(timed closure, untimed setup) for fwd, bwd and fwd+bwd of fn(pred, *rest);
+    the setup drops the last gradient, so peak memory counts the new one, and
+    for bwd also runs the forward, so that each timed backward is the first
+    backward of a fresh graph (what a training step runs; a second backward of
+    a retained graph can take another path). loss_of turns fn's output into a
+    scalar."""
     pred = args[0].detach().requires_grad_(True)
     rest = args[1:]
+    graph = []
 
     def fwd():
         with torch.no_grad():
@@ -163,9 +167,12 @@ def grad_modes(fn, args, kw, loss_of):
     def drop_grad():
         pred.grad = None
 
-    loss = loss_of(fn(pred, *rest, **kw))
+    def new_graph():
+        pred.grad = None
+        graph[:] = [loss_of(fn(pred, *rest, **kw))]
+
     return {"fwd": (fwd, drop_grad),
-            "bwd": (lambda: loss.backward(retain_graph=True), drop_grad),
+            "bwd": (lambda: graph.pop().backward(), new_graph),
             "fwd+bwd": (lambda: loss_of(fn(pred, *rest, **kw)).backward(), drop_grad)}
 
 
@@ -200,19 +207,30 @@ def copy_ms(nbytes, device):
     return median_ms(lambda: dst.copy_(src), device, warmup=3, min_iters=20, budget_s=0.5)
 
 
-def math_ms(elements, device, funcs):
-    """Median time of PyTorch's vectorised elementwise `funcs` (e.g. exp, log1p)
-    applied in place, in turn, over `elements` float32 values: the throughput
-    limit of the transcendental functions an op must evaluate per element."""
-    buf = torch.rand(elements, device=device) * -4
-    src = buf.clone()
+_LOOPS = []
 
-    def run():
-        buf.copy_(src)
-        for f in funcs:
-            f(buf, out=buf)
-    base = median_ms(lambda: buf.copy_(src), device, warmup=3, min_iters=20, budget_s=0.5)
-    return max(median_ms(run, device, warmup=3, min_iters=20, budget_s=0.5) - base, 1e-6)
+
+def math_ms(elements, device, with_log1p):
+    """Median time of the kernels' own vectorised exp (and log1p) over `elements`
+    float32 values, one of each per element, with the same clones and threads
+    (benchmarks/limits/loops.cpp): the arithmetic limit of a loss kernel. CPU
+    only (on a GPU the loss kernels are bound by memory: see pct_copy_bw)."""
+    if device.type != "cpu":
+        return None
+    if not _LOOPS:
+        from torch.utils import cpp_extension
+
+        from gflops import _ext
+
+        here = Path(__file__).parent / "limits"
+        build = Path(_ext._cache_dir(False)).parent / "bench-limits"
+        build.mkdir(parents=True, exist_ok=True)
+        _LOOPS.append(cpp_extension.load(name="gflops_bench_limits", sources=[str(here / "loops.cpp")],
+                                         extra_cflags=_ext.CXX_FLAGS, extra_include_paths=[str(_ext.CSRC)],
+                                         build_directory=str(build)))
+    x = torch.randn(elements) * 4
+    y = torch.empty_like(x)
+    return median_ms(lambda: _LOOPS[0].run(x, y, with_log1p), device, warmup=3, min_iters=20, budget_s=0.5)
 
 
 PEERS = ("ultralytics",)
@@ -243,7 +261,7 @@ def bench_providers(name, fns, make_modes, nbytes, device, copy, providers, limi
                              peak_mib=mem, gbps=gbps if device.type == "cuda" else None,
                              pct_copy_bw=100 * gbps / copy if copy else None,
                              pct_copy=100 * lim[0] / ms if lim else None,
-                             pct_math=100 * lim[1] / ms if lim else None))
+                             pct_math=100 * lim[1] / ms if lim and lim[1] else None))
             print(f"{name:24s} {mode:8s} {prov:10s} {ms:9.3f} ms  peak {mem:8.1f} MiB", file=sys.stderr)
     for r in rows:  # the peers' speedups: gflops against each, in the gflops rows
         for peer in PEERS:

@@ -28,6 +28,10 @@ inline void define_schemas(torch::Library& m) {
   m.def("integral_backward(Tensor grad, Tensor pred, int reg_max) -> Tensor");
   m.def("decode_distribution(Tensor pred, Tensor points, Tensor strides, int reg_max, float[]? max_shape) -> Tensor");
   m.def("decode_distribution_backward(Tensor grad, Tensor pred, Tensor points, Tensor strides, int reg_max, float[]? max_shape) -> Tensor");
+  // The boxes and, where a backend fuses them (CPU, float32/float64), d box side / d pred (pred's shape: each
+  // bin's derivative of its side) from the same exponentials; else empty. Autograd scales it by the
+  // incoming gradient, as for quality_focal_loss_and_grad.
+  m.def("decode_distribution_and_grad(Tensor pred, Tensor points, Tensor strides, int reg_max, float[]? max_shape) -> (Tensor, Tensor)");
   m.def("gfl_box_branch(Tensor pred, Tensor points, Tensor strides, Tensor gt_boxes, Tensor weight, int reg_max) -> (Tensor, Tensor, Tensor)");
   m.def("gfl_box_branch_backward(Tensor grad_giou, Tensor grad_dfl, Tensor pred, Tensor points, Tensor strides, Tensor gt_boxes, Tensor weight, int reg_max) -> Tensor");
 

@@ -28,10 +28,13 @@ def register(ns):
         return gp, None, None, None, None, None
 
     def fused(name, plain_setup, backward, n_tensors):
-        """Autograd of `name`_and_grad, whose second output is w * d loss / d pred
-        from the forward sweep (empty where the backend does not fuse). The op's
-        first `n_tensors` inputs are tensors; `plain_setup` and `backward` are
-        the op-based autograd of `name`, for where that buffer cannot serve."""
+        """Autograd of `name`_and_grad, whose second output is the derivative of
+        the first w.r.t. pred from the forward sweep (empty where the backend
+        does not fuse), for a unit incoming gradient per element of the first
+        output: so the gradient is that buffer, viewed as (*output shape, -1),
+        times the incoming gradient. The op's first `n_tensors` inputs are
+        tensors; `plain_setup` and `backward` are the op-based autograd of
+        `name`, for where that buffer cannot serve."""
 
         def setup(ctx, inputs, output):
             plain_setup(ctx, inputs, output[0])
@@ -56,13 +59,15 @@ def register(ns):
             if not ctx.fused or torch.is_grad_enabled():
                 # create_graph: the buffer is a constant, so the op-based backward keeps autograd's view of pred.
                 return backward(ctx, grad)
-            scale = grad if ctx.reduction == "sum" else grad[:, None]
+            scale = grad.unsqueeze(-1)
             if ctx.traced:
-                return ctx.saved_tensors[n_tensors] * scale, *nones[1:]
+                buf = ctx.saved_tensors[n_tensors]
+                return (buf.view(*grad.shape, -1) * scale).view(buf.shape), *nones[1:]
             fused, ctx.fused_grad = ctx.fused_grad, None
             if fused is None:  # a second backward (retain_graph): the same sweep again, so the same bits
                 fused = getattr(ops, f"{name}_and_grad")(*ctx.saved_tensors[:n_tensors], *ctx.args)[1]
-            return fused.mul_(scale), *nones[1:]
+            fused.view(*grad.shape, -1).mul_(scale)
+            return fused, *nones[1:]
 
         autograd(f"{name}_and_grad", run_backward, setup)
 
@@ -106,7 +111,7 @@ def register(ns):
         ctx.reg_max, ctx.max_shape = reg_max, max_shape
 
     def _decode_backward(ctx, grad):
-        pred, points, strides = ctx.saved_tensors
+        pred, points, strides = ctx.saved_tensors[:3]
         g = ops.decode_distribution_backward(grad, pred, points, strides, ctx.reg_max, ctx.max_shape)
         return g, None, None, None, None
 
@@ -125,6 +130,7 @@ def register(ns):
     autograd("giou_loss", _giou_backward, _giou_setup)
     autograd("integral", _integral_backward, _integral_setup)
     autograd("decode_distribution", _decode_backward, _decode_setup)
+    fused("decode_distribution", _decode_setup, _decode_backward, 3)
     autograd("gfl_box_branch", _branch_backward, _branch_setup)
 
     def _autoassign_setup(ctx, inputs, output):

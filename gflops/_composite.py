@@ -1,7 +1,9 @@
 """Default kernels of the ops that one backend fuses and the others compose.
 
-`quality_focal_loss_and_grad` and `distribution_focal_loss_and_grad` return
-the loss and d loss / d pred. The CPU kernels compute both in one sweep:
+`quality_focal_loss_and_grad`, `distribution_focal_loss_and_grad` and
+`decode_distribution_and_grad` return the op's output and its derivative
+w.r.t. pred (for a unit incoming gradient per loss row or box side). The CPU
+kernels compute both in one sweep:
 there the exponentials and logarithms
 dominate, so sharing them between the loss and the gradient pays for the
 extra logits-sized write. A GPU is bound by memory traffic instead, where
@@ -28,7 +30,11 @@ def register(ns):
     def dfl_and_grad(pred, target, weight, reduction):
         return ops.distribution_focal_loss(pred, target, weight, reduction), pred.new_empty((0,))
 
-    for name, fn in (("quality_focal_loss_and_grad", qfl_and_grad), ("distribution_focal_loss_and_grad", dfl_and_grad)):
+    def decode_and_grad(pred, points, strides, reg_max, max_shape):
+        return ops.decode_distribution(pred, points, strides, reg_max, max_shape), pred.new_empty((0,))
+
+    for name, fn in (("quality_focal_loss_and_grad", qfl_and_grad), ("distribution_focal_loss_and_grad", dfl_and_grad),
+                     ("decode_distribution_and_grad", decode_and_grad)):
         if hasattr(ops, name):
             lib.impl(name, fn, "CompositeExplicitAutograd")
     _libs.append(lib)

@@ -115,6 +115,10 @@ def register(ns):
     def _decode_bwd(grad, pred, points, strides, reg_max, max_shape):
         return pred.new_empty(pred.shape)
 
+    @fake("decode_distribution_and_grad")
+    def _decode_and_grad(pred, points, strides, reg_max, max_shape):
+        return _decode(pred, points, strides, reg_max, max_shape), _fused_grad(pred)
+
     @fake("gfl_box_branch")
     def _branch(pred, points, strides, gt_boxes, weight, reg_max):
         _same_device("gflops.gfl_box_branch", pred, points=points, strides=strides, gt_boxes=gt_boxes, weight=weight)

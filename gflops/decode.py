@@ -22,7 +22,11 @@ def decode_distribution(pred, points, strides, reg_max=16, max_shape=None):
     fn = "gflops.decode_distribution"
     _check_constant(fn, "points", points)
     _check_constant(fn, "strides", strides)
-    return _ops.lib().decode_distribution(pred, points, strides, int(reg_max), _shape(max_shape))
+    lib = _ops.lib()
+    if pred.requires_grad and torch.is_grad_enabled():
+        # d boxes / d pred from the same sweep where a backend fuses it (CPU); see gflops/_composite.py.
+        return lib.decode_distribution_and_grad(pred, points, strides, int(reg_max), _shape(max_shape))[0]
+    return lib.decode_distribution(pred, points, strides, int(reg_max), _shape(max_shape))
 
 
 def gfl_box_branch(pred, points, strides, gt_boxes, weight, reg_max=16):

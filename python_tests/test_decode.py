@@ -118,6 +118,31 @@ def test_opcheck(device):
     torch.library.opcheck(ops().integral, (pred, 7))
     torch.library.opcheck(ops().decode_distribution, (pred, points, strides, 7, None))
     torch.library.opcheck(ops().decode_distribution, (pred, points, strides, 7, [100.0, 200.0]))
+    torch.library.opcheck(ops().decode_distribution_and_grad, (pred, points, strides, 7, [100.0, 200.0]))
+
+
+@pytest.mark.parametrize("reg_max", [16, 70])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_decode_gradient_from_the_forward_sweep(device, dtype, reg_max):
+    """With pred requiring grad the boxes come from decode_distribution_and_grad:
+    on CPU (float32/float64) it also returns each bin's derivative of its side
+    (empty elsewhere, where the backward op runs). Either way the gradient is
+    the backward op's, clamp included, and a second backward (retain_graph)
+    gives the same bits as the first."""
+    pred, points, strides = distribution_inputs(3, 37, reg_max, device=device, dtype=dtype)
+    args = (points, strides, reg_max, [300.0, 400.0])
+    boxes, fused = ops().decode_distribution_and_grad(pred, *args)
+    torch.testing.assert_close(boxes, ops().decode_distribution(pred, *args), rtol=0, atol=0)
+    fuses = ops() is torch.ops.gflops and device == "cpu" and dtype in (torch.float32, torch.float64)
+    assert fused.shape == (pred.shape if fuses else (0,))
+    g = torch.randn(boxes.shape, device=device, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    expected = ops().decode_distribution_backward(g, pred, *args)
+    leaf = pred.clone().requires_grad_(True)
+    out = gflops.decode_distribution(leaf, *args)
+    (first,) = torch.autograd.grad(out, leaf, g.to(out.dtype), retain_graph=True)
+    (second,) = torch.autograd.grad(out, leaf, g.to(out.dtype))
+    torch.testing.assert_close(first, expected, **_tol(dtype))
+    assert torch.equal(first, second)
 
 
 def test_compile_fullgraph(device):

@@ -61,13 +61,23 @@ struct DecodeGeom {
   double h, w;
 };
 
-template <typename scalar_t, typename acc_t>
+// The boxes of anchors [i0, i1); WITH_GRAD also writes each bin's derivative
+// of its side to dside (the backward with an incoming gradient of 1), from
+// the same exponentials.
+template <typename scalar_t, typename acc_t, bool WITH_GRAD>
 GF_CPU_CLONES void decode_rows(const scalar_t* p, const acc_t* pts, const acc_t* st, DecodeGeom geo, int n1,
-                               int64_t i0, int64_t i1, scalar_t* o) {
+                               int64_t i0, int64_t i1, scalar_t* o, scalar_t* dside) {
   const acc_t h = static_cast<acc_t>(geo.h), w = static_cast<acc_t>(geo.w);
+  const acc_t ones[4] = {1, 1, 1, 1};
   for (int64_t t0 = i0; t0 < i1; t0 += kTileBoxes) {
     acc_t lse[cpu::kTile], dist[cpu::kTile];
-    const int nb = box_tile_stats(p, n1, t0, i1, lse, dist);
+    acc_t e[WITH_GRAD ? cpu::kTile * cpu::kMaxTileBins : 1], m[cpu::kTile], s[cpu::kTile];
+    const bool tiled = WITH_GRAD && n1 <= cpu::kMaxTileBins;
+    const int nb = static_cast<int>(std::min<int64_t>(kTileBoxes, i1 - t0));
+    if (tiled)
+      cpu::tile_row_exp(p + t0 * 4 * n1, n1, 4 * nb, e, m, s, dist);
+    else
+      box_tile_stats(p, n1, t0, i1, lse, dist);
     for (int j = 0; j < nb; ++j) {
       const int64_t i = t0 + j, a = i % geo.anchors;
       const auto b = gf::decode_box(dist + 4 * j, pts[2 * a], pts[2 * a + 1], st[a], geo.clamp, h, w);
@@ -75,6 +85,14 @@ GF_CPU_CLONES void decode_rows(const scalar_t* p, const acc_t* pts, const acc_t*
       o[4 * i + 1] = gf::cvt<scalar_t>(b.y1);
       o[4 * i + 2] = gf::cvt<scalar_t>(b.x2);
       o[4 * i + 3] = gf::cvt<scalar_t>(b.y2);
+      if constexpr (WITH_GRAD) {
+        if (tiled)
+          gf::decode_backward_exp<acc_t>(e + 4 * j * n1, s + 4 * j, n1, pts[2 * a], pts[2 * a + 1], st[a],
+                                         geo.clamp, h, w, ones, dist + 4 * j, dside + i * 4 * n1);
+        else
+          gf::decode_backward_stats<acc_t>(p + i * 4 * n1, n1, pts[2 * a], pts[2 * a + 1], st[a], geo.clamp, h, w,
+                                           ones, lse + 4 * j, dist + 4 * j, dside + i * 4 * n1);
+      }
     }
   }
 }
@@ -171,25 +189,46 @@ at::Tensor integral_backward_cpu(const at::Tensor& grad, const at::Tensor& pred,
   return out;
 }
 
-at::Tensor decode_cpu(const at::Tensor& pred, const at::Tensor& points, const at::Tensor& strides,
-                      int64_t reg_max, c10::optional<at::ArrayRef<double>> max_shape) {
+std::tuple<at::Tensor, at::Tensor> decode_impl(const at::Tensor& pred, const at::Tensor& points,
+                                               const at::Tensor& strides, int64_t reg_max,
+                                               c10::optional<at::ArrayRef<double>> max_shape, bool with_grad) {
   const char* op = "gflops.decode_distribution";
   DecodeInputs in = decode_prepare(pred, points, strides, reg_max, max_shape, op);
   check_strides_positive(in.strides, op);
   at::Tensor out = at::empty(in.dist.out_shape, in.dist.pred.options());
+  at::Tensor dside = with_grad ? cpu::empty_output_like(in.dist.pred) : at::Tensor();
   GF_DISPATCH(in.dist.pred.scalar_type(), "decode_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* p = in.dist.pred.data_ptr<scalar_t>();
     const acc_t* pts = in.points.data_ptr<acc_t>();
     const acc_t* st = in.strides.data_ptr<acc_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
+    scalar_t* ds = with_grad ? dside.data_ptr<scalar_t>() : nullptr;
     const int n1 = in.dist.n1;
     const int64_t boxes = in.dist.rows / 4, A = in.anchors;
-    at::parallel_for(0, boxes, cpu::rows_per_block(4 * n1), [&](int64_t i0, int64_t i1) {
-      decode_rows<scalar_t, acc_t>(p, pts, st, DecodeGeom{A, in.clamp, in.max_h, in.max_w}, n1, i0, i1, o);
+    const DecodeGeom geo{A, in.clamp, in.max_h, in.max_w};
+    at::parallel_for(0, boxes, cpu::rows_per_block(4 * n1, boxes), [&](int64_t i0, int64_t i1) {
+      if (with_grad)
+        decode_rows<scalar_t, acc_t, true>(p, pts, st, geo, n1, i0, i1, o, ds);
+      else
+        decode_rows<scalar_t, acc_t, false>(p, pts, st, geo, n1, i0, i1, o, ds);
     });
   });
-  return out;
+  return {out, dside};
+}
+
+at::Tensor decode_cpu(const at::Tensor& pred, const at::Tensor& points, const at::Tensor& strides,
+                      int64_t reg_max, c10::optional<at::ArrayRef<double>> max_shape) {
+  return std::get<0>(decode_impl(pred, points, strides, reg_max, max_shape, false));
+}
+
+std::tuple<at::Tensor, at::Tensor> decode_and_grad_cpu(const at::Tensor& pred, const at::Tensor& points,
+                                                       const at::Tensor& strides, int64_t reg_max,
+                                                       c10::optional<at::ArrayRef<double>> max_shape) {
+  const bool fuse = cpu::fuses_gradient(pred);
+  auto r = decode_impl(pred, points, strides, reg_max, max_shape, fuse);
+  if (!fuse) std::get<1>(r) = pred.new_empty({0});
+  return r;
 }
 
 at::Tensor decode_backward_cpu(const at::Tensor& grad, const at::Tensor& pred, const at::Tensor& points,
@@ -275,6 +314,7 @@ TORCH_LIBRARY_IMPL(gflops, CPU, m) {
   m.impl("integral_backward", &integral_backward_cpu);
   m.impl("decode_distribution", &decode_cpu);
   m.impl("decode_distribution_backward", &decode_backward_cpu);
+  m.impl("decode_distribution_and_grad", &decode_and_grad_cpu);
   m.impl("gfl_box_branch", &box_branch_cpu);
   m.impl("gfl_box_branch_backward", &box_branch_backward_cpu);
 }

@@ -186,16 +186,12 @@ at::Tensor qfl_forward_cpu(const at::Tensor& pred, const at::Tensor& label, cons
   return std::get<0>(qfl_forward_impl(pred, label, score, weight, beta, reduction, false));
 }
 
-bool fuses_gradient(const at::Tensor& pred) {
-  return pred.scalar_type() == at::kFloat || pred.scalar_type() == at::kDouble;
-}
-
 // float32/float64 only: a float16/bfloat16 buffer would round the unscaled gradient
 // (underflowing what a loss scaler multiplies up later); there the backward op runs.
 std::tuple<at::Tensor, at::Tensor> qfl_and_grad_cpu(const at::Tensor& pred, const at::Tensor& label,
                                                     const at::Tensor& score, const c10::optional<at::Tensor>& weight,
                                                     double beta, c10::string_view reduction) {
-  const bool fuse = fuses_gradient(pred);
+  const bool fuse = cpu::fuses_gradient(pred);
   auto r = qfl_forward_impl(pred, label, score, weight, beta, reduction, fuse);
   if (!fuse) std::get<1>(r) = pred.new_empty({0});
   return r;
@@ -262,7 +258,7 @@ at::Tensor dfl_forward_cpu(const at::Tensor& pred, const at::Tensor& target,
 std::tuple<at::Tensor, at::Tensor> dfl_and_grad_cpu(const at::Tensor& pred, const at::Tensor& target,
                                                     const c10::optional<at::Tensor>& weight,
                                                     c10::string_view reduction) {
-  const bool fuse = fuses_gradient(pred);
+  const bool fuse = cpu::fuses_gradient(pred);
   auto r = dfl_forward_impl(pred, target, weight, reduction, fuse);
   if (!fuse) std::get<1>(r) = pred.new_empty({0});
   return r;

@@ -4,6 +4,7 @@
 // bitwise the same whatever torch.get_num_threads() says.
 #pragma once
 
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -40,6 +41,13 @@ constexpr int64_t kMinBlocks = 16;
 inline int64_t rows_per_block(int64_t cols, int64_t rows) {
   const int64_t even = (rows + kMinBlocks - 1) / kMinBlocks;
   return std::max<int64_t>(1, std::min(rows_per_block(cols), (even + 15) / 16 * 16));
+}
+
+// Whether the *_and_grad ops return their gradient buffer for these logits:
+// float32/float64 only, since a float16/bfloat16 buffer would round the
+// unscaled gradient (underflowing what a loss scaler multiplies up later).
+inline bool fuses_gradient(const at::Tensor& pred) {
+  return pred.scalar_type() == at::kFloat || pred.scalar_type() == at::kDouble;
 }
 
 // K ordered sums over rows [0, n): fn(r0, r1, sums) adds rows r0..r1 into sums[0..K).
