@@ -7,8 +7,8 @@ and DFL against Ultralytics' DFLoss where the ultralytics package imports.
 The machine's limits, per case and mode: pct_copy is the time of a copy
 moving the same bytes over the provider's time, pct_math that of the
 kernels' own vectorised exp and log1p (QFL) or exp (DFL) loop over the same
-elements, once each (what any implementation must evaluate; CPU only), both
-in percent.
+elements, once each (what any implementation must evaluate; CPU only; none
+for bwd, which may reuse the forward's), both in percent.
 
 Ultralytics is a peer, never a dependency: its wheels need opencv and read
 torchvision's metadata, so the committed numbers come from the separate
@@ -75,8 +75,9 @@ def dfl_case(s, device, dtype, n1):
 
 
 def limits(device, nbytes, elements, with_log1p):
+    """The bwd mode has no arithmetic limit: a backward may reuse the forward's exponentials."""
     math = math_ms(elements, device, with_log1p)
-    return {mode: (copy_ms(b, device), math) for mode, b in nbytes.items()}
+    return {mode: (copy_ms(b, device), None if mode == "bwd" else math) for mode, b in nbytes.items()}
 
 
 def run(device, size, dtype, providers):
