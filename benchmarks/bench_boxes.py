@@ -47,11 +47,14 @@ def ultralytics_decode(points, strides):
     except Exception as e:  # noqa: BLE001 - any import failure means the peer is unavailable
         return f"ultralytics unavailable ({type(e).__name__}: {str(e).splitlines()[0][:100]})"
     grid, scale = points / strides[:, None], strides[:, None]
+    heads = {}  # the loss object's state bbox_decode reads, as v8DetectionLoss builds it once
 
     def decode(pred, points_, strides_, reg_max, max_shape):
         assert max_shape is None, "Ultralytics' decode does not clamp"
-        head = types.SimpleNamespace(use_dfl=True, proj=torch.arange(reg_max + 1, dtype=torch.float, device=pred.device))
-        return v8DetectionLoss.bbox_decode(head, grid, pred) * scale
+        if reg_max not in heads:
+            proj = torch.arange(reg_max + 1, dtype=torch.float, device=pred.device)
+            heads[reg_max] = types.SimpleNamespace(use_dfl=True, proj=proj)
+        return v8DetectionLoss.bbox_decode(heads[reg_max], grid, pred) * scale
     return decode
 
 
@@ -105,7 +108,9 @@ def run(device, size, dtype, providers):
         if max_shape is None:
             fns["ultralytics"] = peer = ultralytics_decode(args[1], args[2])
             if not isinstance(peer, str):  # the peer computes the same boxes, or it is not compared
-                torch.testing.assert_close(peer(*args), reference.decode_distribution(*args), rtol=1e-4, atol=1e-2)
+                ref = reference.decode_distribution(*args)
+                atol = 1e-2 if dtype == torch.float32 else 4.0  # pixels up to ~2000 in 16 bits
+                torch.testing.assert_close(peer(*args).to(ref.dtype), ref, rtol=1e-3, atol=atol)
         rows += bench_providers(name, fns, lambda fn: grad_modes(fn, args, kw, lambda out: out.float().sum()),
                                 nbytes, device, copy, providers)
 

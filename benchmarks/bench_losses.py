@@ -39,7 +39,8 @@ def ultralytics_dfl(bins):
     dfl = DFLoss(reg_max=bins)
 
     def loss(pred, target, weight, avg_factor):
-        per_box = dfl(pred, target.view(-1, 4))  # (boxes, 1): the mean over the sides
+        # DFLoss clamps its target in place; a copy keeps the inputs the providers share unchanged.
+        per_box = dfl(pred, target.view(-1, 4).clone())  # (boxes, 1): the mean over the sides
         return 4 * (per_box * weight.view(-1, 4)[:, :1]).sum() / avg_factor
     return loss
 

@@ -243,7 +243,7 @@ def bench_providers(name, fns, make_modes, nbytes, device, copy, providers, limi
     (copy, math) times of the machine's limits for it (copy_ms, math_ms):
     pct_copy and pct_math say how close a provider comes to each."""
     rows, base = [], {}
-    for prov in (*providers, *(p for p in PEERS if p in fns)):
+    for prov in dict.fromkeys((*providers, *(p for p in PEERS if p in fns))):
         fn = fns.get(prov, "no Triton kernel for this op" if prov == "triton" else "not provided")
         if isinstance(fn, str):
             print(f"{name:24s} {prov:10s} skipped: {fn}", file=sys.stderr)

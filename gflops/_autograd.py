@@ -60,13 +60,16 @@ def register(ns):
                 # create_graph: the buffer is a constant, so the op-based backward keeps autograd's view of pred.
                 return backward(ctx, grad)
             scale = grad.unsqueeze(-1)
+
+            def per_output(buf):  # the explicit last size: an empty output leaves -1 ambiguous
+                return buf.view(*grad.shape, buf.numel() // max(grad.numel(), 1))
             if ctx.traced:
                 buf = ctx.saved_tensors[n_tensors]
-                return (buf.view(*grad.shape, -1) * scale).view(buf.shape), *nones[1:]
+                return (per_output(buf) * scale).view(buf.shape), *nones[1:]
             fused, ctx.fused_grad = ctx.fused_grad, None
             if fused is None:  # a second backward (retain_graph): the same sweep again, so the same bits
                 fused = getattr(ops, f"{name}_and_grad")(*ctx.saved_tensors[:n_tensors], *ctx.args)[1]
-            fused.view(*grad.shape, -1).mul_(scale)
+            per_output(fused).mul_(scale)
             return fused, *nones[1:]
 
         autograd(f"{name}_and_grad", run_backward, setup)

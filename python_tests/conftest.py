@@ -9,6 +9,8 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
 import gflops  # noqa: E402
 from gflops import _ops, emulation  # noqa: E402
 from gflops import triton as gtriton  # noqa: E402
@@ -32,6 +34,21 @@ TRITON = pytest.param("triton", marks=needs_triton)
 KERNEL_DEVICES = DEVICES + [TRITON]
 KERNEL_ACCELERATORS = ACCELERATORS + [TRITON]
 TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class OpCalls(TorchDispatchMode):
+    """Records the gflops ops (of any twin library) run inside the block, by
+    name without the namespace: tells which path autograd took."""
+
+    def __enter__(self):
+        self.names = []
+        return super().__enter__()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        ns, name = func._schema.name.split("::", 1)
+        if ns.startswith("gflops"):
+            self.names.append(name)
+        return func(*args, **(kwargs or {}))
 
 
 def ops():

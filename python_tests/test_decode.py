@@ -8,7 +8,7 @@ import torch
 import gflops
 import reference
 from box_cases import distribution_inputs
-from conftest import ops
+from conftest import OpCalls, ops
 from loss_cases import grads
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -79,6 +79,11 @@ def test_empty(device):
     pred, points, strides = distribution_inputs(0, 5, 16, device=device)
     assert gflops.integral(pred).shape == (0, 5, 4)
     assert gflops.decode_distribution(pred, points, strides).shape == (0, 5, 4)
+    for boxes, anchors in ((0, 5), (2, 0)):  # the backward of empty outputs too
+        pred, points, strides = distribution_inputs(boxes, anchors, 16, device=device)
+        leaf = pred.clone().requires_grad_(True)
+        gflops.decode_distribution(leaf, points, strides).sum().backward()
+        assert leaf.grad.shape == pred.shape
 
 
 def test_deterministic(device):
@@ -139,8 +144,12 @@ def test_decode_gradient_from_the_forward_sweep(device, dtype, reg_max):
     expected = ops().decode_distribution_backward(g, pred, *args)
     leaf = pred.clone().requires_grad_(True)
     out = gflops.decode_distribution(leaf, *args)
-    (first,) = torch.autograd.grad(out, leaf, g.to(out.dtype), retain_graph=True)
-    (second,) = torch.autograd.grad(out, leaf, g.to(out.dtype))
+    with OpCalls() as calls:
+        (first,) = torch.autograd.grad(out, leaf, g.to(out.dtype), retain_graph=True)
+    assert calls.names == ([] if fuses else ["decode_distribution_backward"])  # fused: the backward only scales
+    with OpCalls() as calls:
+        (second,) = torch.autograd.grad(out, leaf, g.to(out.dtype))
+    assert calls.names == (["decode_distribution_and_grad"] if fuses else ["decode_distribution_backward"])
     torch.testing.assert_close(first, expected, **_tol(dtype))
     assert torch.equal(first, second)
 

@@ -7,7 +7,7 @@ import torch
 
 import gflops
 import reference
-from conftest import needs_cuda, ops
+from conftest import OpCalls, needs_cuda, ops
 from loss_cases import dfl_inputs, grads, qfl_inputs, tol
 
 REDUCTIONS = ["none", "sum", "mean"]
@@ -171,7 +171,10 @@ def test_qfl_empty(device):
     pred = torch.zeros(0, 80, device=device, requires_grad=True)
     label = torch.zeros(0, dtype=torch.long, device=device)
     score = torch.zeros(0, device=device)
-    assert gflops.quality_focal_loss(pred, label, score, reduction="none").shape == (0,)
+    none = gflops.quality_focal_loss(pred, label, score, reduction="none")
+    assert none.shape == (0,)
+    none.sum().backward()
+    assert pred.grad.shape == (0, 80)
     for reduction in ("sum", "mean"):
         out = gflops.quality_focal_loss(pred, label, score, reduction=reduction)
         assert out.shape == () and out.item() == 0.0
@@ -191,6 +194,24 @@ def test_qfl_deterministic(device):
         loss = gflops.quality_focal_loss(pred, label, score, weight, reduction="sum")
         loss.backward()
         runs.append((loss.detach().clone(), pred.grad.clone()))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+
+
+def test_dfl_thread_count_changes_no_bit():
+    """The loss and the gradient of the fused sweep, with 1 thread and with more:
+    the blocks depend on the shape only (8000 rows: the small-input split)."""
+    pred, target, weight = dfl_inputs(8000, 16, "cpu", weight=True)
+    before = torch.get_num_threads()
+    runs = []
+    try:
+        for threads in (1, max(2, before)):
+            torch.set_num_threads(threads)
+            leaf = pred.clone().requires_grad_(True)
+            loss = gflops.distribution_focal_loss(leaf, target, weight, reduction="sum")
+            loss.backward()
+            runs.append((loss.detach(), leaf.grad))
+    finally:
+        torch.set_num_threads(before)
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
 
 
@@ -346,7 +367,10 @@ def test_dfl_gradcheck(device):
 def test_dfl_empty(device):
     pred = torch.zeros(0, 17, device=device, requires_grad=True)
     target = torch.zeros(0, device=device)
-    assert gflops.distribution_focal_loss(pred, target, reduction="none").shape == (0,)
+    none = gflops.distribution_focal_loss(pred, target, reduction="none")
+    assert none.shape == (0,)
+    none.sum().backward()
+    assert pred.grad.shape == (0, 17)
     out = gflops.distribution_focal_loss(pred, target)
     assert out.item() == 0.0
     out.backward()
@@ -448,8 +472,12 @@ def test_gradient_from_the_forward_sweep(device, loss, dtype, reduction):
     expected = getattr(ops(), f"{name}_backward")(g, *tensors, *args)
     leaf = pred.clone().requires_grad_(True)
     out = public(leaf, *rest, reduction=reduction)
-    (first,) = torch.autograd.grad(out, leaf, g, retain_graph=True)
-    (second,) = torch.autograd.grad(out, leaf, g)
+    with OpCalls() as calls:
+        (first,) = torch.autograd.grad(out, leaf, g, retain_graph=True)
+    assert calls.names == ([] if fuses else [f"{name}_backward"])  # fused: the backward only scales
+    with OpCalls() as calls:
+        (second,) = torch.autograd.grad(out, leaf, g)
+    assert calls.names == ([f"{name}_and_grad"] if fuses else [f"{name}_backward"])  # the buffer is spent
     rtol, atol = tol(dtype)
     torch.testing.assert_close(first, expected, rtol=rtol, atol=atol)
     assert torch.equal(first, second)

@@ -11,8 +11,8 @@
 
 namespace {
 
-// x -> log1p(exp(-|x|)) + exp(x) per element: one exp and one log1p each
-// (what QFL's sigmoid and BCE share); `with_log1p` false keeps the exp alone (DFL).
+// x -> log1p(exp(-|x|)) per element: one exp and one log1p each (what QFL's
+// sigmoid and BCE share); `with_log1p` false keeps the exp alone (DFL).
 GF_CPU_CLONES void loop(const float* x, float* y, int64_t i0, int64_t i1, bool with_log1p) {
   if (with_log1p) {
 #pragma omp simd

@@ -34,13 +34,16 @@ inline int64_t rows_per_block(int64_t cols) {
   return std::max<int64_t>(1, kBlockElems / std::max<int64_t>(cols, 1));
 }
 
-// As above, but at least kMinBlocks blocks (of whole 16-row tiles) where the
-// rows allow, so that small inputs still spread over the threads. A function
-// of the shape alone, so sums stay bitwise the same for any thread count.
+// As above in whole 16-row tiles (so that only a block's last tile can be
+// partial), and at least kMinBlocks blocks where the rows allow, so that
+// small inputs still spread over the threads. A function of the shape alone,
+// so sums stay bitwise the same for any thread count.
 constexpr int64_t kMinBlocks = 16;
 inline int64_t rows_per_block(int64_t cols, int64_t rows) {
+  const int64_t full = rows_per_block(cols);
+  const int64_t tiles = full >= 16 ? full / 16 * 16 : full;
   const int64_t even = (rows + kMinBlocks - 1) / kMinBlocks;
-  return std::max<int64_t>(1, std::min(rows_per_block(cols), (even + 15) / 16 * 16));
+  return std::max<int64_t>(1, std::min(tiles, (even + 15) / 16 * 16));
 }
 
 // Whether the *_and_grad ops return their gradient buffer for these logits:
