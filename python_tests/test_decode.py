@@ -96,8 +96,10 @@ def test_deterministic(device):
     assert torch.equal(a, b) and torch.equal(ga, gb)
 
 
-def test_bad_inputs(device, validation):
+@pytest.mark.parametrize("grad", [False, True], ids=["plain", "fused"])  # pred requiring grad: the *_and_grad op
+def test_bad_inputs(device, validation, grad):
     pred, points, strides = distribution_inputs(2, 5, 16, device=device)
+    pred.requires_grad_(grad)
     with pytest.raises(RuntimeError, match=r"last dimension of 4 \* \(reg_max \+ 1\) = 68"):
         gflops.integral(pred[..., :60])
     with pytest.raises(RuntimeError, match="reg_max must be >= 1"):

@@ -254,18 +254,22 @@ def _qfl_bad(device):
     (lambda a: a.update(weight=a["weight"][:3]), "weight must have shape"),
     (lambda a: a.update(beta=-1.0), "beta must be finite and >= 0"),
 ])
-def test_qfl_bad_shapes_and_dtypes(device, change, message):
+@pytest.mark.parametrize("grad", [False, True], ids=["plain", "fused"])  # pred requiring grad: the *_and_grad op
+def test_qfl_bad_shapes_and_dtypes(device, change, message, grad):
     args = _qfl_bad(device)
     args.setdefault("beta", 2.0)
     change(args)
+    args["pred"].requires_grad_(grad and args["pred"].is_floating_point())
     with pytest.raises(RuntimeError, match=message):
         gflops.quality_focal_loss(args["pred"], args["label"], args["score"], args["weight"], beta=args["beta"])
 
 
+@pytest.mark.parametrize("grad", [False, True], ids=["plain", "fused"])
 @pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan")])
-def test_qfl_bad_score_values(device, validation, bad):
+def test_qfl_bad_score_values(device, validation, bad, grad):
     args = _qfl_bad(device)
     args["score"][3] = bad
+    args["pred"].requires_grad_(grad)
     with pytest.raises(RuntimeError, match=r"score must lie in \[0, 1\].* at index 3"):
         gflops.quality_focal_loss(args["pred"], args["label"], args["score"])
 
@@ -392,18 +396,22 @@ def test_dfl_deterministic(device):
     (lambda a: a.update(target=a["target"].long()), "target must be a floating tensor"),
     (lambda a: a.update(weight=a["weight"][:, None]), "weight must have shape"),
 ])
-def test_dfl_bad_shapes_and_dtypes(device, change, message):
+@pytest.mark.parametrize("grad", [False, True], ids=["plain", "fused"])
+def test_dfl_bad_shapes_and_dtypes(device, change, message, grad):
     pred, target, weight = dfl_inputs(8, 16, device, weight=True)
     args = dict(pred=pred, target=target, weight=weight)
     change(args)
+    args["pred"].requires_grad_(grad and args["pred"].is_floating_point())
     with pytest.raises(RuntimeError, match=message):
         gflops.distribution_focal_loss(args["pred"], args["target"], args["weight"])
 
 
 @pytest.mark.parametrize("bad", [-0.5, 16.0, 20.0, float("nan")])
-def test_dfl_bad_target_values(device, validation, bad):
+@pytest.mark.parametrize("grad", [False, True], ids=["plain", "fused"])
+def test_dfl_bad_target_values(device, validation, bad, grad):
     pred, target, _ = dfl_inputs(8, 16, device)
     target[5] = bad
+    pred.requires_grad_(grad)
     with pytest.raises(RuntimeError, match=r"target must lie in \[0, reg_max\) = \[0, 16\).* at index 5"):
         gflops.distribution_focal_loss(pred, target)
 
