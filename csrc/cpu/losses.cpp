@@ -84,11 +84,7 @@ GF_CPU_CLONES acc_t dfl_rows(const scalar_t* pred, const acc_t* target, const ac
     if constexpr (WITH_GRAD) {
       cpu::tile_row_exp(pred + t0 * n1, n1, nr, grad + t0 * n1, m, s);
       for (int j = 0; j < nr; ++j) lse[j] = m[j] + gf::glog(s[j]);
-    } else if (n1 <= cpu::kMaxTileBins) {
-      acc_t e[cpu::kTile * cpu::kMaxTileBins];
-      cpu::tile_row_exp(pred + t0 * n1, n1, nr, e, m, s);
-      for (int j = 0; j < nr; ++j) lse[j] = m[j] + gf::glog(s[j]);
-    } else {
+    } else {  // without the gradient nothing keeps the exponentials (measured: no faster through tile_row_exp)
       cpu::tile_row_stats(pred + t0 * n1, n1, nr, lse, static_cast<acc_t*>(nullptr));
     }
     for (int j = 0; j < nr; ++j) {
