@@ -41,6 +41,10 @@ LossInputs prepare_common(const at::Tensor& pred, const c10::optional<at::Tensor
   return in;
 }
 
+constexpr const char* kScoreRule = "score must lie in [0, 1]";
+
+std::string dfl_target_rule(int64_t n) { return "target must lie in [0, reg_max) = [0, " + std::to_string(n) + ")"; }
+
 }  // namespace
 
 bool is_float_dtype(at::ScalarType t) {
@@ -61,8 +65,12 @@ void check_same_device(const at::Tensor& a, const at::Tensor& b, const char* op,
 void fail_on_first(const at::Tensor& bad, const at::Tensor& values, const char* op,
                    const char* what) {
   if (!bad.any().item<bool>()) return;
-  int64_t i = bad.nonzero()[0][0].item<int64_t>();
+  fail_at(values, bad.nonzero()[0][0].item<int64_t>(), op, what);
+}
+
+void fail_at(const at::Tensor& values, int64_t i, const char* op, const char* what) {
   TORCH_CHECK(false, op, ": ", what, ", got ", values[i].item<double>(), " at index ", i);
+  std::abort();  // not reached: TORCH_CHECK(false) throws
 }
 
 bool validation_enabled() { return validation_flag().load(std::memory_order_relaxed); }
@@ -98,8 +106,10 @@ void qfl_check_values(const LossInputs& in, const char* op) {
   // Only positive rows (label in [0, C)) use their score; background rows' are ignored.
   const at::Tensor& s = in.target;
   const at::Tensor positive = in.index.ge(0) & in.index.lt(in.cols);
-  fail_on_first((s.lt(0) | s.gt(1) | s.isnan()) & positive, s, op, "score must lie in [0, 1]");
+  fail_on_first((s.lt(0) | s.gt(1) | s.isnan()) & positive, s, op, kScoreRule);
 }
+
+void qfl_fail_score(const LossInputs& in, int64_t i, const char* op) { fail_at(in.target, i, op, kScoreRule); }
 
 LossInputs dfl_prepare(const at::Tensor& pred, const at::Tensor& target,
                        const c10::optional<at::Tensor>& weight, const std::string& reduction,
@@ -114,8 +124,11 @@ LossInputs dfl_prepare(const at::Tensor& pred, const at::Tensor& target,
 void dfl_check_values(const LossInputs& in, const char* op) {
   const at::Tensor& t = in.target;
   const int64_t n = in.cols - 1;
-  fail_on_first(t.lt(0) | t.ge(static_cast<double>(n)) | t.isnan(), t, op,
-                ("target must lie in [0, reg_max) = [0, " + std::to_string(n) + ")").c_str());
+  fail_on_first(t.lt(0) | t.ge(static_cast<double>(n)) | t.isnan(), t, op, dfl_target_rule(n).c_str());
+}
+
+void dfl_fail_target(const LossInputs& in, int64_t i, const char* op) {
+  fail_at(in.target, i, op, dfl_target_rule(in.cols - 1).c_str());
 }
 
 at::Tensor check_grad_shape(const at::Tensor& grad, const at::Tensor& pred, at::IntArrayRef shape,

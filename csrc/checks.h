@@ -36,16 +36,22 @@ void check_same_device(const at::Tensor& a, const at::Tensor& b, const char* op,
                        const char* bn);
 // Entries of a 1-D mask that are set: fails naming the first, with its value.
 void fail_on_first(const at::Tensor& bad, const at::Tensor& values, const char* op, const char* what);
+// The error for entry i of `values`, in fail_on_first's words.
+[[noreturn]] void fail_at(const at::Tensor& values, int64_t i, const char* op, const char* what);
 
 LossInputs qfl_prepare(const at::Tensor& pred, const at::Tensor& label, const at::Tensor& score,
                        const c10::optional<at::Tensor>& weight, double beta,
                        const std::string& reduction, const char* op);
 void qfl_check_values(const LossInputs& in, const char* op);
+// The errors for row i, whose value the backend's own sweep found bad (the
+// CPU kernels test gf::qfl_score_ok / gf::dfl_target_ok as they go).
+[[noreturn]] void qfl_fail_score(const LossInputs& in, int64_t i, const char* op);
 
 LossInputs dfl_prepare(const at::Tensor& pred, const at::Tensor& target,
                        const c10::optional<at::Tensor>& weight, const std::string& reduction,
                        const char* op);
 void dfl_check_values(const LossInputs& in, const char* op);
+[[noreturn]] void dfl_fail_target(const LossInputs& in, int64_t i, const char* op);
 
 // An incoming gradient of a given shape on pred's device, made contiguous in
 // the accumulation dtype.

@@ -23,6 +23,10 @@ template <typename T> GF_HD DflSplit<T> dfl_split(T target, int n) {
   return r;
 }
 
+// SPEC section 2's valid targets: [0, n) (NaN fails). The CPU loops test it
+// per row in their sweep; the CUDA path runs the same test as tensor ops.
+template <typename T> GF_HD bool dfl_target_ok(T target, int n) { return target >= T(0) && target < T(n); }
+
 // The loss of a row from its log-sum-exp and the logits of the two bins:
 // -(wl*logS[l] + wr*logS[l+1]).
 template <typename T> GF_HD T dfl_loss_from_lse(T lse, T x_left, T x_right, const DflSplit<T>& sp) {

@@ -59,4 +59,11 @@ template <typename T> GF_HD T qfl_target(int64_t c, int64_t label, T score) {
   return c == label ? score : T(0);
 }
 
+// SPEC section 1's valid scores: only a positive row (label in [0, C)) reads
+// its score, which must lie in [0, 1] (NaN fails). Tested per row in the CPU
+// sweep; the CUDA path runs the same test as tensor ops.
+template <typename T> GF_HD bool qfl_score_ok(int64_t label, int64_t C, T score) {
+  return label < 0 || label >= C || (score >= T(0) && score <= T(1));
+}
+
 }  // namespace gf

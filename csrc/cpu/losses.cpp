@@ -30,15 +30,18 @@ acc_t row_weight(const acc_t* weight, int64_t r) { return weight ? weight[r] : a
 // Sum of the weighted QFL of rows [r0, r1); writes each row's loss when
 // row_out is set and, with WITH_GRAD, w * d loss / d pred of every element to
 // grad: one sweep of exponentials and logarithms for the loss and its gradient.
+// Rows whose score is invalid go to `bad`.
 template <typename scalar_t, typename acc_t, bool BETA2, bool WITH_GRAD>
 GF_CPU_CLONES acc_t qfl_rows(const scalar_t* pred, const int64_t* label, const acc_t* score, const acc_t* weight,
-                             int64_t C, acc_t beta, int64_t r0, int64_t r1, acc_t* row_out, scalar_t* grad) {
+                             int64_t C, acc_t beta, int64_t r0, int64_t r1, acc_t* row_out, scalar_t* grad,
+                             cpu::FirstBad* bad) {
   acc_t total = 0;
   for (int64_t r = r0; r < r1; ++r) {
     const scalar_t* x = pred + r * C;
     scalar_t* g = WITH_GRAD ? grad + r * C : nullptr;
     const int64_t lab = label[r];
     const acc_t sc = score[r];
+    if (!gf::qfl_score_ok(lab, C, sc)) bad->report(r);
     const acc_t w = row_weight(weight, r);
     acc_t acc = 0;
 #pragma omp simd reduction(+ : acc)
@@ -73,10 +76,11 @@ GF_CPU_CLONES void qfl_grad_rows(const scalar_t* pred, const int64_t* label, con
 
 // Sum of the weighted DFL of rows [r0, r1) (each row's loss to row_out when
 // set); with WITH_GRAD also w * d loss / d pred to grad, whose exponentials
-// are those of the loss: tile_row_exp writes them straight into grad.
+// are those of the loss: tile_row_exp writes them straight into grad. Rows
+// whose target is invalid go to `bad`.
 template <typename scalar_t, typename acc_t, bool WITH_GRAD>
 GF_CPU_CLONES acc_t dfl_rows(const scalar_t* pred, const acc_t* target, const acc_t* weight, int n1,
-                             int64_t r0, int64_t r1, acc_t* row_out, scalar_t* grad) {
+                             int64_t r0, int64_t r1, acc_t* row_out, scalar_t* grad, cpu::FirstBad* bad) {
   acc_t total = 0;
   for (int64_t t0 = r0; t0 < r1; t0 += cpu::kTile) {
     const int nr = static_cast<int>(std::min<int64_t>(cpu::kTile, r1 - t0));
@@ -90,6 +94,7 @@ GF_CPU_CLONES acc_t dfl_rows(const scalar_t* pred, const acc_t* target, const ac
     for (int j = 0; j < nr; ++j) {
       const int64_t r = t0 + j;
       const scalar_t* x = pred + r * n1;
+      if (!gf::dfl_target_ok(target[r], n1 - 1)) bad->report(r);
       const auto sp = gf::dfl_split(target[r], n1 - 1);
       const acc_t w = row_weight(weight, r);
       const acc_t l = gf::dfl_loss_from_lse(lse[j], gf::cvt<acc_t>(x[sp.l]), gf::cvt<acc_t>(x[sp.l + 1]), sp) * w;
@@ -154,7 +159,7 @@ std::tuple<at::Tensor, at::Tensor> qfl_forward_impl(const at::Tensor& pred, cons
                                                     double beta, c10::string_view reduction, bool with_grad) {
   const char* op = "gflops.quality_focal_loss";
   LossInputs in = qfl_prepare(pred, label, score, weight, beta, std::string(reduction), op);
-  qfl_check_values(in, op);
+  cpu::FirstBad bad;
   at::Tensor out;
   at::Tensor grad = with_grad ? cpu::empty_output_like(in.pred) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.pred.scalar_type(), "qfl_forward_cpu", [&] {
@@ -168,12 +173,13 @@ std::tuple<at::Tensor, at::Tensor> qfl_forward_impl(const at::Tensor& pred, cons
     scalar_t* g = with_grad ? grad.data_ptr<scalar_t>() : nullptr;
     out = reduce_rows<acc_t>(in, [&](int64_t r0, int64_t r1, acc_t* o) {
       if (with_grad)
-        return beta == 2.0 ? qfl_rows<scalar_t, acc_t, true, true>(p, lab, sc, w, C, b, r0, r1, o, g)
-                           : qfl_rows<scalar_t, acc_t, false, true>(p, lab, sc, w, C, b, r0, r1, o, g);
-      return beta == 2.0 ? qfl_rows<scalar_t, acc_t, true, false>(p, lab, sc, w, C, b, r0, r1, o, g)
-                         : qfl_rows<scalar_t, acc_t, false, false>(p, lab, sc, w, C, b, r0, r1, o, g);
+        return beta == 2.0 ? qfl_rows<scalar_t, acc_t, true, true>(p, lab, sc, w, C, b, r0, r1, o, g, &bad)
+                           : qfl_rows<scalar_t, acc_t, false, true>(p, lab, sc, w, C, b, r0, r1, o, g, &bad);
+      return beta == 2.0 ? qfl_rows<scalar_t, acc_t, true, false>(p, lab, sc, w, C, b, r0, r1, o, g, &bad)
+                         : qfl_rows<scalar_t, acc_t, false, false>(p, lab, sc, w, C, b, r0, r1, o, g, &bad);
     });
   });
+  if (bad.any()) qfl_fail_score(in, bad.index(), op);
   return {out, grad};
 }
 
@@ -226,7 +232,7 @@ std::tuple<at::Tensor, at::Tensor> dfl_forward_impl(const at::Tensor& pred, cons
                                                     c10::string_view reduction, bool with_grad) {
   const char* op = "gflops.distribution_focal_loss";
   LossInputs in = dfl_prepare(pred, target, weight, std::string(reduction), op);
-  dfl_check_values(in, op);
+  cpu::FirstBad bad;
   at::Tensor out;
   at::Tensor grad = with_grad ? cpu::empty_output_like(in.pred) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.pred.scalar_type(), "dfl_forward_cpu", [&] {
@@ -238,10 +244,11 @@ std::tuple<at::Tensor, at::Tensor> dfl_forward_impl(const at::Tensor& pred, cons
     scalar_t* g = with_grad ? grad.data_ptr<scalar_t>() : nullptr;
     out = reduce_rows<acc_t>(in, [&](int64_t r0, int64_t r1, acc_t* o) {
       if constexpr (std::is_same_v<scalar_t, acc_t>)  // fuses_gradient: float32/float64 only
-        if (with_grad) return dfl_rows<scalar_t, acc_t, true>(p, t, w, n1, r0, r1, o, g);
-      return dfl_rows<scalar_t, acc_t, false>(p, t, w, n1, r0, r1, o, g);
+        if (with_grad) return dfl_rows<scalar_t, acc_t, true>(p, t, w, n1, r0, r1, o, g, &bad);
+      return dfl_rows<scalar_t, acc_t, false>(p, t, w, n1, r0, r1, o, g, &bad);
     });
   });
+  if (bad.any()) dfl_fail_target(in, bad.index(), op);
   return {out, grad};
 }
 

@@ -9,7 +9,9 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -52,6 +54,26 @@ inline int64_t rows_per_block(int64_t cols, int64_t rows) {
 inline bool fuses_gradient(const at::Tensor& pred) {
   return pred.scalar_type() == at::kFloat || pred.scalar_type() == at::kDouble;
 }
+
+// The lowest row that a parallel sweep found invalid: rows report as they go
+// (a rare path) and the minimum does not depend on the threads' order. So the
+// CPU kernels check values in the sweep they make anyway, instead of in tensor
+// ops of their own beforehand (six passes and a reduction, a third of a small
+// DFL call).
+class FirstBad {
+ public:
+  void report(int64_t r) {
+    int64_t cur = v_.load(std::memory_order_relaxed);
+    while (r < cur && !v_.compare_exchange_weak(cur, r, std::memory_order_relaxed)) {
+    }
+  }
+  bool any() const { return v_.load() != kNone; }
+  int64_t index() const { return v_.load(); }
+
+ private:
+  static constexpr int64_t kNone = std::numeric_limits<int64_t>::max();
+  std::atomic<int64_t> v_{kNone};
+};
 
 // K ordered sums over rows [0, n): fn(r0, r1, sums) adds rows r0..r1 into sums[0..K).
 template <typename acc_t, int K, typename F>
