@@ -97,6 +97,8 @@ LossInputs qfl_prepare(const at::Tensor& pred, const at::Tensor& label, const at
   TORCH_CHECK(label.scalar_type() == at::kLong, op, ": label must be int64, got ",
               label.scalar_type());
   TORCH_CHECK(std::isfinite(beta) && beta >= 0, op, ": beta must be finite and >= 0, got ", beta);
+  TORCH_CHECK(in.cols < (int64_t(1) << 31), op, ": pred has too many classes per row (", in.cols,
+              "; at most 2^31 - 1)");
   in.index = label.contiguous();
   in.target = row_vector(score, pred, op, "score");
   return in;

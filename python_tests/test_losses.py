@@ -264,6 +264,13 @@ def test_qfl_bad_shapes_and_dtypes(device, change, message, grad):
         gflops.quality_focal_loss(args["pred"], args["label"], args["score"], args["weight"], beta=args["beta"])
 
 
+def test_qfl_too_many_classes():
+    # no rows, so nothing is allocated: the column count alone is refused (the CPU loop indexes in int)
+    pred = torch.empty(0, 1 << 31)
+    with pytest.raises(RuntimeError, match=r"too many classes per row \(2147483648"):
+        gflops.quality_focal_loss(pred, torch.empty(0, dtype=torch.long), torch.empty(0))
+
+
 @pytest.mark.parametrize("grad", [False, True], ids=["plain", "fused"])
 @pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan")])
 def test_qfl_bad_score_values(device, validation, bad, grad):

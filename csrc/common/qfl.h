@@ -55,7 +55,7 @@ template <typename T, bool BETA2> GF_HD T qfl_grad(T x, T y, T beta) { return qf
 // Labels outside [0, C) are background, so they never match a column, and a
 // background row's score is never read into a value (SPEC section 1 ignores
 // it: NaN there must not leak). A select, not a branch: CPU loops vectorise.
-template <typename T> GF_HD T qfl_target(int64_t c, int64_t label, T score) {
+template <typename T, typename I, typename J> GF_HD T qfl_target(I c, J label, T score) {
   return c == label ? score : T(0);
 }
 
