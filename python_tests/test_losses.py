@@ -332,7 +332,8 @@ def test_dfl_dtypes(device, dtype):
     _assert_close(g_ours, g_ref, dtype, "grad")
 
 
-@pytest.mark.parametrize("case", ["integer_targets", "edge_targets", "extreme_logits", "non_contiguous"])
+@pytest.mark.parametrize("case", ["integer_targets", "edge_targets", "extreme_logits", "non_contiguous",
+                                  "rows_58_apart", "rows_80_apart"])
 def test_dfl_adversarial(device, case):
     pred, target, weight = dfl_inputs(400, 16, device, weight=True, seed=5)
     if case == "integer_targets":
@@ -344,6 +345,12 @@ def test_dfl_adversarial(device, case):
     elif case == "non_contiguous":
         pred = torch.randn(17, 800, device=device).t()[::2]
         target = (torch.rand(800, device=device) * 15.9)[1::2]
+    elif case.startswith("rows_"):
+        # Neighbouring rows far apart: within 60 a CPU tile of 16 rows shares one shift (every
+        # second row's exponentials ~e^-56 below the tile's max), beyond it each row takes its own.
+        half = 29.0 if case == "rows_58_apart" else 40.0
+        offset = torch.tensor([half, -half], device=device).repeat(200)[:, None]
+        pred = torch.rand(400, 17, generator=torch.Generator().manual_seed(3)).to(device) * (60 - 2 * half if half < 30 else 2) + offset
     for reduction in REDUCTIONS:
         ours, g_ours = grads(gflops.distribution_focal_loss, pred, target, weight, reduction=reduction)
         ref, g_ref = grads(reference.distribution_focal_loss, pred, target, weight, reduction=reduction)
