@@ -197,18 +197,21 @@ def test_qfl_deterministic(device):
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
 
 
-def test_dfl_thread_count_changes_no_bit():
+@pytest.mark.parametrize("rows,reduction", [(8000, "sum"), (8008, "none"), (400, "none")])
+def test_dfl_thread_count_changes_no_bit(rows, reduction):
     """The loss and the gradient of the fused sweep, with 1 thread and with more:
-    the blocks depend on the shape only (8000 rows: the small-input split)."""
-    pred, target, weight = dfl_inputs(8000, 16, "cpu", weight=True)
+    the blocks depend on the shape only (8000 rows: the small-input split). For
+    'none' a thread's share of rows need not start on a 16-row tile, so a row
+    must give the same bits in a full tile as on its own."""
+    pred, target, weight = dfl_inputs(rows, 16, "cpu", weight=True)
     before = torch.get_num_threads()
     runs = []
     try:
-        for threads in (1, max(2, before)):
+        for threads in (1, 3):
             torch.set_num_threads(threads)
             leaf = pred.clone().requires_grad_(True)
-            loss = gflops.distribution_focal_loss(leaf, target, weight, reduction="sum")
-            loss.backward()
+            loss = gflops.distribution_focal_loss(leaf, target, weight, reduction=reduction)
+            loss.backward(torch.linspace(0.5, 1.5, loss.numel()).reshape(loss.shape))
             runs.append((loss.detach(), leaf.grad))
     finally:
         torch.set_num_threads(before)
@@ -346,8 +349,9 @@ def test_dfl_adversarial(device, case):
         pred = torch.randn(17, 800, device=device).t()[::2]
         target = (torch.rand(800, device=device) * 15.9)[1::2]
     elif case.startswith("rows_"):
-        # Neighbouring rows far apart: within 60 a CPU tile of 16 rows shares one shift (every
-        # second row's exponentials ~e^-56 below the tile's max), beyond it each row takes its own.
+        # Neighbouring rows far apart in one CPU tile of 16 rows: each row's exponentials must be
+        # taken against its own max (against the tile's, every second row's would sit ~e^-58 or
+        # ~e^-80 below it).
         half = 29.0 if case == "rows_58_apart" else 40.0
         offset = torch.tensor([half, -half], device=device).repeat(200)[:, None]
         pred = torch.rand(400, 17, generator=torch.Generator().manual_seed(3)).to(device) * (60 - 2 * half if half < 30 else 2) + offset
