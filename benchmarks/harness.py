@@ -223,7 +223,8 @@ def math_ms(elements, device, with_log1p):
         from gflops import _ext
 
         here = Path(__file__).parent / "limits"
-        build = Path(_ext._cache_dir(False)).parent / "bench-limits"
+        # one folder per torch: a module built against another torch would be rebuilt on every load
+        build = Path(_ext._cache_dir(False)).parent / f"bench-limits-torch{torch.__version__}"
         build.mkdir(parents=True, exist_ok=True)
         _LOOPS.append(cpp_extension.load(name="gflops_bench_limits", sources=[str(here / "loops.cpp")],
                                          extra_cflags=_ext.CXX_FLAGS, extra_include_paths=[str(_ext.CSRC)],
