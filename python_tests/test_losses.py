@@ -435,22 +435,30 @@ def test_dfl_bad_target_values(device, validation, bad, grad):
 
 
 @pytest.mark.parametrize("grad", [False, True], ids=["plain", "fused"])
-def test_bad_values_lowest_row_of_many_blocks_named(device, validation, grad):
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_bad_values_lowest_row_of_many_blocks_named(device, validation, grad, reduction, threads):
     # Rows spread over many parallel blocks, bad values in several: the error names the lowest,
-    # whatever block finished first; a background row's out-of-range score is not an error.
-    pred, target, _ = dfl_inputs(9000, 16, device)
-    target[[8700, 4321, 6000]] = torch.tensor([-1.0, 16.0, float("nan")], device=device)
-    pred.requires_grad_(grad)
-    with pytest.raises(RuntimeError, match=r"target must lie in \[0, reg_max\) = \[0, 16\), got 16.* at index 4321"):
-        gflops.distribution_focal_loss(pred, target)
-    pred, label, score, _ = qfl_inputs(9000, 4, device)
-    label[:3000] = 4
-    score[:3000] = 7.0  # background rows: ignored
-    label[[7000, 5001]] = 1
-    score[[7000, 5001]] = torch.tensor([1.5, -0.5], device=device)
-    pred.requires_grad_(grad)
-    with pytest.raises(RuntimeError, match=r"score must lie in \[0, 1\], got -0.5 at index 5001"):
-        gflops.quality_focal_loss(pred, label, score)
+    # whatever block finished first (1 thread: blocks in order, so a "last report wins" fails;
+    # 3 threads: in any order); a background row's out-of-range score is not an error.
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        pred, target, _ = dfl_inputs(9000, 16, device)
+        target[[8700, 4321, 6000]] = torch.tensor([-1.0, 16.0, float("nan")], device=device)
+        pred.requires_grad_(grad)
+        with pytest.raises(RuntimeError, match=r"target must lie in \[0, reg_max\) = \[0, 16\), got 16.* at index 4321"):
+            gflops.distribution_focal_loss(pred, target, reduction=reduction)
+        pred, label, score, _ = qfl_inputs(9000, 4, device)
+        label[:3000] = 4
+        score[:3000] = 7.0  # background rows: ignored
+        label[[7000, 5001]] = 1
+        score[[7000, 5001]] = torch.tensor([1.5, -0.5], device=device)
+        pred.requires_grad_(grad)
+        with pytest.raises(RuntimeError, match=r"score must lie in \[0, 1\], got -0.5 at index 5001"):
+            gflops.quality_focal_loss(pred, label, score, reduction=reduction)
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_dfl_unvalidated_cuda_stays_in_bounds(accel):
