@@ -47,6 +47,40 @@ def median_ms(fn, device, warmup=3, min_iters=10, max_iters=200, budget_s=2.0, s
     return statistics.median(times)
 
 
+def interleaved_median_ms(entries, device, warmup=3, batch=5, min_iters=10, max_iters=200, budget_s=2.0):
+    """Median wall time in ms of each of several (fn, setup) entries (a dict),
+    timed in rounds of `batch` calls of each in turn, so that a machine that
+    speeds up or slows down during the run (a shared, throttled CPU) moves every
+    entry's median alike, and their ratios hold. Otherwise as median_ms."""
+    for fn, setup in entries.values():
+        for _ in range(warmup):
+            setup()
+            fn()
+    sync(device)
+    times = {k: [] for k in entries}
+    start = time.perf_counter()
+
+    def more():
+        n = min(len(t) for t in times.values())
+        return n < max_iters and (n < min_iters or time.perf_counter() - start < budget_s * len(entries))
+    while more():
+        for k, (fn, setup) in entries.items():
+            for _ in range(batch):
+                setup()
+                if device.type == "cuda":
+                    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    a.record()
+                    fn()
+                    b.record()
+                    b.synchronize()
+                    times[k].append(a.elapsed_time(b))
+                else:
+                    t0 = time.perf_counter()
+                    fn()
+                    times[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: statistics.median(t) for k, t in times.items()}
+
+
 def peak_mb(fn, device, setup=_nothing):
     """Peak memory allocated during one fn() call beyond what was held before, in MiB."""
     setup()
@@ -243,16 +277,22 @@ def bench_providers(name, fns, make_modes, nbytes, device, copy, providers, limi
     reason) is skipped with that reason printed. `limits` maps a mode to the
     (copy, math) times of the machine's limits for it (copy_ms, math_ms):
     pct_copy and pct_math say how close a provider comes to each."""
-    rows, base = [], {}
+    runnable = {}
     for prov in dict.fromkeys((*providers, *(p for p in PEERS if p in fns))):
         fn = fns.get(prov, "no Triton kernel for this op" if prov == "triton" else "not provided")
         if isinstance(fn, str):
             print(f"{name:24s} {prov:10s} skipped: {fn}", file=sys.stderr)
             continue
-        for mode, (f, setup) in make_modes(fn).items():
-            ms = median_ms(f, device, setup=setup)
+        runnable[prov] = make_modes(fn)
+    # Providers are timed interleaved, mode by mode: their ratios are the result.
+    base = {}
+    for mode in dict.fromkeys(m for modes in runnable.values() for m in modes):
+        base[mode] = interleaved_median_ms({p: modes[mode] for p, modes in runnable.items() if mode in modes}, device)
+    rows = []
+    for prov, modes in runnable.items():
+        for mode, (f, setup) in modes.items():
+            ms = base[mode][prov]
             mem = peak_mb(f, device, setup=setup)
-            base.setdefault(mode, {})[prov] = ms
             gbps = nbytes[mode] / (ms * 1e-3) / 1e9
             lim = (limits or {}).get(mode)
             rows.append(dict(op=name, mode=mode, provider=prov, median_ms=ms,

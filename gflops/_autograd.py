@@ -59,17 +59,18 @@ def register(ns):
             if not ctx.fused or torch.is_grad_enabled():
                 # create_graph: the buffer is a constant, so the op-based backward keeps autograd's view of pred.
                 return backward(ctx, grad)
-            scale = grad.unsqueeze(-1)
-
             def per_output(buf):  # the explicit last size: an empty output leaves -1 ambiguous
                 return buf.view(*grad.shape, buf.numel() // max(grad.numel(), 1))
             if ctx.traced:
                 buf = ctx.saved_tensors[n_tensors]
-                return (per_output(buf) * scale).view(buf.shape), *nones[1:]
+                return (per_output(buf) * grad.unsqueeze(-1)).view(buf.shape), *nones[1:]
             fused, ctx.fused_grad = ctx.fused_grad, None
             if fused is None:  # a second backward (retain_graph): the same sweep again, so the same bits
                 fused = getattr(ops, f"{name}_and_grad")(*ctx.saved_tensors[:n_tensors], *ctx.args)[1]
-            per_output(fused).mul_(scale)
+            if grad.dim() == 0:  # a reduced loss: one scale for all (skips two views per step)
+                fused.mul_(grad)
+            else:
+                per_output(fused).mul_(grad.unsqueeze(-1))
             return fused, *nones[1:]
 
         autograd(f"{name}_and_grad", run_backward, setup)

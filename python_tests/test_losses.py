@@ -336,7 +336,7 @@ def test_dfl_dtypes(device, dtype):
 
 
 @pytest.mark.parametrize("case", ["integer_targets", "edge_targets", "extreme_logits", "non_contiguous",
-                                  "rows_58_apart", "rows_80_apart"])
+                                  "rows_58_apart", "rows_80_apart", "window_edges"])
 def test_dfl_adversarial(device, case):
     pred, target, weight = dfl_inputs(400, 16, device, weight=True, seed=5)
     if case == "integer_targets":
@@ -355,12 +355,45 @@ def test_dfl_adversarial(device, case):
         half = 29.0 if case == "rows_58_apart" else 40.0
         offset = torch.tensor([half, -half], device=device).repeat(200)[:, None]
         pred = torch.rand(400, 17, generator=torch.Generator().manual_seed(3)).to(device) * (60 - 2 * half if half < 30 else 2) + offset
+    elif case == "window_edges":
+        # The CPU takes a row's exponentials unshifted while their sum stays in [2^-64, 2^64] and
+        # redoes the row against its max outside: rows whose largest logit steps across both ends
+        # (~44.4 and ~-44.4 less log(17)), one far logit among moderate ones, and the float limits.
+        top = torch.linspace(-50.0, 50.0, 400, device=device)[:, None]
+        pred = top - torch.rand(400, 17, generator=torch.Generator().manual_seed(4)).to(device) * 3
+        pred[::7, 3] = torch.linspace(-100.0, 100.0, len(pred[::7]), device=device)
+        pred[5, :] = 88.0
+        pred[6, :] = -87.5
     for reduction in REDUCTIONS:
         ours, g_ours = grads(gflops.distribution_focal_loss, pred, target, weight, reduction=reduction)
-        ref, g_ref = grads(reference.distribution_focal_loss, pred, target, weight, reduction=reduction)
+        ref, g_ref = grads(reference.distribution_focal_loss, pred.double(), target, weight, reduction=reduction)
         assert torch.isfinite(ours).all() and torch.isfinite(g_ours).all()
         _assert_close(ours, ref, torch.float32, f"{case}/{reduction} loss")
         _assert_close(g_ours, g_ref, torch.float32, f"{case}/{reduction} grad")
+
+
+@pytest.mark.parametrize("rows", [40, 400])
+def test_dfl_nonfinite_logits_give_nan_rows(device, rows):
+    """A NaN or +inf logit anywhere in a row (in a full CPU tile or in the tail)
+    makes that row's loss and every element of its gradient NaN, as the
+    reference's log_softmax does; the other rows keep their bits."""
+    pred, target, weight = dfl_inputs(rows, 16, device, weight=True, seed=9)
+    bad = {3: (5, float("nan")), 17: (16, float("nan")), 20: (0, float("inf")), rows - 2: (9, float("nan"))}
+    poisoned = pred.clone()
+    for r, (k, v) in bad.items():
+        poisoned[r, k] = v
+    rows_bad = torch.tensor(sorted(bad), device=device)
+    ref = reference.distribution_focal_loss(poisoned, target, weight, reduction="none")
+    assert ref[rows_bad].isnan().all()  # what the reference does: the oracle of this test
+    clean_loss, clean_g = grads(gflops.distribution_focal_loss, pred, target, weight, reduction="none")
+    loss, g = grads(gflops.distribution_focal_loss, poisoned, target, weight, reduction="none")
+    assert loss[rows_bad].isnan().all() and g[rows_bad].isnan().all(), (loss[rows_bad], g[rows_bad])
+    keep = torch.ones(rows, dtype=torch.bool, device=device)
+    keep[rows_bad] = False
+    assert torch.equal(loss[keep], clean_loss[keep]) and torch.equal(g[keep], clean_g[keep])
+    with torch.no_grad():
+        assert gflops.distribution_focal_loss(poisoned, target, weight, reduction="none")[rows_bad].isnan().all()
+        assert gflops.distribution_focal_loss(poisoned, target, weight, reduction="sum").isnan()
 
 
 def test_dfl_known_value():

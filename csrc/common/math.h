@@ -79,9 +79,13 @@ template <typename T> GF_HD T gmin(T a, T b) { return a < b ? a : b; }
 GF_HD float bits_to_float(int32_t i) { return __builtin_bit_cast(float, i); }
 GF_HD int32_t float_to_bits(float f) { return __builtin_bit_cast(int32_t, f); }
 
-// exp(x) for x in float range; ~1 ulp on [-87, 88], 0 below.
+// exp(x), ~1 ulp on [-87, 88]; the smallest normal float below, the largest
+// finite float above (inf clamped), NaN for NaN. The clamps keep a NaN (a
+// compare that is false passes x through) so that a diverged logit shows in
+// the loss; the exponent's int conversion must not see it (UB), hence gmax.
 GF_HD float host_expf(float x) {
-  x = gmin(gmax(x, -87.33654f), 88.37626f);
+  x = x < -87.33654f ? -87.33654f : x;
+  x = x > 88.37626f ? 88.37626f : x;
   float fx = std::floor(x * 1.44269504088896341f + 0.5f);
   float r = x - fx * 0.693359375f;
   r = r + fx * 2.12194440e-4f;
@@ -93,11 +97,12 @@ GF_HD float host_expf(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   float y = p * z + r + 1.0f;
-  int32_t e = static_cast<int32_t>(fx) + 127;
+  int32_t e = static_cast<int32_t>(gmax(fx, -127.0f)) + 127;  // NaN -> 0.0f, and NaN * 0 is NaN
   return y * bits_to_float(e << 23);
 }
 
-// log(x) for finite x > 0 (normal range), ~1 ulp.
+// log(x), ~1 ulp for normal x > 0; -inf at 0, inf at inf, NaN below 0 or for
+// NaN (bit tricks alone would give a finite number there, hiding a NaN sum).
 GF_HD float host_logf(float x) {
   int32_t bits = float_to_bits(x);
   int32_t e = ((bits >> 23) & 0xff) - 126;
@@ -119,7 +124,9 @@ GF_HD float host_logf(float x) {
   float y = m * z * p;
   y = y - 2.12194440e-4f * fe;
   y = y - 0.5f * z;
-  return m + y + 0.693359375f * fe;
+  const float r = m + y + 0.693359375f * fe;
+  const float edge = x == 0.0f ? -INFINITY : (x > 0.0f ? x : NAN);
+  return x > 0.0f && x <= 3.40282347e+38f ? r : edge;
 }
 #endif
 

@@ -92,39 +92,80 @@ GF_CPU_CLONES void qfl_grad_rows(const scalar_t* pred, const int64_t* label, con
   }
 }
 
+// The weighted DFL of the nr rows at row t0 (NR, when not 0, is nr known at
+// compile time: full tiles, whose loops across the rows then vectorise):
+// losses to loss[], with WITH_GRAD w * d loss / d pred to e, which holds the
+// rows' exponentials (rows_exp). The per-row scalars (split, log, loss) run as
+// vector loops across the rows. Rows whose target is invalid go to `bad`.
+template <int N1, int NR, bool WITH_GRAD, typename scalar_t, typename acc_t>
+GF_HD void dfl_tile(const scalar_t* x, const acc_t* target, const acc_t* weight, int n1_rt, int nr_rt,
+                    int64_t t0, acc_t* e, acc_t* loss, cpu::FirstBad* bad) {
+  constexpr int kT = cpu::kTile;
+  const int n1 = N1 ? N1 : n1_rt;
+  const int nr = NR ? NR : nr_rt;
+  acc_t m[kT], s[kT], lse[kT], inv[kT], wl[kT], wr[kT], w[kT];
+  int li[kT];
+  cpu::rows_exp<N1>(x, n1, nr, e, m, s);
+  int any_bad = 0;
+#pragma omp simd reduction(| : any_bad)
+  for (int j = 0; j < nr; ++j) {
+    const acc_t tj = target[t0 + j];
+    any_bad |= !gf::dfl_target_ok(tj, n1 - 1);
+    const auto sp = gf::dfl_split(tj, n1 - 1);
+    li[j] = sp.l;
+    wl[j] = sp.wl;
+    wr[j] = sp.wr;
+  }
+  if (any_bad)
+    for (int j = 0; j < nr; ++j)
+      if (!gf::dfl_target_ok(target[t0 + j], n1 - 1)) bad->report(t0 + j);
+#pragma omp simd
+  for (int j = 0; j < nr; ++j) {
+    lse[j] = m[j] + gf::glog(s[j]);
+    inv[j] = acc_t(1) / s[j];
+    w[j] = row_weight(weight, t0 + j);
+  }
+#pragma omp simd
+  for (int j = 0; j < nr; ++j) {
+    const gf::DflSplit<acc_t> sp{li[j], wl[j], wr[j]};
+    const scalar_t* xr = x + j * n1;
+    loss[j] = gf::dfl_loss_from_lse(lse[j], gf::cvt<acc_t>(xr[li[j]]), gf::cvt<acc_t>(xr[li[j] + 1]), sp) * w[j];
+  }
+  if constexpr (WITH_GRAD) {
+    for (int j = 0; j < nr; ++j) {
+      acc_t* g = e + j * n1;
+      const gf::DflSplit<acc_t> sp{li[j], wl[j], wr[j]};
+      const acc_t iv = inv[j], wj = w[j];
+#pragma omp simd
+      for (int k = 0; k < n1; ++k) g[k] = wj * gf::dfl_grad_from_p(g[k] * iv, k, sp);
+    }
+  }
+}
+
 // Sum of the weighted DFL of rows [r0, r1) (each row's loss to row_out when
 // set); with WITH_GRAD also w * d loss / d pred to grad, whose exponentials
-// are those of the loss: tile_row_exp writes them straight into grad. Rows
-// whose target is invalid go to `bad`.
-template <typename scalar_t, typename acc_t, bool WITH_GRAD>
-GF_CPU_CLONES acc_t dfl_rows(const scalar_t* pred, const acc_t* target, const acc_t* weight, int n1,
+// are those of the loss: rows_exp writes them straight into grad (without,
+// into a buffer, so that the loss has the same bits with and without the
+// gradient). N1: the row length when it is one of the common ones, else 0.
+template <typename scalar_t, typename acc_t, bool WITH_GRAD, int N1>
+GF_CPU_CLONES acc_t dfl_rows(const scalar_t* pred, const acc_t* target, const acc_t* weight, int n1_rt,
                              int64_t r0, int64_t r1, acc_t* row_out, scalar_t* grad, cpu::FirstBad* bad) {
+  constexpr int kT = cpu::kTile;
+  const int n1 = N1 ? N1 : n1_rt;
+  std::vector<acc_t> buf(WITH_GRAD ? 0 : kT * n1);
   acc_t total = 0;
-  for (int64_t t0 = r0; t0 < r1; t0 += cpu::kTile) {
-    const int nr = static_cast<int>(std::min<int64_t>(cpu::kTile, r1 - t0));
-    acc_t lse[cpu::kTile], m[cpu::kTile], s[cpu::kTile];
-    if constexpr (WITH_GRAD) {
-      cpu::tile_row_exp(pred + t0 * n1, n1, nr, grad + t0 * n1, m, s);
-      for (int j = 0; j < nr; ++j) lse[j] = m[j] + gf::glog(s[j]);
-    } else {  // without the gradient nothing keeps the exponentials (measured: no faster through tile_row_exp)
-      cpu::tile_row_stats(pred + t0 * n1, n1, nr, lse, static_cast<acc_t*>(nullptr));
-    }
-    for (int j = 0; j < nr; ++j) {
-      const int64_t r = t0 + j;
-      const scalar_t* x = pred + r * n1;
-      if (!gf::dfl_target_ok(target[r], n1 - 1)) bad->report(r);
-      const auto sp = gf::dfl_split(target[r], n1 - 1);
-      const acc_t w = row_weight(weight, r);
-      const acc_t l = gf::dfl_loss_from_lse(lse[j], gf::cvt<acc_t>(x[sp.l]), gf::cvt<acc_t>(x[sp.l + 1]), sp) * w;
-      if (row_out) row_out[r] = l;
-      total += l;
-      if constexpr (WITH_GRAD) {
-        scalar_t* g = grad + r * n1;
-        const acc_t inv = acc_t(1) / s[j];
-#pragma omp simd
-        for (int k = 0; k < n1; ++k) g[k] = w * gf::dfl_grad_from_p(g[k] * inv, k, sp);
-      }
-    }
+  for (int64_t t0 = r0; t0 < r1; t0 += kT) {
+    const int nr = static_cast<int>(std::min<int64_t>(kT, r1 - t0));
+    const scalar_t* x = pred + t0 * n1;
+    acc_t* e;
+    if constexpr (WITH_GRAD) e = grad + t0 * n1;  // fused only where scalar_t is acc_t
+    else e = buf.data();
+    acc_t loss[kT];
+    if (nr == kT) dfl_tile<N1, kT, WITH_GRAD>(x, target, weight, n1, nr, t0, e, loss, bad);
+    else dfl_tile<N1, 0, WITH_GRAD>(x, target, weight, n1, nr, t0, e, loss, bad);
+    for (int j = 0; j < nr; ++j) total += loss[j];
+    if (row_out)
+      for (int j = 0; j < nr; ++j) row_out[t0 + j] = loss[j];
   }
   return total;
 }
@@ -261,9 +302,19 @@ std::tuple<at::Tensor, at::Tensor> dfl_forward_impl(const at::Tensor& pred, cons
     const int n1 = static_cast<int>(in.cols);
     scalar_t* g = with_grad ? grad.data_ptr<scalar_t>() : nullptr;
     out = reduce_rows<acc_t>(in, [&](int64_t r0, int64_t r1, acc_t* o) {
-      if constexpr (std::is_same_v<scalar_t, acc_t>)  // fuses_gradient: float32/float64 only
-        if (with_grad) return dfl_rows<scalar_t, acc_t, true>(p, t, w, n1, r0, r1, o, g, &bad);
-      return dfl_rows<scalar_t, acc_t, false>(p, t, w, n1, r0, r1, o, g, &bad);
+      auto run = [&](auto n1_const) {
+        constexpr int N1 = decltype(n1_const)::value;
+        if constexpr (std::is_same_v<scalar_t, acc_t>)  // fuses_gradient: float32/float64 only
+          if (with_grad) return dfl_rows<scalar_t, acc_t, true, N1>(p, t, w, n1, r0, r1, o, g, &bad);
+        return dfl_rows<scalar_t, acc_t, false, N1>(p, t, w, n1, r0, r1, o, g, &bad);
+      };
+      // Rows of 17 (reg_max 16: MMDetection's GFL), 16 (Ultralytics) and 8 bins (NanoDet) unroll.
+      switch (n1) {
+        case 17: return run(std::integral_constant<int, 17>());
+        case 16: return run(std::integral_constant<int, 16>());
+        case 8: return run(std::integral_constant<int, 8>());
+        default: return run(std::integral_constant<int, 0>());
+      }
     });
   });
   if (bad.any()) dfl_fail_target(in, bad.index(), op);

@@ -118,5 +118,72 @@ GF_HD void tile_row_exp(const scalar_t* x, int n1, int nr, acc_t* e, acc_t* m, a
   for (int j = 0; j < kTile; ++j) dist[j] = d[j] / s[j];
 }
 
+// Exponentials of distribution rows taken without a shift. e = exp(x) needs
+// no row max, so the exponentials of any number of rows run as one flat loop,
+// and the sums below are row by row in a fixed order: a row's bits never
+// depend on which rows share its loop (tile, tail, thread). The unshifted sum
+// is exact enough while it lies in [lo, hi]: then no term overflowed, and the
+// terms that underflow are below 2^-60 of it (float). A row outside (a logit
+// above ~44, every logit below ~-44 in float; inf, NaN) is redone shifted by
+// its max, so its sum lies in [1, n1] or is NaN.
+template <typename T> struct ExpWindow;
+template <> struct ExpWindow<float> { static constexpr float lo = 0x1p-64f, hi = 0x1p64f; };
+template <> struct ExpWindow<double> { static constexpr double lo = 0x1p-512, hi = 0x1p512; };
+
+template <typename T> GF_HD bool in_exp_window(T s) { return s >= ExpWindow<T>::lo && s <= ExpWindow<T>::hi; }
+
+// The sum of a row's n1 values: 16 lane sums over its full 16-wide chunks, a
+// fixed tree over the lanes, then the remaining values in order. Vectorises
+// at any n1 (a chunk is one or two vectors, the tree stays in registers).
+template <typename T> GF_HD T lane_sum(const T* e, int n1) {
+  T a[16];
+#pragma omp simd
+  for (int l = 0; l < 16; ++l) a[l] = T(0);
+  int k = 0;
+  for (; k + 16 <= n1; k += 16) {
+#pragma omp simd
+    for (int l = 0; l < 16; ++l) a[l] += e[k + l];
+  }
+#pragma omp simd
+  for (int l = 0; l < 8; ++l) a[l] += a[l + 8];
+#pragma omp simd
+  for (int l = 0; l < 4; ++l) a[l] += a[l + 4];
+  a[0] += a[2];
+  a[1] += a[3];
+  T s = a[0] + a[1];
+  for (; k < n1; ++k) s += e[k];
+  return s;
+}
+
+// e = exp(x) of nr consecutive rows (any nr), each row's unshifted sum to
+// s[j] and shift to m[j] (0, or the row's max where the sum left the window,
+// with e and s redone): softmax = e / s, lse = m + log(s). N1, when not 0,
+// is n1 known at compile time (the loops then unroll to whole vectors).
+template <int N1, typename scalar_t, typename acc_t>
+GF_HD void rows_exp(const scalar_t* x, int n1_rt, int nr, acc_t* e, acc_t* m, acc_t* s) {
+  const int n1 = N1 ? N1 : n1_rt;
+  const int n = nr * n1;
+#pragma omp simd
+  for (int i = 0; i < n; ++i) e[i] = gf::gexp(gf::cvt<acc_t>(x[i]));
+  for (int j = 0; j < nr; ++j) s[j] = lane_sum(e + j * n1, n1);
+  int redo = 0;
+#pragma omp simd reduction(| : redo)
+  for (int j = 0; j < nr; ++j) {
+    m[j] = acc_t(0);
+    redo |= !in_exp_window(s[j]);
+  }
+  if (!redo) return;
+  for (int j = 0; j < nr; ++j) {
+    if (in_exp_window(s[j])) continue;
+    const scalar_t* xr = x + j * n1;
+    acc_t* er = e + j * n1;
+    acc_t mm = gf::cvt<acc_t>(xr[0]);
+    for (int k = 1; k < n1; ++k) mm = gf::gmax(mm, gf::cvt<acc_t>(xr[k]));
+    for (int k = 0; k < n1; ++k) er[k] = gf::gexp(gf::cvt<acc_t>(xr[k]) - mm);
+    m[j] = mm;
+    s[j] = lane_sum(er, n1);
+  }
+}
+
 }  // namespace cpu
 }  // namespace gflops
