@@ -197,13 +197,15 @@ def test_qfl_deterministic(device):
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
 
 
+@pytest.mark.parametrize("reg_max,dtype", [(16, torch.float32), (32, torch.float32), (16, torch.float64)])
 @pytest.mark.parametrize("rows,reduction", [(8000, "sum"), (8008, "none"), (400, "none")])
-def test_dfl_thread_count_changes_no_bit(rows, reduction):
+def test_dfl_thread_count_changes_no_bit(rows, reduction, reg_max, dtype):
     """The loss and the gradient of the fused sweep, with 1 thread and with more:
     the blocks depend on the shape only (8000 rows: the small-input split). For
     'none' a thread's share of rows need not start on a 16-row tile, so a row
-    must give the same bits in a full tile as on its own."""
-    pred, target, weight = dfl_inputs(rows, 16, "cpu", weight=True)
+    must give the same bits in a full tile as on its own: at 17 bins (unrolled)
+    and 33 (the generic loop), float32 and float64."""
+    pred, target, weight = dfl_inputs(rows, reg_max, "cpu", dtype=dtype, weight=True)
     before = torch.get_num_threads()
     runs = []
     try:
@@ -211,7 +213,7 @@ def test_dfl_thread_count_changes_no_bit(rows, reduction):
             torch.set_num_threads(threads)
             leaf = pred.clone().requires_grad_(True)
             loss = gflops.distribution_focal_loss(leaf, target, weight, reduction=reduction)
-            loss.backward(torch.linspace(0.5, 1.5, loss.numel()).reshape(loss.shape))
+            loss.backward(torch.linspace(0.5, 1.5, loss.numel(), dtype=loss.dtype).reshape(loss.shape))
             runs.append((loss.detach(), leaf.grad))
     finally:
         torch.set_num_threads(before)
@@ -394,6 +396,20 @@ def test_dfl_nonfinite_logits_give_nan_rows(device, rows):
     with torch.no_grad():
         assert gflops.distribution_focal_loss(poisoned, target, weight, reduction="none")[rows_bad].isnan().all()
         assert gflops.distribution_focal_loss(poisoned, target, weight, reduction="sum").isnan()
+
+
+def test_dfl_confident_rows_never_negative(device):
+    """A row sure of its integer target costs ~0 and never less: the CPU's
+    unshifted log-sum-exp can round below the row's max."""
+    g = torch.Generator().manual_seed(11)
+    top = torch.rand(4000, generator=g) * 3 + 0.3
+    pred = (top[:, None] - 30.0).repeat(1, 17)
+    bins = torch.randint(0, 16, (4000,), generator=g)
+    pred[torch.arange(4000), bins] = top
+    pred, target = pred.to(device), bins.float().to(device)
+    loss = gflops.distribution_focal_loss(pred, target, reduction="none")
+    assert (loss >= 0).all(), loss.min()
+    _assert_close(loss, reference.distribution_focal_loss(pred.double(), target, reduction="none"), torch.float32, "loss")
 
 
 def test_dfl_known_value():

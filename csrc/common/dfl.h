@@ -27,10 +27,17 @@ template <typename T> GF_HD DflSplit<T> dfl_split(T target, int n) {
 // per row in their sweep; the CUDA path runs the same test as tensor ops.
 template <typename T> GF_HD bool dfl_target_ok(T target, int n) { return target >= T(0) && target < T(n); }
 
+// -log softmax of a bin, lse - x: never below 0, though an unshifted lse (the
+// CPU's) can round 1 ulp below the row's max. A NaN passes (d < 0 is false).
+template <typename T> GF_HD T neg_log_softmax(T lse, T x) {
+  const T d = lse - x;
+  return d < T(0) ? T(0) : d;
+}
+
 // The loss of a row from its log-sum-exp and the logits of the two bins:
 // -(wl*logS[l] + wr*logS[l+1]).
 template <typename T> GF_HD T dfl_loss_from_lse(T lse, T x_left, T x_right, const DflSplit<T>& sp) {
-  return sp.wl * (lse - x_left) + sp.wr * (lse - x_right);
+  return sp.wl * neg_log_softmax(lse, x_left) + sp.wr * neg_log_softmax(lse, x_right);
 }
 
 // d loss / d x_k = softmax[k] - wl*[k==l] - wr*[k==l+1], from p = softmax[k].

@@ -10,6 +10,7 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -152,14 +153,16 @@ GF_CPU_CLONES acc_t dfl_rows(const scalar_t* pred, const acc_t* target, const ac
                              int64_t r0, int64_t r1, acc_t* row_out, scalar_t* grad, cpu::FirstBad* bad) {
   constexpr int kT = cpu::kTile;
   const int n1 = N1 ? N1 : n1_rt;
-  std::vector<acc_t> buf(WITH_GRAD ? 0 : kT * n1);
+  // Without the gradient the exponentials go to a buffer of one tile, or of the block when it is shorter.
+  const int64_t buf_rows = WITH_GRAD ? 0 : std::min<int64_t>(kT, r1 - r0);
+  std::unique_ptr<acc_t[]> buf(buf_rows ? new acc_t[buf_rows * n1] : nullptr);
   acc_t total = 0;
   for (int64_t t0 = r0; t0 < r1; t0 += kT) {
     const int nr = static_cast<int>(std::min<int64_t>(kT, r1 - t0));
     const scalar_t* x = pred + t0 * n1;
     acc_t* e;
     if constexpr (WITH_GRAD) e = grad + t0 * n1;  // fused only where scalar_t is acc_t
-    else e = buf.data();
+    else e = buf.get();
     acc_t loss[kT];
     if (nr == kT) dfl_tile<N1, kT, WITH_GRAD>(x, target, weight, n1, nr, t0, e, loss, bad);
     else dfl_tile<N1, 0, WITH_GRAD>(x, target, weight, n1, nr, t0, e, loss, bad);

@@ -122,8 +122,9 @@ GF_HD void tile_row_exp(const scalar_t* x, int n1, int nr, acc_t* e, acc_t* m, a
 // no row max, so the exponentials of any number of rows run as one flat loop,
 // and the sums below are row by row in a fixed order: a row's bits never
 // depend on which rows share its loop (tile, tail, thread). The unshifted sum
-// is exact enough while it lies in [lo, hi]: then no term overflowed, and the
-// terms that underflow are below 2^-60 of it (float). A row outside (a logit
+// is exact enough while it lies in [lo, hi]: then no term reached exp's upper
+// clamp, and the terms that exp clamps up to 2^-126 (logits below -87.3) add
+// at most n1 * 2^-62 of it (float). A row outside (a logit
 // above ~44, every logit below ~-44 in float; inf, NaN) is redone shifted by
 // its max, so its sum lies in [1, n1] or is NaN.
 template <typename T> struct ExpWindow;
