@@ -25,26 +25,20 @@ def _nothing():
 def median_ms(fn, device, warmup=3, min_iters=10, max_iters=200, budget_s=2.0, setup=_nothing):
     """Median wall time of fn() in ms (setup() runs untimed before each call);
     CUDA events per call on GPU."""
-    for _ in range(warmup):
-        setup()
+    return interleaved_median_ms({0: (fn, setup)}, device, warmup, 1, min_iters, max_iters, budget_s)[0]
+
+
+def _time_call_ms(fn, device):
+    if device.type != "cuda":
+        t0 = time.perf_counter()
         fn()
-    sync(device)
-    times = []
-    start = time.perf_counter()
-    while len(times) < max_iters and (len(times) < min_iters or time.perf_counter() - start < budget_s):
-        setup()
-        if device.type == "cuda":
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+        return (time.perf_counter() - t0) * 1e3
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    fn()
+    b.record()
+    b.synchronize()
+    return a.elapsed_time(b)
 
 
 def interleaved_median_ms(entries, device, warmup=3, batch=5, min_iters=10, max_iters=200, budget_s=2.0):
@@ -67,17 +61,7 @@ def interleaved_median_ms(entries, device, warmup=3, batch=5, min_iters=10, max_
         for k, (fn, setup) in entries.items():
             for _ in range(batch):
                 setup()
-                if device.type == "cuda":
-                    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    a.record()
-                    fn()
-                    b.record()
-                    b.synchronize()
-                    times[k].append(a.elapsed_time(b))
-                else:
-                    t0 = time.perf_counter()
-                    fn()
-                    times[k].append((time.perf_counter() - t0) * 1e3)
+                times[k].append(_time_call_ms(fn, device))
     return {k: statistics.median(t) for k, t in times.items()}
 
 
