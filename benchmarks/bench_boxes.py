@@ -1,6 +1,6 @@
-"""Pairwise IoU, integral decode and the fused GFL box branch: reference eager
-vs torch.compile(reference) vs gflops (and gflops' Triton kernels for the decode),
-on COCO-like sizes.
+"""Pairwise IoU and GIoU, the GIoU loss, the integral, the integral decode and
+the fused GFL box branch: reference eager vs torch.compile(reference) vs gflops
+(and gflops' Triton kernels for the integral and the decode), on COCO-like sizes.
 
     python -m benchmarks.bench_boxes [--device cuda] [--size coco|small]
 
@@ -28,14 +28,39 @@ def _boxes(*shape, g, device, dtype):
     return torch.cat([xy, xy + wh], -1).to(device, dtype)
 
 
-def iou_case(s, device, dtype):
+def iou_case(s, device, dtype, mode="iou"):
     g = torch.Generator().manual_seed(0)
     a = _boxes(s["batch"], s["anchors"], g=g, device=device, dtype=dtype)
     b = _boxes(s["batch"], s["gts"], g=g, device=device, dtype=dtype)
     esz = a.element_size()
     out = s["batch"] * s["anchors"] * s["gts"] * esz
     nbytes = {"fwd": a.numel() * esz + b.numel() * esz + out}
-    return f"box_iou {s['batch']}x{s['anchors']}x{s['gts']}", (a, b), {}, nbytes
+    return f"box_iou {mode} {s['batch']}x{s['anchors']}x{s['gts']}", (a, b, mode), {}, nbytes
+
+
+def giou_case(s, device, dtype):
+    """The GFL head's GIoU loss: decoded positive boxes against their targets,
+    weighted by the classification score, summed (avg_factor 1, as GFL calls it)."""
+    g = torch.Generator().manual_seed(3)
+    p = s["batch"] * s["pos"]
+    target = _boxes(p, g=g, device="cpu", dtype=torch.float32)
+    pred = (target + torch.randn(p, 4, generator=g) * 8).to(device, dtype)
+    weight = torch.rand(p, generator=g).to(device, dtype)
+    esz = pred.element_size()
+    side = p * 4 * esz + p * esz  # target and weight
+    nbytes = {"fwd": pred.numel() * esz + side, "bwd": 2 * pred.numel() * esz + side,
+              "fwd+bwd": 3 * pred.numel() * esz + 2 * side}
+    return f"giou_loss P={p}", (pred, target.to(device, dtype)), dict(weight=weight, avg_factor=1.0), nbytes
+
+
+def integral_case(s, device, dtype):
+    g = torch.Generator().manual_seed(4)
+    n1 = s["reg_max"] + 1
+    pred = torch.randn(s["batch"], s["anchors"], 4 * n1, generator=g).to(device, dtype)
+    esz = pred.element_size()
+    logits, dist = pred.numel() * esz, s["batch"] * s["anchors"] * 4 * esz
+    nbytes = {"fwd": logits + dist, "bwd": 2 * logits + dist, "fwd+bwd": 3 * logits + 2 * dist}
+    return f"integral {s['batch']}x{s['anchors']}x{n1}", (pred, s["reg_max"]), {}, nbytes
 
 
 def ultralytics_decode(points, strides):
@@ -93,11 +118,22 @@ def run(device, size, dtype, providers):
     s = SIZES[size]
     copy = copy_gbps(device)
     rows = []
-    name, args, kw, nbytes = iou_case(s, device, dtype)
-    fns = {"reference": lambda a, b: reference.box_iou(a, b, "iou"),
-           "gflops": lambda a, b: gflops.box_iou(a, b, "iou")}
-    fns["compile"] = torch.compile(fns["reference"])
-    rows += bench_providers(name, fns, lambda fn: forward_modes(fn, args, kw), nbytes, device, copy, providers)
+    for mode in ("iou", "giou"):
+        name, args, kw, nbytes = iou_case(s, device, dtype, mode)
+        torch._dynamo.reset()
+        fns = {"reference": reference.box_iou, "gflops": gflops.box_iou, "compile": torch.compile(reference.box_iou)}
+        rows += bench_providers(name, fns, lambda fn: forward_modes(fn, args, kw), nbytes, device, copy, providers)
+
+    name, args, kw, nbytes = giou_case(s, device, dtype)
+    fns = {"reference": reference.giou_loss, "gflops": gflops.giou_loss, "compile": torch.compile(reference.giou_loss)}
+    rows += bench_providers(name, fns, lambda fn: grad_modes(fn, args, kw, lambda out: out), nbytes, device, copy,
+                            providers)
+
+    name, args, kw, nbytes = integral_case(s, device, dtype)
+    fns = {"reference": reference.integral, "gflops": gflops.integral, "compile": torch.compile(reference.integral),
+           "triton": triton_provider(gflops.integral, device)}
+    rows += bench_providers(name, fns, lambda fn: grad_modes(fn, args, kw, lambda out: out.float().sum()),
+                            nbytes, device, copy, providers)
 
     for reg_max, max_shape in ((s["reg_max"], (800, 1333)), (15, None)):
         name, args, kw, nbytes = decode_case(s, device, dtype, reg_max, max_shape)

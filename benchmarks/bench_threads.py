@@ -1,6 +1,7 @@
 """Thread scaling of every gflops CPU op: the same call at 1 and 2 threads
 (torch.set_num_threads), at the benchmarks' small sizes, forward+backward
-where the op is differentiable. The CPU kernels cut work into fixed blocks
+where the op is differentiable (distance2bbox and bbox2distance are PyTorch
+expressions, not gflops kernels: not here). The CPU kernels cut work into fixed blocks
 (results do not depend on the thread count), so scaling is what the
 blocking and the memory system allow.
 
@@ -35,7 +36,11 @@ def cases(device):
     out.append((f"{name} fwd+bwd", _fwd_bwd(gflops.distribution_focal_loss, *args, **kw)))
     s = bench_boxes.SIZES["small"]
     name, args, _, _ = bench_boxes.iou_case(s, device, dtype)
-    out.append((f"{name} fwd", lambda a=args: gflops.box_iou(a[0], a[1], "iou")))
+    out.append((f"{name} fwd", lambda a=args: gflops.box_iou(*a)))
+    name, args, kw, _ = bench_boxes.giou_case(s, device, dtype)
+    out.append((f"{name} fwd+bwd", _fwd_bwd(gflops.giou_loss, *args, **kw)))
+    name, args, _, _ = bench_boxes.integral_case(s, device, dtype)
+    out.append((f"{name} fwd+bwd", _fwd_bwd(gflops.integral, *args)))
     name, args, _, _ = bench_boxes.decode_case(s, device, dtype)
     out.append((f"{name} fwd+bwd", _fwd_bwd(gflops.decode_distribution, *args)))
     name, args, _, _ = bench_boxes.branch_case(s, device, dtype)

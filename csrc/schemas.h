@@ -26,6 +26,9 @@ inline void define_schemas(torch::Library& m) {
 
   m.def("integral(Tensor pred, int reg_max) -> Tensor");
   m.def("integral_backward(Tensor grad, Tensor pred, int reg_max) -> Tensor");
+  // The distances and, where a backend fuses them (CPU, float32/float64), d distance / d pred (pred's shape:
+  // each bin's derivative of its side) from the same exponentials; else empty. As quality_focal_loss_and_grad.
+  m.def("integral_and_grad(Tensor pred, int reg_max) -> (Tensor, Tensor)");
   m.def("decode_distribution(Tensor pred, Tensor points, Tensor strides, int reg_max, float[]? max_shape) -> Tensor");
   m.def("decode_distribution_backward(Tensor grad, Tensor pred, Tensor points, Tensor strides, int reg_max, float[]? max_shape) -> Tensor");
   // The boxes and, where a backend fuses them (CPU, float32/float64), d box side / d pred (pred's shape: each

@@ -133,6 +133,7 @@ def register(ns):
 
     autograd("giou_loss", _giou_backward, _giou_setup)
     autograd("integral", _integral_backward, _integral_setup)
+    fused("integral", _integral_setup, _integral_backward, 1)
     autograd("decode_distribution", _decode_backward, _decode_setup)
     fused("decode_distribution", _decode_setup, _decode_backward, 3)
     autograd("gfl_box_branch", _branch_backward, _branch_setup)

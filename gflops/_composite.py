@@ -1,8 +1,9 @@
 """Default kernels of the ops that one backend fuses and the others compose.
 
-`quality_focal_loss_and_grad`, `distribution_focal_loss_and_grad` and
-`decode_distribution_and_grad` return the op's output and its derivative
-w.r.t. pred (for a unit incoming gradient per loss row or box side). The CPU
+`quality_focal_loss_and_grad`, `distribution_focal_loss_and_grad`,
+`integral_and_grad` and `decode_distribution_and_grad` return the op's
+output and its derivative w.r.t. pred (for a unit incoming gradient per loss
+row, distance or box side). The CPU
 kernels compute both in one sweep:
 there the exponentials and logarithms
 dominate, so sharing them between the loss and the gradient pays for the
@@ -18,6 +19,8 @@ backward scales it in place (gflops.quality_focal_loss discards it).
 import torch
 
 _libs = []
+FUSED_OPS = ("quality_focal_loss_and_grad", "distribution_focal_loss_and_grad", "integral_and_grad",
+             "decode_distribution_and_grad")
 
 
 def register(ns):
@@ -30,11 +33,16 @@ def register(ns):
     def dfl_and_grad(pred, target, weight, reduction):
         return ops.distribution_focal_loss(pred, target, weight, reduction), pred.new_empty((0,))
 
+    def integral_and_grad(pred, reg_max):
+        return ops.integral(pred, reg_max), pred.new_empty((0,))
+
     def decode_and_grad(pred, points, strides, reg_max, max_shape):
         return ops.decode_distribution(pred, points, strides, reg_max, max_shape), pred.new_empty((0,))
 
-    for name, fn in (("quality_focal_loss_and_grad", qfl_and_grad), ("distribution_focal_loss_and_grad", dfl_and_grad),
-                     ("decode_distribution_and_grad", decode_and_grad)):
+    fns = {"quality_focal_loss_and_grad": qfl_and_grad, "distribution_focal_loss_and_grad": dfl_and_grad,
+           "integral_and_grad": integral_and_grad, "decode_distribution_and_grad": decode_and_grad}
+    assert set(fns) == set(FUSED_OPS)
+    for name, fn in fns.items():
         if hasattr(ops, name):
             lib.impl(name, fn, "CompositeExplicitAutograd")
     _libs.append(lib)

@@ -106,6 +106,10 @@ def register(ns):
     def _integral_bwd(grad, pred, reg_max):
         return pred.new_empty(pred.shape)
 
+    @fake("integral_and_grad")
+    def _integral_and_grad(pred, reg_max):
+        return _integral(pred, reg_max), _fused_grad(pred)
+
     @fake("decode_distribution")
     def _decode(pred, points, strides, reg_max, max_shape):
         _same_device("gflops.decode_distribution", pred, points=points, strides=strides)

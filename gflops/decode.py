@@ -7,7 +7,11 @@ from .losses import _check_constant
 
 def integral(pred, reg_max=16):
     """(..., 4 * (reg_max + 1)) logits -> (..., 4) expected distances (bins)."""
-    return _ops.lib().integral(pred, int(reg_max))
+    lib = _ops.lib()
+    if pred.requires_grad and torch.is_grad_enabled():
+        # d distances / d pred from the same sweep where a backend fuses it (CPU); see gflops/_composite.py.
+        return lib.integral_and_grad(pred, int(reg_max))[0]
+    return lib.integral(pred, int(reg_max))
 
 
 def _shape(max_shape):

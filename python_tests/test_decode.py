@@ -30,7 +30,7 @@ def accel(kernel_accel):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("reg_max", [1, 7, 16])
+@pytest.mark.parametrize("reg_max", [1, 7, 15, 16, 70])  # CPU: 8, 16 and 17 bins unrolled; > 64 bins max-shifted
 def test_integral_matches_reference(device, dtype, reg_max):
     pred, _, _ = distribution_inputs(3, 41, reg_max, device=device, dtype=dtype)
     ours, g = grads(gflops.integral, pred, reg_max)
@@ -46,6 +46,86 @@ def test_integral_extreme_and_known(device):
     out = gflops.integral(pred)
     torch.testing.assert_close(out[0, :2], torch.tensor([3.0, 16.0], device=device))
     torch.testing.assert_close(out[1], torch.full((4,), 8.0, device=device))  # uniform -> mean bin
+
+
+def _window_edge_logits(rows, n1, device):
+    """Rows whose largest logit steps across both ends of the CPU's unshifted
+    window (sum of exponentials in [2^-64, 2^64]: a top logit near 44 or -44),
+    one far logit among moderate ones, and the float limits."""
+    top = torch.linspace(-50.0, 50.0, rows, device=device)[:, None]
+    pred = top - torch.rand(rows, n1, generator=torch.Generator().manual_seed(4)).to(device) * 3
+    pred[::7, 3] = torch.linspace(-100.0, 100.0, len(pred[::7]), device=device)
+    pred[5, :] = 88.0
+    pred[6, :] = -87.5
+    pred[9, :] = -200.0
+    return pred
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["plain", "fused"])
+@pytest.mark.parametrize("reg_max", [15, 16, 7])
+def test_window_edges_match_float64_reference(device, reg_max, grad):
+    n1 = reg_max + 1
+    pred = _window_edge_logits(400 * 4, n1, device).reshape(2, 200, 4 * n1)
+    points = torch.rand(200, 2, generator=torch.Generator().manual_seed(1)).to(device) * 600
+    strides = torch.tensor([8.0, 16, 32, 64, 128], device=device).repeat(40)
+    for fn, args in (("integral", (reg_max,)), ("decode_distribution", (points, strides, reg_max, (500, 700)))):
+        if grad:
+            ours, g = grads(getattr(gflops, fn), pred, *args)
+            ref, g_ref = grads(getattr(reference, fn), pred.double(), *[a.double() if torch.is_tensor(a) else a
+                                                                        for a in args])
+            assert torch.isfinite(g).all(), fn
+            torch.testing.assert_close(g.double(), g_ref, rtol=1e-4, atol=1e-5 * g_ref.abs().max().item(), msg=fn)
+        else:
+            ours = getattr(gflops, fn)(pred, *args)
+            ref = getattr(reference, fn)(pred.double(), *[a.double() if torch.is_tensor(a) else a for a in args])
+        assert torch.isfinite(ours).all(), fn
+        torch.testing.assert_close(ours.double(), ref, rtol=1e-5, atol=1e-3, msg=fn)
+
+
+@pytest.mark.parametrize("rows", [10, 700])  # CPU: within one tile of 64 rows, and across tiles and threads
+def test_integral_nonfinite_logits_give_nan_rows(device, rows):
+    """A NaN or +inf logit makes its distance (and its row's gradient) NaN, as
+    the reference's softmax does; the other rows keep their bits."""
+    pred, _, _ = distribution_inputs(1, rows, 16, device=device)
+    pred = pred.reshape(rows * 4, 17)
+    bad = {3: (5, float("nan")), 17: (16, float("nan")), 20: (0, float("inf")), rows * 4 - 2: (9, float("nan"))}
+    poisoned = pred.clone()
+    for r, (k, v) in bad.items():
+        poisoned[r, k] = v
+    rows_bad = torch.tensor(sorted(bad), device=device)
+    keep = torch.ones(rows * 4, dtype=torch.bool, device=device)
+    keep[rows_bad] = False
+    as_logits = lambda t: t.reshape(rows, 4 * 17)  # noqa: E731
+    assert reference.integral(as_logits(poisoned)).reshape(-1)[rows_bad].isnan().all()  # the oracle's behaviour
+    clean, clean_g = grads(gflops.integral, as_logits(pred))
+    out, g = grads(gflops.integral, as_logits(poisoned))
+    out, clean, g, clean_g = out.reshape(-1), clean.reshape(-1), g.reshape(-1, 17), clean_g.reshape(-1, 17)
+    assert out[rows_bad].isnan().all() and g[rows_bad].isnan().all()
+    assert torch.equal(out[keep], clean[keep]) and torch.equal(g[keep], clean_g[keep])
+
+
+@pytest.mark.parametrize("reg_max", [16, 15, 33])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpu_thread_count_and_row_position_change_no_bit(reg_max, dtype):
+    """A CPU row's distance and gradient depend on its logits alone: not on the
+    thread count, nor on which rows share its tile (here: the same rows
+    decoded from an offset of 3 boxes)."""
+    pred, points, strides = distribution_inputs(1, 1003, reg_max, dtype=dtype)
+    before = torch.get_num_threads()
+    runs = []
+    try:
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            runs.append([grads(gflops.integral, pred, reg_max),
+                         grads(gflops.decode_distribution, pred, points, strides, reg_max, (500.0, 700.0))])
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(*runs):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    (dist, _), (boxes, _) = runs[0]
+    torch.testing.assert_close(gflops.integral(pred[:, 3:], reg_max), dist[:, 3:], rtol=0, atol=0)
+    shifted = gflops.decode_distribution(pred[:, 3:], points[3:], strides[3:], reg_max, (500.0, 700.0))
+    torch.testing.assert_close(shifted, boxes[:, 3:], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("reg_max", [16, 70])  # CPU: rows of <= 64 bins go through tiles, longer rows one by one
@@ -123,6 +203,7 @@ def test_opcheck(device):
     pred, points, strides = distribution_inputs(2, 6, 7, device=device)
     pred.requires_grad_(True)
     torch.library.opcheck(ops().integral, (pred, 7))
+    torch.library.opcheck(ops().integral_and_grad, (pred, 7))
     torch.library.opcheck(ops().decode_distribution, (pred, points, strides, 7, None))
     torch.library.opcheck(ops().decode_distribution, (pred, points, strides, 7, [100.0, 200.0]))
     torch.library.opcheck(ops().decode_distribution_and_grad, (pred, points, strides, 7, [100.0, 200.0]))
@@ -152,6 +233,34 @@ def test_decode_gradient_from_the_forward_sweep(device, dtype, reg_max):
     with OpCalls() as calls:
         (second,) = torch.autograd.grad(out, leaf, g.to(out.dtype))
     assert calls.names == (["decode_distribution_and_grad"] if fuses else ["decode_distribution_backward"])
+    torch.testing.assert_close(first, expected, **_tol(dtype))
+    assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize("reg_max", [16, 70])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_integral_gradient_from_the_forward_sweep(device, dtype, reg_max):
+    """As for the decode: with pred requiring grad the distances come from
+    integral_and_grad, whose gradient (CPU, float32/float64) the backward only
+    scales; it equals the backward op's, and a second backward gives the same bits."""
+    pred, _, _ = distribution_inputs(3, 37, reg_max, device=device, dtype=dtype)
+    dist, fused = ops().integral_and_grad(pred, reg_max)
+    torch.testing.assert_close(dist, ops().integral(pred, reg_max), rtol=0, atol=0)
+    fuses = ops() is torch.ops.gflops and device == "cpu" and dtype in (torch.float32, torch.float64)
+    assert fused.shape == (pred.shape if fuses else (0,))
+    g = torch.randn(dist.shape, device=device, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    expected = ops().integral_backward(g, pred, reg_max)
+    if fuses:  # the fused buffer is the backward op's gradient for a unit incoming gradient
+        ones = torch.ones_like(g)
+        torch.testing.assert_close(fused, ops().integral_backward(ones, pred, reg_max), rtol=0, atol=0)
+    leaf = pred.clone().requires_grad_(True)
+    out = gflops.integral(leaf, reg_max)
+    with OpCalls() as calls:
+        (first,) = torch.autograd.grad(out, leaf, g.to(out.dtype), retain_graph=True)
+    assert calls.names == ([] if fuses else ["integral_backward"])
+    with OpCalls() as calls:
+        (second,) = torch.autograd.grad(out, leaf, g.to(out.dtype))
+    assert calls.names == (["integral_and_grad"] if fuses else ["integral_backward"])
     torch.testing.assert_close(first, expected, **_tol(dtype))
     assert torch.equal(first, second)
 

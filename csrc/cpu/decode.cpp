@@ -16,37 +16,65 @@ namespace {
 
 #define GF_DISPATCH(T, NAME, ...) AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, T, NAME, __VA_ARGS__)
 
-template <typename scalar_t, typename acc_t>
-GF_CPU_CLONES void integral_rows(const scalar_t* p, int n1, int64_t r0, int64_t r1, scalar_t* out) {
-  for (int64_t t0 = r0; t0 < r1; t0 += cpu::kTile) {
-    const int nr = static_cast<int>(std::min<int64_t>(cpu::kTile, r1 - t0));
-    acc_t lse[cpu::kTile], dist[cpu::kTile];
-    cpu::tile_row_stats(p + t0 * n1, n1, nr, lse, dist);
-    for (int j = 0; j < nr; ++j) out[t0 + j] = gf::cvt<scalar_t>(dist[j]);
-  }
-}
+// Rows of at most kMaxTileBins bins take their exponentials unshifted
+// (cpu::rows_exp_dist) in tiles of kExpTileRows rows, so a row's bits do not
+// depend on its tile or thread; longer rows take the max-shifted tiles of
+// tile_row_stats, bin by bin across 16 rows. N1: n1 when it is a common row
+// length (cpu::with_common_n1), else 0.
+constexpr int kExpRows = cpu::kExpTileRows;
 
-template <typename scalar_t, typename acc_t>
-GF_CPU_CLONES void integral_grad_rows(const scalar_t* p, const acc_t* grad, int n1, int64_t r0, int64_t r1,
-                                      scalar_t* out) {
-  for (int64_t t0 = r0; t0 < r1; t0 += cpu::kTile) {
-    const int nr = static_cast<int>(std::min<int64_t>(cpu::kTile, r1 - t0));
-    acc_t lse[cpu::kTile], dist[cpu::kTile];
-    cpu::tile_row_stats(p + t0 * n1, n1, nr, lse, dist);
-    for (int j = 0; j < nr; ++j) {
-      const int64_t r = t0 + j;
-      const scalar_t* x = p + r * n1;
-      const acc_t g = grad[r], l = lse[j], d = dist[j];
+// The expected bins of rows [r0, r1) to dist (when set) and, WITH_GRAD, each
+// bin's derivative of its row's distance times grad[r] (1 when grad is null:
+// the fused forward) to dx, from the same exponentials.
+template <int N1, bool WITH_GRAD, typename scalar_t, typename acc_t>
+GF_CPU_CLONES void integral_rows(const scalar_t* p, const acc_t* grad, int n1_rt, int64_t r0, int64_t r1,
+                                 scalar_t* dist_out, scalar_t* dx) {
+  const int n1 = N1 ? N1 : n1_rt;
+  auto put = [&](int64_t r, acc_t d) {
+    if (dist_out) dist_out[r] = gf::cvt<scalar_t>(d);
+    return grad ? grad[r] : acc_t(1);
+  };
+  if (n1 > cpu::kMaxTileBins) {
+    for (int64_t t0 = r0; t0 < r1; t0 += cpu::kTile) {
+      const int nr = static_cast<int>(std::min<int64_t>(cpu::kTile, r1 - t0));
+      acc_t lse[cpu::kTile], dist[cpu::kTile];
+      cpu::tile_row_stats(p + t0 * n1, n1, nr, lse, dist);
+      for (int j = 0; j < nr; ++j) {
+        const int64_t r = t0 + j;
+        const acc_t g = put(r, dist[j]), l = lse[j], d = dist[j];
+        if constexpr (WITH_GRAD) {
+          const scalar_t* x = p + r * n1;
 #pragma omp simd
-      for (int b = 0; b < n1; ++b) out[r * n1 + b] = gf::cvt<scalar_t>(g * gf::integral_grad(gf::cvt<acc_t>(x[b]), b, l, d));
+          for (int b = 0; b < n1; ++b)
+            dx[r * n1 + b] = gf::cvt<scalar_t>(g * gf::integral_grad(gf::cvt<acc_t>(x[b]), b, l, d));
+        }
+      }
+    }
+    return;
+  }
+  acc_t e[kExpRows * cpu::kMaxTileBins], m[kExpRows], s[kExpRows], dist[kExpRows];
+  for (int64_t t0 = r0; t0 < r1; t0 += kExpRows) {
+    const int nr = static_cast<int>(std::min<int64_t>(kExpRows, r1 - t0));
+    cpu::rows_exp_dist<N1>(p + t0 * n1, n1, nr, e, m, s, dist);
+    for (int j = 0; j < nr; ++j) {
+      const acc_t g = put(t0 + j, dist[j]);
+      if constexpr (WITH_GRAD) {
+        const acc_t* ej = e + j * n1;
+        scalar_t* o = dx + (t0 + j) * n1;
+        const acc_t inv = acc_t(1) / s[j], d = dist[j];
+#pragma omp simd
+        for (int b = 0; b < n1; ++b) o[b] = gf::cvt<scalar_t>(g * gf::integral_grad_from_p(ej[b] * inv, b, d));
+      }
     }
   }
 }
 
-// Boxes go kTile / 4 at a time: the sides' statistics of a tile of boxes are
-// one tile of rows. The loops are written out per op (no callbacks) so that
-// each is compiled inside its target_clones function.
+// The max-shifted statistics of the long rows' boxes go kTile / 4 boxes at a
+// time: the sides of a tile of boxes are one tile of rows. The loops are
+// written out per op (no callbacks) so that each is compiled inside its
+// target_clones function.
 constexpr int kTileBoxes = cpu::kTile / 4;
+constexpr int kExpBoxes = kExpRows / 4;
 
 template <typename scalar_t, typename acc_t>
 GF_HD int box_tile_stats(const scalar_t* p, int n1, int64_t t0, int64_t i1, acc_t* lse, acc_t* dist) {
@@ -61,65 +89,48 @@ struct DecodeGeom {
   double h, w;
 };
 
-// The boxes of anchors [i0, i1); WITH_GRAD also writes each bin's derivative
-// of its side to dside (the backward with an incoming gradient of 1), from
-// the same exponentials.
-template <typename scalar_t, typename acc_t, bool WITH_GRAD>
-GF_CPU_CLONES void decode_rows(const scalar_t* p, const acc_t* pts, const acc_t* st, DecodeGeom geo, int n1,
-                               int64_t i0, int64_t i1, scalar_t* o, scalar_t* dside) {
+// The boxes of anchors [i0, i1) to o (when set) and, WITH_GRAD, each bin's
+// derivative of its side times grad (per side; 1 when grad is null: the fused
+// forward) to dx, from the same exponentials.
+template <int N1, bool WITH_GRAD, typename scalar_t, typename acc_t>
+GF_CPU_CLONES void decode_rows(const scalar_t* p, const acc_t* pts, const acc_t* st, const acc_t* grad, DecodeGeom geo,
+                               int n1_rt, int64_t i0, int64_t i1, scalar_t* o, scalar_t* dx) {
+  const int n1 = N1 ? N1 : n1_rt;
   const acc_t h = static_cast<acc_t>(geo.h), w = static_cast<acc_t>(geo.w);
   const acc_t ones[4] = {1, 1, 1, 1};
-  for (int64_t t0 = i0; t0 < i1; t0 += kTileBoxes) {
-    acc_t lse[cpu::kTile], dist[cpu::kTile];
-    acc_t e[WITH_GRAD ? cpu::kTile * cpu::kMaxTileBins : 1], m[cpu::kTile], s[cpu::kTile];
-    const bool tiled = WITH_GRAD && n1 <= cpu::kMaxTileBins;
-    const int nb = static_cast<int>(std::min<int64_t>(kTileBoxes, i1 - t0));
-    if (tiled)
-      cpu::tile_row_exp(p + t0 * 4 * n1, n1, 4 * nb, e, m, s, dist);
-    else
-      box_tile_stats(p, n1, t0, i1, lse, dist);
-    for (int j = 0; j < nb; ++j) {
-      const int64_t i = t0 + j, a = i % geo.anchors;
-      const auto b = gf::decode_box(dist + 4 * j, pts[2 * a], pts[2 * a + 1], st[a], geo.clamp, h, w);
+  auto put = [&](int64_t i, const acc_t* dist) {
+    const int64_t a = i % geo.anchors;
+    if (o) {
+      const auto b = gf::decode_box(dist, pts[2 * a], pts[2 * a + 1], st[a], geo.clamp, h, w);
       o[4 * i + 0] = gf::cvt<scalar_t>(b.x1);
       o[4 * i + 1] = gf::cvt<scalar_t>(b.y1);
       o[4 * i + 2] = gf::cvt<scalar_t>(b.x2);
       o[4 * i + 3] = gf::cvt<scalar_t>(b.y2);
-      if constexpr (WITH_GRAD) {
-        if (tiled)
-          gf::decode_backward_exp<acc_t>(e + 4 * j * n1, s + 4 * j, n1, pts[2 * a], pts[2 * a + 1], st[a],
-                                         geo.clamp, h, w, ones, dist + 4 * j, dside + i * 4 * n1);
-        else
-          gf::decode_backward_stats<acc_t>(p + i * 4 * n1, n1, pts[2 * a], pts[2 * a + 1], st[a], geo.clamp, h, w,
-                                           ones, lse + 4 * j, dist + 4 * j, dside + i * 4 * n1);
-      }
     }
-  }
-}
-
-template <typename scalar_t, typename acc_t>
-GF_CPU_CLONES void decode_grad_rows(const scalar_t* p, const acc_t* pts, const acc_t* st, const acc_t* grad,
-                                    DecodeGeom geo, int n1, int64_t i0, int64_t i1, scalar_t* o) {
-  const acc_t h = static_cast<acc_t>(geo.h), w = static_cast<acc_t>(geo.w);
-  for (int64_t t0 = i0; t0 < i1; t0 += kTileBoxes) {
-    acc_t lse[cpu::kTile], dist[cpu::kTile];
-    if (n1 > cpu::kMaxTileBins) {
+    return a;
+  };
+  if (n1 > cpu::kMaxTileBins) {
+    for (int64_t t0 = i0; t0 < i1; t0 += kTileBoxes) {
+      acc_t lse[cpu::kTile], dist[cpu::kTile];
       const int nb = box_tile_stats(p, n1, t0, i1, lse, dist);
       for (int j = 0; j < nb; ++j) {
-        const int64_t i = t0 + j, a = i % geo.anchors;
-        gf::decode_backward_stats<acc_t>(p + i * 4 * n1, n1, pts[2 * a], pts[2 * a + 1], st[a], geo.clamp, h, w,
-                                         grad + 4 * i, lse + 4 * j, dist + 4 * j, o + i * 4 * n1);
+        const int64_t i = t0 + j, a = put(i, dist + 4 * j);
+        if constexpr (WITH_GRAD)
+          gf::decode_backward_stats<acc_t>(p + i * 4 * n1, n1, pts[2 * a], pts[2 * a + 1], st[a], geo.clamp, h, w,
+                                           grad ? grad + 4 * i : ones, lse + 4 * j, dist + 4 * j, dx + i * 4 * n1);
       }
-      continue;
     }
-    // Short rows: each exponential once, kept for the gradient (the forward's statistics are not saved).
-    acc_t e[cpu::kTile * cpu::kMaxTileBins], m[cpu::kTile], s[cpu::kTile];
-    const int nb = static_cast<int>(std::min<int64_t>(kTileBoxes, i1 - t0));
-    cpu::tile_row_exp(p + t0 * 4 * n1, n1, 4 * nb, e, m, s, dist);
+    return;
+  }
+  acc_t e[kExpRows * cpu::kMaxTileBins], m[kExpRows], s[kExpRows], dist[kExpRows];
+  for (int64_t t0 = i0; t0 < i1; t0 += kExpBoxes) {
+    const int nb = static_cast<int>(std::min<int64_t>(kExpBoxes, i1 - t0));
+    cpu::rows_exp_dist<N1>(p + t0 * 4 * n1, n1, 4 * nb, e, m, s, dist);
     for (int j = 0; j < nb; ++j) {
-      const int64_t i = t0 + j, a = i % geo.anchors;
-      gf::decode_backward_exp<acc_t>(e + 4 * j * n1, s + 4 * j, n1, pts[2 * a], pts[2 * a + 1], st[a], geo.clamp, h,
-                                     w, grad + 4 * i, dist + 4 * j, o + i * 4 * n1);
+      const int64_t i = t0 + j, a = put(i, dist + 4 * j);
+      if constexpr (WITH_GRAD)
+        gf::decode_backward_exp<acc_t>(e + 4 * j * n1, s + 4 * j, n1, pts[2 * a], pts[2 * a + 1], st[a], geo.clamp,
+                                       h, w, grad ? grad + 4 * i : ones, dist + 4 * j, dx + i * 4 * n1);
     }
   }
 }
@@ -156,19 +167,45 @@ GF_CPU_CLONES void branch_grad_rows(const scalar_t* p, const acc_t* pts, const a
   }
 }
 
-at::Tensor integral_cpu(const at::Tensor& pred, int64_t reg_max) {
-  DistInputs in = integral_prepare(pred, reg_max, "gflops.integral");
-  at::Tensor out = at::empty(in.out_shape, in.pred.options());
+// integral's distances (dist set) and / or d distance / d pred times grad
+// (dx set; grad null: a unit gradient).
+void integral_impl(const DistInputs& in, const at::Tensor* grad, at::Tensor* dist, at::Tensor* dx) {
   GF_DISPATCH(in.pred.scalar_type(), "integral_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* p = in.pred.data_ptr<scalar_t>();
-    scalar_t* o = out.data_ptr<scalar_t>();
+    const acc_t* gp = grad ? grad->data_ptr<acc_t>() : nullptr;
+    scalar_t* d = dist ? dist->data_ptr<scalar_t>() : nullptr;
+    scalar_t* o = dx ? dx->data_ptr<scalar_t>() : nullptr;
     const int n1 = in.n1;
     at::parallel_for(0, in.rows, cpu::rows_per_block(n1), [&](int64_t r0, int64_t r1) {
-      integral_rows<scalar_t, acc_t>(p, n1, r0, r1, o);
+      cpu::with_common_n1(n1, [&](auto n) {
+        constexpr int N1 = decltype(n)::value;
+        if (o)
+          integral_rows<N1, true, scalar_t, acc_t>(p, gp, n1, r0, r1, d, o);
+        else
+          integral_rows<N1, false, scalar_t, acc_t>(p, gp, n1, r0, r1, d, o);
+      });
     });
   });
+}
+
+at::Tensor integral_cpu(const at::Tensor& pred, int64_t reg_max) {
+  DistInputs in = integral_prepare(pred, reg_max, "gflops.integral");
+  at::Tensor out = at::empty(in.out_shape, in.pred.options());
+  integral_impl(in, nullptr, &out, nullptr);
   return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> integral_and_grad_cpu(const at::Tensor& pred, int64_t reg_max) {
+  DistInputs in = integral_prepare(pred, reg_max, "gflops.integral");
+  at::Tensor out = at::empty(in.out_shape, in.pred.options());
+  if (!cpu::fuses_gradient(pred)) {
+    integral_impl(in, nullptr, &out, nullptr);
+    return {out, pred.new_empty({0})};
+  }
+  at::Tensor dx = cpu::empty_output_like(in.pred);
+  integral_impl(in, nullptr, &out, &dx);
+  return {out, dx};
 }
 
 at::Tensor integral_backward_cpu(const at::Tensor& grad, const at::Tensor& pred, int64_t reg_max) {
@@ -176,16 +213,7 @@ at::Tensor integral_backward_cpu(const at::Tensor& grad, const at::Tensor& pred,
   DistInputs in = integral_prepare(pred, reg_max, op);
   at::Tensor g = check_grad_shape(grad, in.pred, in.out_shape, op);
   at::Tensor out = cpu::empty_output_like(in.pred);
-  GF_DISPATCH(in.pred.scalar_type(), "integral_backward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* p = in.pred.data_ptr<scalar_t>();
-    const acc_t* gp = g.data_ptr<acc_t>();
-    scalar_t* o = out.data_ptr<scalar_t>();
-    const int n1 = in.n1;
-    at::parallel_for(0, in.rows, cpu::rows_per_block(n1), [&](int64_t r0, int64_t r1) {
-      integral_grad_rows<scalar_t, acc_t>(p, gp, n1, r0, r1, o);
-    });
-  });
+  integral_impl(in, &g, nullptr, &out);
   return out;
 }
 
@@ -208,10 +236,13 @@ std::tuple<at::Tensor, at::Tensor> decode_impl(const at::Tensor& pred, const at:
     const int64_t boxes = in.dist.rows / 4, A = in.anchors;
     const DecodeGeom geo{A, in.clamp, in.max_h, in.max_w};
     at::parallel_for(0, boxes, cpu::rows_per_block(4 * n1, boxes), [&](int64_t i0, int64_t i1) {
-      if (with_grad)
-        decode_rows<scalar_t, acc_t, true>(p, pts, st, geo, n1, i0, i1, o, ds);
-      else
-        decode_rows<scalar_t, acc_t, false>(p, pts, st, geo, n1, i0, i1, o, ds);
+      cpu::with_common_n1(n1, [&](auto n) {
+        constexpr int N1 = decltype(n)::value;
+        if (with_grad)
+          decode_rows<N1, true, scalar_t, acc_t>(p, pts, st, nullptr, geo, n1, i0, i1, o, ds);
+        else
+          decode_rows<N1, false, scalar_t, acc_t>(p, pts, st, nullptr, geo, n1, i0, i1, o, ds);
+      });
     });
   });
   return {out, dside};
@@ -248,7 +279,10 @@ at::Tensor decode_backward_cpu(const at::Tensor& grad, const at::Tensor& pred, c
     const int n1 = in.dist.n1;
     const int64_t boxes = in.dist.rows / 4, A = in.anchors;
     at::parallel_for(0, boxes, cpu::rows_per_block(4 * n1, boxes), [&](int64_t i0, int64_t i1) {
-      decode_grad_rows<scalar_t, acc_t>(p, pts, st, gp, DecodeGeom{A, in.clamp, in.max_h, in.max_w}, n1, i0, i1, o);
+      cpu::with_common_n1(n1, [&](auto n) {
+        decode_rows<decltype(n)::value, true, scalar_t, acc_t>(p, pts, st, gp, DecodeGeom{A, in.clamp, in.max_h, in.max_w},
+                                                               n1, i0, i1, nullptr, o);
+      });
     });
   });
   return out;
@@ -312,6 +346,7 @@ at::Tensor box_branch_backward_cpu(const at::Tensor& grad_giou, const at::Tensor
 TORCH_LIBRARY_IMPL(gflops, CPU, m) {
   m.impl("integral", &integral_cpu);
   m.impl("integral_backward", &integral_backward_cpu);
+  m.impl("integral_and_grad", &integral_and_grad_cpu);
   m.impl("decode_distribution", &decode_cpu);
   m.impl("decode_distribution_backward", &decode_backward_cpu);
   m.impl("decode_distribution_and_grad", &decode_and_grad_cpu);

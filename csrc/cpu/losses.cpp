@@ -311,13 +311,7 @@ std::tuple<at::Tensor, at::Tensor> dfl_forward_impl(const at::Tensor& pred, cons
           if (with_grad) return dfl_rows<scalar_t, acc_t, true, N1>(p, t, w, n1, r0, r1, o, g, &bad);
         return dfl_rows<scalar_t, acc_t, false, N1>(p, t, w, n1, r0, r1, o, g, &bad);
       };
-      // Rows of 17 (reg_max 16: MMDetection's GFL), 16 (Ultralytics) and 8 bins (NanoDet) unroll.
-      switch (n1) {
-        case 17: return run(std::integral_constant<int, 17>());
-        case 16: return run(std::integral_constant<int, 16>());
-        case 8: return run(std::integral_constant<int, 8>());
-        default: return run(std::integral_constant<int, 0>());
-      }
+      return cpu::with_common_n1(n1, run);
     });
   });
   if (bad.any()) dfl_fail_target(in, bad.index(), op);

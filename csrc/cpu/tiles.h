@@ -1,10 +1,14 @@
-// Per-row statistics of distribution logits for a tile of consecutive rows.
-// A row has only reg_max + 1 ~ 17 bins, too few to vectorise along, so a
-// full tile steps bin by bin with one vector op across its kTile rows; a
-// short tail goes row by row through the shared scalar code.
+// Per-row statistics of distribution logits for tiles of consecutive rows.
+// A row has only reg_max + 1 ~ 17 bins, too few to vectorise along. Rows of
+// up to kMaxTileBins bins take their exponentials unshifted as one flat loop
+// over the tile (rows_exp, rows_exp_dist); longer rows go through
+// tile_row_stats, which steps bin by bin with one vector op across kTile
+// rows against each row's max (a short tail row by row through the shared
+// scalar code).
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "../common/integral.h"
 
@@ -12,7 +16,7 @@ namespace gflops {
 namespace cpu {
 
 constexpr int kTile = 16;
-// Rows longer than this take the row-by-row path of tile_row_exp.
+// Rows longer than this take tile_row_stats (no buffer of exponentials).
 constexpr int kMaxTileBins = 64;
 
 // lse[j] (and dist[j], the expected bin, when dist is set) of rows
@@ -53,71 +57,6 @@ GF_HD void tile_row_stats(const scalar_t* x, int n1, int nr, acc_t* lse, acc_t* 
   for (int j = 0; j < kTile; ++j) dist[j] = d[j] / s[j];
 }
 
-// exp(x - max of its row) of every element of nr <= kTile rows to e (same
-// layout as x), each row's max and sum of those to m[j], s[j] and, when dist
-// is set, its expected bin sum(e * bin) / s to dist[j]; full tiles
-// run the exponentials as one contiguous loop over the tile (no per-row
-// remainder), then sum them bin by bin across the rows in the order of
-// gf::row_logsumexp. The caller keeps e: softmax = e / s, lse = m + log(s).
-template <typename scalar_t, typename acc_t>
-GF_HD void tile_row_exp(const scalar_t* x, int n1, int nr, acc_t* e, acc_t* m, acc_t* s, acc_t* dist = nullptr) {
-  if (nr < kTile || n1 > kMaxTileBins) {
-    for (int j = 0; j < nr; ++j) {
-      const scalar_t* xr = x + j * n1;
-      acc_t mm = gf::cvt<acc_t>(xr[0]);
-      for (int k = 1; k < n1; ++k) mm = gf::gmax(mm, gf::cvt<acc_t>(xr[k]));
-      acc_t ss = 0, dd = 0;
-      for (int k = 0; k < n1; ++k) {
-        const acc_t ek = gf::gexp(gf::cvt<acc_t>(xr[k]) - mm);
-        e[j * n1 + k] = ek;
-        ss += ek;
-        dd += ek * acc_t(k);
-      }
-      m[j] = mm;
-      s[j] = ss;
-      if (dist) dist[j] = dd / ss;
-    }
-    return;
-  }
-  acc_t mb[kTile * kMaxTileBins];  // each element's row max, so that the exponentials run flat
-#pragma omp simd
-  for (int j = 0; j < kTile; ++j) {
-    m[j] = gf::cvt<acc_t>(x[j * n1]);
-    s[j] = 0;
-  }
-  for (int k = 1; k < n1; ++k) {
-#pragma omp simd
-    for (int j = 0; j < kTile; ++j) m[j] = gf::gmax(m[j], gf::cvt<acc_t>(x[j * n1 + k]));
-  }
-  for (int j = 0; j < kTile; ++j) {
-    const acc_t mm = m[j];
-#pragma omp simd
-    for (int k = 0; k < n1; ++k) mb[j * n1 + k] = mm;
-  }
-  const int n = kTile * n1;
-#pragma omp simd
-  for (int i = 0; i < n; ++i) e[i] = gf::gexp(gf::cvt<acc_t>(x[i]) - mb[i]);
-  if (!dist) {
-    for (int k = 0; k < n1; ++k) {
-#pragma omp simd
-      for (int j = 0; j < kTile; ++j) s[j] += e[j * n1 + k];
-    }
-    return;
-  }
-  acc_t d[kTile];
-#pragma omp simd
-  for (int j = 0; j < kTile; ++j) d[j] = 0;
-  for (int k = 0; k < n1; ++k) {
-#pragma omp simd
-    for (int j = 0; j < kTile; ++j) {
-      s[j] += e[j * n1 + k];
-      d[j] += e[j * n1 + k] * acc_t(k);
-    }
-  }
-#pragma omp simd
-  for (int j = 0; j < kTile; ++j) dist[j] = d[j] / s[j];
-}
-
 // Exponentials of distribution rows taken without a shift. e = exp(x) needs
 // no row max, so the exponentials of any number of rows run as one flat loop,
 // and the sums below are row by row in a fixed order: a row's bits never
@@ -133,17 +72,18 @@ template <> struct ExpWindow<double> { static constexpr double lo = 0x1p-512, hi
 
 template <typename T> GF_HD bool in_exp_window(T s) { return s >= ExpWindow<T>::lo && s <= ExpWindow<T>::hi; }
 
-// The sum of a row's n1 values: 16 lane sums over its full 16-wide chunks, a
-// fixed tree over the lanes, then the remaining values in order. Vectorises
-// at any n1 (a chunk is one or two vectors, the tree stays in registers).
-template <typename T> GF_HD T lane_sum(const T* e, int n1) {
+// The sum of a row's n1 values (with BINS, of e[k] * k): 16 lane sums over
+// its full 16-wide chunks, a fixed tree over the lanes, then the remaining
+// values in order. Vectorises at any n1 (a chunk is one or two vectors, the
+// tree stays in registers).
+template <bool BINS = false, typename T> GF_HD T lane_sum(const T* e, int n1) {
   T a[16];
 #pragma omp simd
   for (int l = 0; l < 16; ++l) a[l] = T(0);
   int k = 0;
   for (; k + 16 <= n1; k += 16) {
 #pragma omp simd
-    for (int l = 0; l < 16; ++l) a[l] += e[k + l];
+    for (int l = 0; l < 16; ++l) a[l] += BINS ? e[k + l] * T(k + l) : e[k + l];
   }
 #pragma omp simd
   for (int l = 0; l < 8; ++l) a[l] += a[l + 8];
@@ -152,7 +92,7 @@ template <typename T> GF_HD T lane_sum(const T* e, int n1) {
   a[0] += a[2];
   a[1] += a[3];
   T s = a[0] + a[1];
-  for (; k < n1; ++k) s += e[k];
+  for (; k < n1; ++k) s += BINS ? e[k] * T(k) : e[k];
   return s;
 }
 
@@ -183,6 +123,31 @@ GF_HD void rows_exp(const scalar_t* x, int n1_rt, int nr, acc_t* e, acc_t* m, ac
     for (int k = 0; k < n1; ++k) er[k] = gf::gexp(gf::cvt<acc_t>(xr[k]) - mm);
     m[j] = mm;
     s[j] = lane_sum(er, n1);
+  }
+}
+
+// rows_exp, and each row's expected bin dist[j] = sum_k e[k] * k / s[j]
+// (the shift m[j] cancels in the ratio), summed in lane_sum's fixed order.
+template <int N1, typename scalar_t, typename acc_t>
+GF_HD void rows_exp_dist(const scalar_t* x, int n1_rt, int nr, acc_t* e, acc_t* m, acc_t* s, acc_t* dist) {
+  const int n1 = N1 ? N1 : n1_rt;
+  rows_exp<N1>(x, n1, nr, e, m, s);
+  for (int j = 0; j < nr; ++j) dist[j] = lane_sum<true>(e + j * n1, n1) / s[j];
+}
+
+// Rows per tile of the unshifted kernels: their exponentials fit a stack
+// buffer of kExpTileRows * kMaxTileBins values (16 KiB in float).
+constexpr int kExpTileRows = 64;
+
+// run(std::integral_constant<int, N1>()) with N1 = n1 for the common row
+// lengths, whose loops then unroll to whole vectors: 17 (reg_max 16,
+// MMDetection's GFL), 16 (Ultralytics) and 8 bins (NanoDet); else N1 = 0.
+template <typename F> decltype(auto) with_common_n1(int n1, F&& run) {
+  switch (n1) {
+    case 17: return run(std::integral_constant<int, 17>());
+    case 16: return run(std::integral_constant<int, 16>());
+    case 8: return run(std::integral_constant<int, 8>());
+    default: return run(std::integral_constant<int, 0>());
   }
 }
 

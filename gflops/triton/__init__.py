@@ -57,7 +57,7 @@ def load_twin():
     from .launch import OPS, interpreting
 
     lib = torch.library.Library(NAMESPACE, "DEF")
-    for name in (*OPS, "quality_focal_loss_and_grad", "distribution_focal_loss_and_grad", "decode_distribution_and_grad"):
+    for name in (*OPS, *_composite.FUSED_OPS):
         schema = str(getattr(torch.ops.gflops, name).default._schema)
         lib.define(schema.split("::", 1)[1])
     for name, fn in OPS.items():
