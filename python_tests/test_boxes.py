@@ -139,6 +139,25 @@ def test_giou_loss_empty_and_deterministic(device):
     assert torch.equal(gflops.giou_loss(a, b, reduction="sum"), gflops.giou_loss(a, b, reduction="sum"))
 
 
+@pytest.mark.parametrize("n", [37, 5000, 20011])  # CPU: one block; 16 blocks of 320; 16 of 1264, chunk tails
+def test_giou_loss_thread_count_changes_no_bit(n):
+    """The CPU GIoU loss (every reduction) and its gradient, and box_iou, with 1
+    thread and with 3: fixed blocks and a fixed summation order give the same bits."""
+    a, b = random_boxes(n, seed=5), random_boxes(n, seed=6)
+    w = torch.rand(n, generator=torch.Generator().manual_seed(7))
+    before = torch.get_num_threads()
+    runs = []
+    try:
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            runs.append([grads(gflops.giou_loss, a, b, w, reduction=r) for r in ("sum", "none")]
+                        + [(gflops.box_iou(a, b[:50], "giou"), None)])
+    finally:
+        torch.set_num_threads(before)
+    for (x, gx), (y, gy) in zip(*runs):
+        assert torch.equal(x, y) and (gx is None or torch.equal(gx, gy))
+
+
 def test_giou_loss_bad_inputs(device):
     a, b = random_boxes(5, device=device), random_boxes(5, device=device)
     with pytest.raises(RuntimeError, match=r"pred must have shape \(N, 4\)"):

@@ -16,7 +16,9 @@ template <typename T> struct Box4 { T x1, y1, x2, y2; };
 
 template <typename T> GF_HD Box4<T> load_box(const T* p) { return Box4<T>{p[0], p[1], p[2], p[3]}; }
 
-template <typename T> GF_HD T box_area(const Box4<T>& a) {
+// Boxes pass by value: inside a CPU `omp simd` loop, a reference bound to a
+// temporary box becomes a per-lane stack array that GCC does not vectorise.
+template <typename T> GF_HD T box_area(Box4<T> a) {
   return mul_rn(gmax(a.x2 - a.x1, T(0)), gmax(a.y2 - a.y1, T(0)));
 }
 
@@ -25,7 +27,7 @@ template <typename T> struct Overlap {
   T iw, ih, inter, area_a, area_b, uni, uni_c, ew, eh, enc, enc_c, iou, giou;
 };
 
-template <typename T> GF_HD Overlap<T> overlap(const Box4<T>& a, const Box4<T>& b, T eps) {
+template <typename T> GF_HD Overlap<T> overlap(Box4<T> a, Box4<T> b, T eps) {
   Overlap<T> o;
   o.iw = gmax(gmin(a.x2, b.x2) - gmax(a.x1, b.x1), T(0));
   o.ih = gmax(gmin(a.y2, b.y2) - gmax(a.y1, b.y1), T(0));
@@ -46,7 +48,7 @@ template <typename T> GF_HD Overlap<T> overlap(const Box4<T>& a, const Box4<T>& 
 
 // IoU alone, with overlap()'s operations (so the same value), for loops that
 // need nothing else.
-template <typename T> GF_HD T iou_only(const Box4<T>& a, const Box4<T>& b, T eps) {
+template <typename T> GF_HD T iou_only(Box4<T> a, Box4<T> b, T eps) {
   const T iw = gmax(gmin(a.x2, b.x2) - gmax(a.x1, b.x1), T(0));
   const T ih = gmax(gmin(a.y2, b.y2) - gmax(a.y1, b.y1), T(0));
   const T inter = mul_rn(iw, ih);
@@ -54,20 +56,22 @@ template <typename T> GF_HD T iou_only(const Box4<T>& a, const Box4<T>& b, T eps
   return inter / (uni < eps ? eps : uni);
 }
 
-template <typename T> GF_HD T iou_or_giou(const Box4<T>& a, const Box4<T>& b, T eps, bool giou) {
+template <typename T> GF_HD T iou_or_giou(Box4<T> a, Box4<T> b, T eps, bool giou) {
   Overlap<T> o = overlap(a, b, eps);
   return giou ? o.giou : o.iou;
 }
 
-// d max(a, b) / d a and d min(a, b) / d a under autograd's tie rule.
-template <typename T> GF_HD T dmax_da(T a, T b) { return a > b ? T(1) : (a == b ? T(0.5) : T(0)); }
-template <typename T> GF_HD T dmin_da(T a, T b) { return a < b ? T(1) : (a == b ? T(0.5) : T(0)); }
+// d max(a, b) / d a and d min(a, b) / d a under autograd's tie rule (1, 1/2
+// on a tie, else 0; 0 with a NaN), written without branches so that the CPU
+// loops over boxes vectorise.
+template <typename T> GF_HD T dmax_da(T a, T b) { return T(0.5) * (T(a > b) + T(a >= b)); }
+template <typename T> GF_HD T dmin_da(T a, T b) { return T(0.5) * (T(a < b) + T(a <= b)); }
 // d clamp(v, min=m) / d v.
-template <typename T> GF_HD T dclamp(T v, T m) { return v >= m ? T(1) : T(0); }
+template <typename T> GF_HD T dclamp(T v, T m) { return T(v >= m); }
 
 // Gradient of g * IoU(a, b) (or GIoU) with respect to box a.
 template <typename T>
-GF_HD Box4<T> overlap_grad_a(const Box4<T>& a, const Box4<T>& b, T eps, bool giou, T g) {
+GF_HD Box4<T> overlap_grad_a(Box4<T> a, Box4<T> b, T eps, bool giou, T g) {
   const Overlap<T> o = overlap(a, b, eps);
   T g_uc = -g * o.inter / (o.uni_c * o.uni_c);
   T g_ec = T(0);
