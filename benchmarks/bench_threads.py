@@ -52,6 +52,8 @@ def cases(device):
     nb, ns, ni = bench_nms.random_boxes(10000, device)
     out.append(("nms K=10000", lambda: gflops.nms(nb, ns, 0.5)))
     out.append(("batched_nms K=10000", lambda: gflops.batched_nms(nb, ns, ni, 0.5)))
+    head = bench_nms.head_batch(device)
+    out.append((f"multiclass_nms B={len(head[5])} N={head[2].shape[0]}", lambda: gflops.multiclass_nms(*head)))
     aa, shapes = bench_autoassign.inputs(2, 100, device)
     loss = bench_autoassign.loss_fn(gflops.autoassign_loss_terms)
     out.append(("autoassign loss 2x100 fwd+bwd", _fwd_bwd(loss, *aa, level_shapes=shapes)))

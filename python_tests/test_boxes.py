@@ -95,14 +95,15 @@ def test_box_iou_refuses_grad():
         gflops.box_iou(a, random_boxes(3))
 
 
+@pytest.mark.parametrize("weighted", [True, False])
 @pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
 @pytest.mark.parametrize("case", ["random", "adversarial"])
-def test_giou_loss_matches_reference(device, reduction, case):
+def test_giou_loss_matches_reference(device, reduction, case, weighted):
     if case == "random":
         pred, target = random_boxes(257, seed=5, device=device), random_boxes(257, seed=6, device=device)
     else:
         pred, target = adversarial_pairs(device)
-    weight = torch.rand(pred.shape[0], device=device)
+    weight = torch.rand(pred.shape[0], device=device) if weighted else None
     ours, g_ours = grads(gflops.giou_loss, pred, target, weight, reduction=reduction)
     ref, g_ref = grads(reference.giou_loss, pred, target, weight, reduction=reduction)
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
@@ -139,10 +140,11 @@ def test_giou_loss_empty_and_deterministic(device):
     assert torch.equal(gflops.giou_loss(a, b, reduction="sum"), gflops.giou_loss(a, b, reduction="sum"))
 
 
-@pytest.mark.parametrize("n", [37, 5000, 20011])  # CPU: one block; 16 blocks of 320; 16 of 1264, chunk tails
+@pytest.mark.parametrize("n", [37, 5000, 20011])  # CPU blocks: 3 of 16; 16 of 320; 16 of 1264 (chunk tails)
 def test_giou_loss_thread_count_changes_no_bit(n):
-    """The CPU GIoU loss (every reduction) and its gradient, and box_iou, with 1
-    thread and with 3: fixed blocks and a fixed summation order give the same bits."""
+    """The CPU GIoU loss ('sum' and 'none'; 'mean' is 'sum' divided) and its
+    gradient, and box_iou, with 1 thread and with 3: fixed blocks and a fixed
+    summation order give the same bits."""
     a, b = random_boxes(n, seed=5), random_boxes(n, seed=6)
     w = torch.rand(n, generator=torch.Generator().manual_seed(7))
     before = torch.get_num_threads()

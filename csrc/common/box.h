@@ -61,9 +61,10 @@ template <typename T> GF_HD T iou_or_giou(Box4<T> a, Box4<T> b, T eps, bool giou
   return giou ? o.giou : o.iou;
 }
 
-// d max(a, b) / d a and d min(a, b) / d a under autograd's tie rule (1, 1/2
-// on a tie, else 0; 0 with a NaN), written without branches so that the CPU
-// loops over boxes vectorise.
+// d max(a, b) / d a and d min(a, b) / d a: 1, 1/2 on a tie (autograd's tie
+// rule), else 0; with a NaN, 0 (this code's own rule: the result is NaN
+// downstream anyway). Written without branches so that the CPU loops over
+// boxes vectorise.
 template <typename T> GF_HD T dmax_da(T a, T b) { return T(0.5) * (T(a > b) + T(a >= b)); }
 template <typename T> GF_HD T dmin_da(T a, T b) { return T(0.5) * (T(a < b) + T(a <= b)); }
 // d clamp(v, min=m) / d v.

@@ -128,8 +128,9 @@ GF_HD void decode_backward_stats(const scalar_t* x, int n1, T px, T py, T stride
   }
 }
 
-// The same gradient from each side's exponentials e (exp(x - max), n1 per
-// side) and their sums s, as a CPU tile computes them once for all sides.
+// The same gradient from each side's exponentials e (n1 per side, with or
+// without a shift: only e / s is used) and their sums s, as a CPU tile
+// computes them once for all sides.
 template <typename T, typename scalar_t>
 GF_HD void decode_backward_exp(const T* e, const T* s, int n1, T px, T py, T stride, bool clamp, T h, T w,
                                const T* gb, const T* dist, scalar_t* g) {
