@@ -120,11 +120,7 @@ GF_HD void decode_backward_stats(const scalar_t* x, int n1, T px, T py, T stride
                                  const T* lse, const T* dist, scalar_t* g) {
   for (int k = 0; k < 4; ++k) {
     const T gd = gb[k] * decode_side_grad(dist[k], k, k % 2 ? py : px, stride, clamp, k % 2 ? h : w);
-    const T lk = lse[k], dk = dist[k];
-    const scalar_t* xk = x + k * n1;
-    scalar_t* gk = g + k * n1;
-    GF_SIMD
-    for (int b = 0; b < n1; ++b) gk[b] = cvt<scalar_t>(gd * integral_grad(cvt<T>(xk[b]), b, lk, dk));
+    integral_row_grad(x + k * n1, n1, gd, lse[k], dist[k], g + k * n1);
   }
 }
 
@@ -136,11 +132,7 @@ GF_HD void decode_backward_exp(const T* e, const T* s, int n1, T px, T py, T str
                                const T* gb, const T* dist, scalar_t* g) {
   for (int k = 0; k < 4; ++k) {
     const T gd = gb[k] * decode_side_grad(dist[k], k, k % 2 ? py : px, stride, clamp, k % 2 ? h : w);
-    const T inv = T(1) / s[k], dk = dist[k];
-    const T* ek = e + k * n1;
-    scalar_t* gk = g + k * n1;
-    GF_SIMD
-    for (int b = 0; b < n1; ++b) gk[b] = cvt<scalar_t>(gd * integral_grad_from_p(ek[b] * inv, b, dk));
+    integral_row_grad_exp(e + k * n1, s[k], n1, gd, dist[k], g + k * n1);
   }
 }
 

@@ -28,4 +28,20 @@ template <typename T> GF_HD T integral_grad(T x_b, int b, T lse, T dist) {
   return integral_grad_from_p(gexp(x_b - lse), b, dist);
 }
 
+// g * d dist / d x of one row, to out: from its logits and log-sum-exp ...
+template <typename T, typename scalar_t>
+GF_HD void integral_row_grad(const scalar_t* x, int n1, T g, T lse, T dist, scalar_t* out) {
+  GF_SIMD
+  for (int b = 0; b < n1; ++b) out[b] = cvt<scalar_t>(g * integral_grad(cvt<T>(x[b]), b, lse, dist));
+}
+
+// ... or from its exponentials e (with or without a shift: only e / s is
+// used) and their sum s, as the CPU tiles keep them.
+template <typename T, typename scalar_t>
+GF_HD void integral_row_grad_exp(const T* e, T s, int n1, T g, T dist, scalar_t* out) {
+  const T inv = T(1) / s;
+  GF_SIMD
+  for (int b = 0; b < n1; ++b) out[b] = cvt<scalar_t>(g * integral_grad_from_p(e[b] * inv, b, dist));
+}
+
 }  // namespace gf

@@ -41,13 +41,8 @@ GF_CPU_CLONES void integral_rows(const scalar_t* p, const acc_t* grad, int n1_rt
       cpu::tile_row_stats(p + t0 * n1, n1, nr, lse, dist);
       for (int j = 0; j < nr; ++j) {
         const int64_t r = t0 + j;
-        const acc_t g = put(r, dist[j]), l = lse[j], d = dist[j];
-        if constexpr (WITH_GRAD) {
-          const scalar_t* x = p + r * n1;
-#pragma omp simd
-          for (int b = 0; b < n1; ++b)
-            dx[r * n1 + b] = gf::cvt<scalar_t>(g * gf::integral_grad(gf::cvt<acc_t>(x[b]), b, l, d));
-        }
+        const acc_t g = put(r, dist[j]);
+        if constexpr (WITH_GRAD) gf::integral_row_grad(p + r * n1, n1, g, lse[j], dist[j], dx + r * n1);
       }
     }
     return;
@@ -58,13 +53,7 @@ GF_CPU_CLONES void integral_rows(const scalar_t* p, const acc_t* grad, int n1_rt
     cpu::rows_exp_dist<N1>(p + t0 * n1, n1, nr, e, m, s, dist);
     for (int j = 0; j < nr; ++j) {
       const acc_t g = put(t0 + j, dist[j]);
-      if constexpr (WITH_GRAD) {
-        const acc_t* ej = e + j * n1;
-        scalar_t* o = dx + (t0 + j) * n1;
-        const acc_t inv = acc_t(1) / s[j], d = dist[j];
-#pragma omp simd
-        for (int b = 0; b < n1; ++b) o[b] = gf::cvt<scalar_t>(g * gf::integral_grad_from_p(ej[b] * inv, b, d));
-      }
+      if constexpr (WITH_GRAD) gf::integral_row_grad_exp(e + j * n1, s[j], n1, g, dist[j], dx + (t0 + j) * n1);
     }
   }
 }
@@ -199,12 +188,9 @@ at::Tensor integral_cpu(const at::Tensor& pred, int64_t reg_max) {
 std::tuple<at::Tensor, at::Tensor> integral_and_grad_cpu(const at::Tensor& pred, int64_t reg_max) {
   DistInputs in = integral_prepare(pred, reg_max, "gflops.integral");
   at::Tensor out = at::empty(in.out_shape, in.pred.options());
-  if (!cpu::fuses_gradient(pred)) {
-    integral_impl(in, nullptr, &out, nullptr);
-    return {out, pred.new_empty({0})};
-  }
-  at::Tensor dx = cpu::empty_output_like(in.pred);
-  integral_impl(in, nullptr, &out, &dx);
+  const bool fuse = cpu::fuses_gradient(pred);
+  at::Tensor dx = fuse ? cpu::empty_output_like(in.pred) : pred.new_empty({0});
+  integral_impl(in, nullptr, &out, fuse ? &dx : nullptr);
   return {out, dx};
 }
 
