@@ -6,6 +6,7 @@
 
 #include "box_checks.h"
 #include "checks.h"
+#include "runtime_check.h"
 
 namespace py = pybind11;
 
@@ -32,6 +33,8 @@ at::Tensor loss_grad(const at::Tensor& grad, const at::Tensor& pred, int64_t row
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_validation", &gflops::set_validation, "Turn value checks on CUDA inputs on or off");
   m.def("validation_enabled", &gflops::validation_enabled);
+  m.def("cxx_runtime_problem", &gflops::cxx_runtime_problem,
+        "'' when the library calls the process's C++ runtime, else what is wrong");
   m.def("cuda_compiled", [] {
 #ifdef GFLOPS_WITH_CUDA
     return true;

@@ -1,6 +1,7 @@
 """Loads the compiled library: the ahead-of-time build (gflops._C) if present,
 else a just-in-time ninja build of the same sources into a cache directory."""
 import hashlib
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -15,13 +16,21 @@ CSRC = _ROOT / "csrc"
 # GCC if-convert the branch-free selects in csrc/common and vectorise loops.
 CXX_FLAGS = ["-O3", "-fopenmp", "-fno-trapping-math"]
 LD_FLAGS = ["-fopenmp"]
+# The C++ runtime is stated, not left to the toolchain: libstdc++.so.6, linked
+# dynamically and recorded as NEEDED, ahead of whatever the driver or the
+# environment would add after it (LDFLAGS=-static-libstdc++, a libstdc++.a
+# first on a -L path), so no static copy is ever pulled in. A copy beside the
+# one torch uses breaks every error message that prints a number (the first
+# H200 run's AOT CUDA build: a segfault); load() checks it anyway.
+if sys.platform.startswith("linux"):
+    LD_FLAGS += ["-Wl,--push-state,--no-as-needed,-Bdynamic", "-l:libstdc++.so.6", "-Wl,--pop-state"]
 NVCC_FLAGS = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
 
 
 def sources():
     """(C++ sources, CUDA sources) of the extension, relative to the repo root."""
     cpp = [CSRC / n for n in ("module.cpp", "ops.cpp", "checks.cpp", "box_checks.cpp", "assign_checks.cpp",
-                              "nms_checks.cpp", "autoassign_checks.cpp")]
+                              "nms_checks.cpp", "autoassign_checks.cpp", "runtime_check.cpp")]
     cpp += sorted((CSRC / "cpu").glob("*.cpp"))
     cu = sorted((CSRC / "cuda").glob("*.cu"))
     return [str(p) for p in cpp], [str(p) for p in cu]
@@ -75,13 +84,35 @@ def _jit_build():
         )
 
 
+def check_runtime(module):
+    """`module`, unless the library cannot run safely in this process (ImportError)."""
+    problem = module.cxx_runtime_problem()
+    if problem:
+        raise ImportError(
+            f"gflops: {problem}. Rebuild it with the C++ runtime linked dynamically: from the source "
+            "checkout, `pip install --no-build-isolation --no-deps --force-reinstall -e .` (gflops' link "
+            "flags ask for libstdc++.so.6; look for -static-libstdc++ in LDFLAGS/LDSHARED or a libstdc++.a "
+            f"on the library path), or delete {module.__file__} to use the JIT build")
+    return module
+
+
+def load_file(path):
+    """The built extension at `path` (AOT `_C*.so` or JIT `gflops_C.so`), loaded and checked as load() does."""
+    name = Path(path).name.split(".")[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return check_runtime(module)
+
+
 def load():
     """The extension module; registers the torch.ops.gflops operators."""
+    module = None
     if os.environ.get("GFLOPS_FORCE_JIT", "0") != "1":
         try:
-            from gflops import _C
-
-            return _C
+            from gflops import _C as module
         except ImportError:
             pass
-    return _jit_build()
+    # A library that loaded but fails the check has registered its ops already:
+    # no JIT fallback after it, the error says how to rebuild.
+    return check_runtime(module if module is not None else _jit_build())

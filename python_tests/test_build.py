@@ -48,3 +48,45 @@ def test_ahead_of_time_build_in_use():
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split()[0] == "gflops._C" and "JIT-building" not in r.stderr
+
+
+def _checker(lib):
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "check_cxx_runtime.py"), lib], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_loaded_library_uses_the_process_cxx_runtime():
+    lib = gflops._ext.load()
+    assert lib.cxx_runtime_problem() == ""
+    r = _checker(lib.__file__)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("PASS") == 4
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ELF link flags")
+def test_runtime_checks_fail_on_a_static_cxx_runtime(tmp_path):
+    # The JIT build's objects relinked the broken way on purpose: libstdc++
+    # static, as in the first H200 run's AOT CUDA library.
+    from torch.utils.cpp_extension import TORCH_LIB_PATH
+
+    objs = sorted(Path(gflops._ext._cache_dir(False)).glob("*.o"))
+    if not objs:
+        pytest.skip("no JIT-built objects to relink (the JIT build has not run in this cache)")
+    lib = tmp_path / "gflops_C.so"
+    link = subprocess.run(["c++", *map(str, objs), "-shared", "-fopenmp", "-static-libstdc++", f"-L{TORCH_LIB_PATH}",
+                           "-lc10", "-ltorch_cpu", "-ltorch", "-ltorch_python", "-o", str(lib)],
+                          capture_output=True, text=True, timeout=600)
+    assert link.returncode == 0, link.stderr
+    r = _checker(str(lib))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stdout.count("FAIL") == 4, r.stdout
+    assert "carries its own copy of the C++ runtime" in r.stdout
+    # The project's link flags, added to the same broken request, give a sound library.
+    fixed = tmp_path / "fixed" / "gflops_C.so"
+    fixed.parent.mkdir()
+    link = subprocess.run(["c++", *map(str, objs), "-shared", "-static-libstdc++", *gflops._ext.LD_FLAGS,
+                           f"-L{TORCH_LIB_PATH}", "-lc10", "-ltorch_cpu", "-ltorch", "-ltorch_python", "-o", str(fixed)],
+                          capture_output=True, text=True, timeout=600)
+    assert link.returncode == 0, link.stderr
+    r = _checker(str(fixed))
+    assert r.returncode == 0, r.stdout + r.stderr
