@@ -64,13 +64,13 @@ def _row_scale(grad, weight, rows, rmask, HAS_W: tl.constexpr, GRAD_PER_ROW: tl.
 
 
 @triton.jit
-def qfl_forward_kernel(pred, label, score, weight, out, N, C, params,
+def qfl_forward_kernel(pred, label, score, weight, out, N, C, beta_ptr,
                        BETA2: tl.constexpr, HAS_W: tl.constexpr, SUM: tl.constexpr, ACC: tl.constexpr,
                        BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
     pid = tl.program_id(0)
     rows = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     rmask = rows < N
-    beta = tl.load(params)
+    beta = tl.load(beta_ptr)
     acc = tl.zeros((BLOCK_N,), dtype=ACC)
     for c0 in range(0, C, BLOCK_C):
         x, y, mask = _qfl_tile(pred, label, score, rows, rmask, c0, C, ACC, BLOCK_C)
@@ -90,13 +90,13 @@ def qfl_forward_kernel(pred, label, score, weight, out, N, C, params,
 
 
 @triton.jit
-def qfl_backward_kernel(grad, pred, label, score, weight, out, N, C, params,
+def qfl_backward_kernel(grad, pred, label, score, weight, out, N, C, beta_ptr,
                         BETA2: tl.constexpr, HAS_W: tl.constexpr, GRAD_PER_ROW: tl.constexpr, ACC: tl.constexpr,
                         BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
     pid = tl.program_id(0)
     rows = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     rmask = rows < N
-    beta = tl.load(params)
+    beta = tl.load(beta_ptr)
     g = _row_scale(grad, weight, rows, rmask, HAS_W, GRAD_PER_ROW)
     for c0 in range(0, C, BLOCK_C):
         x, y, mask = _qfl_tile(pred, label, score, rows, rmask, c0, C, ACC, BLOCK_C)
