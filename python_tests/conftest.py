@@ -14,6 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 import gflops  # noqa: E402
 from gflops import _ops, emulation  # noqa: E402
 from gflops import triton as gtriton  # noqa: E402
+from emulated_device import EMU_DEVICE, EmulatedDevice  # noqa: E402
 
 CUDA_OK = torch.cuda.is_available() and gflops.has_cuda()
 needs_cuda = pytest.mark.skipif(not CUDA_OK, reason="needs a GPU and gflops built with CUDA")
@@ -34,6 +35,21 @@ TRITON = pytest.param("triton", marks=needs_triton)
 KERNEL_DEVICES = DEVICES + [TRITON]
 KERNEL_ACCELERATORS = ACCELERATORS + [TRITON]
 TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# The tensors of "emu" (and of "triton" in the interpreter) live on the CPU, so a test that mixes
+# them with CPU tensors passes here and fails on a GPU. Those tests get EMU_DEVICE ("cpu" to torch)
+# and run under EmulatedDevice (python_tests/emulated_device.py), which makes such a mix fail here
+# too. GFLOPS_EMU_DEVICE_CHECK=0 turns the check off.
+EMU_DEVICE_CHECK = os.environ.get("GFLOPS_EMU_DEVICE_CHECK", "1") != "0"
+
+
+def _on_the_cpu(kind):
+    """True for the kinds whose "GPU" tensors are CPU tensors here."""
+    return kind == "emu" or (kind == "triton" and TRITON_DEVICE == "cpu")
+
+
+def emulated_device(kind):
+    """The device-mixing check for the kinds whose tensors live on the CPU here (or nothing)."""
+    return EmulatedDevice() if EMU_DEVICE_CHECK and _on_the_cpu(kind) else contextlib.nullcontext()
 
 
 class OpCalls(TorchDispatchMode):
@@ -62,12 +78,12 @@ def routed(kind):
     twin (torch.ops.gflops_triton)."""
     if kind == "emu":
         emulation.load()
-        with _ops.use("gflops_emu"):
-            yield "cpu"
+        with _ops.use("gflops_emu"), emulated_device(kind):
+            yield EMU_DEVICE
     elif kind == "triton":
         gtriton.load_twin()
-        with _ops.use(gtriton.NAMESPACE):
-            yield TRITON_DEVICE
+        with _ops.use(gtriton.NAMESPACE), emulated_device(kind):
+            yield EMU_DEVICE if _on_the_cpu(kind) else TRITON_DEVICE
     else:
         yield kind
 
@@ -89,7 +105,7 @@ class Accelerator:
 
     def __init__(self, kind):
         self.kind = kind
-        self.device = {"cuda": "cuda", "triton": TRITON_DEVICE}.get(kind, "cpu")
+        self.device = EMU_DEVICE if _on_the_cpu(kind) else {"cuda": "cuda", "triton": TRITON_DEVICE}.get(kind, "cpu")
         self._stack = None
 
     def __call__(self, t):
@@ -113,15 +129,21 @@ def _accelerator(kind):
     return Accelerator(kind)
 
 
+def _accelerated(kind):
+    acc = _accelerator(kind)
+    with emulated_device(kind):
+        yield acc
+
+
 @pytest.fixture(params=ACCELERATORS)
 def accel(request):
-    return _accelerator(request.param)
+    yield from _accelerated(request.param)
 
 
 @pytest.fixture(params=KERNEL_ACCELERATORS)
 def kernel_accel(request):
     """`accel` plus "triton" (the Triton kernels, compared with the CPU ones)."""
-    return _accelerator(request.param)
+    yield from _accelerated(request.param)
 
 
 @pytest.fixture

@@ -194,13 +194,16 @@ def test_compile_fullgraph(device):
     anchors, gts, labels, valid = (t.to(device) for t in (anchors, gts, labels, valid))
 
     def f(g):
-        assigned, label, iou = gflops.atss_assign(anchors, sizes, g, labels, valid, 7)
-        return (assigned > 0).sum(1), iou.sum()
+        return gflops.atss_assign(anchors, sizes, g, labels, valid, 7)
 
     torch._dynamo.reset()
     got = torch.compile(f, fullgraph=True)(gts)
     want = f(gts)
-    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    # The op's own outputs, bitwise (it is deterministic); not a float sum of them (iou.sum()
+    # was compared bitwise before), which inductor may add up in another order than eager.
+    assert len(got) == len(want) == 3 and (want[0] > 0).any()
+    for x, y in zip(got, want):
+        assert x.dtype == y.dtype and torch.equal(x, y)
 
 
 def test_no_gradient_flows():

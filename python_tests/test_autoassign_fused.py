@@ -41,7 +41,8 @@ def _run(fn, args, shapes=SHAPES, weights=(0.7, 1.3, 0.1)):
     a[0], a[1], a[2], a[8], a[9] = leaves
     out = fn(*a, level_shapes=shapes)
     B = out[0].shape[0]
-    w = [torch.linspace(weights[k], 2 * weights[k], B, dtype=out[0].dtype) for k in range(3)]
+    # On the outputs' device: CPU weights times CUDA outputs is an error on a GPU.
+    w = [torch.linspace(weights[k], 2 * weights[k], B, dtype=out[0].dtype, device=out[0].device) for k in range(3)]
     total = sum((o * wk).sum() for o, wk in zip(out[:3], w))
     grads = torch.autograd.grad(total, leaves, allow_unused=True) if total.requires_grad else [None] * 5
     return [o.detach() for o in out], grads

@@ -299,14 +299,16 @@ def test_multiclass_compile_fullgraph(device):
     shapes = t(torch.tensor(SHAPES[:2], dtype=torch.float32))
 
     def f(c):
-        boxes, scores, labels, counts = gflops.multiclass_nms(c, reg, points, strides, sizes, shapes)
-        return boxes.sum(), scores.sum(), counts
+        return gflops.multiclass_nms(c, reg, points, strides, sizes, shapes)
 
     torch._dynamo.reset()
     got = torch.compile(f, fullgraph=True)(cls)
     want = f(cls)
+    # The op's own outputs, bitwise (it is deterministic); not reductions of them, which
+    # inductor may sum in another order than eager.
+    assert len(got) == len(want) == 4 and want[3].sum() > 0
     for x, y in zip(got, want):
-        assert torch.equal(x, y)
+        assert x.dtype == y.dtype and torch.equal(x, y)
 
 
 def test_multiclass_defaults_and_list_shapes():
