@@ -1,8 +1,12 @@
-"""All benchmarks in one run: `python -m benchmarks [--device cuda] [--size ...] [--dtype ...]`.
+"""All benchmarks in one run: `python -m benchmarks [--device cuda] [--size ...] [--dtype ...] [--quick]`.
 
 The assignment, NMS and AutoAssign benchmarks sweep their own sizes and take
-only --device; the thread scaling runs on the CPU."""
+only --device and --quick; the thread scaling runs on the CPU (--quick only).
+Each benchmark turns a failing provider into a row with its note; a
+benchmark that still stops (or whose every provider failed) does not stop
+the ones after it, and makes the exit status 1."""
 import sys
+import traceback
 
 from benchmarks import bench_assign, bench_autoassign, bench_boxes, bench_losses, bench_nms, bench_threads
 
@@ -17,10 +21,25 @@ def _device_args(argv):
     return out
 
 
+def _quick_args(argv):
+    return ["--quick"] * ("--quick" in argv)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    runs = [(bench_losses, argv), (bench_boxes, argv),
+            *((b, _device_args(argv) + _quick_args(argv)) for b in (bench_assign, bench_nms, bench_autoassign)),
+            (bench_threads, _quick_args(argv))]
+    status = 0
+    for bench, args in runs:
+        try:
+            status = max(status, bench.main(args) or 0)
+        except Exception:  # noqa: BLE001 - one benchmark's crash is reported, the next still runs
+            traceback.print_exc()
+            print(f"{bench.__name__} stopped; going on with the next benchmark", file=sys.stderr)
+            status = 1
+    return status
+
+
 if __name__ == "__main__":
-    for bench in (bench_losses, bench_boxes):
-        bench.main(sys.argv[1:])
-    bench_assign.main(_device_args(sys.argv[1:]))
-    bench_nms.main(_device_args(sys.argv[1:]))
-    bench_autoassign.main(_device_args(sys.argv[1:]))
-    bench_threads.main()
+    raise SystemExit(main())

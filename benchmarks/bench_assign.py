@@ -1,12 +1,16 @@
 """ATSS assignment: reference eager vs torch.compile(reference) vs gflops, over
 the number of GTs per image, on the anchors of a 1333x800 and a 2000x2000 image.
 
-    python -m benchmarks.bench_assign [--device cuda] [--budget-gib 8]
+    python -m benchmarks.bench_assign [--device cuda] [--budget-gib 8] [--quick]
 
 The reference builds (B, G, N) IoU and distance matrices; where its
 predicted peak memory passes the budget it is not run, and the row says so
-(with the prediction). Writes benchmarks/results/assign_<device>.{md,csv,json}
-and a plot of time and memory against G.
+(with the prediction). A provider that fails (raises, also while
+torch.compile compiles) is a row with the note, and the sweep goes on; the
+exit status is 1 only when every run provider failed (harness.exit_status).
+Writes benchmarks/results/assign_<device>.{md,csv,json}
+and a plot of time and memory against G. --quick is a dry run: the
+1333x800 image, B=2, G=10, a few calls each, files under benchmarks/results/quick/.
 """
 import argparse
 import sys
@@ -15,7 +19,9 @@ import time
 import torch
 
 import gflops
-from benchmarks.harness import RESULTS, copy_gbps, device_tag, peak_mb, plot_sweep, sync, write_results
+from benchmarks import harness
+from benchmarks.harness import (add_quick, attempt, copy_gbps, exit_status, peak_mb, plot_sweep, quick_mode, reps,
+                                result_path, sync, write_results)
 from reference.assign import atss_assign as ref_assign
 from reference.gfl import anchors as fpn_anchors
 
@@ -43,8 +49,17 @@ def gts_for(batch, num_gt, h, w, device, seed=0):
     return boxes.to(device), labels.to(device), valid.to(device)
 
 
+def sweep():
+    """(images, batches, GTs per image): the whole sweep, or its first case in quick mode."""
+    if harness.QUICK:
+        return dict(list(IMAGES.items())[:1]), BATCHES[:1], GTS[:1]
+    return IMAGES, BATCHES, GTS
+
+
 def timed(fn, device, budget_s=3.0, max_iters=20):
-    """(median ms of fn(), its result): one warm-up call, then calls until the budget (at least 3)."""
+    """(median ms of fn(), its result): one warm-up call, then calls until the
+    budget (at least 3; just 3 in quick mode)."""
+    _, _, max_iters, budget_s = reps(1, 3, max_iters, budget_s)
     out = fn()
     sync(device)
     times, start = [], time.perf_counter()
@@ -60,11 +75,12 @@ def run(device, budget_gib):
     compiled = torch.compile(ref_assign, dynamic=True)
     providers = {"reference": ref_assign, "compile": compiled, "gflops": gflops.atss_assign}
     rows, per_elem = [], {}
-    for image, (h, w) in IMAGES.items():
+    images, batches, gts = sweep()
+    for image, (h, w) in images.items():
         anchors, sizes = anchors_for(h, w, device)
         n = anchors.shape[0]
-        for batch in BATCHES:
-            for num_gt in GTS:
+        for batch in batches:
+            for num_gt in gts:
                 boxes, labels, valid = gts_for(batch, num_gt, h, w, device)
                 args = (anchors, sizes, boxes, labels, valid, NUM_CLASSES)
                 base = {}
@@ -80,26 +96,35 @@ def run(device, budget_gib):
                         rows.append(row)
                         continue
                     call = lambda fn=fn: fn(*args)  # noqa: E731
-                    ms, out = timed(call, device)
-                    mem = peak_mb(call, device)
+                    label = f"{image} B={batch} G={num_gt} {prov}"
+                    res, note = attempt(lambda: timed(call, device), label)
+                    if note is not None:
+                        row.update(median_ms=None, peak_mib=None, vs_eager=None, vs_compile=None, note=note)
+                        rows.append(row)
+                        continue
+                    ms, out = res
+                    mem, mem_note = attempt(lambda: peak_mb(call, device), f"{label} peak memory")
                     if want is None:
                         want = out
                     same = all(torch.equal(a, b) for a, b in zip(out, want))
-                    if prov != "gflops" and dense > 0:
+                    if prov != "gflops" and dense > 0 and mem is not None:
                         per_elem[prov] = max(per_elem.get(prov, 0.0), mem * 2**20 / dense)
                     base[prov] = ms
                     row.update(median_ms=ms, peak_mib=mem,
                                vs_eager=base["reference"] / ms if "reference" in base else None,
                                vs_compile=base["compile"] / ms if "compile" in base else None,
-                               note="" if same else "RESULT DIFFERS from the first provider")
-                    print(f"{image} B={batch} G={num_gt} {prov}: {ms:.2f} ms, peak {mem:.1f} MiB", file=sys.stderr)
+                               note="; ".join(n for n in ("" if same else "RESULT DIFFERS from the first provider",
+                                                          mem_note and f"peak memory {mem_note}") if n))
+                    print(f"{label}: {ms:.2f} ms, peak " + (f"{mem:.1f} MiB" if mem is not None else "failed"),
+                          file=sys.stderr)
                     rows.append(row)
     return rows
 
 
 def plot(rows, path):
+    images, batches, _ = sweep()
     plot_sweep(rows, path, [(f"ATSS, anchors of a {image} image", lambda r, image=image: r["image"] == image)
-                            for image in IMAGES], BATCHES)
+                            for image in images], batches)
 
 
 def main(argv=None):
@@ -107,16 +132,19 @@ def main(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--budget-gib", type=float, default=8.0,
                    help="skip a dense provider whose predicted peak memory exceeds this")
+    add_quick(p, "the 1333x800 image, B=2, G=10")
     a = p.parse_args(argv)
     device = torch.device(a.device)
-    rows = run(device, a.budget_gib)
-    meta = dict(device=str(device), torch=torch.__version__, threads=torch.get_num_threads(),
-                copy_gbps=copy_gbps(device), strides=STRIDES, topk=9,
-                note="vs_eager / vs_compile are speedups (x); peak is allocator memory during one call")
-    table = write_results("assign", device, rows, meta)
-    plot(rows, RESULTS / f"assign_{device_tag(device)}.png")
+    with quick_mode(a.quick):
+        rows = run(device, a.budget_gib)
+        meta = dict(device=str(device), torch=torch.__version__, threads=torch.get_num_threads(),
+                    copy_gbps=copy_gbps(device), strides=STRIDES, topk=9,
+                    note="vs_eager / vs_compile are speedups (x); peak is allocator memory during one call")
+        table = write_results("assign", device, rows, meta)
+        attempt(lambda: plot(rows, result_path("assign", device, ".png")), "plot")
     print(table)
+    return exit_status(rows)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -2,11 +2,15 @@
 (the fused op), forward and forward+backward, on the points of a 1333x800
 image (P = 22400 over P3-P7), 80 classes, over the batch and the GTs per image.
 
-    python -m benchmarks.bench_autoassign [--device cuda] [--budget-gib 16]
+    python -m benchmarks.bench_autoassign [--device cuda] [--budget-gib 16] [--quick]
 
 The reference builds (B, P, G) tensors; where its predicted peak memory
 passes the budget it is not run, and the row says so (with the prediction).
-Writes benchmarks/results/autoassign_<device>.{md,csv,json,png}.
+A provider that fails (raises, also while torch.compile compiles) is a row
+with the note, and the sweep goes on; the exit status is 1 only when every
+run provider failed (harness.exit_status).
+Writes benchmarks/results/autoassign_<device>.{md,csv,json,png}. --quick is
+a dry run: B=2, G=10, a few calls each, files under benchmarks/results/quick/.
 """
 import argparse
 import functools
@@ -16,7 +20,9 @@ import torch
 
 import gflops
 from benchmarks.bench_assign import timed
-from benchmarks.harness import RESULTS, copy_gbps, device_tag, peak_mb, plot_sweep, write_results
+from benchmarks import harness
+from benchmarks.harness import (add_quick, attempt, copy_gbps, exit_status, peak_mb, plot_sweep, quick_mode,
+                                result_path, write_results)
 from reference.autoassign import points as grid_points
 from reference.autoassign_loss import autoassign_loss, autoassign_loss_terms
 
@@ -58,11 +64,17 @@ def loss_fn(terms):
     return fn
 
 
+def sweep():
+    """(batches, GTs per image): the whole sweep, or its first case in quick mode."""
+    return (BATCHES[:1], GTS[:1]) if harness.QUICK else (BATCHES, GTS)
+
+
 def run(device, budget_gib):
     ref = loss_fn(autoassign_loss_terms)
     rows, per_pair = [], {}
-    for batch in BATCHES:
-        for num_gt in GTS:
+    batches, gts = sweep()
+    for batch in batches:
+        for num_gt in gts:
             args, shapes = inputs(batch, num_gt, device)
             pairs = batch * args[0].shape[1] * num_gt
             for mode in ("forward", "forward+backward"):
@@ -92,20 +104,29 @@ def run(device, budget_gib):
                         grads = torch.autograd.grad(loss, [leaves[i] for i in (0, 1, 2, 8, 9)])
                         return loss.detach(), grads
 
-                    ms, out = timed(call, device, budget_s=2.0, max_iters=10)
-                    mem = peak_mb(call, device)
+                    label = f"B={batch} G={num_gt} {mode} {prov}"
+                    res, note = attempt(lambda: timed(call, device, budget_s=2.0, max_iters=10), label)
+                    if note is not None:
+                        row.update(median_ms=None, peak_mib=None, vs_eager=None, vs_compile=None, note=note)
+                        rows.append(row)
+                        continue
+                    ms, out = res
+                    mem, mem_note = attempt(lambda: peak_mb(call, device), f"{label} peak memory")
                     value = out if mode == "forward" else out[0]
                     if want is None:
                         want = value
                     close = abs(float(value) - float(want)) <= 1e-4 * abs(float(want))
-                    if prov != "gflops":  # bytes per (point, GT) pair at the largest size run so far
+                    if prov != "gflops" and mem is not None:  # bytes per (point, GT) pair at the largest size so far
                         per_pair[key] = mem * 2**20 / pairs
                     base[prov] = ms
                     row.update(median_ms=ms, peak_mib=mem,
                                vs_eager=base["reference"] / ms if "reference" in base else None,
                                vs_compile=base["compile"] / ms if "compile" in base else None,
-                               note="" if close else f"LOSS DIFFERS: {float(value)} vs {float(want)}")
-                    print(f"B={batch} G={num_gt} {mode} {prov}: {ms:.1f} ms, peak {mem:.1f} MiB", file=sys.stderr)
+                               note="; ".join(n for n in (
+                                   "" if close else f"LOSS DIFFERS: {float(value)} vs {float(want)}",
+                                   mem_note and f"peak memory {mem_note}") if n))
+                    print(f"{label}: {ms:.1f} ms, peak " + (f"{mem:.1f} MiB" if mem is not None else "failed"),
+                          file=sys.stderr)
                     rows.append(row)
     return rows
 
@@ -113,7 +134,7 @@ def run(device, budget_gib):
 def plot(rows, path):
     plot_sweep(rows, path, [(f"AutoAssign loss {mode}, 1333x800 points, 80 classes",
                              lambda r, mode=mode: r["mode"] == mode) for mode in ("forward", "forward+backward")],
-               BATCHES)
+               sweep()[0])
 
 
 def main(argv=None):
@@ -121,16 +142,19 @@ def main(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--budget-gib", type=float, default=16.0,
                    help="skip a dense provider whose predicted peak memory exceeds this")
+    add_quick(p, "B=2, G=10")
     a = p.parse_args(argv)
     device = torch.device(a.device)
-    rows = run(device, a.budget_gib)
-    meta = dict(device=str(device), torch=torch.__version__, threads=torch.get_num_threads(),
-                copy_gbps=copy_gbps(device), classes=NUM_CLASSES, image=f"{W}x{H}",
-                note="vs_eager / vs_compile are speedups (x); peak is allocator memory during one call")
-    table = write_results("autoassign", device, rows, meta)
-    plot(rows, RESULTS / f"autoassign_{device_tag(device)}.png")
+    with quick_mode(a.quick):
+        rows = run(device, a.budget_gib)
+        meta = dict(device=str(device), torch=torch.__version__, threads=torch.get_num_threads(),
+                    copy_gbps=copy_gbps(device), classes=NUM_CLASSES, image=f"{W}x{H}",
+                    note="vs_eager / vs_compile are speedups (x); peak is allocator memory during one call")
+        table = write_results("autoassign", device, rows, meta)
+        attempt(lambda: plot(rows, result_path("autoassign", device, ".png")), "plot")
     print(table)
+    return exit_status(rows)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -2,12 +2,13 @@
 the fused GFL box branch: reference eager vs torch.compile(reference) vs gflops
 (and gflops' Triton kernels for the integral and the decode), on COCO-like sizes.
 
-    python -m benchmarks.bench_boxes [--device cuda] [--size coco|small]
+    python -m benchmarks.bench_boxes [--device cuda] [--size coco|small|tiny] [--quick]
 
 The decode runs twice: as GFL configures it (17 bins, boxes clamped to the
 image) and as Ultralytics' training loss does (16 bins, no clamp), where its
 bbox_decode (softmax, matmul with the bin indices, dist2bbox) is a peer when
-the ultralytics package imports (see bench_losses).
+the ultralytics package imports (see bench_losses, also for failing
+providers, the exit status and --quick).
 """
 import types
 
@@ -15,11 +16,12 @@ import torch
 
 import gflops
 import reference
-from benchmarks.harness import (bench_providers, cli, copy_gbps, forward_modes, grad_modes, meta_for,
-                                subset_tag, triton_provider, write_results)
+from benchmarks.harness import (bench_providers, case_rows, checked_peer, cli, copy_gbps, forward_modes, grad_modes,
+                                meta_for, subset_tag, triton_provider, write_results)
 
 SIZES = {"coco": dict(batch=16, anchors=22400, gts=100, pos=1000, reg_max=16),
-         "small": dict(batch=2, anchors=22400, gts=100, pos=1000, reg_max=16)}
+         "small": dict(batch=2, anchors=22400, gts=100, pos=1000, reg_max=16),
+         "tiny": dict(batch=1, anchors=1000, gts=10, pos=100, reg_max=16)}  # --quick: a dry run
 
 
 def _boxes(*shape, g, device, dtype):
@@ -114,56 +116,75 @@ def branch_case(s, device, dtype):
     return f"gfl_box_branch P={p}", args, {}, nbytes
 
 
-def run(device, size, dtype, providers):
-    s = SIZES[size]
-    copy = copy_gbps(device)
-    rows = []
-    for mode in ("iou", "giou"):
-        name, args, kw, nbytes = iou_case(s, device, dtype, mode)
-        torch._dynamo.reset()
-        fns = {"reference": reference.box_iou, "gflops": gflops.box_iou, "compile": torch.compile(reference.box_iou)}
-        rows += bench_providers(name, fns, lambda fn: forward_modes(fn, args, kw), nbytes, device, copy, providers)
+def iou_rows(s, device, dtype, providers, copy, mode):
+    name, args, kw, nbytes = iou_case(s, device, dtype, mode)
+    torch._dynamo.reset()
+    fns = {"reference": reference.box_iou, "gflops": gflops.box_iou, "compile": torch.compile(reference.box_iou)}
+    return bench_providers(name, fns, lambda fn: forward_modes(fn, args, kw), nbytes, device, copy, providers)
 
+
+def giou_rows(s, device, dtype, providers, copy):
     name, args, kw, nbytes = giou_case(s, device, dtype)
     fns = {"reference": reference.giou_loss, "gflops": gflops.giou_loss, "compile": torch.compile(reference.giou_loss)}
-    rows += bench_providers(name, fns, lambda fn: grad_modes(fn, args, kw, lambda out: out), nbytes, device, copy,
-                            providers)
+    return bench_providers(name, fns, lambda fn: grad_modes(fn, args, kw, lambda out: out), nbytes, device, copy,
+                           providers)
 
+
+def integral_rows(s, device, dtype, providers, copy):
     name, args, kw, nbytes = integral_case(s, device, dtype)
     fns = {"reference": reference.integral, "gflops": gflops.integral, "compile": torch.compile(reference.integral),
            "triton": triton_provider(gflops.integral, device)}
-    rows += bench_providers(name, fns, lambda fn: grad_modes(fn, args, kw, lambda out: out.float().sum()),
-                            nbytes, device, copy, providers)
+    return bench_providers(name, fns, lambda fn: grad_modes(fn, args, kw, lambda out: out.float().sum()),
+                           nbytes, device, copy, providers)
 
-    for reg_max, max_shape in ((s["reg_max"], (800, 1333)), (15, None)):
-        name, args, kw, nbytes = decode_case(s, device, dtype, reg_max, max_shape)
-        torch._dynamo.reset()
-        fns = {"reference": reference.decode_distribution, "gflops": gflops.decode_distribution,
-               "compile": torch.compile(reference.decode_distribution),
-               "triton": triton_provider(gflops.decode_distribution, device)}
-        if max_shape is None:
-            fns["ultralytics"] = peer = ultralytics_decode(args[1], args[2])
-            if not isinstance(peer, str):  # the peer computes the same boxes, or it is not compared
-                ref = reference.decode_distribution(*args)
-                atol = 1e-2 if dtype == torch.float32 else 4.0  # pixels up to ~2000 in 16 bits
-                torch.testing.assert_close(peer(*args).to(ref.dtype), ref, rtol=1e-3, atol=atol)
-        rows += bench_providers(name, fns, lambda fn: grad_modes(fn, args, kw, lambda out: out.float().sum()),
-                                nbytes, device, copy, providers)
 
+def decode_rows(s, device, dtype, providers, copy, reg_max, max_shape):
+    name, args, kw, nbytes = decode_case(s, device, dtype, reg_max, max_shape)
+    torch._dynamo.reset()
+    fns = {"reference": reference.decode_distribution, "gflops": gflops.decode_distribution,
+           "compile": torch.compile(reference.decode_distribution),
+           "triton": triton_provider(gflops.decode_distribution, device)}
+    if max_shape is None:
+        def check(peer):  # the peer computes the same boxes, or it is not compared
+            ref = reference.decode_distribution(*args)
+            atol = 1e-2 if dtype == torch.float32 else 4.0  # pixels up to ~2000 in 16 bits
+            torch.testing.assert_close(peer(*args).to(ref.dtype), ref, rtol=1e-3, atol=atol)
+        fns["ultralytics"] = checked_peer(lambda: ultralytics_decode(args[1], args[2]), check)
+    return bench_providers(name, fns, lambda fn: grad_modes(fn, args, kw, lambda out: out.float().sum()),
+                           nbytes, device, copy, providers)
+
+
+def branch_rows(s, device, dtype, providers, copy):
     name, args, kw, nbytes = branch_case(s, device, dtype)
     fns = {"reference": reference.gfl_box_branch, "gflops": gflops.gfl_box_branch,
            "compile": torch.compile(reference.gfl_box_branch)}
-    rows += bench_providers(name, fns, lambda fn: grad_modes(fn, args, kw, lambda out: 2.0 * out[0] + 0.25 * out[1]),
-                            nbytes, device, copy, providers)
+    return bench_providers(name, fns, lambda fn: grad_modes(fn, args, kw, lambda out: 2.0 * out[0] + 0.25 * out[1]),
+                           nbytes, device, copy, providers)
+
+
+def run(device, size, dtype, providers):
+    """(markdown table, rows); writes the result files."""
+    s = SIZES[size]
+    copy = copy_gbps(device)
+    common = (s, device, dtype, providers, copy)
+    cases = [("box_iou iou", lambda: iou_rows(*common, "iou")), ("box_iou giou", lambda: iou_rows(*common, "giou")),
+             ("giou_loss", lambda: giou_rows(*common)), ("integral", lambda: integral_rows(*common))]
+    cases += [(f"decode reg_max={reg_max}", lambda reg_max=reg_max, shape=shape: decode_rows(*common, reg_max, shape))
+              for reg_max, shape in ((s["reg_max"], (800, 1333)), (15, None))]
+    cases += [("gfl_box_branch", lambda: branch_rows(*common))]
+    rows = []
+    for label, make_rows in cases:
+        rows += case_rows(label, make_rows, mode=None)
     # Runs with the peer come from another virtualenv (another torch): kept apart from the project's own.
     peers = "_ultralytics" if any(r["provider"] == "ultralytics" for r in rows) else ""
-    return write_results(f"boxes_{size}_{str(dtype).split('.')[-1]}{subset_tag(providers)}{peers}", device, rows,
-                         meta_for(device, size, dtype, copy), plot=True)
+    table = write_results(f"boxes_{size}_{str(dtype).split('.')[-1]}{subset_tag(providers)}{peers}", device, rows,
+                          meta_for(device, size, dtype, copy), plot=True)
+    return table, rows
 
 
 def main(argv=None):
-    cli(run, __doc__, argv)
+    return cli(run, __doc__, argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

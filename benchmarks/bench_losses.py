@@ -2,7 +2,13 @@
 torch.compile(reference) vs gflops' Triton kernels vs gflops, on COCO-like sizes,
 and DFL against Ultralytics' DFLoss where the ultralytics package imports.
 
-    python -m benchmarks.bench_losses [--device cuda] [--size coco|small]
+    python -m benchmarks.bench_losses [--device cuda] [--size coco|small|tiny] [--quick]
+
+A provider that fails (raises, also in torch.compile's warm-up) is a row
+with the note; the others still run and the files are written; the exit
+status is 1 only when every provider of every case failed (harness.exit_status).
+--quick is a dry run: the tiny size, a few calls per timing, files under
+benchmarks/results/quick/.
 
 The machine's limits, per case and mode: pct_copy is the time of a copy
 moving the same bytes over the provider's time, pct_math that of the
@@ -18,13 +24,14 @@ import torch
 
 import gflops
 import reference
-from benchmarks.harness import (bench_providers, cli, copy_gbps, copy_ms, grad_modes, math_ms, meta_for, subset_tag,
-                                triton_provider, write_results)
+from benchmarks.harness import (attempt, bench_providers, case_rows, checked_peer, cli, copy_gbps, copy_ms, grad_modes,
+                                math_ms, meta_for, subset_tag, triton_provider, write_results)
 
 # QFL: (batch, anchors per image, classes). DFL: positives in the batch (x 4 sides), bins per side:
 # 17 is GFL's reg_max 16, 16 is Ultralytics' (YOLOv8 and later).
 SIZES = {"coco": dict(batch=16, anchors=22400, classes=80, pos=1000, dfl_pos=13000),
-         "small": dict(batch=2, anchors=22400, classes=80, pos=1000, dfl_pos=2000)}
+         "small": dict(batch=2, anchors=22400, classes=80, pos=1000, dfl_pos=2000),
+         "tiny": dict(batch=1, anchors=1000, classes=80, pos=50, dfl_pos=100)}  # --quick: a dry run
 DFL_BINS = (17, 16)
 
 
@@ -76,39 +83,48 @@ def dfl_case(s, device, dtype, n1):
 
 
 def limits(device, nbytes, elements, with_log1p):
-    """The bwd mode has no arithmetic limit: a backward may reuse the forward's exponentials."""
-    math = math_ms(elements, device, with_log1p)
-    return {mode: (copy_ms(b, device), None if mode == "bwd" else math) for mode, b in nbytes.items()}
+    """The bwd mode has no arithmetic limit: a backward may reuse the forward's
+    exponentials. None where measuring a limit fails (the rows go without)."""
+    def measure():
+        math = math_ms(elements, device, with_log1p)
+        return {mode: (copy_ms(b, device), None if mode == "bwd" else math) for mode, b in nbytes.items()}
+    return attempt(measure, "limits")[0]
+
+
+def run_case(case, ref_fn, ours, with_log1p, make_peer, device, copy, providers):
+    """The rows of one loss case: every provider in every mode (bench_providers)."""
+    name, args, kw, nbytes = case()
+    torch._dynamo.reset()  # a fresh compile per case: one shared cache would hit the recompile limit
+    fns = {"reference": ref_fn, "compile": torch.compile(ref_fn), "gflops": ours,
+           "triton": triton_provider(ours, device)}
+    if make_peer is not None:  # the peer computes the same loss, or it is not compared
+        fns["ultralytics"] = checked_peer(make_peer, lambda peer: torch.testing.assert_close(
+            peer(*args, **kw), ref_fn(*args, **kw), rtol=1e-4, atol=1e-4))
+    return bench_providers(name, fns, lambda fn: grad_modes(fn, args, kw, lambda out: out), nbytes,
+                           device, copy, providers, limits(device, nbytes, args[0].numel(), with_log1p))
 
 
 def run(device, size, dtype, providers):
+    """(markdown table, rows); writes the result files."""
     s = SIZES[size]
     copy = copy_gbps(device)
     rows = []
-    cases = [(lambda: qfl_case(s, device, dtype), reference.quality_focal_loss, gflops.quality_focal_loss,
+    cases = [("QFL", lambda: qfl_case(s, device, dtype), reference.quality_focal_loss, gflops.quality_focal_loss,
               True, None)]
-    cases += [(lambda n1=n1: dfl_case(s, device, dtype, n1), reference.distribution_focal_loss,
-               gflops.distribution_focal_loss, False, ultralytics_dfl(n1)) for n1 in DFL_BINS]
-    for case, ref_fn, ours, with_log1p, peer in cases:
-        name, args, kw, nbytes = case()
-        torch._dynamo.reset()  # a fresh compile per case: one shared cache would hit the recompile limit
-        fns = {"reference": ref_fn, "compile": torch.compile(ref_fn), "gflops": ours,
-               "triton": triton_provider(ours, device)}
-        if peer is not None:
-            fns["ultralytics"] = peer
-            if not isinstance(peer, str):  # the peer computes the same loss, or it is not compared
-                torch.testing.assert_close(peer(*args, **kw), ref_fn(*args, **kw), rtol=1e-4, atol=1e-4)
-        rows += bench_providers(name, fns, lambda fn: grad_modes(fn, args, kw, lambda out: out), nbytes,
-                                device, copy, providers, limits(device, nbytes, args[0].numel(), with_log1p))
+    cases += [(f"DFL {n1} bins", lambda n1=n1: dfl_case(s, device, dtype, n1), reference.distribution_focal_loss,
+               gflops.distribution_focal_loss, False, lambda n1=n1: ultralytics_dfl(n1)) for n1 in DFL_BINS]
+    for label, *case in cases:
+        rows += case_rows(label, lambda: run_case(*case, device, copy, providers), mode=None)
     # Runs with the peer come from another virtualenv (another torch): kept apart from the project's own.
     peers = "_ultralytics" if any(r["provider"] == "ultralytics" for r in rows) else ""
-    return write_results(f"losses_{size}_{str(dtype).split('.')[-1]}{subset_tag(providers)}{peers}", device, rows,
-                         meta_for(device, size, dtype, copy), plot=True)
+    table = write_results(f"losses_{size}_{str(dtype).split('.')[-1]}{subset_tag(providers)}{peers}", device, rows,
+                          meta_for(device, size, dtype, copy), plot=True)
+    return table, rows
 
 
 def main(argv=None):
-    cli(run, __doc__, argv)
+    return cli(run, __doc__, argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -2,13 +2,17 @@
 torchvision.ops when importable, gflops), and the GFL post-process over a
 batch (reference eager, torch.compile(reference), gflops.multiclass_nms).
 
-    python -m benchmarks.bench_nms [--device cuda] [--budget-gib 8]
+    python -m benchmarks.bench_nms [--device cuda] [--budget-gib 8] [--skip-single] [--quick]
 
 torchvision's wheels are built against the CUDA build of torch, so with a
 CPU-only torch the provider is skipped (the reason is printed); the numbers
 under benchmarks/results/ come from a separate virtualenv with
 torch==2.14.1 and torchvision==0.29.2 (README, "Benchmarks"). The reference
 nms builds a K x K IoU matrix; where that passes the budget it is not run.
+A provider that fails (raises, also while torch.compile compiles) is a row
+with the note; the exit status is 1 only when every run provider failed
+(harness.exit_status). --quick is a dry run: K=1000 and the post-process of
+one image, a few calls each, files under benchmarks/results/quick/.
 """
 import argparse
 import sys
@@ -17,13 +21,16 @@ import time
 import torch
 
 import gflops
-from benchmarks.harness import RESULTS, copy_gbps, device_tag, peak_mb, sync, write_results
+from benchmarks import harness
+from benchmarks.harness import (add_quick, attempt, copy_gbps, exit_status, peak_mb, quick_mode, reps, result_path,
+                                sync, write_results)
 from benchmarks.bench_assign import anchors_for
 from reference import nms as ref
 
 KS = (1_000, 10_000, 100_000, 200_000)
 CLASSES = 80
 BATCH = 16
+QUICK_BATCH = 1
 IMAGE = (800, 1333)
 SLOW_S = 10.0  # a provider whose first call takes longer is timed once, without a memory profile
 
@@ -48,6 +55,7 @@ def random_boxes(k, device, seed=0):
 
 def measure(fn, device, budget_s=3.0, max_iters=20):
     """(median ms, peak MiB or None, result, runs)."""
+    _, _, max_iters, budget_s = reps(1, 3, max_iters, budget_s)
     t0 = time.perf_counter()
     out = fn()
     sync(device)
@@ -90,7 +98,7 @@ def _compare(out, want, scores):
 
 def run_single(device, budget_gib, tv, rows):
     for batched in (False, True):
-        for k in KS:
+        for k in KS[:1] if harness.QUICK else KS:
             boxes, scores, idxs = random_boxes(k, device)
             case = f"{'batched_nms 80 classes' if batched else 'nms'} K={k}"
             providers = {"reference": (ref.batched_nms, ref.nms), "gflops": (gflops.batched_nms, gflops.nms)}
@@ -105,7 +113,12 @@ def run_single(device, budget_gib, tv, rows):
                     _row(rows, base, **row)
                     continue
                 call = (lambda: fb(boxes, scores, idxs, 0.5)) if batched else (lambda: fs(boxes, scores, 0.5))
-                ms, mib, out, n = measure(call, device)
+                res, note = attempt(lambda: measure(call, device), f"{case} {prov}")
+                if note is not None:
+                    row["note"] = note
+                    _row(rows, base, **row)
+                    continue
+                ms, mib, out, n = res
                 want = out if want is None else want
                 base[prov] = ms
                 row.update(median_ms=ms, peak_mib=mib, runs=n, kept=int(out.numel()),
@@ -114,8 +127,8 @@ def run_single(device, budget_gib, tv, rows):
                 _row(rows, base, **row)
 
 
-def head_batch(device, seed=0):
-    """Raw GFL head outputs of BATCH 1333x800 images, 80 classes: logits ~ N(-6, 2)
+def head_batch(device, seed=0, batch=BATCH):
+    """Raw GFL head outputs of `batch` 1333x800 images, 80 classes: logits ~ N(-6, 2)
     put ~6% of the (anchor, class) pairs above score_thr (more than nms_pre on
     the large levels), distribution logits ~ N(0, 2)."""
     h, w = IMAGE
@@ -125,15 +138,16 @@ def head_batch(device, seed=0):
     points, st, _, sizes = anchors([(-(-ph // s), -(-pw // s)) for s in strides], device)
     g = torch.Generator().manual_seed(seed)
     n = points.shape[0]
-    cls = (torch.randn(BATCH, n, CLASSES, generator=g) * 2 - 6).to(device)
-    reg = (torch.randn(BATCH, n, 68, generator=g) * 2).to(device)
-    shapes = torch.tensor([[h, w]] * BATCH, dtype=torch.float32, device=device)
+    cls = (torch.randn(batch, n, CLASSES, generator=g) * 2 - 6).to(device)
+    reg = (torch.randn(batch, n, 68, generator=g) * 2).to(device)
+    shapes = torch.tensor([[h, w]] * batch, dtype=torch.float32, device=device)
     return cls, reg, points, st, list(sizes), shapes
 
 
 def run_post(device, rows):
-    cls, reg, points, st, sizes, shapes = head_batch(device)
-    case = f"multiclass_nms B={BATCH} N={points.shape[0]} C={CLASSES}"
+    batch = QUICK_BATCH if harness.QUICK else BATCH
+    cls, reg, points, st, sizes, shapes = head_batch(device, batch=batch)
+    case = f"multiclass_nms B={batch} N={points.shape[0]} C={CLASSES}"
     shape_list = shapes.tolist()
 
     def reference():
@@ -145,17 +159,20 @@ def run_post(device, rows):
     base, want = {}, None
     for prov, fn in providers.items():
         row = dict(case=case, provider=prov, median_ms=None, peak_mib=None, runs=0, kept=None, note="")
-        try:
+
+        def warm_and_measure(prov=prov, fn=fn):
             warm = ""
             if prov == "compile":  # compilation is not the op's time: one untimed call first
                 t0 = time.perf_counter()
                 fn()
                 warm = f"first call (compiling) {time.perf_counter() - t0:.0f} s; "
-            ms, mib, out, n = measure(fn, device)
-        except Exception as e:  # torch.compile of the Python loops may not compile
-            row["note"] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
+            return warm, measure(fn, device)
+        res, note = attempt(warm_and_measure, f"{case} {prov}")  # torch.compile of the Python loops may not compile
+        if note is not None:
+            row["note"] = note
             _row(rows, base, **row)
             continue
+        warm, (ms, mib, out, n) = res
         want = out if want is None else want
         same = torch.equal(out[3].cpu(), want[3].cpu()) and torch.equal(out[2].cpu(), want[2].cpu())
         base[prov] = ms
@@ -188,7 +205,7 @@ def plot(rows, path):
     axes[2].bar([r["provider"] for r in post], [r["median_ms"] for r in post])
     axes[2].set_yscale("log")
     axes[2].set_ylabel("median time (ms)")
-    axes[2].set_title(f"GFL post-process, B={BATCH}, 80 classes, 1333x800")
+    axes[2].set_title(f"GFL post-process, B={QUICK_BATCH if harness.QUICK else BATCH}, 80 classes, 1333x800")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -199,22 +216,26 @@ def main(argv=None):
     p.add_argument("--budget-gib", type=float, default=8.0,
                    help="skip the reference where its K x K matrix passes this")
     p.add_argument("--skip-single", action="store_true", help="only the post-process")
+    add_quick(p, "K=1000, the post-process of one image")
     a = p.parse_args(argv)
     device = torch.device(a.device)
     tv, why = torchvision_ops()
     if tv is None:
         print(f"torchvision provider skipped: {why}", file=sys.stderr)
     rows = []
-    if not a.skip_single:
-        run_single(device, a.budget_gib, tv, rows)
-    run_post(device, rows)
-    meta = dict(device=str(device), torch=torch.__version__, threads=torch.get_num_threads(),
-                copy_gbps=copy_gbps(device), torchvision=why or "used", iou_threshold=0.5,
-                note="vs_* are speedups (x) of this row over that provider; peak is allocator memory during one call")
-    table = write_results("nms", device, rows, meta)
-    plot(rows, RESULTS / f"nms_{device_tag(device)}.png")
+    with quick_mode(a.quick):
+        if not a.skip_single:
+            run_single(device, a.budget_gib, tv, rows)
+        run_post(device, rows)
+        meta = dict(device=str(device), torch=torch.__version__, threads=torch.get_num_threads(),
+                    copy_gbps=copy_gbps(device), torchvision=why or "used", iou_threshold=0.5,
+                    note="vs_* are speedups (x) of this row over that provider; "
+                         "peak is allocator memory during one call")
+        table = write_results("nms", device, rows, meta)
+        attempt(lambda: plot(rows, result_path("nms", device, ".png")), "plot")
     print(table)
+    return exit_status(rows)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,6 +1,8 @@
 """Timing, peak memory, bandwidth and result files shared by the benchmarks."""
+import contextlib
 import csv
 import json
+import os
 import platform
 import re
 import statistics
@@ -11,6 +13,76 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# --quick (a dry run: every timing loop a few calls, the smallest case) writes
+# here, never over the committed results; the folder's .gitignore keeps it out of git.
+QUICK_RESULTS = RESULTS / "quick"
+QUICK = False
+
+
+def reps(warmup, min_iters, max_iters, budget_s):
+    """A timing loop's (warmup, min_iters, max_iters, budget_s): as given, or in
+    quick mode one warm-up call and three timed ones (a dry run, not a measurement)."""
+    if QUICK:
+        return min(warmup, 1), min(min_iters, 3), min(max_iters, 3), 0.0
+    return warmup, min_iters, max_iters, budget_s
+
+
+def results_dir():
+    """$GFLOPS_RESULTS_DIR where set (tools/gpu_session.sh collects there), else
+    benchmarks/results/, or benchmarks/results/quick/ in quick mode."""
+    env = os.environ.get("GFLOPS_RESULTS_DIR")
+    return Path(env) if env else QUICK_RESULTS if QUICK else RESULTS
+
+
+# A provider that fails (raises an Exception: a kernel, a compile, a launch, a
+# peer's check) becomes a row whose note starts with FAILED, never the end of
+# the run: `attempt` is the one place the benchmarks catch it. Rows that were
+# not run on purpose (budget, unavailable provider) are not failures.
+FAILED = "failed: "
+
+
+def failure_note(e):
+    """FAILED, the exception's type and the first line of its message (cut to 160 characters)."""
+    lines = str(e).strip().splitlines()
+    return f"{FAILED}{type(e).__name__}" + (f": {lines[0].strip()[:160]}" if lines else "")
+
+
+class Failed(str):
+    """A provider entry (in place of its function) that failed before it could
+    run, e.g. while loading its kernels or when checked against the reference:
+    bench_providers gives it rows with this note. A plain string is a reason
+    to skip the provider (not available here) and gives no row."""
+
+
+def attempt(fn, what):
+    """(fn(), None), or (None, note) where fn raised an Exception (the note is
+    printed with `what`); KeyboardInterrupt and SystemExit pass through."""
+    try:
+        return fn(), None
+    except Exception as e:  # noqa: BLE001 - any failure of a provider is a result, not the end of the run
+        note = failure_note(e)
+    print(f"{what}: {note}", file=sys.stderr)
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        try:  # an out-of-memory provider leaves its cache to the next
+            torch.cuda.empty_cache()
+        except Exception:  # noqa: BLE001 - after a sticky CUDA error this raises too; the calls will say so
+            pass
+    return None, note
+
+
+def is_failure(row):
+    return str(row.get("note") or "").startswith(FAILED)
+
+
+def exit_status(rows, time_keys=("median_ms",)):
+    """The process's exit status for a benchmark's rows: 1 when something failed
+    and nothing was timed (every provider of every case failed), else 0, also
+    when some providers failed (their rows say so) or every one was skipped."""
+    timed = any(isinstance(r.get(k), (int, float)) and r.get(k) == r.get(k) for r in rows for k in time_keys)
+    failed = [r for r in rows if is_failure(r)]
+    if failed:
+        print(f"{len(failed)} of {len(rows)} rows failed (see their notes)", file=sys.stderr)
+    return 1 if failed and not timed else 0
 
 
 def sync(device):
@@ -41,28 +113,47 @@ def _time_call_ms(fn, device):
     return a.elapsed_time(b)
 
 
-def interleaved_median_ms(entries, device, warmup=3, batch=5, min_iters=10, max_iters=200, budget_s=2.0):
+def interleaved_median_ms(entries, device, warmup=3, batch=5, min_iters=10, max_iters=200, budget_s=2.0,
+                          failed=None, label=""):
     """Median wall time in ms of each of several (fn, setup) entries (a dict),
     timed in rounds of `batch` calls of each in turn, so that a machine that
     speeds up or slows down during the run (a shared, throttled CPU) moves every
-    entry's median alike, and their ratios hold. Otherwise as median_ms."""
-    for fn, setup in entries.values():
-        for _ in range(warmup):
-            setup()
-            fn()
-    sync(device)
+    entry's median alike, and their ratios hold. Otherwise as median_ms.
+    With a dict `failed`, an entry that raises (in its warm-up, where
+    torch.compile compiles, or later) is dropped, with its note there, and
+    the others go on; without, the exception propagates."""
+    warmup, min_iters, max_iters, budget_s = reps(warmup, min_iters, max_iters, budget_s)
+    entries = dict(entries)
+
+    def call(k, work):
+        if failed is None:
+            return work()
+        _, note = attempt(work, f"{label}{k}")
+        if note is not None:
+            failed[k] = note
+            del entries[k]
+
+    for k, (fn, setup) in list(entries.items()):
+        def warm(fn=fn, setup=setup):
+            for _ in range(warmup):
+                setup()
+                fn()
+            sync(device)
+        call(k, warm)
     times = {k: [] for k in entries}
     start = time.perf_counter()
 
     def more():
-        n = min(len(t) for t in times.values())
+        n = min((len(times[k]) for k in entries), default=max_iters)
         return n < max_iters and (n < min_iters or time.perf_counter() - start < budget_s * len(entries))
     while more():
-        for k, (fn, setup) in entries.items():
-            for _ in range(batch):
-                setup()
-                times[k].append(_time_call_ms(fn, device))
-    return {k: statistics.median(t) for k, t in times.items()}
+        for k, (fn, setup) in list(entries.items()):
+            def timed(fn=fn, setup=setup, k=k):
+                for _ in range(batch):
+                    setup()
+                    times[k].append(_time_call_ms(fn, device))
+            call(k, timed)
+    return {k: statistics.median(times[k]) for k in entries}
 
 
 def peak_mb(fn, device, setup=_nothing):
@@ -115,19 +206,28 @@ def device_tag(device):
     return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
 
 
+def result_path(name, device, suffix):
+    """benchmarks/results/<name>_<device><suffix> (results/quick/ in quick mode)."""
+    return results_dir() / f"{name}_{device_tag(device)}{suffix}"
+
+
 def write_results(name, device, rows, meta, plot=False):
     """benchmarks/results/<name>_<device>.{md,csv,json} (and .png of the providers'
-    times with `plot`); returns the markdown table."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / f"{name}_{device_tag(device)}"
+    times with `plot`; results/quick/ in quick mode); returns the markdown table.
+    A note column, where any row has one, comes last; failed rows are counted
+    in the meta."""
+    results_dir().mkdir(parents=True, exist_ok=True)
+    stem = result_path(name, device, "")
     cols = list(dict.fromkeys(k for r in rows for k in r))
+    cols = [c for c in cols if c != "note"] + ["note"] * ("note" in cols)
     rows = [{c: r.get(c) for c in cols} for r in rows]
+    failed = sum(map(is_failure, rows))
+    meta = {**meta, **({"quick": "a dry run (--quick): a few calls each, not a measurement"} if QUICK else {}),
+            **({"failed_rows": failed} if failed else {})}
     with open(stem.with_suffix(".csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
         w.writerows(rows)
-    if plot:
-        plot_providers(rows, stem.with_suffix(".png"), f"{name} on {device_tag(device)}")
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
 
     def fmt(v):
@@ -138,6 +238,8 @@ def write_results(name, device, rows, meta, plot=False):
     head = "\n".join(f"- {k}: {v}" for k, v in meta.items())
     table = "\n".join(lines)
     stem.with_suffix(".md").write_text(f"# {name} on {device_tag(device)}\n\n{head}\n\n{table}\n")
+    if plot:  # last: the tables are written whatever the plot does
+        attempt(lambda: plot_providers(rows, stem.with_suffix(".png"), f"{name} on {device_tag(device)}"), "plot")
     return table
 
 
@@ -148,6 +250,7 @@ def plot_providers(rows, path, title):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = [r for r in rows if r["median_ms"] is not None]  # failed rows have no time
     groups = list(dict.fromkeys((r["op"], r["mode"]) for r in rows))
     provs = list(dict.fromkeys(r["provider"] for r in rows))
     fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(groups)), 5))
@@ -209,7 +312,9 @@ def triton_provider(fn, device):
         return why
     if device.type != "cuda":
         return "the Triton kernels need a GPU (no GPU here)"
-    gtriton.load_twin()
+    _, note = attempt(gtriton.load_twin, "triton")
+    if note is not None:
+        return Failed(note)
 
     def run(*args, **kw):
         with _ops.use(gtriton.NAMESPACE):
@@ -257,26 +362,46 @@ PEERS = ("ultralytics",)
 
 def bench_providers(name, fns, make_modes, nbytes, device, copy, providers, limits=None):
     """Rows of one op: every provider (reference, compile, gflops, triton and the
-    peers) in every mode. A provider whose entry is missing or a string (the
-    reason) is skipped with that reason printed. `limits` maps a mode to the
+    peers) in every mode (the keys of nbytes). A provider whose entry is missing
+    or a string (the reason) is skipped with that reason printed; one whose
+    entry is Failed, or that raises (building its modes, in its warm-up or
+    compile, while timed), gets rows with median_ms None and the note, and
+    the others are timed as usual. `limits` maps a mode to the
     (copy, math) times of the machine's limits for it (copy_ms, math_ms):
     pct_copy and pct_math say how close a provider comes to each."""
-    runnable = {}
-    for prov in dict.fromkeys((*providers, *(p for p in PEERS if p in fns))):
+    runnable, failed = {}, {}  # failed: provider -> {mode: note}
+    order = list(dict.fromkeys((*providers, *(p for p in PEERS if p in fns))))
+    for prov in order:
         fn = fns.get(prov, "no Triton kernel for this op" if prov == "triton" else "not provided")
+        if isinstance(fn, Failed):
+            failed[prov] = dict.fromkeys(nbytes, str(fn))
+            continue
         if isinstance(fn, str):
             print(f"{name:24s} {prov:10s} skipped: {fn}", file=sys.stderr)
             continue
-        runnable[prov] = make_modes(fn)
+        modes, note = attempt(lambda: make_modes(fn), f"{name} {prov}")
+        if note is None:
+            runnable[prov] = modes
+        else:
+            failed[prov] = dict.fromkeys(nbytes, note)
     # Providers are timed interleaved, mode by mode: their ratios are the result.
     base = {}
     for mode in dict.fromkeys(m for modes in runnable.values() for m in modes):
-        base[mode] = interleaved_median_ms({p: modes[mode] for p, modes in runnable.items() if mode in modes}, device)
+        errors = {}
+        base[mode] = interleaved_median_ms({p: modes[mode] for p, modes in runnable.items() if mode in modes}, device,
+                                           failed=errors, label=f"{name} {mode} ")
+        for prov, note in errors.items():
+            failed.setdefault(prov, {})[mode] = note
     rows = []
-    for prov, modes in runnable.items():
-        for mode, (f, setup) in modes.items():
+    for prov in (p for p in order if p in runnable or p in failed):
+        for mode in dict.fromkeys((*runnable.get(prov, {}), *failed.get(prov, {}))):
+            if mode in failed.get(prov, {}):
+                rows.append(dict(op=name, mode=mode, provider=prov, median_ms=None, note=failed[prov][mode]))
+                print(f"{name:24s} {mode:8s} {prov:10s} {failed[prov][mode]}", file=sys.stderr)
+                continue
+            f, setup = runnable[prov][mode]
             ms = base[mode][prov]
-            mem = peak_mb(f, device, setup=setup)
+            mem, mem_note = attempt(lambda: peak_mb(f, device, setup=setup), f"{name} {mode} {prov} peak memory")
             gbps = nbytes[mode] / (ms * 1e-3) / 1e9
             lim = (limits or {}).get(mode)
             rows.append(dict(op=name, mode=mode, provider=prov, median_ms=ms,
@@ -286,13 +411,35 @@ def bench_providers(name, fns, make_modes, nbytes, device, copy, providers, limi
                              peak_mib=mem, gbps=gbps if device.type == "cuda" else None,
                              pct_copy_bw=100 * gbps / copy if copy else None,
                              pct_copy=100 * lim[0] / ms if lim else None,
-                             pct_math=100 * lim[1] / ms if lim and lim[1] else None))
-            print(f"{name:24s} {mode:8s} {prov:10s} {ms:9.3f} ms  peak {mem:8.1f} MiB", file=sys.stderr)
+                             pct_math=100 * lim[1] / ms if lim and lim[1] else None,
+                             **({"note": f"peak memory {mem_note}"} if mem_note else {})))
+            print(f"{name:24s} {mode:8s} {prov:10s} {ms:9.3f} ms  peak " +
+                  (f"{mem:8.1f} MiB" if mem is not None else "failed"), file=sys.stderr)
     for r in rows:  # the peers' speedups: gflops against each, in the gflops rows
         for peer in PEERS:
-            if peer in base.get(r["mode"], {}) and r["provider"] == "gflops":
+            if peer in base.get(r["mode"], {}) and r["provider"] == "gflops" and r["median_ms"] is not None:
                 r[f"vs_{peer}"] = base[r["mode"]][peer] / r["median_ms"]
     return rows
+
+
+def checked_peer(make, check):
+    """A peer's entry for bench_providers: make() (the peer, or a string: why it
+    is not available, and it is skipped) where check(peer) passes (it computes
+    what the reference computes); Failed, with the note, where either raises."""
+    peer, note = attempt(make, "peer")
+    if note is None and not isinstance(peer, str):
+        _, note = attempt(lambda: check(peer), "peer check")
+    return peer if note is None else Failed(note)
+
+
+def case_rows(label, make_rows, **key):
+    """make_rows() (one case's rows), or, where the case itself failed before
+    or between its providers (building its inputs, its limits), one row of
+    `key` and `label` with the note, so that the next case still runs."""
+    rows, note = attempt(make_rows, label)
+    if note is None:
+        return rows
+    return [dict(op=label, **key, provider="all", median_ms=None, note=note)]
 
 
 def meta_for(device, size, dtype, copy):
@@ -309,20 +456,43 @@ def subset_tag(providers):
     return "" if set(providers) == set(PROVIDERS) else "_" + "-".join(providers)
 
 
-def cli(run, doc, argv=None):
-    """The benchmarks' shared command line: run(device, size, dtype, providers) prints its table."""
+def add_quick(parser, what="the smallest case"):
+    parser.add_argument("--quick", action="store_true",
+                        help=f"a dry run: {what}, a few calls per timing, results in benchmarks/results/quick/")
+
+
+@contextlib.contextmanager
+def quick_mode(on=True):
+    """Quick mode (see reps and results_dir) for the block where `on`; a block
+    inside one in quick mode stays in it."""
+    global QUICK
+    before, QUICK = QUICK, QUICK or bool(on)
+    try:
+        yield
+    finally:
+        QUICK = before
+
+
+def cli(run, doc, argv=None, sizes=("coco", "small", "tiny")):
+    """The benchmarks' shared command line: run(device, size, dtype, providers)
+    returns (markdown table, rows); prints the table and returns the exit
+    status (exit_status)."""
     import argparse
 
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--size", choices=["coco", "small"], default=None,
-                   help="coco on GPU, small (batch 2) on CPU by default")
+    p.add_argument("--size", choices=list(sizes), default=None,
+                   help="coco on GPU, small (batch 2) on CPU by default, tiny with --quick")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     p.add_argument("--providers", default=",".join(PROVIDERS))
+    add_quick(p, "the tiny size")
     a = p.parse_args(argv)
     device = torch.device(a.device)
-    size = a.size or ("coco" if device.type == "cuda" else "small")
-    print(run(device, size, getattr(torch, a.dtype), a.providers.split(",")))
+    size = a.size or ("tiny" if a.quick else "coco" if device.type == "cuda" else "small")
+    with quick_mode(a.quick):
+        table, rows = run(device, size, getattr(torch, a.dtype), a.providers.split(","))
+    print(table)
+    return exit_status(rows)
 
 
 def plot_sweep(rows, path, columns, batches, styles=None):
