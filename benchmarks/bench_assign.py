@@ -56,6 +56,18 @@ def sweep():
     return IMAGES, BATCHES, GTS
 
 
+def measured(call, device, label, row, rows, **timing):
+    """(ms, result, peak MiB, peak-memory note) of `call`, or None when timing it
+    failed: then `row` gets the failure note and joins `rows`."""
+    res, note = attempt(lambda: timed(call, device, **timing), label)
+    if note is not None:
+        row.update(median_ms=None, peak_mib=None, vs_eager=None, vs_compile=None, note=note)
+        rows.append(row)
+        return None
+    mem, mem_note = attempt(lambda: peak_mb(call, device), f"{label} peak memory")
+    return (*res, mem, mem_note)
+
+
 def timed(fn, device, budget_s=3.0, max_iters=20):
     """(median ms of fn(), its result): one warm-up call, then calls until the
     budget (at least 3; just 3 in quick mode)."""
@@ -97,13 +109,10 @@ def run(device, budget_gib):
                         continue
                     call = lambda fn=fn: fn(*args)  # noqa: E731
                     label = f"{image} B={batch} G={num_gt} {prov}"
-                    res, note = attempt(lambda: timed(call, device), label)
-                    if note is not None:
-                        row.update(median_ms=None, peak_mib=None, vs_eager=None, vs_compile=None, note=note)
-                        rows.append(row)
+                    got = measured(call, device, label, row, rows)
+                    if got is None:
                         continue
-                    ms, out = res
-                    mem, mem_note = attempt(lambda: peak_mb(call, device), f"{label} peak memory")
+                    ms, out, mem, mem_note = got
                     if want is None:
                         want = out
                     same = all(torch.equal(a, b) for a, b in zip(out, want))

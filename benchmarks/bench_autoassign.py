@@ -13,15 +13,14 @@ Writes benchmarks/results/autoassign_<device>.{md,csv,json,png}. --quick is
 a dry run: B=2, G=10, a few calls each, files under benchmarks/results/quick/.
 """
 import argparse
-import functools
 import sys
 
 import torch
 
 import gflops
-from benchmarks.bench_assign import timed
+from benchmarks.bench_assign import measured
 from benchmarks import harness
-from benchmarks.harness import (add_quick, attempt, copy_gbps, exit_status, peak_mb, plot_sweep, quick_mode,
+from benchmarks.harness import (add_quick, attempt, copy_gbps, exit_status, plot_sweep, quick_mode,
                                 result_path, write_results)
 from reference.autoassign import points as grid_points
 from reference.autoassign_loss import autoassign_loss, autoassign_loss_terms
@@ -105,13 +104,10 @@ def run(device, budget_gib):
                         return loss.detach(), grads
 
                     label = f"B={batch} G={num_gt} {mode} {prov}"
-                    res, note = attempt(lambda: timed(call, device, budget_s=2.0, max_iters=10), label)
-                    if note is not None:
-                        row.update(median_ms=None, peak_mib=None, vs_eager=None, vs_compile=None, note=note)
-                        rows.append(row)
+                    got = measured(call, device, label, row, rows, budget_s=2.0, max_iters=10)
+                    if got is None:
                         continue
-                    ms, out = res
-                    mem, mem_note = attempt(lambda: peak_mb(call, device), f"{label} peak memory")
+                    ms, out, mem, mem_note = got
                     value = out if mode == "forward" else out[0]
                     if want is None:
                         want = value
