@@ -3,14 +3,19 @@
 # machines without torch (a bare `pip install torch` pulls GBs of CUDA wheels).
 PY ?= python3
 
-.PHONY: deps build demo bench test test-sanitizers cuda-compile
+.PHONY: deps test-deps build demo bench test test-sanitizers cuda-compile
 
-deps:
+# What the tests need; pycocotools (scoring the demo) is left to `deps`, so that
+# `make test` runs on a machine without network that lacks it (the lent GPUs).
+test-deps:
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	@$(PY) -c "import ninja, pybind11, pytest, numpy, filelock, pycocotools, PIL, tqdm, matplotlib" 2>/dev/null || \
-		$(PY) -m pip install -q ninja pybind11 pytest numpy filelock pycocotools pillow tqdm matplotlib
+	@$(PY) -c "import ninja, pybind11, pytest, numpy, filelock, PIL, tqdm, matplotlib" 2>/dev/null || \
+		$(PY) -m pip install -q ninja pybind11 pytest numpy filelock pillow tqdm matplotlib
 	@# triton has no dependencies (no torch): its interpreter runs the Triton kernels' tests on the CPU.
 	@$(PY) -c "import triton" 2>/dev/null || $(PY) -m pip install -q triton==3.9.0
+
+deps: test-deps
+	@$(PY) -c "import pycocotools" 2>/dev/null || $(PY) -m pip install -q pycocotools
 
 build: deps
 	$(PY) -m pip install --no-build-isolation -e .
@@ -21,7 +26,7 @@ demo: deps
 bench: deps
 	$(PY) -m benchmarks
 
-test: deps
+test: test-deps
 	$(PY) -m pytest -q
 
 # The emulated CUDA cases (every test id with "emu") under AddressSanitizer +
@@ -29,7 +34,7 @@ test: deps
 EMU_TESTS = python_tests/test_losses.py python_tests/test_boxes.py python_tests/test_decode.py python_tests/test_box_branch.py python_tests/test_assign.py python_tests/test_nms.py \
 	python_tests/test_autoassign_fused.py \
 	python_tests/test_cuda_paths.py
-test-sanitizers: deps
+test-sanitizers: test-deps
 	LD_PRELOAD="$$(g++ -print-file-name=libasan.so) $$(g++ -print-file-name=libstdc++.so)" \
 		ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
 		GFLOPS_EMU_SANITIZE=address $(PY) -m pytest -q -k emu $(EMU_TESTS)

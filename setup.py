@@ -35,11 +35,11 @@ if with_cuda:
         cpp + cu,
         define_macros=[("GFLOPS_WITH_CUDA", None)],
         extra_compile_args={"cxx": _ext.CXX_FLAGS, "nvcc": _ext.NVCC_FLAGS},
-        extra_link_args=_ext.LD_FLAGS,
+        extra_link_args=_ext.ld_flags(),
     )
 else:
     ext = CppExtension("gflops._C", cpp, extra_compile_args={"cxx": _ext.CXX_FLAGS},
-                       extra_link_args=_ext.LD_FLAGS)
+                       extra_link_args=_ext.ld_flags())
 
 setup(
     name="gflops",

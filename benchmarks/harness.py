@@ -54,9 +54,21 @@ class Failed(str):
     to skip the provider (not available here) and gives no row."""
 
 
+# A wall budget for the whole process (tools/gpu_session.sh sets it from a
+# stage's cap): past it attempt() starts nothing more, so every provider and
+# case left becomes a row saying so and the files are still written, where a
+# kill at the cap would leave none.
+_BUDGET_S = os.environ.get("GFLOPS_BENCH_SECONDS")
+_DEADLINE = time.monotonic() + float(_BUDGET_S) if _BUDGET_S else None
+OUT_OF_TIME = f"not run: past GFLOPS_BENCH_SECONDS={_BUDGET_S}"
+
+
 def attempt(fn, what):
     """(fn(), None), or (None, note) where fn raised an Exception (the note is
-    printed with `what`); KeyboardInterrupt and SystemExit pass through."""
+    printed with `what`) or the process's wall budget is spent (the note says
+    so; fn is not called); KeyboardInterrupt and SystemExit pass through."""
+    if _DEADLINE is not None and time.monotonic() > _DEADLINE:
+        return None, OUT_OF_TIME
     try:
         return fn(), None
     except Exception as e:  # noqa: BLE001 - any failure of a provider is a result, not the end of the run

@@ -15,15 +15,34 @@ CSRC = _ROOT / "csrc"
 # (the runtime is the libgomp torch already loaded). -fno-trapping-math lets
 # GCC if-convert the branch-free selects in csrc/common and vectorise loops.
 CXX_FLAGS = ["-O3", "-fopenmp", "-fno-trapping-math"]
-LD_FLAGS = ["-fopenmp"]
-# The C++ runtime is stated, not left to the toolchain: libstdc++.so.6, linked
-# dynamically and recorded as NEEDED, ahead of whatever the driver or the
-# environment would add after it (LDFLAGS=-static-libstdc++, a libstdc++.a
-# first on a -L path), so no static copy is ever pulled in. A copy beside the
-# one torch uses breaks every error message that prints a number (the first
-# H200 run's AOT CUDA build: a segfault); load() checks it anyway.
-if sys.platform.startswith("linux"):
-    LD_FLAGS += ["-Wl,--push-state,--no-as-needed,-Bdynamic", "-l:libstdc++.so.6", "-Wl,--pop-state"]
+
+
+def ld_flags():
+    """The link flags of both builds. The C++ runtime is stated, not left to the
+    toolchain: the compiler's own shared libstdc++, linked dynamically and
+    recorded as NEEDED, ahead of whatever the driver or the environment would
+    add after it (LDFLAGS=-static-libstdc++, a libstdc++.a first on a -L path),
+    so no static copy is ever pulled in. A copy beside the one torch uses breaks
+    every error message that prints a number (the first H200 run's AOT CUDA
+    build: a segfault); load() checks it anyway."""
+    flags = ["-fopenmp"]
+    if sys.platform.startswith("linux"):
+        flags += ["-Wl,--push-state,--no-as-needed,-Bdynamic", _shared_libstdcxx(), "-Wl,--pop-state"]
+    return flags
+
+
+def _shared_libstdcxx():
+    """The path of the compiler's libstdc++.so (a conda or custom GCC keeps it in
+    its own folder, off the linker's default path), else -lstdc++."""
+    import subprocess
+
+    cxx = os.environ.get("CXX", "c++")
+    try:
+        path = subprocess.run([cxx, "-print-file-name=libstdc++.so"], capture_output=True, text=True,
+                              timeout=60).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        path = ""
+    return os.path.realpath(path) if os.path.isabs(path) and os.path.exists(path) else "-lstdc++"
 NVCC_FLAGS = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
 
 
@@ -76,7 +95,7 @@ def _jit_build():
             sources=cpp + (cu if with_cuda else []),
             extra_cflags=CXX_FLAGS + (["-DGFLOPS_WITH_CUDA"] if with_cuda else []),
             extra_cuda_cflags=NVCC_FLAGS + ["-DGFLOPS_WITH_CUDA"],
-            extra_ldflags=LD_FLAGS,
+            extra_ldflags=ld_flags(),
             extra_include_paths=[str(CSRC)],
             build_directory=build_dir,
             with_cuda=with_cuda,
@@ -86,7 +105,9 @@ def _jit_build():
 
 def check_runtime(module):
     """`module`, unless the library cannot run safely in this process (ImportError)."""
-    problem = module.cxx_runtime_problem()
+    check = getattr(module, "cxx_runtime_problem", None)
+    problem = check() if check is not None else (
+        "the library was built from older sources, without the C++-runtime check")
     if problem:
         raise ImportError(
             f"gflops: {problem}. Rebuild it with the C++ runtime linked dynamically: from the source "

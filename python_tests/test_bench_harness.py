@@ -156,3 +156,16 @@ def test_assign_sweep_survives_compile_failing_in_warmup(quick_tmp, monkeypatch)
     assert [r["provider"] for r in rows] == ["reference", "compile", "gflops"]  # quick: one case
     assert rows[1]["median_ms"] is None and rows[1]["note"].startswith("failed: BackendCompilerFailed")
     assert rows[0]["median_ms"] > 0 and rows[2]["median_ms"] > 0 and rows[2]["vs_eager"] > 0
+
+
+def test_past_the_wall_budget_nothing_more_starts_and_the_rows_say_so(quick_tmp, monkeypatch):
+    calls = []
+    monkeypatch.setattr(harness, "_DEADLINE", time.monotonic() - 1.0)
+    assert harness.attempt(lambda: calls.append(1), "x") == (None, harness.OUT_OF_TIME)
+    assert calls == []
+    monkeypatch.setitem(bench_losses.SIZES, "tiny", TINY_LOSSES)
+    monkeypatch.setattr(bench_losses, "math_ms", lambda *a: None)
+    _, rows = bench_losses.run(CPU, "tiny", torch.float32, ["reference", "gflops"])
+    assert rows and all(r["median_ms"] is None and r["note"] == harness.OUT_OF_TIME for r in rows), rows
+    assert harness.exit_status(rows) == 0  # not run is not a failure
+    assert list(quick_tmp.glob("losses_tiny_float32_*.json"))

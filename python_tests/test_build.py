@@ -84,7 +84,7 @@ def test_runtime_checks_fail_on_a_static_cxx_runtime(tmp_path):
     # The project's link flags, added to the same broken request, give a sound library.
     fixed = tmp_path / "fixed" / "gflops_C.so"
     fixed.parent.mkdir()
-    link = subprocess.run(["c++", *map(str, objs), "-shared", "-static-libstdc++", *gflops._ext.LD_FLAGS,
+    link = subprocess.run(["c++", *map(str, objs), "-shared", "-static-libstdc++", *gflops._ext.ld_flags(),
                            f"-L{TORCH_LIB_PATH}", "-lc10", "-ltorch_cpu", "-ltorch", "-ltorch_python", "-o", str(fixed)],
                           capture_output=True, text=True, timeout=600)
     assert link.returncode == 0, link.stderr

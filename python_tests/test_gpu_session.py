@@ -32,6 +32,7 @@ def test_dry_run_keeps_its_deadline_and_accounts_for_every_stage(tmp_path):
     assert rows["environment"][0] == "ok" and rows["build"][0] == "ok", rows
     for name in STAGES[2:]:
         status, _ = rows.get(name, rows.get("(rest)", ("missing", 0)))
-        assert status == "ok" or status.startswith(("skipped", "timed out", "failed")), (name, rows)
+        # A failed stage (a wrong flag, a broken script) fails the test; one cut by the deadline does not.
+        assert status == "ok" or status.startswith(("skipped", "timed out")), (name, rows)
     assert any(s == "skipped" or s.startswith("timed out") for s, _ in rows.values()), rows
     assert sum(sec for _, sec in rows.values()) <= deadline, rows

@@ -102,11 +102,15 @@ def _install(version):
     if (target / "triton" / "__init__.py").is_file():
         return target
     partial = target.with_name(f"{version}.partial-{os.getpid()}")
-    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(partial),
-                        f"triton=={version}"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--timeout", "60",
+                        "--target", str(partial), f"triton=={version}"], capture_output=True, text=True, timeout=900)
     if r.returncode != 0:
         shutil.rmtree(partial, ignore_errors=True)
-        pytest.skip(f"cannot install triton=={version}: {r.stderr.strip()[-500:]}")
+        why = f"cannot install triton=={version}: {r.stderr.strip()[-500:]}"
+        # CI has the registry: there a missing release must not switch the check off unseen.
+        if os.environ.get("GFLOPS_REQUIRE_TRITON_VERSIONS") == "1":
+            pytest.fail(why)
+        pytest.skip(why)
     try:
         partial.rename(target)
     except OSError:  # another process installed it first
