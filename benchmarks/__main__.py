@@ -1,14 +1,16 @@
 """All benchmarks in one run: `python -m benchmarks [--device cuda] [--size ...] [--dtype ...] [--quick]`.
 
 The assignment, NMS and AutoAssign benchmarks sweep their own sizes and take
-only --device and --quick; the thread scaling runs on the CPU (--quick only).
+only --device and --quick; the thread scaling and the host cost per call run
+on the CPU (--quick only).
 Each benchmark turns a failing provider into a row with its note; a
 benchmark that still stops (or whose every provider failed) does not stop
 the ones after it, and makes the exit status 1."""
 import sys
 import traceback
 
-from benchmarks import bench_assign, bench_autoassign, bench_boxes, bench_losses, bench_nms, bench_threads
+from benchmarks import (bench_assign, bench_autoassign, bench_boxes, bench_host, bench_losses, bench_nms,
+                        bench_threads)
 
 
 def _device_args(argv):
@@ -29,7 +31,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     runs = [(bench_losses, argv), (bench_boxes, argv),
             *((b, _device_args(argv) + _quick_args(argv)) for b in (bench_assign, bench_nms, bench_autoassign)),
-            (bench_threads, _quick_args(argv))]
+            (bench_threads, _quick_args(argv)), (bench_host, _quick_args(argv))]
     status = 0
     for bench, args in runs:
         try:

@@ -169,3 +169,14 @@ def test_past_the_wall_budget_nothing_more_starts_and_the_rows_say_so(quick_tmp,
     assert rows and all(r["median_ms"] is None and r["note"] == harness.OUT_OF_TIME for r in rows), rows
     assert harness.exit_status(rows) == 0  # not run is not a failure
     assert list(quick_tmp.glob("losses_tiny_float32_*.json"))
+
+
+def test_host_cost_rows_time_each_function_and_its_aten_counterpart(quick_tmp):
+    from benchmarks import bench_host
+
+    rows = bench_host.run(calls=2, rounds=1)
+    assert [(r["op"], r["mode"]) for r in rows[:2]] == [("quality_focal_loss", "fwd"), ("quality_focal_loss", "fwd+bwd")]
+    assert len(rows) == 2 * len(bench_host.cases())
+    for r in rows:
+        assert r["gflops_us"] > 0 and r["aten_us"] > 0 and r["ratio"] == r["gflops_us"] / r["aten_us"], r
+        assert r["meets"] == (r["ratio"] <= r["target"]) and "note" not in r, r

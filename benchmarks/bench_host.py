@@ -1,0 +1,111 @@
+"""Host cost per call of the public loss and decode functions (issue: the host path).
+
+    python -m benchmarks.bench_host [--quick]
+
+Inputs are tiny (8 rows), one thread, so the kernels' time is negligible and
+what is left is the Python wrapper, the dispatcher, autograd and the extra ops
+a call makes. Each gflops function is timed beside its closest ATen
+counterpart, interleaved (one batch of calls of each in turn, best batch of
+several rounds: the machine's noise only ever adds), forward on inputs that
+need no gradient and forward+backward from a leaf that does. The target is
+at most 1.5x the counterpart forward and 1.3x forward+backward. Writes
+benchmarks/results/host_<device>.{md,csv,json}.
+"""
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+
+import gflops
+from benchmarks.harness import add_quick, attempt, exit_status, quick_mode, write_results
+from benchmarks import harness
+
+ROWS, CLASSES, BINS = 8, 80, 17
+TARGET = {"fwd": 1.5, "fwd+bwd": 1.3}
+
+
+def cases():
+    """(op, gflops fn(pred), ATen counterpart fn(pred), pred shape)."""
+    g = torch.Generator().manual_seed(0)
+    label = torch.randint(0, CLASSES + 1, (ROWS,), generator=g)
+    score = torch.rand(ROWS, generator=g)
+    onehot = torch.zeros(ROWS, CLASSES)
+    target = torch.rand(ROWS, generator=g) * (BINS - 1.01)
+    bins = target.long()
+    points = torch.rand(ROWS, 2, generator=g) * 100
+    strides = torch.full((ROWS,), 8.0)
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0]]).repeat(ROWS, 1)
+    proj = torch.arange(BINS, dtype=torch.float32)
+    return [
+        ("quality_focal_loss", lambda p: gflops.quality_focal_loss(p, label, score),
+         lambda p: F.binary_cross_entropy_with_logits(p, onehot), (ROWS, CLASSES)),
+        ("distribution_focal_loss", lambda p: gflops.distribution_focal_loss(p, target),
+         lambda p: F.cross_entropy(p, bins), (ROWS, BINS)),
+        ("integral", lambda p: gflops.integral(p, BINS - 1),
+         lambda p: F.softmax(p.view(-1, BINS), 1) @ proj, (ROWS, 4 * BINS)),
+        ("decode_distribution", lambda p: gflops.decode_distribution(p, points, strides, BINS - 1),
+         lambda p: F.softmax(p.view(-1, BINS), 1) @ proj, (ROWS, 4 * BINS)),
+        ("giou_loss", lambda p: gflops.giou_loss(p.abs().cumsum(1), boxes),
+         lambda p: F.l1_loss(p.abs().cumsum(1), boxes), (ROWS, 4)),
+    ]
+
+
+def per_call_us(fns, calls, rounds):
+    """Best-of-rounds microseconds per call of each fn, the fns interleaved batch by batch."""
+    best = [float("inf")] * len(fns)
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            best[i] = min(best[i], (time.perf_counter() - t0) / calls * 1e6)
+    return best
+
+
+def modes(fn, shape):
+    fwd_in = torch.randn(shape)
+    leaf = torch.randn(shape, requires_grad=True)
+
+    def fwd_bwd():
+        out = fn(leaf)
+        (out if out.dim() == 0 else out.sum()).backward()
+        leaf.grad = None
+
+    return {"fwd": lambda: fn(fwd_in), "fwd+bwd": fwd_bwd}
+
+
+def run(calls, rounds):
+    rows = []
+    for op, ours, aten, shape in cases():
+        for mode in ("fwd", "fwd+bwd"):
+            a, b = modes(ours, shape)[mode], modes(aten, shape)[mode]
+            res, note = attempt(lambda: (a(), b()) and per_call_us([a, b], calls, rounds), f"{op} {mode}")
+            row = dict(op=op, mode=mode, gflops_us=None, aten_us=None, ratio=None, target=TARGET[mode])
+            if note is None:
+                row.update(gflops_us=res[0], aten_us=res[1], ratio=res[0] / res[1])
+                row["meets"] = row["ratio"] <= TARGET[mode]
+            else:
+                row["note"] = note
+            rows.append(row)
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--calls", type=int, default=1000, help="calls per timed batch")
+    p.add_argument("--rounds", type=int, default=7, help="interleaved rounds; the best batch counts")
+    add_quick(p, "50 calls a batch, 3 rounds")
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)
+    with quick_mode(a.quick):
+        calls, rounds = (50, 3) if harness.QUICK else (a.calls, a.rounds)
+        rows = run(calls, rounds)
+        meta = dict(device="cpu", torch=torch.__version__, threads=1, rows=ROWS, calls=calls, rounds=rounds,
+                    note="us per call; ratio = gflops / ATen counterpart; target 1.5x fwd, 1.3x fwd+bwd")
+        print(write_results("host", torch.device("cpu"), rows, meta))
+    return exit_status(rows, time_keys=("gflops_us",))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
