@@ -62,7 +62,7 @@ BoxPairInputs box_iou_prepare(const at::Tensor& boxes1, const at::Tensor& boxes2
 
 LossInputs giou_loss_prepare(const at::Tensor& pred, const at::Tensor& target,
                              const c10::optional<at::Tensor>& weight, double eps,
-                             const std::string& reduction, const char* op) {
+                             const std::string& reduction, c10::optional<double> avg_factor, const char* op) {
   TORCH_CHECK(pred.dim() == 2 && pred.size(1) == 4, op, ": pred must have shape (N, 4), got ", pred.sizes());
   check_float(pred, op, "pred");
   TORCH_CHECK(std::isfinite(eps) && eps > 0, op, ": eps must be finite and > 0, got ", eps);
@@ -70,7 +70,10 @@ LossInputs giou_loss_prepare(const at::Tensor& pred, const at::Tensor& target,
   in.pred = pred.contiguous();
   in.rows = pred.size(0);
   in.cols = 4;
-  in.sum = parse_reduction(reduction, op);
+  const Reduction r = parse_reduction(reduction, avg_factor, in.rows, op);
+  in.sum = r.sum;
+  in.mean = r.mean;
+  in.divisor = r.divisor;
   in.target = side_input(target, pred, pred.sizes(), op, "target");
   if (weight.has_value() && weight->defined())
     in.weight = side_input(*weight, pred, {pred.size(0)}, op, "weight");

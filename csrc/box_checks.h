@@ -21,7 +21,7 @@ BoxPairInputs box_iou_prepare(const at::Tensor& boxes1, const at::Tensor& boxes2
 // GIoU loss: pred/target (N, 4); reuses LossInputs (target holds the boxes).
 LossInputs giou_loss_prepare(const at::Tensor& pred, const at::Tensor& target,
                              const c10::optional<at::Tensor>& weight, double eps,
-                             const std::string& reduction, const char* op);
+                             const std::string& reduction, c10::optional<double> avg_factor, const char* op);
 
 // Distribution logits (..., 4 * (reg_max + 1)) viewed as rows of reg_max + 1 bins.
 struct DistInputs {

@@ -1,5 +1,6 @@
 #include "checks.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -29,14 +30,18 @@ at::Tensor row_vector(const at::Tensor& t, const at::Tensor& pred, const char* o
 }
 
 LossInputs prepare_common(const at::Tensor& pred, const c10::optional<at::Tensor>& weight,
-                          const std::string& reduction, const char* op, const char* shape) {
+                          const std::string& reduction, c10::optional<double> avg_factor, const char* op,
+                          const char* shape) {
   TORCH_CHECK(pred.dim() == 2, op, ": pred must be 2-D ", shape, ", got shape ", pred.sizes());
   check_float(pred, op, "pred");
   LossInputs in;
   in.pred = pred.contiguous();
   in.rows = pred.size(0);
   in.cols = pred.size(1);
-  in.sum = parse_reduction(reduction, op);
+  const Reduction r = parse_reduction(reduction, avg_factor, in.rows, op);
+  in.sum = r.sum;
+  in.mean = r.mean;
+  in.divisor = r.divisor;
   if (weight.has_value() && weight->defined()) in.weight = row_vector(*weight, pred, op, "weight");
   return in;
 }
@@ -76,11 +81,22 @@ void fail_at(const at::Tensor& values, int64_t i, const char* op, const char* wh
 bool validation_enabled() { return validation_flag().load(std::memory_order_relaxed); }
 void set_validation(bool enabled) { validation_flag().store(enabled); }
 
-bool parse_reduction(const std::string& reduction, const char* op) {
-  TORCH_CHECK(reduction == "none" || reduction == "sum", op,
-              ": reduction must be 'none' or 'sum' ('mean' is applied by the Python wrapper), got '",
-              reduction, "'");
-  return reduction == "sum";
+Reduction parse_reduction(const std::string& reduction, c10::optional<double> avg_factor, int64_t rows,
+                          const char* op) {
+  TORCH_CHECK(reduction == "none" || reduction == "sum" || reduction == "mean", op,
+              ": reduction must be 'none', 'sum' or 'mean', got '", reduction, "'");
+  TORCH_CHECK(!avg_factor.has_value() || reduction == "mean", op,
+              ": avg_factor is only used with reduction='mean', got reduction='", reduction, "'");
+  Reduction r;
+  r.sum = reduction != "none";
+  r.mean = reduction == "mean";
+  if (r.mean) r.divisor = avg_factor.has_value() ? *avg_factor : static_cast<double>(std::max<int64_t>(rows, 1));
+  return r;
+}
+
+at::Tensor finish_loss(at::Tensor out, const LossInputs& in) {
+  if (in.mean) out.div_(in.divisor);
+  return out;
 }
 
 at::ScalarType acc_dtype(const at::Tensor& pred) {
@@ -89,8 +105,8 @@ at::ScalarType acc_dtype(const at::Tensor& pred) {
 
 LossInputs qfl_prepare(const at::Tensor& pred, const at::Tensor& label, const at::Tensor& score,
                        const c10::optional<at::Tensor>& weight, double beta,
-                       const std::string& reduction, const char* op) {
-  LossInputs in = prepare_common(pred, weight, reduction, op, "(N, C)");
+                       const std::string& reduction, c10::optional<double> avg_factor, const char* op) {
+  LossInputs in = prepare_common(pred, weight, reduction, avg_factor, op, "(N, C)");
   check_same_device(pred, label, op, "pred", "label");
   TORCH_CHECK(label.dim() == 1 && label.size(0) == in.rows, op, ": label must have shape (N,) = (",
               in.rows, ",) to match pred ", pred.sizes(), ", got ", label.sizes());
@@ -115,8 +131,8 @@ void qfl_fail_score(const LossInputs& in, int64_t i, const char* op) { fail_at(i
 
 LossInputs dfl_prepare(const at::Tensor& pred, const at::Tensor& target,
                        const c10::optional<at::Tensor>& weight, const std::string& reduction,
-                       const char* op) {
-  LossInputs in = prepare_common(pred, weight, reduction, op, "(M, reg_max + 1)");
+                       c10::optional<double> avg_factor, const char* op) {
+  LossInputs in = prepare_common(pred, weight, reduction, avg_factor, op, "(M, reg_max + 1)");
   TORCH_CHECK(in.cols >= 2, op, ": pred must have reg_max + 1 >= 2 bins per row, got ", in.cols);
   TORCH_CHECK(in.cols <= (1 << 20), op, ": pred has too many bins per row (", in.cols, ")");
   in.target = row_vector(target, pred, op, "target");
@@ -149,7 +165,8 @@ at::Tensor check_loss_grad(const at::Tensor& grad, const LossInputs& in, const c
     TORCH_CHECK(grad.dim() == 1 && grad.size(0) == in.rows, op, ": grad must have shape (",
                 in.rows, ",), got ", grad.sizes());
   }
-  return grad.to(acc_dtype(in.pred)).contiguous();
+  at::Tensor g = grad.to(acc_dtype(in.pred)).contiguous();
+  return in.mean ? g.div(in.divisor) : g;
 }
 
 }  // namespace gflops

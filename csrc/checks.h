@@ -12,8 +12,16 @@ namespace gflops {
 bool validation_enabled();
 void set_validation(bool enabled);
 
-// "none" -> false, "sum" -> true; anything else is an error.
-bool parse_reduction(const std::string& reduction, const char* op);
+// A loss op's reduction: "none", "sum", or "mean" (the sum over the rows divided by
+// avg_factor where given, else by max(rows, 1)), as reduction and avg_factor of the
+// loss ops' schemas; anything else is an error.
+struct Reduction {
+  bool sum = false;     // one scalar out ("sum" or "mean")
+  bool mean = false;
+  double divisor = 1;   // "mean": what the sum is divided by
+};
+Reduction parse_reduction(const std::string& reduction, c10::optional<double> avg_factor, int64_t rows,
+                          const char* op);
 
 // A loss op's inputs made contiguous, side tensors cast to the accumulation
 // dtype (float32, or float64 for float64 logits).
@@ -25,7 +33,13 @@ struct LossInputs {
   int64_t rows = 0;
   int64_t cols = 0;
   bool sum = false;
+  bool mean = false;   // Reduction::mean, divisor
+  double divisor = 1;
 };
+
+// A forward's summed output divided as "mean" asks (no-op otherwise); the same
+// rounding as dividing the tensor by the number in PyTorch.
+at::Tensor finish_loss(at::Tensor out, const LossInputs& in);
 
 at::ScalarType acc_dtype(const at::Tensor& pred);
 
@@ -41,7 +55,7 @@ void fail_on_first(const at::Tensor& bad, const at::Tensor& values, const char* 
 
 LossInputs qfl_prepare(const at::Tensor& pred, const at::Tensor& label, const at::Tensor& score,
                        const c10::optional<at::Tensor>& weight, double beta,
-                       const std::string& reduction, const char* op);
+                       const std::string& reduction, c10::optional<double> avg_factor, const char* op);
 void qfl_check_values(const LossInputs& in, const char* op);
 // The errors for row i, whose value the backend's own sweep found bad (the
 // CPU kernels test gf::qfl_score_ok / gf::dfl_target_ok as they go).
@@ -49,7 +63,7 @@ void qfl_check_values(const LossInputs& in, const char* op);
 
 LossInputs dfl_prepare(const at::Tensor& pred, const at::Tensor& target,
                        const c10::optional<at::Tensor>& weight, const std::string& reduction,
-                       const char* op);
+                       c10::optional<double> avg_factor, const char* op);
 void dfl_check_values(const LossInputs& in, const char* op);
 [[noreturn]] void dfl_fail_target(const LossInputs& in, int64_t i, const char* op);
 
@@ -58,7 +72,8 @@ void dfl_check_values(const LossInputs& in, const char* op);
 at::Tensor check_grad_shape(const at::Tensor& grad, const at::Tensor& pred, at::IntArrayRef shape,
                             const char* op, const char* name = "grad");
 
-// The incoming gradient of a loss: () for "sum", (N,) for "none".
+// The incoming gradient of a loss: () for "sum" and "mean", (N,) for "none";
+// for "mean" already divided by the divisor (as autograd's division would).
 at::Tensor check_loss_grad(const at::Tensor& grad, const LossInputs& in, const char* op);
 
 }  // namespace gflops

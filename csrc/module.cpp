@@ -16,15 +16,19 @@ using gflops::LossInputs;
 
 py::tuple loss_tuple(const LossInputs& in) {
   py::object weight = in.weight.defined() ? py::cast(in.weight) : py::none();
-  return py::make_tuple(in.pred, in.index, in.target, weight, in.rows, in.cols, in.sum);
+  return py::make_tuple(in.pred, in.index, in.target, weight, in.rows, in.cols, in.sum,
+                        in.mean ? py::cast(in.divisor) : py::none());
 }
 
 // The incoming gradient of a loss, checked against its prepared inputs.
-at::Tensor loss_grad(const at::Tensor& grad, const at::Tensor& pred, int64_t rows, bool sum, const std::string& op) {
+at::Tensor loss_grad(const at::Tensor& grad, const at::Tensor& pred, int64_t rows, bool sum,
+                     c10::optional<double> divisor, const std::string& op) {
   LossInputs in;
   in.pred = pred;
   in.rows = rows;
   in.sum = sum;
+  in.mean = divisor.has_value();
+  in.divisor = divisor.value_or(1.0);
   return gflops::check_loss_grad(grad, in, op.c_str());
 }
 
@@ -43,18 +47,20 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #endif
   });
 
-  // (pred, label, score, weight | None, rows, cols, sum), contiguous, side tensors in the accumulation dtype.
+  // (pred, label, score, weight | None, rows, cols, sum, divisor | None), contiguous, side tensors in the
+  // accumulation dtype; divisor: what "mean" divides the sum by.
   m.def("prepare_qfl", [](const at::Tensor& pred, const at::Tensor& label, const at::Tensor& score,
                           const c10::optional<at::Tensor>& weight, double beta, const std::string& reduction,
-                          bool check_values, const std::string& op) {
-    LossInputs in = gflops::qfl_prepare(pred, label, score, weight, beta, reduction, op.c_str());
+                          c10::optional<double> avg_factor, bool check_values, const std::string& op) {
+    LossInputs in = gflops::qfl_prepare(pred, label, score, weight, beta, reduction, avg_factor, op.c_str());
     if (check_values) gflops::qfl_check_values(in, op.c_str());
     return loss_tuple(in);
   });
-  // (pred, undefined, target, weight | None, rows, cols, sum).
+  // (pred, undefined, target, weight | None, rows, cols, sum, divisor | None).
   m.def("prepare_dfl", [](const at::Tensor& pred, const at::Tensor& target, const c10::optional<at::Tensor>& weight,
-                          const std::string& reduction, bool check_values, const std::string& op) {
-    LossInputs in = gflops::dfl_prepare(pred, target, weight, reduction, op.c_str());
+                          const std::string& reduction, c10::optional<double> avg_factor, bool check_values,
+                          const std::string& op) {
+    LossInputs in = gflops::dfl_prepare(pred, target, weight, reduction, avg_factor, op.c_str());
     if (check_values) gflops::dfl_check_values(in, op.c_str());
     return loss_tuple(in);
   });

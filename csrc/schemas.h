@@ -1,7 +1,8 @@
 // Every schema of the gflops library, as one function so that the emulated
 // twin library (gflops_emu, csrc/emulation) declares exactly the same ops.
-// `reduction` here is 'none' | 'sum'; the Python wrappers turn 'mean' and
-// avg_factor into a division on the device.
+// The losses' `reduction` is 'none' | 'sum' | 'mean', 'mean' dividing the sum by
+// avg_factor where given, else by the number of rows (SPEC.md): one op per call
+// (a division after it would be a second op and a second autograd node).
 #pragma once
 
 #include <torch/library.h>
@@ -9,20 +10,20 @@
 namespace gflops {
 
 inline void define_schemas(torch::Library& m) {
-  m.def("quality_focal_loss(Tensor pred, Tensor label, Tensor score, Tensor? weight, float beta, str reduction) -> Tensor");
-  m.def("quality_focal_loss_backward(Tensor grad, Tensor pred, Tensor label, Tensor score, Tensor? weight, float beta, str reduction) -> Tensor");
+  m.def("quality_focal_loss(Tensor pred, Tensor label, Tensor score, Tensor? weight, float beta, str reduction, float? avg_factor=None) -> Tensor");
+  m.def("quality_focal_loss_backward(Tensor grad, Tensor pred, Tensor label, Tensor score, Tensor? weight, float beta, str reduction, float? avg_factor=None) -> Tensor");
   // The loss and, where a backend fuses them (CPU, float32/float64), d loss / d pred in pred's dtype from
   // the same sweep; elsewhere an empty tensor, and the backward op runs later (gflops/_composite.py). With
   // pred requiring grad, autograd's backward scales the returned gradient in place.
-  m.def("quality_focal_loss_and_grad(Tensor pred, Tensor label, Tensor score, Tensor? weight, float beta, str reduction) -> (Tensor, Tensor)");
-  m.def("distribution_focal_loss(Tensor pred, Tensor target, Tensor? weight, str reduction) -> Tensor");
-  m.def("distribution_focal_loss_backward(Tensor grad, Tensor pred, Tensor target, Tensor? weight, str reduction) -> Tensor");
+  m.def("quality_focal_loss_and_grad(Tensor pred, Tensor label, Tensor score, Tensor? weight, float beta, str reduction, float? avg_factor=None) -> (Tensor, Tensor)");
+  m.def("distribution_focal_loss(Tensor pred, Tensor target, Tensor? weight, str reduction, float? avg_factor=None) -> Tensor");
+  m.def("distribution_focal_loss_backward(Tensor grad, Tensor pred, Tensor target, Tensor? weight, str reduction, float? avg_factor=None) -> Tensor");
   // As quality_focal_loss_and_grad, for the DFL.
-  m.def("distribution_focal_loss_and_grad(Tensor pred, Tensor target, Tensor? weight, str reduction) -> (Tensor, Tensor)");
+  m.def("distribution_focal_loss_and_grad(Tensor pred, Tensor target, Tensor? weight, str reduction, float? avg_factor=None) -> (Tensor, Tensor)");
 
   m.def("box_iou(Tensor boxes1, Tensor boxes2, str mode, bool aligned, float eps) -> Tensor");
-  m.def("giou_loss(Tensor pred, Tensor target, Tensor? weight, float eps, str reduction) -> Tensor");
-  m.def("giou_loss_backward(Tensor grad, Tensor pred, Tensor target, Tensor? weight, float eps, str reduction) -> Tensor");
+  m.def("giou_loss(Tensor pred, Tensor target, Tensor? weight, float eps, str reduction, float? avg_factor=None) -> Tensor");
+  m.def("giou_loss_backward(Tensor grad, Tensor pred, Tensor target, Tensor? weight, float eps, str reduction, float? avg_factor=None) -> Tensor");
 
   m.def("integral(Tensor pred, int reg_max) -> Tensor");
   m.def("integral_backward(Tensor grad, Tensor pred, int reg_max) -> Tensor");

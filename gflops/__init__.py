@@ -8,7 +8,7 @@ from . import _ext
 
 _C = _ext.load()
 
-from . import _autograd, _composite, _fake  # noqa: E402,F401  (registrations)
+from . import _fake  # noqa: E402,F401  (registrations; autograd is in C++, csrc/autograd.h)
 from . import backend as _backend  # noqa: E402
 from .backend import backend_info, set_backend  # noqa: E402
 from .assign import atss_assign  # noqa: E402
@@ -37,7 +37,6 @@ def has_cuda() -> bool:
     return bool(_C.cuda_compiled())
 
 
-_composite.register("gflops")
 _backend.init_from_env()
 
 _validation_listeners = []  # the emulated CUDA library keeps a switch of its own

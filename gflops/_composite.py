@@ -27,11 +27,11 @@ def register(ns):
     ops = getattr(torch.ops, ns)
     lib = torch.library.Library(ns, "IMPL")
 
-    def qfl_and_grad(pred, label, score, weight, beta, reduction):
-        return ops.quality_focal_loss(pred, label, score, weight, beta, reduction), pred.new_empty((0,))
+    def qfl_and_grad(pred, label, score, weight, beta, reduction, avg_factor=None):
+        return ops.quality_focal_loss(pred, label, score, weight, beta, reduction, avg_factor), pred.new_empty((0,))
 
-    def dfl_and_grad(pred, target, weight, reduction):
-        return ops.distribution_focal_loss(pred, target, weight, reduction), pred.new_empty((0,))
+    def dfl_and_grad(pred, target, weight, reduction, avg_factor=None):
+        return ops.distribution_focal_loss(pred, target, weight, reduction, avg_factor), pred.new_empty((0,))
 
     def integral_and_grad(pred, reg_max):
         return ops.integral(pred, reg_max), pred.new_empty((0,))

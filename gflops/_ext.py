@@ -49,7 +49,7 @@ NVCC_FLAGS = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
 def sources():
     """(C++ sources, CUDA sources) of the extension, relative to the repo root."""
     cpp = [CSRC / n for n in ("module.cpp", "ops.cpp", "checks.cpp", "box_checks.cpp", "assign_checks.cpp",
-                              "nms_checks.cpp", "autoassign_checks.cpp", "runtime_check.cpp")]
+                              "nms_checks.cpp", "autoassign_checks.cpp", "runtime_check.cpp", "autograd.cpp")]
     cpp += sorted((CSRC / "cpu").glob("*.cpp"))
     cu = sorted((CSRC / "cuda").glob("*.cu"))
     return [str(p) for p in cpp], [str(p) for p in cu]

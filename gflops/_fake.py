@@ -17,7 +17,7 @@ def _same_device(op, pred, main="pred", **others):
 
 def _loss_out(op, pred, reduction):
     torch._check(pred.dim() == 2, lambda: f"{op}: pred must be 2-D, got shape {tuple(pred.shape)}")
-    shape = () if reduction == "sum" else (pred.shape[0],)
+    shape = (pred.shape[0],) if reduction == "none" else ()
     return pred.new_empty(shape, dtype=_acc_dtype(pred))
 
 
@@ -54,32 +54,32 @@ def register(ns):
                 mu.new_empty(mu.shape), sigma.new_empty(sigma.shape))
 
     @fake("quality_focal_loss")
-    def _qfl(pred, label, score, weight, beta, reduction):
+    def _qfl(pred, label, score, weight, beta, reduction, avg_factor=None):
         op = "gflops.quality_focal_loss"
         _same_device(op, pred, label=label, score=score, weight=weight)
         return _loss_out(op, pred, reduction)
 
     @fake("quality_focal_loss_and_grad")
-    def _qfl_and_grad(pred, label, score, weight, beta, reduction):
+    def _qfl_and_grad(pred, label, score, weight, beta, reduction, avg_factor=None):
         loss = _qfl(pred, label, score, weight, beta, reduction)
         return loss, _fused_grad(pred)
 
     @fake("quality_focal_loss_backward")
-    def _qfl_bwd(grad, pred, label, score, weight, beta, reduction):
+    def _qfl_bwd(grad, pred, label, score, weight, beta, reduction, avg_factor=None):
         return pred.new_empty(pred.shape)
 
     @fake("distribution_focal_loss")
-    def _dfl(pred, target, weight, reduction):
+    def _dfl(pred, target, weight, reduction, avg_factor=None):
         op = "gflops.distribution_focal_loss"
         _same_device(op, pred, target=target, weight=weight)
         return _loss_out(op, pred, reduction)
 
     @fake("distribution_focal_loss_backward")
-    def _dfl_bwd(grad, pred, target, weight, reduction):
+    def _dfl_bwd(grad, pred, target, weight, reduction, avg_factor=None):
         return pred.new_empty(pred.shape)
 
     @fake("distribution_focal_loss_and_grad")
-    def _dfl_and_grad(pred, target, weight, reduction):
+    def _dfl_and_grad(pred, target, weight, reduction, avg_factor=None):
         return _dfl(pred, target, weight, reduction), _fused_grad(pred)
 
     @fake("box_iou")
@@ -90,12 +90,12 @@ def register(ns):
         return boxes1.new_empty((*boxes1.shape[:-1], boxes2.shape[-2]))
 
     @fake("giou_loss")
-    def _giou(pred, target, weight, eps, reduction):
+    def _giou(pred, target, weight, eps, reduction, avg_factor=None):
         _same_device("gflops.giou_loss", pred, target=target, weight=weight)
         return _loss_out("gflops.giou_loss", pred, reduction)
 
     @fake("giou_loss_backward")
-    def _giou_bwd(grad, pred, target, weight, eps, reduction):
+    def _giou_bwd(grad, pred, target, weight, eps, reduction, avg_factor=None):
         return pred.new_empty(pred.shape)
 
     @fake("integral")

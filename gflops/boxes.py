@@ -2,7 +2,7 @@
 import torch
 
 from . import _ops
-from .losses import _check_constant, _check_reduction, _reduce
+from .losses import _check_constant, _check_reduction, _finish, _op_reduction
 
 
 def box_iou(boxes1, boxes2, mode="iou", aligned=False, eps=1e-6):
@@ -22,9 +22,9 @@ def giou_loss(pred, target, weight=None, reduction="mean", avg_factor=None, eps=
     _check_reduction(fn, reduction, avg_factor)
     _check_constant(fn, "target", target)
     _check_constant(fn, "weight", weight)
-    op_reduction = "none" if reduction == "none" else "sum"
-    out = _ops.lib().giou_loss(pred, target, weight, float(eps), op_reduction)
-    return _reduce(out, reduction, avg_factor, pred.shape[0] if pred.dim() else 0)
+    op_reduction, op_avg = _op_reduction(reduction, avg_factor)
+    out = _ops.lib().giou_loss(pred, target, weight, float(eps), op_reduction, op_avg)
+    return _finish(out, reduction, avg_factor)
 
 
 class GIoULoss(torch.nn.Module):

@@ -7,11 +7,9 @@ from .losses import _check_constant
 
 def integral(pred, reg_max=16):
     """(..., 4 * (reg_max + 1)) logits -> (..., 4) expected distances (bins)."""
-    lib = _ops.lib()
-    if pred.requires_grad and torch.is_grad_enabled():
-        # d distances / d pred from the same sweep where a backend fuses it (CPU); see gflops/_composite.py.
-        return lib.integral_and_grad(pred, int(reg_max))[0]
-    return lib.integral(pred, int(reg_max))
+    # With pred requiring grad, d distances / d pred comes from the same sweep where a backend fuses it
+    # (CPU; csrc/autograd.h).
+    return _ops.lib().integral(pred, int(reg_max))
 
 
 def _shape(max_shape):
@@ -26,11 +24,7 @@ def decode_distribution(pred, points, strides, reg_max=16, max_shape=None):
     fn = "gflops.decode_distribution"
     _check_constant(fn, "points", points)
     _check_constant(fn, "strides", strides)
-    lib = _ops.lib()
-    if pred.requires_grad and torch.is_grad_enabled():
-        # d boxes / d pred from the same sweep where a backend fuses it (CPU); see gflops/_composite.py.
-        return lib.decode_distribution_and_grad(pred, points, strides, int(reg_max), _shape(max_shape))[0]
-    return lib.decode_distribution(pred, points, strides, int(reg_max), _shape(max_shape))
+    return _ops.lib().decode_distribution(pred, points, strides, int(reg_max), _shape(max_shape))  # as integral
 
 
 def gfl_box_branch(pred, points, strides, gt_boxes, weight, reg_max=16):

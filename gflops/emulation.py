@@ -59,7 +59,8 @@ def available():
 
 def _sources(build_dir):
     csrc = _ext.CSRC
-    srcs = [csrc / "emulation" / n for n in ("module.cpp", "runtime.cpp", "racecheck.cpp", "selftest.cpp")]
+    srcs = [csrc / "emulation" / n
+            for n in ("module.cpp", "runtime.cpp", "racecheck.cpp", "selftest.cpp", "autograd.cpp")]
     srcs += [csrc / n for n in ("checks.cpp", "box_checks.cpp", "assign_checks.cpp", "nms_checks.cpp",
                                 "autoassign_checks.cpp")]
     # g++ compiles each CUDA launcher as C++ through a one-line wrapper.
@@ -111,12 +112,10 @@ def load(sanitizer=None):
             with_cuda=False,
             verbose=os.environ.get("GFLOPS_VERBOSE_BUILD", "0") == "1",
         )
-    from . import _autograd, _composite, _fake
+    from . import _fake
     import gflops
 
-    _composite.register("gflops_emu")
-    _fake.register("gflops_emu")
-    _autograd.register("gflops_emu")
+    _fake.register("gflops_emu")  # autograd and the fused ops' defaults are in C++ (csrc/autograd.h)
     module.set_validation(gflops.validation_enabled())
     gflops._validation_listeners.append(module.set_validation)
     _module = module

@@ -22,13 +22,21 @@ def _check_constant(fn, name, t):
         )
 
 
-def _reduce(out, reduction, avg_factor, n):
-    """`out` is (N,) for 'none', else the sum; 'mean' divides on the device."""
-    if reduction != "mean":
-        return out
-    if avg_factor is not None:
+def _op_reduction(reduction, avg_factor):
+    """The op's (reduction, avg_factor): the op divides for 'mean' itself (one op,
+    one autograd node), except by a tensor avg_factor (see _finish)."""
+    if reduction != "mean" or avg_factor is None:
+        return reduction, None
+    if isinstance(avg_factor, torch.Tensor):
+        return "sum", None
+    return reduction, float(avg_factor)
+
+
+def _finish(out, reduction, avg_factor):
+    """A tensor avg_factor divides on the device, without a host sync."""
+    if reduction == "mean" and isinstance(avg_factor, torch.Tensor):
         return out / avg_factor
-    return out / max(n, 1)
+    return out
 
 
 def quality_focal_loss(pred, label, score, weight=None, beta=2.0, reduction="mean", avg_factor=None):
@@ -42,14 +50,11 @@ def quality_focal_loss(pred, label, score, weight=None, beta=2.0, reduction="mea
     _check_reduction(fn, reduction, avg_factor)
     _check_constant(fn, "score", score)
     _check_constant(fn, "weight", weight)
-    op_reduction = "none" if reduction == "none" else "sum"
-    lib = _ops.lib()
-    if pred.requires_grad and torch.is_grad_enabled():
-        # The gradient from the same sweep where a backend fuses it (CPU); see gflops/_composite.py.
-        out, _ = lib.quality_focal_loss_and_grad(pred, label, score, weight, float(beta), op_reduction)
-    else:
-        out = lib.quality_focal_loss(pred, label, score, weight, float(beta), op_reduction)
-    return _reduce(out, reduction, avg_factor, pred.shape[0] if pred.dim() else 0)
+    op_reduction, op_avg = _op_reduction(reduction, avg_factor)
+    # With pred requiring grad, the op's autograd takes the gradient from the forward sweep where
+    # the backend fuses it (CPU; csrc/autograd.h).
+    out = _ops.lib().quality_focal_loss(pred, label, score, weight, float(beta), op_reduction, op_avg)
+    return _finish(out, reduction, avg_factor)
 
 
 def distribution_focal_loss(pred, target, weight=None, reduction="mean", avg_factor=None):
@@ -59,13 +64,9 @@ def distribution_focal_loss(pred, target, weight=None, reduction="mean", avg_fac
     _check_reduction(fn, reduction, avg_factor)
     _check_constant(fn, "target", target)
     _check_constant(fn, "weight", weight)
-    op_reduction = "none" if reduction == "none" else "sum"
-    lib = _ops.lib()
-    if pred.requires_grad and torch.is_grad_enabled():
-        out, _ = lib.distribution_focal_loss_and_grad(pred, target, weight, op_reduction)  # as quality_focal_loss
-    else:
-        out = lib.distribution_focal_loss(pred, target, weight, op_reduction)
-    return _reduce(out, reduction, avg_factor, pred.shape[0] if pred.dim() else 0)
+    op_reduction, op_avg = _op_reduction(reduction, avg_factor)
+    out = _ops.lib().distribution_focal_loss(pred, target, weight, op_reduction, op_avg)  # as quality_focal_loss
+    return _finish(out, reduction, avg_factor)
 
 
 class QualityFocalLoss(nn.Module):

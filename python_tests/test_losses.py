@@ -294,8 +294,10 @@ def test_qfl_bad_python_args():
         gflops.quality_focal_loss(args["pred"], args["label"], args["score"], reduction="sum", avg_factor=2.0)
     with pytest.raises(ValueError, match="score requires grad"):
         gflops.quality_focal_loss(args["pred"], args["label"], args["score"].requires_grad_(True))
-    with pytest.raises(RuntimeError, match="reduction must be 'none' or 'sum'"):
-        ops().quality_focal_loss(args["pred"], args["label"], args["score"], None, 2.0, "mean")
+    with pytest.raises(RuntimeError, match="reduction must be 'none', 'sum' or 'mean', got 'avg'"):
+        ops().quality_focal_loss(args["pred"], args["label"], args["score"], None, 2.0, "avg")
+    with pytest.raises(RuntimeError, match="avg_factor is only used with reduction='mean', got reduction='sum'"):
+        ops().quality_focal_loss(args["pred"], args["label"], args["score"], None, 2.0, "sum", 4.0)
 
 
 def test_qfl_mixed_devices_meta(device):
@@ -556,7 +558,7 @@ def _fused_case(loss, device, dtype, weight=True, n=301):
 
 @pytest.mark.parametrize("loss", ["qfl", "dfl"])
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("reduction", ["none", "sum"])
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
 def test_gradient_from_the_forward_sweep(device, loss, dtype, reduction):
     """With pred requiring grad the loss comes from <loss>_and_grad: on CPU it
     returns the gradient with the loss (empty on the other backends, which run

@@ -116,9 +116,10 @@ GF_CPU_CLONES_EXACT void giou_grad_rows(const scalar_t* p, const acc_t* t, const
 }
 
 at::Tensor giou_loss_cpu(const at::Tensor& pred, const at::Tensor& target,
-                         const c10::optional<at::Tensor>& weight, double eps, c10::string_view reduction) {
+                         const c10::optional<at::Tensor>& weight, double eps, c10::string_view reduction,
+                         c10::optional<double> avg_factor) {
   const char* op = "gflops.giou_loss";
-  LossInputs in = giou_loss_prepare(pred, target, weight, eps, std::string(reduction), op);
+  LossInputs in = giou_loss_prepare(pred, target, weight, eps, std::string(reduction), avg_factor, op);
   const auto opts = in.pred.options().dtype(acc_dtype(in.pred));
   // Fixed blocks (a function of the shape alone), at least 16 where the boxes allow.
   const int64_t rpb = cpu::rows_per_block(8, in.rows);
@@ -140,16 +141,16 @@ at::Tensor giou_loss_cpu(const at::Tensor& pred, const at::Tensor& target,
     auto total = cpu::blocked_sums<acc_t, 1>(in.rows, rpb, [&](int64_t i0, int64_t i1, acc_t* s) {
       s[0] += giou_loss_sum<scalar_t, acc_t>(p, t, w, e, i0, i1);
     });
-    out = at::scalar_tensor(total[0], opts);
+    out = at::scalar_tensor(in.mean ? total[0] / static_cast<acc_t>(in.divisor) : total[0], opts);
   });
   return out;
 }
 
 at::Tensor giou_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& pred, const at::Tensor& target,
                                   const c10::optional<at::Tensor>& weight, double eps,
-                                  c10::string_view reduction) {
+                                  c10::string_view reduction, c10::optional<double> avg_factor) {
   const char* op = "gflops.giou_loss_backward";
-  LossInputs in = giou_loss_prepare(pred, target, weight, eps, std::string(reduction), op);
+  LossInputs in = giou_loss_prepare(pred, target, weight, eps, std::string(reduction), avg_factor, op);
   at::Tensor g = check_loss_grad(grad, in, op);
   at::Tensor out = at::empty_like(in.pred);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.pred.scalar_type(), "giou_loss_backward_cpu", [&] {

@@ -23,6 +23,16 @@ namespace {
 // length (cpu::with_common_n1), else 0.
 constexpr int kExpRows = cpu::kExpTileRows;
 
+// check_strides_positive on the raw data (the strides are contiguous in the accumulation dtype):
+// its four tensor ops and a host read cost more than decoding a small batch.
+void check_strides(const at::Tensor& strides, const char* op) {
+  AT_DISPATCH_FLOATING_TYPES(strides.scalar_type(), "check_strides", [&] {
+    const scalar_t* s = strides.const_data_ptr<scalar_t>();
+    for (int64_t i = 0; i < strides.numel(); ++i)
+      if (!(s[i] > 0)) fail_at(strides, i, op, "strides must be > 0");
+  });
+}
+
 // The expected bins of rows [r0, r1) to dist (when set) and, WITH_GRAD, each
 // bin's derivative of its row's distance times grad[r] (1 when grad is null:
 // the fused forward) to dx, from the same exponentials.
@@ -208,7 +218,7 @@ std::tuple<at::Tensor, at::Tensor> decode_impl(const at::Tensor& pred, const at:
                                                c10::optional<at::ArrayRef<double>> max_shape, bool with_grad) {
   const char* op = "gflops.decode_distribution";
   DecodeInputs in = decode_prepare(pred, points, strides, reg_max, max_shape, op);
-  check_strides_positive(in.strides, op);
+  check_strides(in.strides, op);
   at::Tensor out = at::empty(in.dist.out_shape, in.dist.pred.options());
   at::Tensor dside = with_grad ? cpu::empty_output_like(in.dist.pred) : at::Tensor();
   GF_DISPATCH(in.dist.pred.scalar_type(), "decode_cpu", [&] {
@@ -279,7 +289,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> box_branch_cpu(
     const at::Tensor& weight, int64_t reg_max) {
   const char* op = "gflops.gfl_box_branch";
   BoxBranchInputs in = box_branch_prepare(pred, points, strides, gt_boxes, weight, reg_max, op);
-  check_strides_positive(in.dec.strides, op);
+  check_strides(in.dec.strides, op);
   const auto opts = in.dec.dist.pred.options().dtype(acc_dtype(in.dec.dist.pred));
   const int64_t P = in.dec.anchors;
   at::Tensor score = at::empty({P}, opts);

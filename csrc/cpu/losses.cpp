@@ -209,7 +209,8 @@ at::Tensor reduce_rows(const LossInputs& in, F rows_fn) {
   auto total = cpu::blocked_sums<acc_t, 1>(in.rows, rpb, [&](int64_t r0, int64_t r1, acc_t* sums) {
     sums[0] += rows_fn(r0, r1, nullptr);
   });
-  return at::scalar_tensor(total[0], opts);
+  // "mean": the division PyTorch would make of the summed tensor, in its dtype.
+  return at::scalar_tensor(in.mean ? total[0] / static_cast<acc_t>(in.divisor) : total[0], opts);
 }
 
 template <typename acc_t>
@@ -218,9 +219,10 @@ const acc_t* opt_ptr(const at::Tensor& t) { return t.defined() ? t.data_ptr<acc_
 // The QFL forward; with_grad also returns w * d loss / d pred from the same sweep.
 std::tuple<at::Tensor, at::Tensor> qfl_forward_impl(const at::Tensor& pred, const at::Tensor& label,
                                                     const at::Tensor& score, const c10::optional<at::Tensor>& weight,
-                                                    double beta, c10::string_view reduction, bool with_grad) {
+                                                    double beta, c10::string_view reduction,
+                                                    c10::optional<double> avg_factor, bool with_grad) {
   const char* op = "gflops.quality_focal_loss";
-  LossInputs in = qfl_prepare(pred, label, score, weight, beta, std::string(reduction), op);
+  LossInputs in = qfl_prepare(pred, label, score, weight, beta, std::string(reduction), avg_factor, op);
   cpu::FirstBad bad;
   at::Tensor out;
   at::Tensor grad = with_grad ? cpu::empty_output_like(in.pred) : at::Tensor();
@@ -246,26 +248,28 @@ std::tuple<at::Tensor, at::Tensor> qfl_forward_impl(const at::Tensor& pred, cons
 }
 
 at::Tensor qfl_forward_cpu(const at::Tensor& pred, const at::Tensor& label, const at::Tensor& score,
-                           const c10::optional<at::Tensor>& weight, double beta, c10::string_view reduction) {
-  return std::get<0>(qfl_forward_impl(pred, label, score, weight, beta, reduction, false));
+                           const c10::optional<at::Tensor>& weight, double beta, c10::string_view reduction,
+                           c10::optional<double> avg_factor) {
+  return std::get<0>(qfl_forward_impl(pred, label, score, weight, beta, reduction, avg_factor, false));
 }
 
 // float32/float64 only: a float16/bfloat16 buffer would round the unscaled gradient
 // (underflowing what a loss scaler multiplies up later); there the backward op runs.
 std::tuple<at::Tensor, at::Tensor> qfl_and_grad_cpu(const at::Tensor& pred, const at::Tensor& label,
                                                     const at::Tensor& score, const c10::optional<at::Tensor>& weight,
-                                                    double beta, c10::string_view reduction) {
+                                                    double beta, c10::string_view reduction,
+                                                    c10::optional<double> avg_factor) {
   const bool fuse = cpu::fuses_gradient(pred);
-  auto r = qfl_forward_impl(pred, label, score, weight, beta, reduction, fuse);
+  auto r = qfl_forward_impl(pred, label, score, weight, beta, reduction, avg_factor, fuse);
   if (!fuse) std::get<1>(r) = pred.new_empty({0});
   return r;
 }
 
 at::Tensor qfl_backward_cpu(const at::Tensor& grad, const at::Tensor& pred, const at::Tensor& label,
                             const at::Tensor& score, const c10::optional<at::Tensor>& weight,
-                            double beta, c10::string_view reduction) {
+                            double beta, c10::string_view reduction, c10::optional<double> avg_factor) {
   const char* op = "gflops.quality_focal_loss_backward";
-  LossInputs in = qfl_prepare(pred, label, score, weight, beta, std::string(reduction), op);
+  LossInputs in = qfl_prepare(pred, label, score, weight, beta, std::string(reduction), avg_factor, op);
   at::Tensor g = check_loss_grad(grad, in, op);
   at::Tensor out = cpu::empty_output_like(in.pred);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.pred.scalar_type(), "qfl_backward_cpu", [&] {
@@ -291,9 +295,10 @@ at::Tensor qfl_backward_cpu(const at::Tensor& grad, const at::Tensor& pred, cons
 // The DFL forward; with_grad also returns w * d loss / d pred from the same sweep.
 std::tuple<at::Tensor, at::Tensor> dfl_forward_impl(const at::Tensor& pred, const at::Tensor& target,
                                                     const c10::optional<at::Tensor>& weight,
-                                                    c10::string_view reduction, bool with_grad) {
+                                                    c10::string_view reduction, c10::optional<double> avg_factor,
+                                                    bool with_grad) {
   const char* op = "gflops.distribution_focal_loss";
-  LossInputs in = dfl_prepare(pred, target, weight, std::string(reduction), op);
+  LossInputs in = dfl_prepare(pred, target, weight, std::string(reduction), avg_factor, op);
   cpu::FirstBad bad;
   at::Tensor out;
   at::Tensor grad = with_grad ? cpu::empty_output_like(in.pred) : at::Tensor();
@@ -319,24 +324,26 @@ std::tuple<at::Tensor, at::Tensor> dfl_forward_impl(const at::Tensor& pred, cons
 }
 
 at::Tensor dfl_forward_cpu(const at::Tensor& pred, const at::Tensor& target,
-                           const c10::optional<at::Tensor>& weight, c10::string_view reduction) {
-  return std::get<0>(dfl_forward_impl(pred, target, weight, reduction, false));
+                           const c10::optional<at::Tensor>& weight, c10::string_view reduction,
+                           c10::optional<double> avg_factor) {
+  return std::get<0>(dfl_forward_impl(pred, target, weight, reduction, avg_factor, false));
 }
 
 // float32/float64 only, as qfl_and_grad_cpu.
 std::tuple<at::Tensor, at::Tensor> dfl_and_grad_cpu(const at::Tensor& pred, const at::Tensor& target,
                                                     const c10::optional<at::Tensor>& weight,
-                                                    c10::string_view reduction) {
+                                                    c10::string_view reduction, c10::optional<double> avg_factor) {
   const bool fuse = cpu::fuses_gradient(pred);
-  auto r = dfl_forward_impl(pred, target, weight, reduction, fuse);
+  auto r = dfl_forward_impl(pred, target, weight, reduction, avg_factor, fuse);
   if (!fuse) std::get<1>(r) = pred.new_empty({0});
   return r;
 }
 
 at::Tensor dfl_backward_cpu(const at::Tensor& grad, const at::Tensor& pred, const at::Tensor& target,
-                            const c10::optional<at::Tensor>& weight, c10::string_view reduction) {
+                            const c10::optional<at::Tensor>& weight, c10::string_view reduction,
+                            c10::optional<double> avg_factor) {
   const char* op = "gflops.distribution_focal_loss_backward";
-  LossInputs in = dfl_prepare(pred, target, weight, std::string(reduction), op);
+  LossInputs in = dfl_prepare(pred, target, weight, std::string(reduction), avg_factor, op);
   at::Tensor g = check_loss_grad(grad, in, op);
   at::Tensor out = cpu::empty_output_like(in.pred);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.pred.scalar_type(), "dfl_backward_cpu", [&] {

@@ -28,8 +28,9 @@ at::Tensor box_iou_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2, c10:
 }
 
 at::Tensor giou_loss_cuda(const at::Tensor& pred, const at::Tensor& target, const c10::optional<at::Tensor>& weight,
-                          double eps, c10::string_view reduction) {
-  LossInputs in = giou_loss_prepare(pred, target, weight, eps, std::string(reduction), "gflops.giou_loss");
+                          double eps, c10::string_view reduction, c10::optional<double> avg_factor) {
+  LossInputs in =
+      giou_loss_prepare(pred, target, weight, eps, std::string(reduction), avg_factor, "gflops.giou_loss");
   const DeviceGuard guard(in.pred.device());
   const int sms = num_sms(in.pred.get_device());
   auto opts = in.pred.options().dtype(acc_dtype(in.pred));
@@ -38,13 +39,14 @@ at::Tensor giou_loss_cuda(const at::Tensor& pred, const at::Tensor& target, cons
   GF_CUDA_CHECK(gc::giou_loss(kernel_dtype(in.pred.scalar_type()), in.pred.data_ptr(), in.target.data_ptr(),
                                opt_ptr(in.weight), in.rows, eps, in.sum, out.data_ptr(), partials.data_ptr(), sms,
                                current_stream()));
-  return out;
+  return finish_loss(out, in);
 }
 
 at::Tensor giou_loss_backward_cuda(const at::Tensor& grad, const at::Tensor& pred, const at::Tensor& target,
-                                   const c10::optional<at::Tensor>& weight, double eps, c10::string_view reduction) {
+                                   const c10::optional<at::Tensor>& weight, double eps, c10::string_view reduction,
+                                   c10::optional<double> avg_factor) {
   const char* op = "gflops.giou_loss_backward";
-  LossInputs in = giou_loss_prepare(pred, target, weight, eps, std::string(reduction), op);
+  LossInputs in = giou_loss_prepare(pred, target, weight, eps, std::string(reduction), avg_factor, op);
   at::Tensor g = check_loss_grad(grad, in, op);
   const DeviceGuard guard(in.pred.device());
   at::Tensor out = at::empty_like(in.pred);

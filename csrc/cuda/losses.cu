@@ -34,9 +34,9 @@ at::Tensor loss_output(const LossInputs& in) {
 
 at::Tensor qfl_forward_cuda(const at::Tensor& pred, const at::Tensor& label, const at::Tensor& score,
                             const c10::optional<at::Tensor>& weight, double beta,
-                            c10::string_view reduction) {
+                            c10::string_view reduction, c10::optional<double> avg_factor) {
   const char* op = "gflops.quality_focal_loss";
-  LossInputs in = qfl_prepare(pred, label, score, weight, beta, std::string(reduction), op);
+  LossInputs in = qfl_prepare(pred, label, score, weight, beta, std::string(reduction), avg_factor, op);
   if (validation_enabled()) qfl_check_values(in, op);
   const DeviceGuard guard(in.pred.device());
   gc::LossArgs a = make_args(in);
@@ -45,14 +45,14 @@ at::Tensor qfl_forward_cuda(const at::Tensor& pred, const at::Tensor& label, con
   at::Tensor partials = at::empty({in.sum ? gc::qfl_forward_blocks(a) : 0}, out.options());
   GF_CUDA_CHECK(gc::qfl_forward(a, in.sum, out.data_ptr(), partials.data_ptr(),
                                  current_stream()));
-  return out;
+  return finish_loss(out, in);
 }
 
 at::Tensor qfl_backward_cuda(const at::Tensor& grad, const at::Tensor& pred, const at::Tensor& label,
                              const at::Tensor& score, const c10::optional<at::Tensor>& weight,
-                             double beta, c10::string_view reduction) {
+                             double beta, c10::string_view reduction, c10::optional<double> avg_factor) {
   const char* op = "gflops.quality_focal_loss_backward";
-  LossInputs in = qfl_prepare(pred, label, score, weight, beta, std::string(reduction), op);
+  LossInputs in = qfl_prepare(pred, label, score, weight, beta, std::string(reduction), avg_factor, op);
   at::Tensor g = check_loss_grad(grad, in, op);
   const DeviceGuard guard(in.pred.device());
   gc::LossArgs a = make_args(in);
@@ -65,9 +65,10 @@ at::Tensor qfl_backward_cuda(const at::Tensor& grad, const at::Tensor& pred, con
 }
 
 at::Tensor dfl_forward_cuda(const at::Tensor& pred, const at::Tensor& target,
-                            const c10::optional<at::Tensor>& weight, c10::string_view reduction) {
+                            const c10::optional<at::Tensor>& weight, c10::string_view reduction,
+                            c10::optional<double> avg_factor) {
   const char* op = "gflops.distribution_focal_loss";
-  LossInputs in = dfl_prepare(pred, target, weight, std::string(reduction), op);
+  LossInputs in = dfl_prepare(pred, target, weight, std::string(reduction), avg_factor, op);
   check_rows_fit(in.cols, in.pred, in.cols - 1, op);
   if (validation_enabled()) dfl_check_values(in, op);
   const DeviceGuard guard(in.pred.device());
@@ -76,13 +77,14 @@ at::Tensor dfl_forward_cuda(const at::Tensor& pred, const at::Tensor& target,
   at::Tensor partials = at::empty({in.sum ? gc::dfl_forward_blocks(a) : 0}, out.options());
   GF_CUDA_CHECK(gc::dfl_forward(a, in.sum, out.data_ptr(), partials.data_ptr(),
                                  current_stream()));
-  return out;
+  return finish_loss(out, in);
 }
 
 at::Tensor dfl_backward_cuda(const at::Tensor& grad, const at::Tensor& pred, const at::Tensor& target,
-                             const c10::optional<at::Tensor>& weight, c10::string_view reduction) {
+                             const c10::optional<at::Tensor>& weight, c10::string_view reduction,
+                             c10::optional<double> avg_factor) {
   const char* op = "gflops.distribution_focal_loss_backward";
-  LossInputs in = dfl_prepare(pred, target, weight, std::string(reduction), op);
+  LossInputs in = dfl_prepare(pred, target, weight, std::string(reduction), avg_factor, op);
   check_rows_fit(in.cols, in.pred, in.cols - 1, op);
   at::Tensor g = check_loss_grad(grad, in, op);
   const DeviceGuard guard(in.pred.device());

@@ -69,6 +69,11 @@ def _sum(partials):
     return out
 
 
+def _mean(total, divisor):
+    """A summed loss divided as reduction 'mean' asks (divisor None: 'sum')."""
+    return total if divisor is None else total.div_(divisor)
+
+
 # ---- QFL ---------------------------------------------------------------------
 
 
@@ -77,13 +82,13 @@ def _qfl_blocks(cols):
     return _rows_per_program(block_c), block_c
 
 
-def quality_focal_loss(pred, label, score, weight, beta, reduction):
+def quality_focal_loss(pred, label, score, weight, beta, reduction, avg_factor=None):
     op = "gflops.quality_focal_loss"
-    pred, label, score, weight, n, c, total = _C.prepare_qfl(pred, label, score, weight, beta, reduction,
-                                                             gflops.validation_enabled(), op)
+    pred, label, score, weight, n, c, total, divisor = _C.prepare_qfl(pred, label, score, weight, beta, reduction,
+                                                                      avg_factor, gflops.validation_enabled(), op)
     acc = _acc_torch(pred)
     if n == 0:
-        return pred.new_zeros((), dtype=acc) if total else pred.new_empty((0,), dtype=acc)
+        return _mean(pred.new_zeros((), dtype=acc), divisor) if total else pred.new_empty((0,), dtype=acc)
     bn, bc = _qfl_blocks(c)
     grid = (triton.cdiv(n, bn),)
     out = pred.new_empty(grid if total else (n,), dtype=acc)
@@ -91,13 +96,14 @@ def quality_focal_loss(pred, label, score, weight, beta, reduction):
         K.qfl_forward_kernel[grid](pred, label, score, weight, out, n, c, _scalars(pred, beta), BETA2=beta == 2.0,
                                    HAS_W=weight is not None, SUM=total, ACC=_acc(pred), BLOCK_N=bn, BLOCK_C=bc,
                                    num_warps=NUM_WARPS)
-        return _sum(out) if total else out
+        return _mean(_sum(out), divisor) if total else out
 
 
-def quality_focal_loss_backward(grad, pred, label, score, weight, beta, reduction):
+def quality_focal_loss_backward(grad, pred, label, score, weight, beta, reduction, avg_factor=None):
     op = "gflops.quality_focal_loss_backward"
-    pred, label, score, weight, n, c, total = _C.prepare_qfl(pred, label, score, weight, beta, reduction, False, op)
-    grad = _C.check_loss_grad(grad, pred, n, total, op)
+    pred, label, score, weight, n, c, total, divisor = _C.prepare_qfl(pred, label, score, weight, beta, reduction,
+                                                                      avg_factor, False, op)
+    grad = _C.check_loss_grad(grad, pred, n, total, divisor, op)
     out = torch.empty_like(pred)
     if out.numel() == 0:
         return out
@@ -121,26 +127,27 @@ def _bin_blocks(n1, op):
     return _rows_per_program(block_b), block_b
 
 
-def distribution_focal_loss(pred, target, weight, reduction):
+def distribution_focal_loss(pred, target, weight, reduction, avg_factor=None):
     op = "gflops.distribution_focal_loss"
-    pred, _, target, weight, m, n1, total = _C.prepare_dfl(pred, target, weight, reduction,
-                                                           gflops.validation_enabled(), op)
+    pred, _, target, weight, m, n1, total, divisor = _C.prepare_dfl(pred, target, weight, reduction, avg_factor,
+                                                                    gflops.validation_enabled(), op)
     acc = _acc_torch(pred)
     if m == 0:
-        return pred.new_zeros((), dtype=acc) if total else pred.new_empty((0,), dtype=acc)
+        return _mean(pred.new_zeros((), dtype=acc), divisor) if total else pred.new_empty((0,), dtype=acc)
     bm, bb = _bin_blocks(n1, op)
     grid = (triton.cdiv(m, bm),)
     out = pred.new_empty(grid if total else (m,), dtype=acc)
     with _device(pred):
         K.dfl_forward_kernel[grid](pred, target, weight, out, m, n1, HAS_W=weight is not None, SUM=total,
                                    ACC=_acc(pred), BLOCK_M=bm, BLOCK_B=bb, num_warps=NUM_WARPS)
-        return _sum(out) if total else out
+        return _mean(_sum(out), divisor) if total else out
 
 
-def distribution_focal_loss_backward(grad, pred, target, weight, reduction):
+def distribution_focal_loss_backward(grad, pred, target, weight, reduction, avg_factor=None):
     op = "gflops.distribution_focal_loss_backward"
-    pred, _, target, weight, m, n1, total = _C.prepare_dfl(pred, target, weight, reduction, False, op)
-    grad = _C.check_loss_grad(grad, pred, m, total, op)
+    pred, _, target, weight, m, n1, total, divisor = _C.prepare_dfl(pred, target, weight, reduction, avg_factor,
+                                                                    False, op)
+    grad = _C.check_loss_grad(grad, pred, m, total, divisor, op)
     out = torch.empty_like(pred)
     if out.numel() == 0:
         return out

@@ -1,0 +1,132 @@
+"""The host path of the loss and decode functions: what one call runs.
+
+A call of a public function is one op (its 'mean' included) and, with a
+gradient, one backward op or none (CPU: the forward's buffer, scaled in
+place); the 'mean' the op makes is bitwise the division of the summed loss
+that autograd would make. Timing is benchmarks/bench_host.py's job."""
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import gflops
+from box_cases import random_boxes
+from conftest import ops
+from loss_cases import dfl_inputs, qfl_inputs
+
+
+class AllOps(TorchDispatchMode):
+    """Every op (ATen and gflops) dispatched below autograd inside the block, by name."""
+
+    def __enter__(self):
+        self.names = []
+        return super().__enter__()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func._schema.name.split("::", 1)[1])
+        return func(*args, **(kwargs or {}))
+
+
+def _qfl(device, dtype=torch.float32):
+    pred, label, score, weight = qfl_inputs(37, 11, device, dtype=dtype, weight=True)
+    return pred, lambda p, **kw: gflops.quality_focal_loss(p, label, score, weight, **kw), "quality_focal_loss"
+
+
+def _dfl(device, dtype=torch.float32):
+    pred, target, weight = dfl_inputs(29, 16, device, dtype=dtype, weight=True)
+    return pred, lambda p, **kw: gflops.distribution_focal_loss(p, target, weight, **kw), "distribution_focal_loss"
+
+
+def _giou(device, dtype=torch.float32):
+    pred = random_boxes(31, device=device, dtype=dtype, seed=1)
+    target = random_boxes(31, device=device, seed=2)
+    weight = torch.rand(31, device=device)
+    return pred, lambda p, **kw: gflops.giou_loss(p, target, weight, **kw), "giou_loss"
+
+
+LOSSES = {"qfl": _qfl, "dfl": _dfl}
+
+
+def _avg(kind, device):
+    return {"none": None, "number": 7.5, "tensor": torch.tensor(7.5, device=device)}[kind]
+
+
+def _mean_is_the_division(case, device, avg_kind, dtype):
+    pred, fn, _ = case(device, dtype)
+    avg = _avg(avg_kind, device)
+    divisor = pred.shape[0] if avg is None else avg
+    p1, p2 = pred.clone().requires_grad_(True), pred.clone().requires_grad_(True)
+    mean = fn(p1, reduction="mean", avg_factor=avg)
+    summed = fn(p2, reduction="sum") / divisor
+    assert mean.dtype == summed.dtype and mean.shape == ()
+    assert torch.equal(mean, summed), (mean, summed)
+    up = torch.tensor(1.7, dtype=mean.dtype, device=device)
+    (g1,) = torch.autograd.grad(mean, p1, up)
+    (g2,) = torch.autograd.grad(summed, p2, up)
+    assert torch.equal(g1, g2)
+
+
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+@pytest.mark.parametrize("avg_kind", ["none", "number", "tensor"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_mean_is_the_division_bitwise(kernel_device, loss, avg_kind, dtype):
+    """reduction='mean' divides inside the op (avg_factor a number) or after it
+    (a tensor): either way the loss and the gradient are bitwise those of the
+    summed loss divided by the same number, as the reference computes them."""
+    _mean_is_the_division(LOSSES[loss], kernel_device, avg_kind, dtype)
+
+
+@pytest.mark.parametrize("avg_kind", ["none", "number", "tensor"])
+def test_giou_mean_is_the_division_bitwise(device, avg_kind):
+    _mean_is_the_division(_giou, device, avg_kind, torch.float32)
+
+
+def _calls(fn):
+    with AllOps() as rec:
+        out = fn()
+    return out, rec.names
+
+
+@pytest.mark.parametrize("loss", ["qfl", "dfl", "giou"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_one_op_per_call(device, loss, dtype):
+    """The forward is the op alone, 'mean' and avg_factor included (no division,
+    no temporaries of its own); the backward is the backward op alone or, where
+    the CPU kernels fuse the gradient (float32/float64), nothing: the forward's
+    buffer is scaled in place, 'mean' included."""
+    pred, fn, name = {"qfl": _qfl, "dfl": _dfl, "giou": _giou}[loss](device, dtype)
+    _, names = _calls(lambda: fn(pred, reduction="mean", avg_factor=3.0))
+    assert names == [name]
+    leaf = pred.clone().requires_grad_(True)
+    out, names = _calls(lambda: fn(leaf, reduction="mean", avg_factor=3.0))
+    fuses = ops() is torch.ops.gflops and device == "cpu" and dtype == torch.float32 and loss != "giou"
+    assert names == [f"{name}_and_grad" if fuses else name]
+    up = torch.tensor(2.0, dtype=out.dtype, device=out.device)
+    _, names = _calls(lambda: torch.autograd.grad(out, leaf, up))
+    assert names == ([] if fuses else [f"{name}_backward"])
+
+
+@pytest.mark.parametrize("fn", ["integral", "decode_distribution"])
+def test_decode_one_op_per_call(kernel_device, fn):
+    device = kernel_device
+    reg_max, anchors = 16, 9
+    pred = torch.randn(2, anchors, 4 * (reg_max + 1), device=device)
+    points = torch.rand(anchors, 2, device=device) * 50
+    strides = torch.full((anchors,), 8.0, device=device)
+    call = {"integral": lambda p: gflops.integral(p, reg_max),
+            "decode_distribution": lambda p: gflops.decode_distribution(p, points, strides, reg_max)}[fn]
+    _, names = _calls(lambda: call(pred))
+    assert names == [fn]
+    leaf = pred.clone().requires_grad_(True)
+    out, names = _calls(lambda: call(leaf))
+    fuses = ops() is torch.ops.gflops and device == "cpu"
+    assert names == [f"{fn}_and_grad" if fuses else fn]
+
+
+def test_autograd_is_registered_in_cpp():
+    """No Python kernel on the gflops library's Autograd key: a Python autograd
+    kernel runs on every call, with or without a gradient (bench_host)."""
+    for name in ("quality_focal_loss", "distribution_focal_loss", "giou_loss", "integral", "decode_distribution",
+                 "gfl_box_branch", "autoassign_loss_terms", "quality_focal_loss_and_grad"):
+        dump = torch._C._dispatch_dump(f"gflops::{name}")
+        autograd = [line for line in dump.splitlines() if line.startswith("Autograd[alias]:")]
+        assert len(autograd) == 1 and "csrc/autograd.cpp" in autograd[0], (name, dump)
