@@ -120,6 +120,45 @@ def test_unvectorised_and_misaligned_paths(emu, dtype):
     assert all(", 1, true" in r[0] for r in launched(emu) if "qfl_" in r[0])
 
 
+def _shifted(t):
+    """t's values in contiguous memory one element past a 16-byte boundary."""
+    storage = torch.empty(t.numel() + 1, dtype=t.dtype)
+    out = storage[1:].view(t.shape)
+    out.copy_(t)
+    assert out.is_contiguous() and out.data_ptr() % 16 != 0
+    return out
+
+
+def _row_tile_ops(pred_dfl, target, pred_dist, points, strides, pred_branch, branch_rest):
+    """Outputs and gradients of the kernels that stage rows through shared memory (row_tiles.cuh)."""
+    out = []
+    for fn, p, args in ((gflops.distribution_focal_loss, pred_dfl, (target,)), (gflops.integral, pred_dist, ()),
+                        (gflops.decode_distribution, pred_dist, (points, strides, 16, (300, 400)))):
+        leaf = p.detach().requires_grad_(True)  # not grads(): a clone would be aligned
+        y = fn(leaf, *args, **({"reduction": "none"} if fn is gflops.distribution_focal_loss else {}))
+        (y * torch.linspace(0.5, 1.5, y.numel(), dtype=y.dtype).reshape(y.shape)).sum().backward()
+        out += [y.detach(), leaf.grad]
+    leaf = pred_branch.detach().requires_grad_(True)
+    giou, dfl, score = gflops.gfl_box_branch(leaf, *branch_rest)
+    (giou + 0.5 * dfl).backward()
+    return out + [giou.detach(), dfl.detach(), score, leaf.grad]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+def test_row_tiles_packed_and_misaligned_copies_agree(emu, dtype):
+    """The tiles are copied in 16-byte packs where their first element is
+    aligned, else value by value; both give the same bits. Sizes leave a
+    partial last tile whose length is not a multiple of the pack."""
+    pred_dfl, target, _ = dfl_inputs(1001, 16, "cpu", dtype=dtype)
+    pred_dist, points, strides = distribution_inputs(1, 333, 16, dtype=dtype)
+    bp, *rest = branch_inputs(301, 16, dtype=dtype)
+    assert pred_dfl.data_ptr() % 16 == 0 and pred_dist.data_ptr() % 16 == 0 and bp.data_ptr() % 16 == 0
+    packed = _row_tile_ops(pred_dfl, target, pred_dist, points, strides, bp, rest)
+    scalar = _row_tile_ops(_shifted(pred_dfl), target, _shifted(pred_dist), points, strides, _shifted(bp), rest)
+    for i, (x, y) in enumerate(zip(packed, scalar)):
+        assert torch.equal(x, y), f"output {i} differs between the packed and the value-by-value copies"
+
+
 def dtype_name(dtype):
     return {torch.float32: "float", torch.float16: "__half", torch.bfloat16: "__nv_bfloat16"}[dtype]
 

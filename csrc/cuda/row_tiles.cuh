@@ -41,17 +41,41 @@ inline size_t tile_smem(int rows, int row_len, size_t acc_bytes) {
   return static_cast<size_t>(rows) * tile_stride(row_len) * acc_bytes;
 }
 
+// Blocks of kernel K with `smem` bytes of dynamic shared memory resident on one
+// SM, cached per device and smem as resident_blocks() is: the occupancy query
+// is host work (no sync) that cost each launch again. A kernel's smem takes
+// few values (one per reg_max in use), so a device keeps four; a fifth
+// replaces one (asked again later, it is the same answer).
+template <auto K> int resident_tile_blocks(size_t smem) {
+  static std::atomic<uint64_t> cache[64][4];  // (smem << 8) | blocks; 0: empty
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) dev = 0;
+  std::atomic<uint64_t>* slots = cache[dev & 63];
+  for (int i = 0; i < 4; ++i) {
+    const uint64_t v = slots[i].load(std::memory_order_relaxed);
+    if (v != 0 && (v >> 8) == smem) return static_cast<int>(v & 255);
+  }
+  int n = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, K, kThreads, smem) != cudaSuccess || n < 1) {
+    (void)cudaGetLastError();
+    n = 1;
+  }
+  n = n < kMaxBlocksPerSm ? n : kMaxBlocksPerSm;
+  const uint64_t entry = (static_cast<uint64_t>(smem) << 8) | static_cast<uint64_t>(n);
+  for (int i = 0; i < 4; ++i) {
+    uint64_t empty = 0;
+    if (slots[i].compare_exchange_strong(empty, entry, std::memory_order_relaxed)) return n;
+  }
+  slots[(smem >> 7) & 3].store(entry, std::memory_order_relaxed);  // tiles are multiples of 128 bytes
+  return n;
+}
+
 // Blocks for a grid-stride loop over tiles of kernel K with `smem` bytes of
 // dynamic shared memory: one wave of the device at most, never more than the
-// tiles. The occupancy query is a host computation (no sync).
+// tiles.
 template <auto K> int tile_grid(int64_t rows, int per_tile, size_t smem, int num_sms) {
   const int64_t need = (rows + per_tile - 1) / per_tile;
-  int resident = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, K, kThreads, smem) != cudaSuccess || resident < 1) {
-    (void)cudaGetLastError();
-    resident = 1;
-  }
-  resident = resident < kMaxBlocksPerSm ? resident : kMaxBlocksPerSm;
+  const int resident = resident_tile_blocks<K>(smem);
   const int64_t cap = static_cast<int64_t>(num_sms > 0 ? num_sms : 1) * resident;
   return static_cast<int>(need < 1 ? 1 : (need < cap ? need : cap));
 }
@@ -63,25 +87,95 @@ inline int max_tile_grid(int64_t rows, int per_tile, int num_sms) {
   return static_cast<int>(need < 1 ? 1 : (need < cap ? need : cap));
 }
 
+// (row, column) of element i of a tile, stepped by `step` elements at a time
+// without a division per element: (r, j) += (step / row_len, step % row_len).
+struct TileIndex {
+  int r, j, step_r, step_j, row_len;
+  __device__ __forceinline__ TileIndex(int i, int step, int len)
+      : r(i / len), j(i - (i / len) * len), step_r(step / len), step_j(step - (step / len) * len), row_len(len) {}
+  __device__ __forceinline__ void next() {
+    r += step_r;
+    j += step_j;
+    if (j >= row_len) {
+      j -= row_len;
+      ++r;
+    }
+  }
+  __device__ __forceinline__ int at(int stride) const { return r * stride + j; }
+};
+
+// 16-byte packs a thread keeps in flight in load_tile. The copy is bound by
+// memory latency, not bandwidth: a thread of a 256-row float32 tile of 17 bins
+// loaded 17 scalars, each awaited before the next (gpu_model.md, "load
+// rounds"); as packs it is 4-5 loads, issued 4 at a time (2 of the 8-value
+// packs of 16-bit logits: a thread's share of the tile is then about 2, and 4
+// would spill).
+template <typename scalar_t> constexpr int tile_packs_in_flight() { return sizeof(scalar_t) == 2 ? 2 : 4; }
+
+// Whether a tile's copies go by packs: its first element 16-byte aligned (every
+// tile of an aligned tensor is, with a multiple of 32 rows per tile).
+template <typename scalar_t> __device__ __forceinline__ bool tile_packs(const scalar_t* p) {
+  return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
+}
+
 // tile[r * stride + j] = src[r * row_len + j] for the n = rows * row_len values
-// of a tile, by the whole block.
+// of a tile, by the whole block: consecutive threads read consecutive packs
+// (then the last n % width values one by one), or one by one throughout where
+// src is not 16-byte aligned.
 template <typename scalar_t, typename acc_t>
 __device__ __forceinline__ void load_tile(const scalar_t* __restrict__ src, int n, int row_len, int stride,
                                           acc_t* tile) {
-  for (int i = threadIdx.x; i < n; i += blockDim.x) {
-    const int r = i / row_len;
-    tile[r * stride + (i - r * row_len)] = cvt<acc_t>(src[i]);
+  constexpr int V = pack_width<scalar_t>();
+  using P = Pack<scalar_t, V>;
+  const int step = static_cast<int>(blockDim.x), t = static_cast<int>(threadIdx.x);
+  const int packs = tile_packs(src) ? n / V : 0;
+  constexpr int F = tile_packs_in_flight<scalar_t>();
+  const P* __restrict__ s = reinterpret_cast<const P*>(src);
+  TileIndex at(t * V, step * V, row_len);
+  for (int k0 = t; k0 < packs; k0 += step * F) {
+    P v[F];
+#pragma unroll
+    for (int u = 0; u < F; ++u)
+      if (k0 + u * step < packs) v[u] = s[k0 + u * step];
+#pragma unroll
+    for (int u = 0; u < F; ++u) {
+      if (k0 + u * step < packs) {
+        int r = at.r, j = at.j;
+#pragma unroll
+        for (int e = 0; e < V; ++e) {
+          tile[r * stride + j] = cvt<acc_t>(v[u].v[e]);
+          if (++j == row_len) j = 0, ++r;
+        }
+      }
+      at.next();
+    }
   }
+  TileIndex rest(packs * V + t, step, row_len);
+  for (int i = packs * V + t; i < n; i += step, rest.next()) tile[rest.at(stride)] = cvt<acc_t>(src[i]);
 }
 
 // The inverse of load_tile, converting to the storage dtype.
 template <typename scalar_t, typename acc_t>
 __device__ __forceinline__ void store_tile(const acc_t* tile, int n, int row_len, int stride,
                                            scalar_t* __restrict__ dst) {
-  for (int i = threadIdx.x; i < n; i += blockDim.x) {
-    const int r = i / row_len;
-    dst[i] = cvt<scalar_t>(tile[r * stride + (i - r * row_len)]);
+  constexpr int V = pack_width<scalar_t>();
+  using P = Pack<scalar_t, V>;
+  const int step = static_cast<int>(blockDim.x), t = static_cast<int>(threadIdx.x);
+  const int packs = tile_packs(dst) ? n / V : 0;
+  P* __restrict__ d = reinterpret_cast<P*>(dst);
+  TileIndex at(t * V, step * V, row_len);
+  for (int k = t; k < packs; k += step, at.next()) {
+    P v;
+    int r = at.r, j = at.j;
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      v.v[e] = cvt<scalar_t>(tile[r * stride + j]);
+      if (++j == row_len) j = 0, ++r;
+    }
+    d[k] = v;
   }
+  TileIndex rest(packs * V + t, step, row_len);
+  for (int i = packs * V + t; i < n; i += step, rest.next()) dst[i] = cvt<scalar_t>(tile[rest.at(stride)]);
 }
 
 // The tile loop of a block: tiles blockIdx.x, blockIdx.x + gridDim.x, ... of
