@@ -11,7 +11,6 @@
 #pragma once
 
 #include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
@@ -67,17 +66,18 @@ inline void keep_fused(AutogradContext* ctx, const Tensor& pred, const Tensor& f
   ctx->set_materialize_grads(false);  // else autograd hands the backward a zero gradient for the buffer
 }
 
-// buf *= grad (0-dim, on the CPU) / divisor, on the raw data: the products and the quotient are the
-// ones ATen's mul_ and div would round (one IEEE operation each, in the buffer's dtype), without the
-// two ops' dispatch, which at detector batch sizes cost more than the loss itself.
+// buf *= grad (0-dim, on the CPU) / divisor. A small buffer is scaled on its raw data: the quotient
+// and the products are the ones ATen's div and mul_ would round (one IEEE operation each, in the
+// buffer's dtype), without the two ops' dispatch, which at detector batch sizes costs more than
+// the loss itself. A large one goes to mul_, whose vector loop is faster than this one.
+constexpr int64_t kRawScaleMax = 1 << 14;
 inline Tensor scale_in_place(Tensor buf, const Tensor& grad, OptD divisor) {
+  if (buf.numel() > kRawScaleMax) return buf.mul_(divisor.has_value() ? grad.div(*divisor) : grad);
   AT_DISPATCH_FLOATING_TYPES(buf.scalar_type(), "gflops_scale_fused", [&] {
     scalar_t s = *grad.const_data_ptr<scalar_t>();
     if (divisor.has_value()) s = s / static_cast<scalar_t>(*divisor);
     scalar_t* p = buf.data_ptr<scalar_t>();
-    at::parallel_for(0, buf.numel(), 1 << 15, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) p[i] *= s;
-    });
+    for (int64_t i = 0, n = buf.numel(); i < n; ++i) p[i] *= s;
   });
   return buf;
 }
