@@ -11,6 +11,9 @@
 #pragma once
 
 #include <ATen/Dispatch.h>
+#include <ATen/SavedTensorHooks.h>
+#include <ATen/TensorSubclassLikeUtils.h>
+#include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
@@ -44,24 +47,32 @@ c10::TypedOperatorHandle<Sig> find_op(const char* ns, const char* name) {
 // Runs the ops below autograd (their backend kernels).
 using Below = at::AutoDispatchBelowADInplaceOrView;
 
+// Whether an op on `t` may be recorded rather than run: fake and functional tensors (torch.compile,
+// opcheck), tensor subclasses, batched gradients, or a dispatch mode (make_fx). There the fused
+// buffer is scaled by ops, out of place, never on its raw data.
 inline bool traced(const Tensor& t) {
-  // Fake and functional tensors (torch.compile, opcheck) carry the Python or Functionalize key.
-  return t.key_set().has_any(c10::DispatchKeySet({c10::DispatchKey::Python, c10::DispatchKey::Functionalize}));
+  return at::isTensorSubclassLike(t) || c10::impl::dispatch_mode_enabled() ||
+         t.key_set().has(c10::DispatchKey::Functionalize);
 }
 
 // Whether L's CPU kernels return the gradient of a float32/float64 pred from the forward sweep
 // (a 16-bit buffer would round the unscaled gradient, underflowing what a loss scaler multiplies up).
+// Not under saved-tensor hooks (checkpointing, offloading): the buffer is held, not saved, so they
+// could not move it; the backward op then runs as on the other backends.
 template <class L>
 bool fuses(const Tensor& pred) {
-  return L::fuses && pred.device().is_cpu() && (pred.scalar_type() == at::kFloat || pred.scalar_type() == at::kDouble);
+  const bool wide = pred.scalar_type() == at::kFloat || pred.scalar_type() == at::kDouble;
+  return L::fuses && pred.device().is_cpu() && wide && !at::SavedTensorDefaultHooks::get_hooks().has_value();
 }
 
 // d out / d pred from a fused forward, for a unit incoming gradient per output element. Eager: held
 // on ctx (not saved) so that the one backward that uses it scales it in place and drops it, one
 // logits-sized buffer in all; it therefore bypasses saved-tensor hooks. Traced: scaled out of place.
-inline void keep_fused(AutogradContext* ctx, const Tensor& pred, const Tensor& fused) {
+// `visible`: the caller holds the buffer too (the *_and_grad op was called), so it is not scaled in place.
+inline void keep_fused(AutogradContext* ctx, const Tensor& pred, const Tensor& fused, bool visible) {
   const bool fuse = fused.defined() && fused.sizes() == pred.sizes();
   ctx->saved_data["fuse"] = fuse;
+  ctx->saved_data["visible"] = visible;
   if (fuse) ctx->saved_data["fused"] = fused;
   ctx->set_materialize_grads(false);  // else autograd hands the backward a zero gradient for the buffer
 }
@@ -92,7 +103,7 @@ Tensor from_fused(AutogradContext* ctx, Tensor grad, F recompute, OptD divisor =
   c10::IValue& held = ctx->saved_data["fused"];
   Tensor fused = held.isTensor() ? held.toTensor() : recompute();
   held = c10::IValue();
-  const bool eager = !traced(fused) && !traced(grad);
+  const bool eager = !traced(fused) && !traced(grad) && !ctx->saved_data["visible"].toBool();
   if (eager && grad.dim() == 0 && fused.is_cpu() && grad.is_cpu() && grad.scalar_type() == fused.scalar_type() &&
       fused.is_contiguous())
     return scale_in_place(fused, grad, divisor);  // a reduced loss: one scale for all, no ATen op
@@ -136,7 +147,7 @@ variable_list fusable_forward(AutogradContext* ctx, bool both, const Tensor& pre
     std::tie(out, fused) = Fn::fused_op().call(pred, args...);
   else
     out = Fn::plain_op().call(pred, args...);
-  keep_fused(ctx, pred, fused);
+  keep_fused(ctx, pred, fused, both);
   if (!both) return {out};
   ctx->mark_non_differentiable({fused});
   return {out, fused};

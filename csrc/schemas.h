@@ -13,8 +13,8 @@ inline void define_schemas(torch::Library& m) {
   m.def("quality_focal_loss(Tensor pred, Tensor label, Tensor score, Tensor? weight, float beta, str reduction, float? avg_factor=None) -> Tensor");
   m.def("quality_focal_loss_backward(Tensor grad, Tensor pred, Tensor label, Tensor score, Tensor? weight, float beta, str reduction, float? avg_factor=None) -> Tensor");
   // The loss and, where a backend fuses them (CPU, float32/float64), d loss / d pred in pred's dtype from
-  // the same sweep; elsewhere an empty tensor, and the backward op runs later (gflops/_composite.py). With
-  // pred requiring grad, autograd's backward scales the returned gradient in place.
+  // the same sweep; elsewhere an empty tensor, and the backward op runs later (csrc/autograd.h, whose
+  // Autograd kernel of quality_focal_loss calls this op where it fuses and scales the buffer in place).
   m.def("quality_focal_loss_and_grad(Tensor pred, Tensor label, Tensor score, Tensor? weight, float beta, str reduction, float? avg_factor=None) -> (Tensor, Tensor)");
   m.def("distribution_focal_loss(Tensor pred, Tensor target, Tensor? weight, str reduction, float? avg_factor=None) -> Tensor");
   m.def("distribution_focal_loss_backward(Tensor grad, Tensor pred, Tensor target, Tensor? weight, str reduction, float? avg_factor=None) -> Tensor");

@@ -1,20 +1,12 @@
-"""Default kernels of the ops that one backend fuses and the others compose.
+"""Default kernels of the fused ops for the Triton twin (torch.ops.gflops_triton).
 
 `quality_focal_loss_and_grad`, `distribution_focal_loss_and_grad`,
 `integral_and_grad` and `decode_distribution_and_grad` return the op's
-output and its derivative w.r.t. pred (for a unit incoming gradient per loss
-row, distance or box side). The CPU
-kernels compute both in one sweep:
-there the exponentials and logarithms
-dominate, so sharing them between the loss and the gradient pays for the
-extra logits-sized write. A GPU is bound by memory traffic instead, where
-writing and re-reading that buffer would cost more than recomputing the
-gradient in the backward op; so every other backend (CUDA, Triton, and the
-twins of the tests) computes the loss alone here and returns an empty
-gradient, and autograd calls the backward op as before (gflops/_autograd.py).
-
-The gradient output is autograd's to use: when pred requires grad, the
-backward scales it in place (gflops.quality_focal_loss discards it).
+output and its derivative w.r.t. pred. Only gflops' CPU kernels compute that
+derivative in the forward's sweep (csrc/cpu); every other backend returns an
+empty tensor and autograd runs the backward op. The gflops library and its
+emulated twin register this default in C++ (csrc/autograd.h); the Triton
+twin, whose kernels are Python, registers it here.
 """
 import torch
 

@@ -179,8 +179,8 @@ def test_box_opcheck(device):
         torch.library.opcheck(ops().box_iou, (a, a, mode, True, 1e-6))
     pred = random_boxes(12, device=device).requires_grad_(True)
     target = random_boxes(12, seed=2, device=device)
-    for reduction in ("none", "sum"):
-        torch.library.opcheck(ops().giou_loss, (pred, target, torch.rand(12, device=device), 1e-6, reduction))
+    for reduction, avg in (("none", None), ("sum", None), ("mean", None), ("mean", 3.0)):
+        torch.library.opcheck(ops().giou_loss, (pred, target, torch.rand(12, device=device), 1e-6, reduction, avg))
 
 
 def test_box_compile_fullgraph(device):

@@ -15,14 +15,18 @@ from loss_cases import dfl_inputs, qfl_inputs
 
 
 class AllOps(TorchDispatchMode):
-    """Every op (ATen and gflops) dispatched below autograd inside the block, by name."""
+    """Every op (ATen and gflops) dispatched below autograd inside the block, by
+    name; `ours` keeps the gflops ones (of any twin library)."""
 
     def __enter__(self):
-        self.names = []
+        self.names, self.ours = [], []
         return super().__enter__()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.append(func._schema.name.split("::", 1)[1])
+        ns, name = func._schema.name.split("::", 1)
+        self.names.append(name)
+        if ns.startswith("gflops"):
+            self.ours.append(name)
         return func(*args, **(kwargs or {}))
 
 
@@ -66,33 +70,35 @@ def _mean_is_the_division(case, device, avg_kind, dtype):
 
 
 @pytest.mark.parametrize("loss", sorted(LOSSES))
-@pytest.mark.parametrize("avg_kind", ["none", "number", "tensor"])
+@pytest.mark.parametrize("avg_kind", ["none", "number"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_mean_is_the_division_bitwise(kernel_device, loss, avg_kind, dtype):
-    """reduction='mean' divides inside the op (avg_factor a number) or after it
-    (a tensor): either way the loss and the gradient are bitwise those of the
-    summed loss divided by the same number, as the reference computes them."""
+    """reduction='mean' divides inside the op (by avg_factor, else by N): the
+    loss and the gradient are bitwise those of the summed loss divided by the
+    same number, as the reference computes them. (A tensor avg_factor divides
+    after the op, as the reference does: test_losses' avg_factor tests.)"""
     _mean_is_the_division(LOSSES[loss], kernel_device, avg_kind, dtype)
 
 
-@pytest.mark.parametrize("avg_kind", ["none", "number", "tensor"])
+@pytest.mark.parametrize("avg_kind", ["none", "number"])
 def test_giou_mean_is_the_division_bitwise(device, avg_kind):
     _mean_is_the_division(_giou, device, avg_kind, torch.float32)
 
 
-def _calls(fn):
+def _calls(fn, ours=False):
     with AllOps() as rec:
         out = fn()
-    return out, rec.names
+    return out, (rec.ours if ours else rec.names)
 
 
 @pytest.mark.parametrize("loss", ["qfl", "dfl", "giou"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_one_op_per_call(device, loss, dtype):
-    """The forward is the op alone, 'mean' and avg_factor included (no division,
-    no temporaries of its own); the backward is the backward op alone or, where
-    the CPU kernels fuse the gradient (float32/float64), nothing: the forward's
-    buffer is scaled in place, 'mean' included."""
+    """The forward is the op alone, 'mean' and avg_factor included (no division
+    or other op around it); the backward runs the backward op or, where the CPU
+    kernels fuse the gradient (float32/float64), no gflops op: the forward's
+    buffer is scaled ('mean' included). Under this recording mode the scaling
+    is an ATen op (test_traced_scaling_is_the_eager_one)."""
     pred, fn, name = {"qfl": _qfl, "dfl": _dfl, "giou": _giou}[loss](device, dtype)
     _, names = _calls(lambda: fn(pred, reduction="mean", avg_factor=3.0))
     assert names == [name]
@@ -101,7 +107,7 @@ def test_one_op_per_call(device, loss, dtype):
     fuses = ops() is torch.ops.gflops and device == "cpu" and dtype == torch.float32 and loss != "giou"
     assert names == [f"{name}_and_grad" if fuses else name]
     up = torch.tensor(2.0, dtype=out.dtype, device=out.device)
-    _, names = _calls(lambda: torch.autograd.grad(out, leaf, up))
+    _, names = _calls(lambda: torch.autograd.grad(out, leaf, up), ours=True)
     assert names == ([] if fuses else [f"{name}_backward"])
 
 
@@ -130,3 +136,58 @@ def test_autograd_is_registered_in_cpp():
         dump = torch._C._dispatch_dump(f"gflops::{name}")
         autograd = [line for line in dump.splitlines() if line.startswith("Autograd[alias]:")]
         assert len(autograd) == 1 and "csrc/autograd.cpp" in autograd[0], (name, dump)
+
+
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_traced_scaling_is_the_eager_one(loss, reduction):
+    """Under a dispatch mode (make_fx, a recording mode) the fused buffer is
+    scaled by ATen ops, out of place, which the mode sees; the gradient has the
+    same bits as the eager in-place scaling on the raw data."""
+    pred, fn, _ = LOSSES[loss]("cpu")
+    kw = {"reduction": reduction, "avg_factor": 3.0 if reduction == "mean" else None}
+    grads = []
+    for record in (False, True):
+        leaf = pred.clone().requires_grad_(True)
+        out = fn(leaf, **kw)
+        up = torch.linspace(0.5, 1.5, out.numel()).reshape(out.shape)
+        if record:
+            (g,), names = _calls(lambda: torch.autograd.grad(out, leaf, up))
+            assert "mul" in names  # the out-of-place scaling ran, where the mode sees it
+        else:
+            (g,) = torch.autograd.grad(out, leaf, up)
+        grads.append(g)
+    assert torch.equal(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+def test_and_grad_buffer_returned_to_the_caller_is_not_scaled(loss):
+    """Called directly with pred requiring grad, a *_and_grad op hands its
+    buffer to the caller too: the backward scales a copy, not the caller's."""
+    if loss == "qfl":
+        pred, label, score, weight = qfl_inputs(37, 11, "cpu", weight=True)
+        call = lambda p: torch.ops.gflops.quality_focal_loss_and_grad(p, label, score, weight, 2.0, "sum")  # noqa: E731
+    else:
+        pred, target, weight = dfl_inputs(29, 16, "cpu", weight=True)
+        call = lambda p: torch.ops.gflops.distribution_focal_loss_and_grad(p, target, weight, "sum")  # noqa: E731
+    leaf = pred.clone().requires_grad_(True)
+    out, buf = call(leaf)
+    before = buf.clone()
+    (g,) = torch.autograd.grad(out, leaf, torch.tensor(2.5))
+    assert torch.equal(buf, before)
+    assert torch.equal(g, before * 2.5)
+
+
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+def test_no_fusion_under_saved_tensor_hooks(loss):
+    """Under saved-tensor hooks (offloading, checkpointing) the forward saves
+    what it needs, which the hooks can move, and the backward op runs: the
+    fused buffer would be held out of their reach."""
+    pred, fn, name = LOSSES[loss]("cpu")
+    leaf = pred.clone().requires_grad_(True)
+    packed = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(t) or t, lambda t: t):
+        out, names = _calls(lambda: fn(leaf, reduction="mean"))
+    assert names == [name] and packed
+    _, names = _calls(lambda: torch.autograd.grad(out, leaf), ours=True)
+    assert names == [f"{name}_backward"]

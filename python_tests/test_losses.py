@@ -535,16 +535,16 @@ def test_dfl_unvalidated_cuda_stays_in_bounds(accel):
 def test_opcheck(device):
     pred, label, score, weight = qfl_inputs(33, 12, device, weight=True)
     pred.requires_grad_(True)
-    for reduction in ("none", "sum"):
-        torch.library.opcheck(ops().quality_focal_loss, (pred, label, score, weight, 2.0, reduction))
-        torch.library.opcheck(ops().quality_focal_loss, (pred, label, score, None, 1.5, reduction))
-        torch.library.opcheck(ops().quality_focal_loss_and_grad, (pred, label, score, weight, 2.0, reduction))
+    for reduction, avg in (("none", None), ("sum", None), ("mean", None), ("mean", 3.0)):
+        torch.library.opcheck(ops().quality_focal_loss, (pred, label, score, weight, 2.0, reduction, avg))
+        torch.library.opcheck(ops().quality_focal_loss, (pred, label, score, None, 1.5, reduction, avg))
+        torch.library.opcheck(ops().quality_focal_loss_and_grad, (pred, label, score, weight, 2.0, reduction, avg))
     dpred, target, dweight = dfl_inputs(40, 16, device, weight=True)
     dpred.requires_grad_(True)
-    for reduction in ("none", "sum"):
-        torch.library.opcheck(ops().distribution_focal_loss, (dpred, target, dweight, reduction))
-        torch.library.opcheck(ops().distribution_focal_loss, (dpred, target, None, reduction))
-        torch.library.opcheck(ops().distribution_focal_loss_and_grad, (dpred, target, dweight, reduction))
+    for reduction, avg in (("none", None), ("sum", None), ("mean", None), ("mean", 3.0)):
+        torch.library.opcheck(ops().distribution_focal_loss, (dpred, target, dweight, reduction, avg))
+        torch.library.opcheck(ops().distribution_focal_loss, (dpred, target, None, reduction, avg))
+        torch.library.opcheck(ops().distribution_focal_loss_and_grad, (dpred, target, dweight, reduction, avg))
 
 
 def _fused_case(loss, device, dtype, weight=True, n=301):

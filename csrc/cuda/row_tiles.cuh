@@ -3,8 +3,10 @@
 // GFL box branch) give each row (or anchor) one thread; reading the logits
 // straight from global memory, a warp's request for bin b touches 32 rows
 // 68+ bytes apart: 32 sectors for 128 useful bytes. Here the rows of a tile
-// are contiguous in memory, so the block copies them element by element
-// (consecutive threads, consecutive addresses: 4 sectors per request), and
+// are contiguous in memory, so the block copies them in 16-byte packs
+// (consecutive threads, consecutive packs: every sector fetched once; the
+// shared-memory side of a pack's values then conflicts 4-way in float32,
+// which costs cycles, where the load it replaces cost a DRAM latency), and
 // each thread then reads its row from shared memory. Rows sit at an odd
 // stride there, so the 32 rows a warp reads at once fall in 32 distinct
 // banks. Gradients go back the same way. Torch-free.
