@@ -8,10 +8,16 @@ a call makes. Each gflops function is timed beside its closest ATen
 counterpart, interleaved (one batch of calls of each in turn, best batch of
 several rounds: the machine's noise only ever adds), forward on inputs that
 need no gradient and forward+backward from a leaf that does. The target is
-at most 1.5x the counterpart forward and 1.3x forward+backward. Writes
+at most 1.5x the counterpart forward and 1.3x forward+backward.
+
+Where triton is installed (and no GPU is), the same calls also run on the
+Triton twin with Triton's whole launch path but a launcher that launches
+nothing (gflops/triton/offline.py): `triton_us` is the Triton path's host
+cost less the C launcher's (a few us a launch on a GPU, not counted). Writes
 benchmarks/results/host_<device>.{md,csv,json}.
 """
 import argparse
+import os
 import time
 
 import torch
@@ -23,6 +29,7 @@ from benchmarks import harness
 
 ROWS, CLASSES, BINS = 8, 80, 17
 TARGET = {"fwd": 1.5, "fwd+bwd": 1.3}
+TRITON_OPS = ("quality_focal_loss", "distribution_focal_loss", "integral", "decode_distribution")
 
 
 def cases():
@@ -75,16 +82,60 @@ def modes(fn, shape):
     return {"fwd": lambda: fn(fwd_in), "fwd+bwd": fwd_bwd}
 
 
+_no_launch = []
+
+
+def triton_no_launch():
+    """A context that routes the public functions to the Triton twin, whose kernels
+    compile for sm_90 and launch nothing; or why it cannot be had here."""
+    if _no_launch:
+        return _no_launch[0]
+    from gflops import _ops
+    from gflops import triton as gtriton
+    ok, why = gtriton.available()
+    if not ok:
+        return why
+    if os.environ.get("TRITON_INTERPRET", "0") == "1" or torch.cuda.is_available():
+        return "the Triton path is timed on a machine without a GPU and without TRITON_INTERPRET"
+    from triton.runtime.driver import driver
+    from gflops.triton import offline
+    driver.set_active(offline.NoLaunchDriver())
+    gtriton.load_twin()
+    from gflops.triton.launch import OPS
+    lib = torch.library.Library(gtriton.NAMESPACE, "IMPL")  # the launchers on CPU tensors: they launch nothing
+    for name, fn in OPS.items():
+        lib.impl(name, fn, "CPU")
+    _no_launch.append(lambda: _ops.use(gtriton.NAMESPACE))
+    _no_launch.append(lib)
+    return _no_launch[0]
+
+
+def _on(route, fn):
+    def call():
+        with route():
+            fn()
+    return call
+
+
 def run(calls, rounds):
     rows = []
+    route, why = triton_no_launch(), None
+    if isinstance(route, str):
+        route, why = None, route
     for op, ours, aten, shape in cases():
         for mode in ("fwd", "fwd+bwd"):
             a, b = modes(ours, shape)[mode], modes(aten, shape)[mode]
-            res, note = attempt(lambda: (a(), b()) and per_call_us([a, b], calls, rounds), f"{op} {mode}")
-            row = dict(op=op, mode=mode, gflops_us=None, aten_us=None, ratio=None, target=TARGET[mode])
+            fns = [a, b] + ([_on(route, a)] if route and op in TRITON_OPS else [])
+            res, note = attempt(lambda: [f() for f in fns] and per_call_us(fns, calls, rounds), f"{op} {mode}")
+            row = dict(op=op, mode=mode, gflops_us=None, aten_us=None, ratio=None, target=TARGET[mode],
+                       triton_us=None, triton_ratio=None)
             if note is None:
                 row.update(gflops_us=res[0], aten_us=res[1], ratio=res[0] / res[1])
                 row["meets"] = row["ratio"] <= TARGET[mode]
+                if len(res) > 2:
+                    row.update(triton_us=res[2], triton_ratio=res[2] / res[1])
+                elif op in TRITON_OPS:
+                    row["note"] = f"triton: {why}"
             else:
                 row["note"] = note
             rows.append(row)
@@ -102,7 +153,8 @@ def main(argv=None):
         calls, rounds = (50, 3) if harness.QUICK else (a.calls, a.rounds)
         rows = run(calls, rounds)
         meta = dict(device="cpu", torch=torch.__version__, threads=1, rows=ROWS, calls=calls, rounds=rounds,
-                    note="us per call; ratio = gflops / ATen counterpart; target 1.5x fwd, 1.3x fwd+bwd")
+                    note="us per call; ratio = gflops / ATen counterpart; target 1.5x fwd, 1.3x fwd+bwd; "
+                    "triton_us: the Triton twin, launch path whole, launcher stubbed (gflops/triton/offline.py)")
         print(write_results("host", torch.device("cpu"), rows, meta))
     return exit_status(rows, time_keys=("gflops_us",))
 

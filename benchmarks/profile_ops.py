@@ -14,6 +14,12 @@ starts with a `call` row: the host wall time of a call (the median of
 three, unprofiled) and the bytes of the tensors it takes and returns (see
 BYTES below), a rough figure of the traffic, not a measurement.
 
+--backend triton profiles the same calls on the Triton kernels (the twin
+torch.ops.gflops_triton: QFL, DFL, integral and decode): on a GPU their real
+launches; on the CPU under TRITON_INTERPRET=1, where the interpreter runs
+them, each launch is a `triton::<kernel>` range. Writes
+profile_triton_<device>.*.
+
 Sizes (PRESETS): on a GPU the benchmarks' COCO ones (bench_losses and
 bench_boxes; 16 images of 1333x800 for assignment and NMS), on the CPU their
 small ones (2 images), with --quick tiny ones (one 320x320 image) on either,
@@ -124,6 +130,8 @@ def kind_of(evt):
     name = evt.key
     if name.startswith("gflops"):
         return "gflops"
+    if name.startswith("triton::"):
+        return "triton"  # a Triton launch (gflops/triton/launch.py's range): its host time
     if name.startswith("aten::"):
         return "aten"
     if name.startswith("cu"):
@@ -157,17 +165,20 @@ def profile_call(fn, setup, device, timed=3):
                          host_us=None if kind == "kernel" else evt.self_cpu_time_total,
                          device_us=(evt.self_device_time_total if kind == "kernel" else evt.device_time_total)
                          if device.type == "cuda" else None))
-    order = ("gflops", "aten", "kernel", "runtime", "other")
+    order = ("gflops", "triton", "aten", "kernel", "runtime", "other")
     rows.sort(key=lambda r: (order.index(r["kind"]), -(r["device_us"] or r["host_us"] or 0)))
     return wall, rows
 
 
-def run(device, preset, only=()):
+def run(device, preset, only=(), route=None):
+    """route: a context the calls run in (None: gflops' own backends); ops outside `only` are skipped."""
     rows, seen = [], set()
     for op, case, fn, args, kw, loss_of in cases(preset, device):
         seen.add(op)
         if only and op not in only:
             continue
+        if route is not None:
+            fn = _routed(fn, route)
         if loss_of is None:
             modes = harness.forward_modes(fn, args, kw)
         else:
@@ -186,10 +197,33 @@ def run(device, preset, only=()):
             device_ms = f"  device {device_us / 1e3:8.3f} ms" if device_us is not None else ""
             print(f"{op:24s} {mode:8s} {wall:9.3f} ms{device_ms}  {moved[mode] / 2**20:9.1f} MiB  "
                   f"{sum(e['count'] for e in events if e['kind'] == 'aten')} aten, "
-                  f"{sum(e['count'] for e in kernels)} kernel launches", flush=True)
+                  f"{sum(e['count'] for e in kernels)} kernel launches"
+                  + (f", {sum(e['count'] for e in events if e['kind'] == 'triton')} Triton launches" if route else ""),
+                  flush=True)
     if set(only) - seen:
         raise SystemExit(f"profile_ops: --ops names no op: {sorted(set(only) - seen)}; the ops are {sorted(seen)}")
     return rows
+
+
+def _routed(fn, route):
+    def call(*args, **kw):
+        with route():
+            return fn(*args, **kw)
+    return call
+
+
+def triton_route(device):
+    """(the context that routes the public functions to the Triton twin, its ops), or exits saying why not."""
+    from gflops import _ops
+    from gflops import triton as gtriton
+    ok, why = gtriton.available()
+    if not ok:
+        raise SystemExit(f"profile_ops: {why}")
+    if device.type == "cpu" and not gtriton.interpreter_requested():
+        raise SystemExit("profile_ops: --backend triton on the CPU runs Triton's interpreter: set TRITON_INTERPRET=1")
+    gtriton.load_twin()
+    return (lambda: _ops.use(gtriton.NAMESPACE)), {"quality_focal_loss", "distribution_focal_loss", "integral",
+                                                     "decode_distribution"}
 
 
 def main(argv=None):
@@ -198,21 +232,29 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="tiny sizes (one 320x320 image), on any device")
     ap.add_argument("--out", default=str(harness.RESULTS), help="the folder of the result files")
     ap.add_argument("--ops", default="", help="comma-separated op names (default: all)")
+    ap.add_argument("--backend", choices=["gflops", "triton"], default="gflops",
+                    help="triton: the Triton kernels' twin (its four ops)")
     a = ap.parse_args(argv)
     device = torch.device(a.device)
     preset = "tiny" if a.quick else "coco" if device.type == "cuda" else "small"
     t0 = time.perf_counter()
-    rows = run(device, preset, set(filter(None, a.ops.split(","))))
+    only, route = set(filter(None, a.ops.split(","))), None
+    if a.backend == "triton":
+        route, triton_ops = triton_route(device)
+        only = (only & triton_ops) if only else triton_ops
+    rows = run(device, preset, only, route)
+    backend = gflops.backend_info()["cuda" if device.type == "cuda" else "cpu"] if route is None else "triton"
     meta = dict(device=str(device), preset=preset, torch=torch.__version__, threads=torch.get_num_threads(),
-                backend=gflops.backend_info()["cuda" if device.type == "cuda" else "cpu"], bytes=BYTES,
+                backend=backend, bytes=BYTES,
                 note="per (op, mode): a `call` row (wall_ms: the median of 3 unprofiled calls after a warm-up; "
                      "mbytes in MiB), then what the profiled call ran: gflops and aten ops (count, self host_us, "
                      "device_us of their kernels), device kernels (device_us), CUDA runtime calls",
                 total_s=round(time.perf_counter() - t0, 1))
     # --out wins: write_results writes under harness.RESULTS, or $GFLOPS_RESULTS_DIR where the harness reads it.
     with mock.patch.object(harness, "RESULTS", Path(a.out)), mock.patch.dict(os.environ, GFLOPS_RESULTS_DIR=a.out):
-        harness.write_results("profile", device, rows, meta)
-    print(f"wrote {Path(a.out) / ('profile_' + harness.device_tag(device))}.{{md,csv,json}} in {meta['total_s']} s")
+        name = "profile" if route is None else "profile_triton"
+        harness.write_results(name, device, rows, meta)
+    print(f"wrote {Path(a.out) / (name + '_' + harness.device_tag(device))}.{{md,csv,json}} in {meta['total_s']} s")
 
 
 if __name__ == "__main__":

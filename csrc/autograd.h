@@ -448,13 +448,22 @@ void fusable(torch::Library& m, const std::string& name) {
 // Registers the Autograd kernels of L's differentiable ops, and the default
 // (CompositeExplicitAutograd) kernels of its *_and_grad ops: the plain op and
 // an empty buffer, for every backend that does not fuse.
+//
+// register_loss_autograd: the loss and decoding family (QFL, DFL, integral, decode, each with its
+// *_and_grad op), which is all that the Triton twin defines.
 template <class L>
-void register_autograd(torch::Library& m) {
+void register_loss_autograd(torch::Library& m) {
   using namespace autograd_detail;
   fusable<Qfl<L>>(m, "quality_focal_loss");
   fusable<Dfl<L>>(m, "distribution_focal_loss");
   fusable<Integral<L>>(m, "integral");
   fusable<Decode<L>>(m, "decode_distribution");
+}
+
+template <class L>
+void register_autograd(torch::Library& m) {
+  using namespace autograd_detail;
+  register_loss_autograd<L>(m);
   m.impl("giou_loss", [](const Tensor& p, const Tensor& t, const OptT& w, double eps, c10::string_view r, OptD avg) {
     if (wants_grad(p, t, w)) return Giou<L>::apply(p, t, w, eps, r, avg);
     Below below;

@@ -8,6 +8,10 @@
 #include "checks.h"
 #include "runtime_check.h"
 
+namespace gflops {
+void register_triton_autograd();  // autograd.cpp
+}
+
 namespace py = pybind11;
 
 namespace {
@@ -37,6 +41,8 @@ at::Tensor loss_grad(const at::Tensor& grad, const at::Tensor& pred, int64_t row
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_validation", &gflops::set_validation, "Turn value checks on CUDA inputs on or off");
   m.def("validation_enabled", &gflops::validation_enabled);
+  m.def("register_triton_autograd", &gflops::register_triton_autograd,
+        "Autograd (C++) of torch.ops.gflops_triton, once its ops are defined");
   m.def("cxx_runtime_problem", &gflops::cxx_runtime_problem,
         "'' when the library calls the process's C++ runtime, else what is wrong");
   m.def("cuda_compiled", [] {

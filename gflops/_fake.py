@@ -32,8 +32,6 @@ def register(ns):
         return torch.library.register_fake(f"{ns}::{name}")
 
     def _fused_grad(pred):
-        from ._composite import fuses_gradient
-
         return pred.new_empty(pred.shape if fuses_gradient(ns, pred) else (0,))
 
     @fake("autoassign_loss_terms")
@@ -176,3 +174,11 @@ def register(ns):
 
 
 register("gflops")
+
+
+def fuses_gradient(ns, pred):
+    """Whether `ns`'s *_and_grad ops return the gradient for `pred`: the CPU
+    kernels, for float32/float64 logits (a 16-bit buffer would round the
+    unscaled gradient, underflowing what a loss scaler multiplies up later;
+    csrc/autograd.h's fuses() holds the same rule)."""
+    return ns == "gflops" and pred.device.type == "cpu" and pred.dtype in (torch.float32, torch.float64)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ["environment", "build", "tests", "sanitizer memcheck", "profile", "bench_losses", "bench_boxes",
+STAGES = ["environment", "build", "tests", "sanitizer memcheck", "profile", "profile-triton", "bench_losses", "bench_boxes",
           "bench_assign", "bench_autoassign", "bench_nms", "train"]
 
 

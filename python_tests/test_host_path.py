@@ -138,6 +138,19 @@ def test_autograd_is_registered_in_cpp():
         assert len(autograd) == 1 and "csrc/autograd.cpp" in autograd[0], (name, dump)
 
 
+def test_triton_twin_autograd_is_registered_in_cpp():
+    """The Triton twin's launchers are Python, its autograd is not: the same C++
+    Functions as gflops' (a Python autograd kernel made its host cost 1.3x)."""
+    pytest.importorskip("triton")
+    from gflops import triton as gtriton
+    gtriton.load_twin()
+    for name in ("quality_focal_loss", "distribution_focal_loss", "integral", "decode_distribution",
+                 "distribution_focal_loss_and_grad"):
+        dump = torch._C._dispatch_dump(f"{gtriton.NAMESPACE}::{name}")
+        autograd = [line for line in dump.splitlines() if line.startswith("Autograd[alias]:")]
+        assert len(autograd) == 1 and "csrc/autograd.cpp" in autograd[0], (name, dump)
+
+
 @pytest.mark.parametrize("loss", sorted(LOSSES))
 @pytest.mark.parametrize("reduction", ["none", "mean"])
 def test_traced_scaling_is_the_eager_one(loss, reduction):

@@ -80,3 +80,24 @@ def test_profile_ops_lists_every_op_and_mode(tmp_path):
             ran = {r["kind"] for r in data["rows"] if (r["op"], r["mode"]) == (op, mode)}
             # The CPU backward of an op that fuses its gradient into the forward is an aten::mul_ alone.
             assert ("gflops" if mode != "bwd" else "aten") in ran, (op, mode, ran)
+
+
+@needs_triton
+def test_profile_ops_triton_lists_each_launch(tmp_path, monkeypatch):
+    """--backend triton: the four ops on the Triton kernels (the interpreter here),
+    each launch of a call a row: QFL's forward is its kernel and the partials' sum."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the subprocess's kernels run in the interpreter
+    _run("-m", "benchmarks.profile_ops", "--device", "cpu", "--quick", "--backend", "triton", "--out", tmp_path)
+    data = json.loads(next(tmp_path.glob("profile_triton_*.json")).read_text())
+    launches = {}
+    for r in data["rows"]:
+        if r["kind"] == "triton":
+            launches.setdefault((r["op"], r["mode"]), {})[r["name"]] = r["count"]
+    assert set(launches) == {(op, m) for op in gtriton.OP_NAMES if not op.endswith("_backward")
+                             for m in ("fwd", "bwd", "fwd+bwd")}, sorted(launches)
+    assert launches[("quality_focal_loss", "fwd")] == {"triton::qfl_forward_kernel": 1,
+                                                       "triton::sum_partials_kernel": 1}
+    assert launches[("decode_distribution", "fwd+bwd")] == {"triton::integral_kernel": 1,
+                                                            "triton::integral_backward_kernel": 1}
+    assert {r["name"] for r in data["rows"] if r["kind"] == "gflops"} <= {
+        f"{gtriton.NAMESPACE}::{op}" for op in gtriton.OP_NAMES}

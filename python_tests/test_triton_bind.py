@@ -29,6 +29,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNELS = ROOT / "gflops" / "triton" / "kernels.py"
+OFFLINE = ROOT / "gflops" / "triton" / "offline.py"
 
 # The Triton releases that the supported PyTorch releases pin (Requires-Dist of
 # their Linux wheels): torch 2.11 -> 3.6.0, 2.12.0 -> 3.7.0, 2.12.1 and 2.13.0 -> 3.7.1.
@@ -139,20 +140,6 @@ def test_kernels_bind_and_compile(version):
 # ---- the subprocess -------------------------------------------------------------
 
 
-class _TargetOnlyDriver:
-    """What JITFunction.run asks of the driver before it launches; warmup never launches."""
-
-    def get_current_device(self):
-        return 0
-
-    def get_current_stream(self, device=None):
-        return 0
-
-    def get_current_target(self):
-        from triton.backends.compiler import GPUTarget
-        return GPUTarget("cuda", 90, 32)  # H200
-
-
 def _cases(torch, tl):
     """(kernel, args, constexprs) as gflops/triton/launch.py launches them: each
     kernel in float32 and float64 accumulation, with and without the optional
@@ -179,13 +166,17 @@ def _cases(torch, tl):
         yield "sum_partials_kernel", (a, a, 1000), dict(BLOCK=1024)
 
 
-def _load_kernels():
+def _by_path(name, path):
     # By path: importing the gflops package would load (or JIT-build) its C++ extension.
-    spec = importlib.util.spec_from_file_location("gflops_triton_kernels", KERNELS)
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def _load_kernels():
+    return _by_path("gflops_triton_kernels", KERNELS)
 
 
 def main():
@@ -195,7 +186,7 @@ def main():
     import triton.language as tl
     from triton.runtime.driver import driver
 
-    driver.set_active(_TargetOnlyDriver())
+    driver.set_active(_by_path("gflops_triton_offline", OFFLINE).TargetOnlyDriver())
     kernels = _load_kernels()
     failures = [f"{k}: parameters {v} are names Triton's launch path uses" for k, v in name_clashes(kernels).items()]
     compiled = 0

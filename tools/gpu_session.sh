@@ -17,7 +17,8 @@
 #   env_build.log  GPU, versions, toolchain and link facts, build log, C++-runtime check
 #   tests.log      the CUDA and Triton test cases (pytest-xdist on the GPU)
 #   sanitizer.log  compute-sanitizer memcheck, racecheck, initcheck, synccheck over tools/op_driver.py
-#   profile.log    benchmarks.profile_ops: what one call of each op launches and costs
+#   profile.log    benchmarks.profile_ops: what one call of each op launches and costs (gflops' kernels,
+#                  then the Triton kernels')
 #   bench.log      the benchmarks in their compact mode
 #   train.log      short training of GFL and AutoAssign, reference ops and gflops ops
 #   results.tgz    the result files (benchmarks/results layout) to unpack and commit
@@ -237,6 +238,9 @@ else
   done
   stage profile 40 15 profile.log $PY -m benchmarks.profile_ops --device "$DEV" $([ "$DRY" = 1 ] && echo --quick) \
     --out "$GFLOPS_RESULTS_DIR"
+  # The Triton kernels' own profile (on the dry run: the interpreter).
+  stage profile-triton 20 10 profile.log env $([ "$DRY" = 1 ] && echo TRITON_INTERPRET=1) $PY -m benchmarks.profile_ops \
+    --backend triton --device "$DEV" $([ "$DRY" = 1 ] && echo --quick) --out "$GFLOPS_RESULTS_DIR"
   while read -r b args; do
     # shellcheck disable=SC2086
     stage "bench_$b" 40 15 bench.log bench "$b" $args

@@ -12,6 +12,8 @@ launchers as the CUDA kernels and, under Triton's interpreter
 kernels too, with gflops' fake kernels and autograd. `gflops._ops.use(
 "gflops_triton")` routes the public functions to it: that is how the tests
 run the Triton kernels on a machine without a GPU.
+Its autograd is gflops' own C++ one (csrc/autograd.h), registered when the
+ops are defined.
 """
 import importlib.util
 import os
@@ -23,6 +25,10 @@ NAMESPACE = "gflops_triton"
 OP_NAMES = ("quality_focal_loss", "quality_focal_loss_backward", "distribution_focal_loss",
             "distribution_focal_loss_backward", "integral", "integral_backward", "decode_distribution",
             "decode_distribution_backward")
+# Each differentiable op's twin that may return its gradient from the forward (never here: the
+# default kernel returns the plain op and an empty buffer, and autograd runs the backward op).
+FUSED_OPS = ("quality_focal_loss_and_grad", "distribution_focal_loss_and_grad", "integral_and_grad",
+             "decode_distribution_and_grad")
 _twin = None
 
 
@@ -53,20 +59,20 @@ def load_twin():
     ok, why = available()
     if not ok:
         raise RuntimeError(f"gflops.triton: {why}")
-    from .. import _autograd, _composite, _fake
+    from .. import _C, _fake
     from .launch import OPS, interpreting
 
     lib = torch.library.Library(NAMESPACE, "DEF")
-    for name in (*OPS, *_composite.FUSED_OPS):
+    for name in (*OPS, *FUSED_OPS):
         schema = str(getattr(torch.ops.gflops, name).default._schema)
         lib.define(schema.split("::", 1)[1])
     for name, fn in OPS.items():
         lib.impl(name, fn, "CUDA")
         if interpreting():
             lib.impl(name, fn, "CPU")
-    _composite.register(NAMESPACE)
     _fake.register(NAMESPACE)
-    _autograd.register(NAMESPACE)
+    # Autograd and the *_and_grad ops' defaults (the plain op, no gradient buffer) in C++, as gflops'.
+    _C.register_triton_autograd()
     _twin = lib
     return getattr(torch.ops, NAMESPACE)
 

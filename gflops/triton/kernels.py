@@ -70,7 +70,7 @@ def qfl_forward_kernel(pred, label, score, weight, out, N, C, beta_ptr,
     pid = tl.program_id(0)
     rows = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     rmask = rows < N
-    beta = tl.load(beta_ptr)
+    beta = 2.0 if BETA2 else tl.load(beta_ptr)  # BETA2: beta_ptr may be any pointer, even of no element
     acc = tl.zeros((BLOCK_N,), dtype=ACC)
     for c0 in range(0, C, BLOCK_C):
         x, y, mask = _qfl_tile(pred, label, score, rows, rmask, c0, C, ACC, BLOCK_C)
@@ -96,7 +96,7 @@ def qfl_backward_kernel(grad, pred, label, score, weight, out, N, C, beta_ptr,
     pid = tl.program_id(0)
     rows = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     rmask = rows < N
-    beta = tl.load(beta_ptr)
+    beta = 2.0 if BETA2 else tl.load(beta_ptr)  # BETA2: beta_ptr may be any pointer, even of no element
     g = _row_scale(grad, weight, rows, rmask, HAS_W, GRAD_PER_ROW)
     for c0 in range(0, C, BLOCK_C):
         x, y, mask = _qfl_tile(pred, label, score, rows, rmask, c0, C, ACC, BLOCK_C)
