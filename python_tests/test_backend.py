@@ -159,3 +159,49 @@ def test_twin_has_the_schemas_of_gflops():
     for name in gtriton.OP_NAMES:
         ours = str(getattr(twin, name).default._schema).split("::", 1)[1]
         assert ours == str(getattr(torch.ops.gflops, name).default._schema).split("::", 1)[1]
+
+
+@needs_triton
+def test_qfl_column_steps_mask_few_lanes():
+    """The QFL programs step over the columns in the widest power of two that
+    masks at most 1/16 of the lanes: 80 classes in five steps of 16, not one of
+    128 (48 masked lanes a row, 1.6x the work in the SASS model)."""
+    from gflops.triton import tiles
+    assert tiles.qfl_blocks(80, False)[1] == 16
+    assert tiles.qfl_blocks(1000, False)[1] == 256  # 1024 lanes for 1000 columns: 2.4% masked
+    assert tiles.qfl_blocks(81, False)[1] == 8  # nothing masks <= 1/16: the fewest masked lanes
+    assert tiles.qfl_blocks(1, False) == (64, 8)
+    for cols in range(1, 400):
+        rows, block = tiles.qfl_blocks(cols, False)
+        assert rows * block == tiles.tile_elems(False) and -(-cols // block) * block < cols + max(block, 8)
+
+
+@needs_triton
+def test_32_and_64_bit_offsets_give_the_same_bits(monkeypatch):
+    """The kernels index in 32 bits unless a tensor's offsets need 64 (WIDE, which
+    no test can allocate): both paths, forced, agree bit for bit."""
+    from gflops.triton import tiles
+    twin = gtriton.load_twin()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    pred, label, score, weight = qfl_inputs(67, 80, device, weight=True)
+    dpred, target, dweight = dfl_inputs(53, 16, device, weight=True)
+    dist = torch.randn(2, 30, 68, device=device) * 3
+    points = torch.rand(30, 2, device=device) * 400
+    strides = torch.full((30,), 8.0, device=device)
+    calls = [lambda: twin.quality_focal_loss(pred, label, score, weight, 1.5, "none"),
+             lambda: twin.quality_focal_loss(pred, label, score, None, 2.0, "sum"),
+             lambda: twin.quality_focal_loss_backward(torch.ones(67, device=device), pred, label, score, weight, 2.0,
+                                                      "none"),
+             lambda: twin.distribution_focal_loss(dpred, target, dweight, "sum"),
+             lambda: twin.distribution_focal_loss_backward(torch.ones((), device=device), dpred, target, dweight,
+                                                           "sum"),
+             lambda: twin.decode_distribution(dist, points, strides, 16, [300.0, 200.0]),
+             lambda: twin.decode_distribution_backward(torch.ones(2, 30, 4, device=device), dist, points, strides,
+                                                       16, None)]
+    narrow = [c() for c in calls]
+    seen = []
+    monkeypatch.setattr(tiles, "wide", lambda *a: seen.append(a) or True)
+    for c, want in zip(calls, narrow):
+        got = c()
+        assert torch.equal(got, want), (got, want)
+    assert len(seen) == len(calls)

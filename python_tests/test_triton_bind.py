@@ -143,7 +143,8 @@ def test_kernels_bind_and_compile(version):
 def _cases(torch, tl):
     """(kernel, args, constexprs) as gflops/triton/launch.py launches them: each
     kernel in float32 and float64 accumulation, with and without the optional
-    paths. CPU tensors do: the binder reads only data_ptr() and dtype."""
+    paths, 32- and 64-bit offsets (WIDE). CPU tensors do: the binder reads only
+    data_ptr() and dtype."""
     def t(dtype, n=1024):
         return torch.empty(n, dtype=dtype)
 
@@ -153,17 +154,16 @@ def _cases(torch, tl):
         p, a = t(pd), t(tacc)
         w = a if on else None
         yield "qfl_forward_kernel", (p, i64, a, w, a, 1000, 80, a), dict(
-            BETA2=not on, HAS_W=on, SUM=on, ACC=acc, BLOCK_N=32, BLOCK_C=128)
+            BETA2=not on, HAS_W=on, SUM=on, ACC=acc, BLOCK_N=32, BLOCK_C=16, WIDE=on)
         yield "qfl_backward_kernel", (a, p, i64, a, w, p, 1000, 80, a), dict(
-            BETA2=not on, HAS_W=on, GRAD_PER_ROW=not on, ACC=acc, BLOCK_N=32, BLOCK_C=128)
+            BETA2=not on, HAS_W=on, GRAD_PER_ROW=not on, ACC=acc, BLOCK_N=32, BLOCK_C=16, WIDE=not on)
         yield "dfl_forward_kernel", (p, a, w, a, 1000, 17), dict(
-            HAS_W=on, SUM=on, ACC=acc, BLOCK_M=128, BLOCK_B=32)
+            HAS_W=on, SUM=on, ACC=acc, BLOCK_M=128, BLOCK_B=32, WIDE=on)
         yield "dfl_backward_kernel", (a, p, a, w, p, 1000, 17), dict(
-            HAS_W=on, GRAD_PER_ROW=not on, ACC=acc, BLOCK_M=128, BLOCK_B=32)
+            HAS_W=on, GRAD_PER_ROW=not on, ACC=acc, BLOCK_M=128, BLOCK_B=32, WIDE=not on)
         for name, head in (("integral_kernel", (p, p)), ("integral_backward_kernel", (p, p, p))):
             yield name, (*head, 1000, 17, a, a, 100, a), dict(
-                DECODE=on, CLAMP=on, ACC=acc, BLOCK_R=128, BLOCK_B=32)
-        yield "sum_partials_kernel", (a, a, 1000), dict(BLOCK=1024)
+                DECODE=on, CLAMP=on, ACC=acc, BLOCK_R=128, BLOCK_B=32, WIDE=on)
 
 
 def _by_path(name, path):
@@ -203,3 +203,25 @@ def main():
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def test_triton_model_walks_every_launch():
+    """tools/triton_model.py (the Triton half of benchmarks/results/gpu_model.md)
+    compiles each benchmark launch with launch.py's shapes and walks its SASS: a
+    kernel whose parameters it no longer matches fails here, not in a GPU session."""
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "triton_model.py")], cwd=ROOT / "tools", env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    rows = {}
+    for line in r.stdout.splitlines():
+        cells = [c.strip() for c in line.split("|")[1:-1]]
+        if len(cells) == 18 and cells[0] != "kernel" and not cells[0].startswith("---"):
+            rows[cells[0]] = cells
+    kernels = {label.split(" ")[0] for label in rows}
+    assert kernels == {"qfl_forward_kernel", "qfl_backward_kernel", "dfl_forward_kernel", "dfl_backward_kernel",
+                       "integral_kernel", "integral_backward_kernel"}, sorted(rows)
+    for label, cells in rows.items():
+        regs, blocks, estimate = int(cells[1]), int(cells[3]), float(cells[16])
+        assert 0 < regs <= 255 and blocks >= 1 and estimate > 0, (label, cells)

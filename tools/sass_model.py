@@ -867,6 +867,29 @@ LATENCY_S = 0.6e-6  # assumed DRAM load latency under load (H100/H200 class): an
 DEP_CYCLES = 4  # assumed cycles per instruction of one thread's dependent chain (FP32 latency ~4 cycles)
 
 
+def estimate(c, ins, regs, smem_static):
+    """The bounds of one launch (case c) of the kernel whose SASS is `ins`."""
+    nth = math.prod(c.get("block", (256, 1, 1)))
+    res = resident(regs, smem_static, c["smem"], nth)
+    grid, tot, unknown, rounds, chain = simulate(ins, c, res)
+    nb = math.prod(grid)
+    waves = max(1.0, nb / (SMS * res))
+    el = c["elements"]
+    x = dict(c, regs=regs, smem_total=smem_static + c["smem"], res=res, grid=grid, nblocks=nb,
+             per={k: v * 32 / el for k, v in tot.items()}, tot=tot, unknown=unknown, rounds=rounds,
+             issue_us=tot.get("all", 0) / ISSUE_PER_S * 1e6,
+             alu_us=2 * tot.get("alu", 0) / ISSUE_PER_S * 1e6,
+             mufu_us=tot.get("mufu", 0) * 32 / MUFU_PER_S * 1e6,
+             bw_us=c["bytes"] / 4.21e12 * 1e6,
+             lat_us=(rounds * LATENCY_S + chain * DEP_CYCLES / CLK) * 1e6 * math.ceil(waves),
+             chain=chain, static=len(ins), loops=loops(ins))
+    bounds = {"bandwidth": x["bw_us"], "issue": x["issue_us"], "ALU pipe": x["alu_us"], "MUFU": x["mufu_us"],
+              "latency": x["lat_us"]}
+    x["bound"] = max(bounds, key=bounds.get)
+    x["est_us"] = bounds[x["bound"]]
+    return x
+
+
 def model(funcs, regs):
     rows = []
     for c in cases():
@@ -874,28 +897,7 @@ def model(funcs, regs):
         if name is None:
             rows.append(dict(c, missing=True))
             continue
-        ins = funcs[c["header"]][name]
-        r, s = regs.get(name, (0, 0))
-        nth = math.prod(c.get("block", (256, 1, 1)))
-        res = resident(r, s, c["smem"], nth)
-        grid, tot, unknown, rounds, chain = simulate(ins, c, res)
-        nb = math.prod(grid)
-        waves = max(1.0, nb / (SMS * res))
-        el = c["elements"]
-        rows.append(dict(c, name=name, regs=r, smem_total=s + c["smem"], res=res, grid=grid, nblocks=nb,
-                         per={k: v * 32 / el for k, v in tot.items()}, tot=tot, unknown=unknown, rounds=rounds,
-                         issue_us=tot.get("all", 0) / ISSUE_PER_S * 1e6,
-                         alu_us=2 * tot.get("alu", 0) / ISSUE_PER_S * 1e6,
-                         mufu_us=tot.get("mufu", 0) * 32 / MUFU_PER_S * 1e6,
-                         bw_us=c["bytes"] / 4.21e12 * 1e6,
-                         lat_us=(rounds * LATENCY_S + chain * DEP_CYCLES / CLK) * 1e6 * math.ceil(waves),
-                         chain=chain,
-                         static=len(ins), loops=loops(ins)))
-        x = rows[-1]
-        bounds = {"bandwidth": x["bw_us"], "issue": x["issue_us"], "ALU pipe": x["alu_us"], "MUFU": x["mufu_us"],
-                  "latency": x["lat_us"]}
-        x["bound"] = max(bounds, key=bounds.get)
-        x["est_us"] = bounds[x["bound"]]
+        rows.append(dict(estimate(c, funcs[c["header"]][name], *regs.get(name, (0, 0))), name=name))
     return rows
 
 
@@ -903,23 +905,8 @@ def fmt_grid(g):
     return str(g[0]) if g[1] == g[2] == 1 else "x".join(map(str, g))
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--keep", help="write the .cu, .cubin, .sass and ptxas logs here")
-    ap.add_argument("--sass-dir", help="reuse the .sass/.ptxas files of an earlier --keep run (no compile)")
-    ap.add_argument("--loops", action="store_true", help="also list every loop's static body")
-    args = ap.parse_args()
-    if args.sass_dir:
-        d = args.sass_dir
-    else:
-        d = args.keep or tempfile.mkdtemp(prefix="sass_model_")
-        os.makedirs(d, exist_ok=True)
-        compile_all(d)
-    funcs, regs = {}, {}
-    for h in HEADERS:
-        funcs[h] = parse_sass(os.path.join(d, f"{h}.sass"))
-        regs.update(read_ptxas(os.path.join(d, f"{h}.ptxas")))
-    rows = model(funcs, regs)
+def report(rows, code=None):
+    """Prints the tables of `rows` (estimate()'s); code: {kernel name: SASS} to list the loops too."""
     print("## Per kernel: resources, grid, bounds (estimates from SASS; H200 sm_90)\n")
     print("| kernel | regs | smem/block (B) | blocks/SM | grid (blocks/SM) | elements | MB moved | bandwidth (us) "
           "| instr/element | issue (us) | ALU pipe (us) | MUFU/element | MUFU (us) | exposed load rounds/thread "
@@ -943,12 +930,12 @@ def main():
         cols = " | ".join(f"{x['per'].get(k, 0):.3g}" for k in COLS)
         print(f"| {x['label']} | {x['per'].get('all', 0):.1f} | {cols} | "
               f"{' '.join(hex(u) for u in sorted(x['unknown'])) or '-'} |")
-    if args.loops:
+    if code is not None:
         print("\n## Static loops (backward branches) of each kernel\n")
         for x in rows:
             if x.get("missing"):
                 continue
-            ins = funcs[x["header"]][x["name"]]
+            ins = code[x["name"]]
             print(f"- {x['label']} ({x['static']} instructions):")
             for j, i in x["loops"]:
                 cnt = {}
@@ -963,6 +950,27 @@ def main():
           "(the measured 1 GiB copy); latency floor = (exposed global-load rounds of the busiest thread x "
           f"{LATENCY_S * 1e6:.1f} us, an assumed DRAM latency, + its instructions x {DEP_CYCLES} cycles) x waves; "
           "kernel estimate = the largest of these. Every number here is an estimate.")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--keep", help="write the .cu, .cubin, .sass and ptxas logs here")
+    ap.add_argument("--sass-dir", help="reuse the .sass/.ptxas files of an earlier --keep run (no compile)")
+    ap.add_argument("--loops", action="store_true", help="also list every loop's static body")
+    args = ap.parse_args()
+    if args.sass_dir:
+        d = args.sass_dir
+    else:
+        d = args.keep or tempfile.mkdtemp(prefix="sass_model_")
+        os.makedirs(d, exist_ok=True)
+        compile_all(d)
+    funcs, regs = {}, {}
+    for h in HEADERS:
+        funcs[h] = parse_sass(os.path.join(d, f"{h}.sass"))
+        regs.update(read_ptxas(os.path.join(d, f"{h}.ptxas")))
+    rows = model(funcs, regs)
+    report(rows, {x['name']: funcs[x['header']][x['name']] for x in rows if not x.get('missing')}
+           if args.loops else None)
 
 
 if __name__ == "__main__":

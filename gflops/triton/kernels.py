@@ -5,12 +5,24 @@ box_branch.h) written in Triton's tile language: the same sigmoid/BCE from
 one exp(-|x|), the same log1p correction, the same target split and clamps,
 so that the two backends agree to rounding. Each program owns a tile of rows
 (rows x a power-of-two number of columns, masked); a 'sum' writes one partial
-per program and `sum_partials` adds them in program order, so results are
+per program, which the launcher adds with torch.sum (deterministic, and one
+ATen op costs the host less than a second Triton launch), so results are
 bitwise reproducible (no atomics). Accumulation is float32 (float64 for
 float64 logits: ACC is the accumulation dtype).
 """
 import triton
 import triton.language as tl
+
+
+@triton.jit
+def _program_rows(BLOCK: tl.constexpr, WIDE: tl.constexpr):
+    """This program's BLOCK rows. 64-bit only when the launcher says a tensor's offsets need it
+    (WIDE): every offset computed from the rows takes their width, and 64-bit address and index
+    arithmetic was a tenth of the distribution kernels' instructions (tools/triton_model.py)."""
+    pid = tl.program_id(0)
+    if WIDE:
+        pid = pid.to(tl.int64)
+    return pid * BLOCK + tl.arange(0, BLOCK)
 
 
 @triton.jit
@@ -66,9 +78,9 @@ def _row_scale(grad, weight, rows, rmask, HAS_W: tl.constexpr, GRAD_PER_ROW: tl.
 @triton.jit
 def qfl_forward_kernel(pred, label, score, weight, out, N, C, beta_ptr,
                        BETA2: tl.constexpr, HAS_W: tl.constexpr, SUM: tl.constexpr, ACC: tl.constexpr,
-                       BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+                       BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, WIDE: tl.constexpr):
     pid = tl.program_id(0)
-    rows = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = _program_rows(BLOCK_N, WIDE)
     rmask = rows < N
     beta = 2.0 if BETA2 else tl.load(beta_ptr)  # BETA2: beta_ptr may be any pointer, even of no element
     acc = tl.zeros((BLOCK_N,), dtype=ACC)
@@ -92,9 +104,8 @@ def qfl_forward_kernel(pred, label, score, weight, out, N, C, beta_ptr,
 @triton.jit
 def qfl_backward_kernel(grad, pred, label, score, weight, out, N, C, beta_ptr,
                         BETA2: tl.constexpr, HAS_W: tl.constexpr, GRAD_PER_ROW: tl.constexpr, ACC: tl.constexpr,
-                        BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
-    pid = tl.program_id(0)
-    rows = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+                        BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, WIDE: tl.constexpr):
+    rows = _program_rows(BLOCK_N, WIDE)
     rmask = rows < N
     beta = 2.0 if BETA2 else tl.load(beta_ptr)  # BETA2: beta_ptr may be any pointer, even of no element
     g = _row_scale(grad, weight, rows, rmask, HAS_W, GRAD_PER_ROW)
@@ -150,9 +161,10 @@ def _dfl_split(target, n1: tl.constexpr):
 
 
 @triton.jit
-def _dfl_tile(pred, target, M, n1: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_B: tl.constexpr):
+def _dfl_tile(pred, target, M, n1: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_B: tl.constexpr,
+              WIDE: tl.constexpr):
     """The program's rows with their logits, log-sum-exp and target split."""
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = _program_rows(BLOCK_M, WIDE)
     rmask = rows < M
     x, bins, mask = _row_tile(pred, rows, rmask, n1, ACC, BLOCK_B)
     lse, _ = _lse_dist(x, bins)
@@ -163,8 +175,8 @@ def _dfl_tile(pred, target, M, n1: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.
 @triton.jit
 def dfl_forward_kernel(pred, target, weight, out, M, n1: tl.constexpr,
                        HAS_W: tl.constexpr, SUM: tl.constexpr, ACC: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_B: tl.constexpr):
-    rows, rmask, x, bins, _, lse, l, wl, wr = _dfl_tile(pred, target, M, n1, ACC, BLOCK_M, BLOCK_B)
+                       BLOCK_M: tl.constexpr, BLOCK_B: tl.constexpr, WIDE: tl.constexpr):
+    rows, rmask, x, bins, _, lse, l, wl, wr = _dfl_tile(pred, target, M, n1, ACC, BLOCK_M, BLOCK_B, WIDE)
     xl = tl.sum(tl.where(bins[None, :] == l[:, None], x, 0.0), axis=1)
     xr = tl.sum(tl.where(bins[None, :] == l[:, None] + 1, x, 0.0), axis=1)
     loss = wl * (lse - xl) + wr * (lse - xr)
@@ -180,8 +192,8 @@ def dfl_forward_kernel(pred, target, weight, out, M, n1: tl.constexpr,
 @triton.jit
 def dfl_backward_kernel(grad, pred, target, weight, out, M, n1: tl.constexpr,
                         HAS_W: tl.constexpr, GRAD_PER_ROW: tl.constexpr, ACC: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_B: tl.constexpr):
-    rows, rmask, x, bins, mask, lse, l, wl, wr = _dfl_tile(pred, target, M, n1, ACC, BLOCK_M, BLOCK_B)
+                        BLOCK_M: tl.constexpr, BLOCK_B: tl.constexpr, WIDE: tl.constexpr):
+    rows, rmask, x, bins, mask, lse, l, wl, wr = _dfl_tile(pred, target, M, n1, ACC, BLOCK_M, BLOCK_B, WIDE)
     g = _row_scale(grad, weight, rows, rmask, HAS_W, GRAD_PER_ROW)
     p = tl.exp(x - lse[:, None])
     hot = tl.where(bins[None, :] == l[:, None], wl[:, None], 0.0) + \
@@ -212,11 +224,10 @@ def _side_coord(rows, rmask, points, strides, anchors, dist, limits, CLAMP: tl.c
 @triton.jit
 def integral_kernel(pred, out, R, n1: tl.constexpr, points, strides, anchors, limits,
                     DECODE: tl.constexpr, CLAMP: tl.constexpr, ACC: tl.constexpr,
-                    BLOCK_R: tl.constexpr, BLOCK_B: tl.constexpr):
+                    BLOCK_R: tl.constexpr, BLOCK_B: tl.constexpr, WIDE: tl.constexpr):
     """integral (DECODE=False): out[r] = expected bin of row r; the fused
     decode (DECODE=True): out[r] = that side's pixel coordinate."""
-    pid = tl.program_id(0)
-    rows = pid.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    rows = _program_rows(BLOCK_R, WIDE)
     rmask = rows < R
     x, bins, _ = _row_tile(pred, rows, rmask, n1, ACC, BLOCK_B)
     _, dist = _lse_dist(x, bins)
@@ -228,9 +239,8 @@ def integral_kernel(pred, out, R, n1: tl.constexpr, points, strides, anchors, li
 @triton.jit
 def integral_backward_kernel(grad, pred, out, R, n1: tl.constexpr, points, strides, anchors, limits,
                              DECODE: tl.constexpr, CLAMP: tl.constexpr, ACC: tl.constexpr,
-                             BLOCK_R: tl.constexpr, BLOCK_B: tl.constexpr):
-    pid = tl.program_id(0)
-    rows = pid.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+                             BLOCK_R: tl.constexpr, BLOCK_B: tl.constexpr, WIDE: tl.constexpr):
+    rows = _program_rows(BLOCK_R, WIDE)
     rmask = rows < R
     x, bins, mask = _row_tile(pred, rows, rmask, n1, ACC, BLOCK_B)
     lse, dist = _lse_dist(x, bins)
@@ -242,13 +252,3 @@ def integral_backward_kernel(grad, pred, out, R, n1: tl.constexpr, points, strid
     dx = g[:, None] * (p * (bins[None, :].to(ACC) - dist[:, None]))
     offs = rows[:, None] * n1 + bins[None, :]
     tl.store(out + offs, dx.to(out.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def sum_partials_kernel(partials, out, n, BLOCK: tl.constexpr):
-    """One program adds the per-program partial sums in a fixed order."""
-    acc = tl.zeros((BLOCK,), dtype=partials.dtype.element_ty)
-    for i in range(0, n, BLOCK):
-        offs = i + tl.arange(0, BLOCK)
-        acc += tl.load(partials + offs, mask=offs < n, other=0.0)
-    tl.store(out, tl.sum(acc, axis=0))

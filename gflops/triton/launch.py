@@ -15,27 +15,20 @@ import triton.language as tl
 
 import gflops
 from . import kernels as K
+from . import tiles
+from .tiles import NUM_WARPS
 
 _C = gflops._C
 _ACC = {torch.float64: tl.float64}
-NUM_WARPS = 4
 
 
 # Whether Triton's interpreter runs these kernels: fixed when they were decorated
 # (TRITON_INTERPRET=1 at their import), so read off them, not off the environment.
 INTERPRETED = type(K.qfl_forward_kernel).__name__ == "InterpretedFunction"
-# The distribution kernels hold a whole row of bins per tile row.
-MAX_BINS = 1024
 
 
 def interpreting():
     return INTERPRETED
-
-
-def _tile_elems():
-    # A GPU program holds ~4k elements (16 per thread at 4 warps); the interpreter
-    # pays per program, so it gets bigger tiles. Same kernels, other constexprs.
-    return 32768 if INTERPRETED else 4096
 
 
 def _scalars(pred, *values):
@@ -60,10 +53,6 @@ def _device(t):
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
-def _rows_per_program(cols_block):
-    return max(1, _tile_elems() // cols_block)
-
-
 def _launch(kernel, grid, *args, **kw):
     """kernel[grid](*args, **kw); under the profiler also a `triton::<kernel>` range, so that
     benchmarks.profile_ops counts the launches where the interpreter runs them (on a GPU the
@@ -75,9 +64,9 @@ def _launch(kernel, grid, *args, **kw):
 
 
 def _sum(partials):
-    out = partials.new_empty(())
-    _launch(K.sum_partials_kernel, (1,), partials, out, partials.numel(), BLOCK=1024)
-    return out
+    # ATen's sum of the per-program partials: deterministic (a fixed order for a given size), and
+    # on the host about a third of a Triton launch (benchmarks/bench_host.py's triton_us).
+    return partials.sum()
 
 
 def _mean(total, divisor):
@@ -95,8 +84,7 @@ def _beta(pred, beta):
 
 
 def _qfl_blocks(cols):
-    block_c = min(triton.next_power_of_2(max(cols, 1)), 256)
-    return _rows_per_program(block_c), block_c
+    return tiles.qfl_blocks(cols, INTERPRETED)
 
 
 def quality_focal_loss(pred, label, score, weight, beta, reduction, avg_factor=None):
@@ -112,7 +100,7 @@ def quality_focal_loss(pred, label, score, weight, beta, reduction, avg_factor=N
     with _device(pred):
         _launch(K.qfl_forward_kernel, grid, pred, label, score, weight, out, n, c, _beta(pred, beta),
                 BETA2=beta == 2.0, HAS_W=weight is not None, SUM=total, ACC=_acc(pred), BLOCK_N=bn, BLOCK_C=bc,
-                num_warps=NUM_WARPS)
+                WIDE=tiles.wide(n, bn, c), num_warps=NUM_WARPS)
         return _mean(_sum(out), divisor) if total else out
 
 
@@ -128,7 +116,7 @@ def quality_focal_loss_backward(grad, pred, label, score, weight, beta, reductio
     with _device(pred):
         _launch(K.qfl_backward_kernel, (triton.cdiv(n, bn),), grad, pred, label, score, weight, out, n, c,
                 _beta(pred, beta), BETA2=beta == 2.0, HAS_W=weight is not None, GRAD_PER_ROW=not total,
-                ACC=_acc(pred), BLOCK_N=bn, BLOCK_C=bc, num_warps=NUM_WARPS)
+                ACC=_acc(pred), BLOCK_N=bn, BLOCK_C=bc, WIDE=tiles.wide(n, bn, c), num_warps=NUM_WARPS)
     return out
 
 
@@ -136,11 +124,7 @@ def quality_focal_loss_backward(grad, pred, label, score, weight, beta, reductio
 
 
 def _bin_blocks(n1, op):
-    if n1 > MAX_BINS:
-        raise RuntimeError(f"{op}: the Triton kernels take up to {MAX_BINS} bins per distribution "
-                           f"(reg_max <= {MAX_BINS - 1}), got reg_max = {n1 - 1}; use the CPU or CUDA kernels")
-    block_b = triton.next_power_of_2(n1)
-    return _rows_per_program(block_b), block_b
+    return tiles.bin_blocks(n1, op, INTERPRETED)
 
 
 def distribution_focal_loss(pred, target, weight, reduction, avg_factor=None):
@@ -155,7 +139,7 @@ def distribution_focal_loss(pred, target, weight, reduction, avg_factor=None):
     out = pred.new_empty(grid if total else (m,), dtype=acc)
     with _device(pred):
         _launch(K.dfl_forward_kernel, grid, pred, target, weight, out, m, n1, HAS_W=weight is not None, SUM=total,
-                ACC=_acc(pred), BLOCK_M=bm, BLOCK_B=bb, num_warps=NUM_WARPS)
+                ACC=_acc(pred), BLOCK_M=bm, BLOCK_B=bb, WIDE=tiles.wide(m, bm, n1), num_warps=NUM_WARPS)
         return _mean(_sum(out), divisor) if total else out
 
 
@@ -171,7 +155,7 @@ def distribution_focal_loss_backward(grad, pred, target, weight, reduction, avg_
     with _device(pred):
         _launch(K.dfl_backward_kernel, (triton.cdiv(m, bm),), grad, pred, target, weight, out, m, n1,
                 HAS_W=weight is not None, GRAD_PER_ROW=not total, ACC=_acc(pred), BLOCK_M=bm, BLOCK_B=bb,
-                num_warps=NUM_WARPS)
+                WIDE=tiles.wide(m, bm, n1), num_warps=NUM_WARPS)
     return out
 
 
@@ -190,7 +174,7 @@ def _rows_launch(kernel, args, pred, rows, n1, op, decode=None):
     with _device(pred):
         _launch(kernel, (triton.cdiv(rows, bm),), *args, rows, n1, points, strides, max(anchors, 1), limits,
                 DECODE=decode is not None, CLAMP=bool(clamp), ACC=_acc(pred), BLOCK_R=bm, BLOCK_B=bb,
-                num_warps=NUM_WARPS)
+                WIDE=tiles.wide(rows, bm, n1), num_warps=NUM_WARPS)
 
 
 def integral(pred, reg_max):
