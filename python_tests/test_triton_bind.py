@@ -158,12 +158,12 @@ def _cases(torch, tl):
         yield "qfl_backward_kernel", (a, p, i64, a, w, p, 1000, 80, a), dict(
             BETA2=not on, HAS_W=on, GRAD_PER_ROW=not on, ACC=acc, BLOCK_N=32, BLOCK_C=16, WIDE=not on)
         yield "dfl_forward_kernel", (p, a, w, a, 1000, 17), dict(
-            HAS_W=on, SUM=on, ACC=acc, BLOCK_M=128, BLOCK_B=32, WIDE=on)
+            HAS_W=on, SUM=on, ACC=acc, BLOCK_M=128, HEAD=16, TAIL=1, WIDE=on)
         yield "dfl_backward_kernel", (a, p, a, w, p, 1000, 17), dict(
-            HAS_W=on, GRAD_PER_ROW=not on, ACC=acc, BLOCK_M=128, BLOCK_B=32, WIDE=not on)
+            HAS_W=on, GRAD_PER_ROW=not on, ACC=acc, BLOCK_M=128, HEAD=16, TAIL=1, WIDE=not on)
         for name, head in (("integral_kernel", (p, p)), ("integral_backward_kernel", (p, p, p))):
             yield name, (*head, 1000, 17, a, a, 100, a), dict(
-                DECODE=on, CLAMP=on, ACC=acc, BLOCK_R=128, BLOCK_B=32, WIDE=on)
+                DECODE=on, CLAMP=on, ACC=acc, BLOCK_R=128, HEAD=16, TAIL=1 if on else 0, WIDE=on)
 
 
 def _by_path(name, path):

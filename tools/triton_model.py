@@ -67,24 +67,25 @@ def launches(torch, tl, tiles):
                     grid, R * C, "logit", 2 * R * C * esz + R * 12))
     # DFL 52000 x 17, weight, 'mean' -> the kernel sums.
     M, N1 = 52000, 17
-    bm, bb = tiles.bin_blocks(N1, "dfl", False)
+    bm, head, tail = tiles.bin_blocks(N1, "dfl", False)
     grid = -(-M // bm)
     out.append(("dfl_forward_kernel", "dfl_forward_kernel", (f32, f32, f32, f32, M, N1),
-                dict(HAS_W=True, SUM=True, ACC=tl.float32, BLOCK_M=bm, BLOCK_B=bb, WIDE=tiles.wide(M, bm, N1)), grid,
-                M, "row",
+                dict(HAS_W=True, SUM=True, ACC=tl.float32, BLOCK_M=bm, HEAD=head, TAIL=tail,
+                     WIDE=tiles.wide(M, bm, N1)), grid, M, "row",
                 M * N1 * 4 + M * 8 + grid * 4))
     out.append(("dfl_backward_kernel", "dfl_backward_kernel", (f32, f32, f32, f32, f32, M, N1),
-                dict(HAS_W=True, GRAD_PER_ROW=False, ACC=tl.float32, BLOCK_M=bm, BLOCK_B=bb,
+                dict(HAS_W=True, GRAD_PER_ROW=False, ACC=tl.float32, BLOCK_M=bm, HEAD=head, TAIL=tail,
                      WIDE=tiles.wide(M, bm, N1)), grid, M, "row",
                 2 * M * N1 * 4 + M * 8))
     # integral and decode: 16 x 22400 x 68 -> 1433600 side rows of 17 (decode clamped to 800 x 1333).
     B, A = 16, 22400
     rows = B * A * 4
-    bm, bb = tiles.bin_blocks(N1, "integral", False)
+    bm, head, tail = tiles.bin_blocks(N1, "integral", False)
     grid = -(-rows // bm)
     for dec, name in ((False, "integral"), (True, "decode")):
         geo = (f32, f32, A, f32) if dec else (f32, f32, 1, f32)
-        cx = dict(DECODE=dec, CLAMP=dec, ACC=tl.float32, BLOCK_R=bm, BLOCK_B=bb, WIDE=tiles.wide(rows, bm, N1))
+        cx = dict(DECODE=dec, CLAMP=dec, ACC=tl.float32, BLOCK_R=bm, HEAD=head, TAIL=tail,
+                  WIDE=tiles.wide(rows, bm, N1))
         extra = A * 12 if dec else 0
         out.append((f"integral_kernel ({name} fwd)", "integral_kernel", (f32, f32, rows, N1, *geo), cx, grid, rows,
                     "row", rows * N1 * 4 + rows * 4 + extra))

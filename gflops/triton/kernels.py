@@ -129,9 +129,9 @@ def qfl_backward_kernel(grad, pred, label, score, weight, out, N, C, beta_ptr,
 
 
 @triton.jit
-def _row_tile(pred, rows, rmask, n1: tl.constexpr, ACC: tl.constexpr, BLOCK_B: tl.constexpr):
-    """Rows of n1 bin logits as a (rows, BLOCK_B) tile; padding bins are -inf."""
-    bins = tl.arange(0, BLOCK_B)
+def _bins_tile(pred, rows, rmask, n1: tl.constexpr, B0: tl.constexpr, W: tl.constexpr, ACC: tl.constexpr):
+    """Bins [B0, B0 + W) of each row as a (rows, W) tile; bins past the row's n1 are -inf."""
+    bins = B0 + tl.arange(0, W)
     bmask = bins < n1
     mask = rmask[:, None] & bmask[None, :]
     x = tl.load(pred + rows[:, None] * n1 + bins[None, :], mask=mask, other=0.0).to(ACC)
@@ -140,12 +140,38 @@ def _row_tile(pred, rows, rmask, n1: tl.constexpr, ACC: tl.constexpr, BLOCK_B: t
 
 
 @triton.jit
-def _lse_dist(x, bins):
+def _row_tiles(pred, rows, rmask, n1: tl.constexpr, ACC: tl.constexpr, HEAD: tl.constexpr, TAIL: tl.constexpr):
+    """A row's n1 bins as a head tile of HEAD (a power of two <= n1) and, when n1 > HEAD, a tail tile of
+    TAIL (a power of two >= n1 - HEAD): 17 bins are 16 + 1, not 32 with 15 masked. Triton spreads a row
+    of the head over HEAD lanes and repeats each row's own work on all of them, so the narrower the row,
+    the less is repeated and reduced by shuffles (tools/triton_model.py). Without a tail the tail is the
+    head again, never read."""
+    xh, bh, mh = _bins_tile(pred, rows, rmask, n1, 0, HEAD, ACC)
+    if TAIL > 0:
+        xt, bt, mt = _bins_tile(pred, rows, rmask, n1, HEAD, TAIL, ACC)
+    else:
+        xt, bt, mt = xh, bh, mh
+    return xh, bh, mh, xt, bt, mt
+
+
+@triton.jit
+def _row_sum(vh, vt, TAIL: tl.constexpr):
+    s = tl.sum(vh, axis=1)
+    if TAIL > 0:
+        s += tl.sum(vt, axis=1)
+    return s
+
+
+@triton.jit
+def _lse_dist(xh, bh, xt, bt, TAIL: tl.constexpr):
     """Per row: log-sum-exp and the expected bin sum_b softmax(x)[b] * b."""
-    m = tl.max(x, axis=1)
-    e = tl.exp(x - m[:, None])
-    s = tl.sum(e, axis=1)
-    dist = tl.sum(e * bins[None, :].to(x.dtype), axis=1) / s
+    m = tl.max(xh, axis=1)
+    if TAIL > 0:
+        m = tl.maximum(m, tl.max(xt, axis=1))
+    eh = tl.exp(xh - m[:, None])
+    et = tl.exp(xt - m[:, None]) if TAIL > 0 else eh
+    s = _row_sum(eh, et, TAIL)
+    dist = _row_sum(eh * bh[None, :].to(xh.dtype), et * bt[None, :].to(xh.dtype), TAIL) / s
     return m + tl.log(s), dist
 
 
@@ -161,24 +187,31 @@ def _dfl_split(target, n1: tl.constexpr):
 
 
 @triton.jit
-def _dfl_tile(pred, target, M, n1: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_B: tl.constexpr,
-              WIDE: tl.constexpr):
-    """The program's rows with their logits, log-sum-exp and target split."""
+def _dfl_tile(pred, target, M, n1: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, HEAD: tl.constexpr,
+              TAIL: tl.constexpr, WIDE: tl.constexpr):
+    """The program's rows with their logits (head and tail tiles), log-sum-exp and target split."""
     rows = _program_rows(BLOCK_M, WIDE)
     rmask = rows < M
-    x, bins, mask = _row_tile(pred, rows, rmask, n1, ACC, BLOCK_B)
-    lse, _ = _lse_dist(x, bins)
+    xh, bh, mh, xt, bt, mt = _row_tiles(pred, rows, rmask, n1, ACC, HEAD, TAIL)
+    lse, _ = _lse_dist(xh, bh, xt, bt, TAIL)
     l, wl, wr = _dfl_split(tl.load(target + rows, mask=rmask, other=0.0), n1)
-    return rows, rmask, x, bins, mask, lse, l, wl, wr
+    return rows, rmask, xh, bh, mh, xt, bt, mt, lse, l, wl, wr
+
+
+@triton.jit
+def _dfl_pick(xh, bh, xt, bt, k, TAIL: tl.constexpr):
+    """Per row: its logit of bin k (exactly: the other bins add zeros)."""
+    return _row_sum(tl.where(bh[None, :] == k[:, None], xh, 0.0), tl.where(bt[None, :] == k[:, None], xt, 0.0), TAIL)
 
 
 @triton.jit
 def dfl_forward_kernel(pred, target, weight, out, M, n1: tl.constexpr,
                        HAS_W: tl.constexpr, SUM: tl.constexpr, ACC: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_B: tl.constexpr, WIDE: tl.constexpr):
-    rows, rmask, x, bins, _, lse, l, wl, wr = _dfl_tile(pred, target, M, n1, ACC, BLOCK_M, BLOCK_B, WIDE)
-    xl = tl.sum(tl.where(bins[None, :] == l[:, None], x, 0.0), axis=1)
-    xr = tl.sum(tl.where(bins[None, :] == l[:, None] + 1, x, 0.0), axis=1)
+                       BLOCK_M: tl.constexpr, HEAD: tl.constexpr, TAIL: tl.constexpr, WIDE: tl.constexpr):
+    rows, rmask, xh, bh, _, xt, bt, _, lse, l, wl, wr = _dfl_tile(pred, target, M, n1, ACC, BLOCK_M, HEAD, TAIL,
+                                                                  WIDE)
+    xl = _dfl_pick(xh, bh, xt, bt, l, TAIL)
+    xr = _dfl_pick(xh, bh, xt, bt, l + 1, TAIL)
     loss = wl * (lse - xl) + wr * (lse - xr)
     if HAS_W:
         loss *= tl.load(weight + rows, mask=rmask, other=0.0)
@@ -190,16 +223,24 @@ def dfl_forward_kernel(pred, target, weight, out, M, n1: tl.constexpr,
 
 
 @triton.jit
-def dfl_backward_kernel(grad, pred, target, weight, out, M, n1: tl.constexpr,
-                        HAS_W: tl.constexpr, GRAD_PER_ROW: tl.constexpr, ACC: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_B: tl.constexpr, WIDE: tl.constexpr):
-    rows, rmask, x, bins, mask, lse, l, wl, wr = _dfl_tile(pred, target, M, n1, ACC, BLOCK_M, BLOCK_B, WIDE)
-    g = _row_scale(grad, weight, rows, rmask, HAS_W, GRAD_PER_ROW)
+def _dfl_grad_store(out, rows, n1: tl.constexpr, x, bins, mask, lse, l, wl, wr, g):
     p = tl.exp(x - lse[:, None])
     hot = tl.where(bins[None, :] == l[:, None], wl[:, None], 0.0) + \
         tl.where(bins[None, :] == l[:, None] + 1, wr[:, None], 0.0)
     offs = rows[:, None] * n1 + bins[None, :]
     tl.store(out + offs, (g[:, None] * (p - hot)).to(out.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def dfl_backward_kernel(grad, pred, target, weight, out, M, n1: tl.constexpr,
+                        HAS_W: tl.constexpr, GRAD_PER_ROW: tl.constexpr, ACC: tl.constexpr,
+                        BLOCK_M: tl.constexpr, HEAD: tl.constexpr, TAIL: tl.constexpr, WIDE: tl.constexpr):
+    rows, rmask, xh, bh, mh, xt, bt, mt, lse, l, wl, wr = _dfl_tile(pred, target, M, n1, ACC, BLOCK_M, HEAD, TAIL,
+                                                                    WIDE)
+    g = _row_scale(grad, weight, rows, rmask, HAS_W, GRAD_PER_ROW)
+    _dfl_grad_store(out, rows, n1, xh, bh, mh, lse, l, wl, wr, g)
+    if TAIL > 0:
+        _dfl_grad_store(out, rows, n1, xt, bt, mt, lse, l, wl, wr, g)
 
 
 @triton.jit
@@ -224,31 +265,38 @@ def _side_coord(rows, rmask, points, strides, anchors, dist, limits, CLAMP: tl.c
 @triton.jit
 def integral_kernel(pred, out, R, n1: tl.constexpr, points, strides, anchors, limits,
                     DECODE: tl.constexpr, CLAMP: tl.constexpr, ACC: tl.constexpr,
-                    BLOCK_R: tl.constexpr, BLOCK_B: tl.constexpr, WIDE: tl.constexpr):
+                    BLOCK_R: tl.constexpr, HEAD: tl.constexpr, TAIL: tl.constexpr, WIDE: tl.constexpr):
     """integral (DECODE=False): out[r] = expected bin of row r; the fused
     decode (DECODE=True): out[r] = that side's pixel coordinate."""
     rows = _program_rows(BLOCK_R, WIDE)
     rmask = rows < R
-    x, bins, _ = _row_tile(pred, rows, rmask, n1, ACC, BLOCK_B)
-    _, dist = _lse_dist(x, bins)
+    xh, bh, _, xt, bt, _ = _row_tiles(pred, rows, rmask, n1, ACC, HEAD, TAIL)
+    _, dist = _lse_dist(xh, bh, xt, bt, TAIL)
     if DECODE:
         dist, _ = _side_coord(rows, rmask, points, strides, anchors, dist, limits, CLAMP)
     tl.store(out + rows, dist.to(out.dtype.element_ty), mask=rmask)
 
 
 @triton.jit
+def _integral_grad_store(out, rows, n1: tl.constexpr, x, bins, mask, lse, dist, g):
+    p = tl.exp(x - lse[:, None])
+    dx = g[:, None] * (p * (bins[None, :].to(x.dtype) - dist[:, None]))
+    offs = rows[:, None] * n1 + bins[None, :]
+    tl.store(out + offs, dx.to(out.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def integral_backward_kernel(grad, pred, out, R, n1: tl.constexpr, points, strides, anchors, limits,
                              DECODE: tl.constexpr, CLAMP: tl.constexpr, ACC: tl.constexpr,
-                             BLOCK_R: tl.constexpr, BLOCK_B: tl.constexpr, WIDE: tl.constexpr):
+                             BLOCK_R: tl.constexpr, HEAD: tl.constexpr, TAIL: tl.constexpr, WIDE: tl.constexpr):
     rows = _program_rows(BLOCK_R, WIDE)
     rmask = rows < R
-    x, bins, mask = _row_tile(pred, rows, rmask, n1, ACC, BLOCK_B)
-    lse, dist = _lse_dist(x, bins)
+    xh, bh, mh, xt, bt, mt = _row_tiles(pred, rows, rmask, n1, ACC, HEAD, TAIL)
+    lse, dist = _lse_dist(xh, bh, xt, bt, TAIL)
     g = tl.load(grad + rows, mask=rmask, other=0.0)
     if DECODE:
         _, scale = _side_coord(rows, rmask, points, strides, anchors, dist, limits, CLAMP)
         g = g * scale
-    p = tl.exp(x - lse[:, None])
-    dx = g[:, None] * (p * (bins[None, :].to(ACC) - dist[:, None]))
-    offs = rows[:, None] * n1 + bins[None, :]
-    tl.store(out + offs, dx.to(out.dtype.element_ty), mask=mask)
+    _integral_grad_store(out, rows, n1, xh, bh, mh, lse, dist, g)
+    if TAIL > 0:
+        _integral_grad_store(out, rows, n1, xt, bt, mt, lse, dist, g)

@@ -134,12 +134,12 @@ def distribution_focal_loss(pred, target, weight, reduction, avg_factor=None):
     acc = _acc_torch(pred)
     if m == 0:
         return _mean(pred.new_zeros((), dtype=acc), divisor) if total else pred.new_empty((0,), dtype=acc)
-    bm, bb = _bin_blocks(n1, op)
+    bm, head, tail = _bin_blocks(n1, op)
     grid = (triton.cdiv(m, bm),)
     out = pred.new_empty(grid if total else (m,), dtype=acc)
     with _device(pred):
         _launch(K.dfl_forward_kernel, grid, pred, target, weight, out, m, n1, HAS_W=weight is not None, SUM=total,
-                ACC=_acc(pred), BLOCK_M=bm, BLOCK_B=bb, WIDE=tiles.wide(m, bm, n1), num_warps=NUM_WARPS)
+                ACC=_acc(pred), BLOCK_M=bm, HEAD=head, TAIL=tail, WIDE=tiles.wide(m, bm, n1), num_warps=NUM_WARPS)
         return _mean(_sum(out), divisor) if total else out
 
 
@@ -151,10 +151,10 @@ def distribution_focal_loss_backward(grad, pred, target, weight, reduction, avg_
     out = torch.empty_like(pred)
     if out.numel() == 0:
         return out
-    bm, bb = _bin_blocks(n1, op)
+    bm, head, tail = _bin_blocks(n1, op)
     with _device(pred):
         _launch(K.dfl_backward_kernel, (triton.cdiv(m, bm),), grad, pred, target, weight, out, m, n1,
-                HAS_W=weight is not None, GRAD_PER_ROW=not total, ACC=_acc(pred), BLOCK_M=bm, BLOCK_B=bb,
+                HAS_W=weight is not None, GRAD_PER_ROW=not total, ACC=_acc(pred), BLOCK_M=bm, HEAD=head, TAIL=tail,
                 WIDE=tiles.wide(m, bm, n1), num_warps=NUM_WARPS)
     return out
 
@@ -165,7 +165,7 @@ def distribution_focal_loss_backward(grad, pred, target, weight, reduction, avg_
 def _rows_launch(kernel, args, pred, rows, n1, op, decode=None):
     """Launches an integral-family kernel over `rows` distribution rows;
     decode = (points, strides, anchors, clamp, h, w) for the fused decode."""
-    bm, bb = _bin_blocks(n1, op)
+    bm, head, tail = _bin_blocks(n1, op)
     if decode is None:
         points, strides, anchors, clamp, h, w = pred, pred, 1, False, 0.0, 0.0
     else:
@@ -173,7 +173,7 @@ def _rows_launch(kernel, args, pred, rows, n1, op, decode=None):
     limits = _scalars(pred, h, w) if clamp else pred
     with _device(pred):
         _launch(kernel, (triton.cdiv(rows, bm),), *args, rows, n1, points, strides, max(anchors, 1), limits,
-                DECODE=decode is not None, CLAMP=bool(clamp), ACC=_acc(pred), BLOCK_R=bm, BLOCK_B=bb,
+                DECODE=decode is not None, CLAMP=bool(clamp), ACC=_acc(pred), BLOCK_R=bm, HEAD=head, TAIL=tail,
                 WIDE=tiles.wide(rows, bm, n1), num_warps=NUM_WARPS)
 
 

@@ -14,9 +14,9 @@ MAX_BINS = 1024
 
 
 def tile_elems(interpreted):
-    # A GPU program holds 512 elements, 4 per thread at 4 warps: the SASS model (tools/triton_model.py)
+    # A GPU program holds 512 values, 4 a thread at 4 warps: the SASS model (tools/triton_model.py)
     # put 4096 (32 a thread) at 104-255 registers, 2-4 blocks an SM and latency-bound (QFL backward 630 us
-    # at 358400 x 80, decode backward 1035 us), 512 at 27-66 registers, 7-16 blocks, issue-bound.
+    # at 358400 x 80, decode backward 1035 us), 512 at 32-56 registers, 9-16 blocks, issue-bound.
     return 32768 if interpreted else 512
 
 
@@ -37,12 +37,17 @@ def qfl_blocks(cols, interpreted):
 
 
 def bin_blocks(n1, op, interpreted):
-    """(rows, BLOCK_B bins) of a distribution program (DFL, integral, decode)."""
+    """(rows, HEAD, TAIL) of a distribution program (DFL, integral, decode): a row's n1 bins are a
+    head of HEAD, the largest power of two <= n1, and a tail of TAIL, the smallest power of two >=
+    n1 - HEAD (0: none); 17 bins are 16 + 1."""
     if n1 > MAX_BINS:
         raise RuntimeError(f"{op}: the Triton kernels take up to {MAX_BINS} bins per distribution "
                            f"(reg_max <= {MAX_BINS - 1}), got reg_max = {n1 - 1}; use the CPU or CUDA kernels")
-    block_b = triton.next_power_of_2(n1)
-    return rows_per_program(block_b, interpreted), block_b
+    head = 1 << (max(n1, 1).bit_length() - 1)
+    tail = triton.next_power_of_2(n1 - head) if n1 > head else 0
+    # 32 rows of 17 bins (544 values; the head and tail tiles hold 16 x 32 + 32): 16 rows made the
+    # integral 10% slower by the model, the per-program work spread over fewer rows.
+    return rows_per_program(max(triton.next_power_of_2(head + tail) // 2, 1), interpreted), head, tail
 
 
 def wide(rows, block_rows, cols):
