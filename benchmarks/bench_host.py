@@ -110,6 +110,24 @@ def triton_no_launch():
     return _no_launch[0]
 
 
+def triton_launch_us(calls, rounds):
+    """us of one Triton launch alone (JITFunction.run, its launcher stubbed): a DFL forward kernel
+    over 8 rows, as launch.py launches it; None where the Triton path is not timed here."""
+    if isinstance(triton_no_launch(), str):
+        return None
+    import triton.language as tl
+    from gflops.triton import kernels as K
+    from gflops.triton import tiles
+    pred, target, out = torch.randn(ROWS, BINS), torch.rand(ROWS), torch.empty(1)
+    block, head, tail = tiles.bin_blocks(BINS, "bench_host", False)
+
+    def launch():
+        K.dfl_forward_kernel[(1,)](pred, target, None, out, ROWS, BINS, HAS_W=False, SUM=True, ACC=tl.float32,
+                                   BLOCK_M=block, HEAD=head, TAIL=tail, WIDE=False, num_warps=tiles.NUM_WARPS)
+    launch()
+    return per_call_us([launch], calls, rounds)[0]
+
+
 def _on(route, fn):
     def call():
         with route():
@@ -119,9 +137,9 @@ def _on(route, fn):
 
 def run(calls, rounds):
     rows = []
-    route, why = triton_no_launch(), None
-    if isinstance(route, str):
-        route, why = None, route
+    route = triton_no_launch()
+    if isinstance(route, str):  # why not: main() writes it into the results' header
+        route = None
     for op, ours, aten, shape in cases():
         for mode in ("fwd", "fwd+bwd"):
             a, b = modes(ours, shape)[mode], modes(aten, shape)[mode]
@@ -134,8 +152,6 @@ def run(calls, rounds):
                 row["meets"] = row["ratio"] <= TARGET[mode]
                 if len(res) > 2:
                     row.update(triton_us=res[2], triton_ratio=res[2] / res[1])
-                elif op in TRITON_OPS:
-                    row["note"] = f"triton: {why}"
             else:
                 row["note"] = note
             rows.append(row)
@@ -152,9 +168,13 @@ def main(argv=None):
     with quick_mode(a.quick):
         calls, rounds = (50, 3) if harness.QUICK else (a.calls, a.rounds)
         rows = run(calls, rounds)
+        launch = triton_launch_us(calls, rounds)
         meta = dict(device="cpu", torch=torch.__version__, threads=1, rows=ROWS, calls=calls, rounds=rounds,
+                    triton_launch_us=None if launch is None else round(launch, 2),
+                    triton="timed" if launch is not None else f"not timed: {triton_no_launch()}",
                     note="us per call; ratio = gflops / ATen counterpart; target 1.5x fwd, 1.3x fwd+bwd; "
-                    "triton_us: the Triton twin, launch path whole, launcher stubbed (gflops/triton/offline.py)")
+                    "triton_us: the Triton twin, launch path whole, launcher stubbed (gflops/triton/offline.py); "
+                    "triton_launch_us: one such launch alone (a DFL forward kernel)")
         print(write_results("host", torch.device("cpu"), rows, meta))
     return exit_status(rows, time_keys=("gflops_us",))
 

@@ -1,6 +1,5 @@
-// The gflops operator library. Backends register in cpu/ and cuda/; fake
-// kernels and autograd are registered from Python (gflops/_fake.py,
-// gflops/_autograd.py).
+// The gflops operator library. Backends register in cpu/ and cuda/, autograd
+// in autograd.cpp; fake kernels are registered from Python (gflops/_fake.py).
 #include <torch/library.h>
 
 #include "schemas.h"

@@ -179,6 +179,7 @@ register("gflops")
 def fuses_gradient(ns, pred):
     """Whether `ns`'s *_and_grad ops return the gradient for `pred`: the CPU
     kernels, for float32/float64 logits (a 16-bit buffer would round the
-    unscaled gradient, underflowing what a loss scaler multiplies up later;
-    csrc/autograd.h's fuses() holds the same rule)."""
+    unscaled gradient, underflowing what a loss scaler multiplies up later).
+    csrc/autograd.h's fuses() adds one condition for calling them: no
+    saved-tensor hooks (there autograd calls the plain op instead)."""
     return ns == "gflops" and pred.device.type == "cpu" and pred.dtype in (torch.float32, torch.float64)

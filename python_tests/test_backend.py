@@ -164,22 +164,54 @@ def test_twin_has_the_schemas_of_gflops():
 @needs_triton
 def test_qfl_column_steps_mask_few_lanes():
     """The QFL programs step over the columns in the widest power of two that
-    masks at most 1/16 of the lanes: 80 classes in five steps of 16, not one of
-    128 (48 masked lanes a row, 1.6x the work in the SASS model)."""
+    masks at most 1/16 of the lanes, else the one that masks fewest: 80 classes
+    in five steps of 16, not one of 128 (48 masked lanes a row, 1.6x the work in
+    the SASS model)."""
     from gflops.triton import tiles
+    widths = (8, 16, 32, 64, 128, 256)
     assert tiles.qfl_blocks(80, False)[1] == 16
     assert tiles.qfl_blocks(1000, False)[1] == 256  # 1024 lanes for 1000 columns: 2.4% masked
     assert tiles.qfl_blocks(81, False)[1] == 8  # nothing masks <= 1/16: the fewest masked lanes
-    assert tiles.qfl_blocks(1, False) == (64, 8)
-    for cols in range(1, 400):
+    for cols in range(1, 1300):
         rows, block = tiles.qfl_blocks(cols, False)
-        assert rows * block == tiles.tile_elems(False) and -(-cols // block) * block < cols + max(block, 8)
+        assert rows * block == tiles.tile_elems(False) and block in widths
+        padded = {b: -(-cols // b) * b for b in widths}
+        fit = [b for b in widths if padded[b] * 16 <= cols * 17]
+        if fit:
+            assert block == max(fit), cols
+        else:
+            assert padded[block] == min(padded.values()), cols
+
+
+@needs_triton
+def test_wide_is_the_bound_of_every_offset():
+    """WIDE (64-bit offsets) exactly when the largest offset a kernel computes,
+    masked lanes included, leaves int32: the last program's padding rows times
+    the row length plus the reach of its column tiles (QFL's column steps, or a
+    row's head and tail tiles, wider than the row)."""
+    from gflops.triton import tiles
+    for cols in (80, 435, 1000, 17):
+        block_n, block_c = tiles.qfl_blocks(cols, False)
+        reach = -(-cols // block_c) * block_c
+        for rows in (1, 2**31 // cols - 7, 2**31 // cols + 3, 4_940_000, 2**26):
+            last = (-(-rows // block_n) * block_n - 1) * cols + reach - 1
+            assert tiles.qfl_wide(rows, cols, block_n, block_c) == (last > 2**31 - 1), (rows, cols)
+    for n1 in (17, 16, 7, 65, 1024):
+        block_r, head, tail = tiles.bin_blocks(n1, "test", False)
+        for rows in (1, 2**31 // n1 - 40, 2**31 // n1 + 1, 2**28):
+            last = (-(-rows // block_r) * block_r - 1) * n1 + max(head + tail, n1) - 1
+            assert tiles.bins_wide(rows, n1, block_r, head, tail) == (last > 2**31 - 1), (rows, n1)
+    # QFL with 435 classes: rows that fit 32 bits while their padding columns do not.
+    block_n, block_c = tiles.qfl_blocks(435, False)
+    rows = next(r for r in range(4_930_000, 4_940_000)
+                if r * 435 < 2**31 and tiles.qfl_wide(r, 435, block_n, block_c))
+    assert rows * 435 < 2**31
 
 
 @needs_triton
 def test_32_and_64_bit_offsets_give_the_same_bits(monkeypatch):
-    """The kernels index in 32 bits unless a tensor's offsets need 64 (WIDE, which
-    no test can allocate): both paths, forced, agree bit for bit."""
+    """A run of both index widths (WIDE forced on), which no test could reach by
+    allocating 2^31 values: the same bits as the 32-bit kernels, on every launch."""
     from gflops.triton import tiles
     twin = gtriton.load_twin()
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -162,7 +162,8 @@ def _cases(torch, tl):
         yield "dfl_backward_kernel", (a, p, a, w, p, 1000, 17), dict(
             HAS_W=on, GRAD_PER_ROW=not on, ACC=acc, BLOCK_M=128, HEAD=16, TAIL=1, WIDE=not on)
         for name, head in (("integral_kernel", (p, p)), ("integral_backward_kernel", (p, p, p))):
-            yield name, (*head, 1000, 17, a, a, 100, a), dict(
+            # 17 bins (a head and a tail tile) and 16 (a head alone)
+            yield name, (*head, 1000, 17 if on else 16, a, a, 100, a), dict(
                 DECODE=on, CLAMP=on, ACC=acc, BLOCK_R=128, HEAD=16, TAIL=1 if on else 0, WIDE=on)
 
 
@@ -225,3 +226,19 @@ def test_triton_model_walks_every_launch():
     for label, cells in rows.items():
         regs, blocks, estimate = int(cells[1]), int(cells[3]), float(cells[16])
         assert 0 < regs <= 255 and blocks >= 1 and estimate > 0, (label, cells)
+
+
+def test_bench_host_times_the_triton_path_without_a_gpu(tmp_path):
+    """benchmarks/bench_host.py's triton_us: the public calls through Triton's
+    whole launch path with a launcher that launches nothing (offline.py), in a
+    process without the interpreter."""
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["GFLOPS_RESULTS_DIR"] = str(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "benchmarks.bench_host", "--quick"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    data = json.loads(next(tmp_path.rglob("host_*.json")).read_text())
+    assert data["meta"]["triton"] == "timed" and data["meta"]["triton_launch_us"] > 0, data["meta"]
+    timed = {row["op"] for row in data["rows"] if row["triton_us"]}
+    assert timed == {"quality_focal_loss", "distribution_focal_loss", "integral", "decode_distribution"}, timed

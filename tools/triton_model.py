@@ -59,11 +59,11 @@ def launches(torch, tl, tiles):
         p = t(dtype)
         out.append((f"qfl_forward_kernel {tag}", "qfl_forward_kernel", (p, i64, f32, None, f32, R, C, p),
                     dict(BETA2=True, HAS_W=False, SUM=True, ACC=tl.float32, BLOCK_N=bn, BLOCK_C=bc,
-                         WIDE=tiles.wide(R, bn, C)),
+                         WIDE=tiles.qfl_wide(R, C, bn, bc)),
                     grid, R * C, "logit", R * C * esz + R * 12 + grid * 4))
         out.append((f"qfl_backward_kernel {tag}", "qfl_backward_kernel", (f32, p, i64, f32, None, p, R, C, p),
                     dict(BETA2=True, HAS_W=False, GRAD_PER_ROW=False, ACC=tl.float32, BLOCK_N=bn, BLOCK_C=bc,
-                         WIDE=tiles.wide(R, bn, C)),
+                         WIDE=tiles.qfl_wide(R, C, bn, bc)),
                     grid, R * C, "logit", 2 * R * C * esz + R * 12))
     # DFL 52000 x 17, weight, 'mean' -> the kernel sums.
     M, N1 = 52000, 17
@@ -71,11 +71,11 @@ def launches(torch, tl, tiles):
     grid = -(-M // bm)
     out.append(("dfl_forward_kernel", "dfl_forward_kernel", (f32, f32, f32, f32, M, N1),
                 dict(HAS_W=True, SUM=True, ACC=tl.float32, BLOCK_M=bm, HEAD=head, TAIL=tail,
-                     WIDE=tiles.wide(M, bm, N1)), grid, M, "row",
+                     WIDE=tiles.bins_wide(M, N1, bm, head, tail)), grid, M, "row",
                 M * N1 * 4 + M * 8 + grid * 4))
     out.append(("dfl_backward_kernel", "dfl_backward_kernel", (f32, f32, f32, f32, f32, M, N1),
                 dict(HAS_W=True, GRAD_PER_ROW=False, ACC=tl.float32, BLOCK_M=bm, HEAD=head, TAIL=tail,
-                     WIDE=tiles.wide(M, bm, N1)), grid, M, "row",
+                     WIDE=tiles.bins_wide(M, N1, bm, head, tail)), grid, M, "row",
                 2 * M * N1 * 4 + M * 8))
     # integral and decode: 16 x 22400 x 68 -> 1433600 side rows of 17 (decode clamped to 800 x 1333).
     B, A = 16, 22400
@@ -85,7 +85,7 @@ def launches(torch, tl, tiles):
     for dec, name in ((False, "integral"), (True, "decode")):
         geo = (f32, f32, A, f32) if dec else (f32, f32, 1, f32)
         cx = dict(DECODE=dec, CLAMP=dec, ACC=tl.float32, BLOCK_R=bm, HEAD=head, TAIL=tail,
-                  WIDE=tiles.wide(rows, bm, N1))
+                  WIDE=tiles.bins_wide(rows, N1, bm, head, tail))
         extra = A * 12 if dec else 0
         out.append((f"integral_kernel ({name} fwd)", "integral_kernel", (f32, f32, rows, N1, *geo), cx, grid, rows,
                     "row", rows * N1 * 4 + rows * 4 + extra))

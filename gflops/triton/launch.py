@@ -10,7 +10,6 @@ import contextlib
 
 import torch
 import torch.autograd.profiler as _profiler
-import triton
 import triton.language as tl
 
 import gflops
@@ -95,12 +94,12 @@ def quality_focal_loss(pred, label, score, weight, beta, reduction, avg_factor=N
     if n == 0:
         return _mean(pred.new_zeros((), dtype=acc), divisor) if total else pred.new_empty((0,), dtype=acc)
     bn, bc = _qfl_blocks(c)
-    grid = (triton.cdiv(n, bn),)
+    grid = (tiles.cdiv(n, bn),)
     out = pred.new_empty(grid if total else (n,), dtype=acc)
     with _device(pred):
         _launch(K.qfl_forward_kernel, grid, pred, label, score, weight, out, n, c, _beta(pred, beta),
                 BETA2=beta == 2.0, HAS_W=weight is not None, SUM=total, ACC=_acc(pred), BLOCK_N=bn, BLOCK_C=bc,
-                WIDE=tiles.wide(n, bn, c), num_warps=NUM_WARPS)
+                WIDE=tiles.qfl_wide(n, c, bn, bc), num_warps=NUM_WARPS)
         return _mean(_sum(out), divisor) if total else out
 
 
@@ -114,9 +113,9 @@ def quality_focal_loss_backward(grad, pred, label, score, weight, beta, reductio
         return out
     bn, bc = _qfl_blocks(c)
     with _device(pred):
-        _launch(K.qfl_backward_kernel, (triton.cdiv(n, bn),), grad, pred, label, score, weight, out, n, c,
+        _launch(K.qfl_backward_kernel, (tiles.cdiv(n, bn),), grad, pred, label, score, weight, out, n, c,
                 _beta(pred, beta), BETA2=beta == 2.0, HAS_W=weight is not None, GRAD_PER_ROW=not total,
-                ACC=_acc(pred), BLOCK_N=bn, BLOCK_C=bc, WIDE=tiles.wide(n, bn, c), num_warps=NUM_WARPS)
+                ACC=_acc(pred), BLOCK_N=bn, BLOCK_C=bc, WIDE=tiles.qfl_wide(n, c, bn, bc), num_warps=NUM_WARPS)
     return out
 
 
@@ -135,11 +134,12 @@ def distribution_focal_loss(pred, target, weight, reduction, avg_factor=None):
     if m == 0:
         return _mean(pred.new_zeros((), dtype=acc), divisor) if total else pred.new_empty((0,), dtype=acc)
     bm, head, tail = _bin_blocks(n1, op)
-    grid = (triton.cdiv(m, bm),)
+    grid = (tiles.cdiv(m, bm),)
     out = pred.new_empty(grid if total else (m,), dtype=acc)
     with _device(pred):
         _launch(K.dfl_forward_kernel, grid, pred, target, weight, out, m, n1, HAS_W=weight is not None, SUM=total,
-                ACC=_acc(pred), BLOCK_M=bm, HEAD=head, TAIL=tail, WIDE=tiles.wide(m, bm, n1), num_warps=NUM_WARPS)
+                ACC=_acc(pred), BLOCK_M=bm, HEAD=head, TAIL=tail, WIDE=tiles.bins_wide(m, n1, bm, head, tail),
+                num_warps=NUM_WARPS)
         return _mean(_sum(out), divisor) if total else out
 
 
@@ -153,9 +153,9 @@ def distribution_focal_loss_backward(grad, pred, target, weight, reduction, avg_
         return out
     bm, head, tail = _bin_blocks(n1, op)
     with _device(pred):
-        _launch(K.dfl_backward_kernel, (triton.cdiv(m, bm),), grad, pred, target, weight, out, m, n1,
+        _launch(K.dfl_backward_kernel, (tiles.cdiv(m, bm),), grad, pred, target, weight, out, m, n1,
                 HAS_W=weight is not None, GRAD_PER_ROW=not total, ACC=_acc(pred), BLOCK_M=bm, HEAD=head, TAIL=tail,
-                WIDE=tiles.wide(m, bm, n1), num_warps=NUM_WARPS)
+                WIDE=tiles.bins_wide(m, n1, bm, head, tail), num_warps=NUM_WARPS)
     return out
 
 
@@ -172,9 +172,9 @@ def _rows_launch(kernel, args, pred, rows, n1, op, decode=None):
         points, strides, anchors, clamp, h, w = decode
     limits = _scalars(pred, h, w) if clamp else pred
     with _device(pred):
-        _launch(kernel, (triton.cdiv(rows, bm),), *args, rows, n1, points, strides, max(anchors, 1), limits,
+        _launch(kernel, (tiles.cdiv(rows, bm),), *args, rows, n1, points, strides, max(anchors, 1), limits,
                 DECODE=decode is not None, CLAMP=bool(clamp), ACC=_acc(pred), BLOCK_R=bm, HEAD=head, TAIL=tail,
-                WIDE=tiles.wide(rows, bm, n1), num_warps=NUM_WARPS)
+                WIDE=tiles.bins_wide(rows, n1, bm, head, tail), num_warps=NUM_WARPS)
 
 
 def integral(pred, reg_max):

@@ -6,17 +6,26 @@ model is of the kernels as they run. `interpreted`: Triton's CPU interpreter
 pays per program, not per element, so it gets bigger tiles (same kernels,
 other constexprs).
 """
-import triton
-
 NUM_WARPS = 4
 # The distribution kernels hold a whole row of bins per tile row.
 MAX_BINS = 1024
 
 
+# triton.next_power_of_2 and triton.cdiv are constexpr functions in Triton 3.9, ~1 us a call through
+# their wrapper: five of them a launch were a fifth of a DFL forward's host time on the Triton path.
+def pow2_ceil(n):
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def cdiv(a, b):
+    return -(-a // b)
+
+
 def tile_elems(interpreted):
     # A GPU program holds 512 values, 4 a thread at 4 warps: the SASS model (tools/triton_model.py)
-    # put 4096 (32 a thread) at 104-255 registers, 2-4 blocks an SM and latency-bound (QFL backward 630 us
-    # at 358400 x 80, decode backward 1035 us), 512 at 32-56 registers, 9-16 blocks, issue-bound.
+    # put 4096 (32 a thread) at up to 255 registers and 2-4 blocks an SM in the QFL, DFL and backward
+    # kernels, waiting on memory (QFL backward 630 us at 358400 x 80, decode backward 1035 us); 512 at
+    # 30-56 registers and 9-16 blocks, bound by issue or bandwidth.
     return 32768 if interpreted else 512
 
 
@@ -44,13 +53,26 @@ def bin_blocks(n1, op, interpreted):
         raise RuntimeError(f"{op}: the Triton kernels take up to {MAX_BINS} bins per distribution "
                            f"(reg_max <= {MAX_BINS - 1}), got reg_max = {n1 - 1}; use the CPU or CUDA kernels")
     head = 1 << (max(n1, 1).bit_length() - 1)
-    tail = triton.next_power_of_2(n1 - head) if n1 > head else 0
-    # 32 rows of 17 bins (544 values; the head and tail tiles hold 16 x 32 + 32): 16 rows made the
-    # integral 10% slower by the model, the per-program work spread over fewer rows.
-    return rows_per_program(max(triton.next_power_of_2(head + tail) // 2, 1), interpreted), head, tail
+    tail = pow2_ceil(n1 - head) if n1 > head else 0
+    # Programs of twice QFL's padded values: 17 bins are 32 rows of 16 + 1 (tiles of 32 x 16 and
+    # 32 x 1); at 16 rows the model had the integral 10% slower, the per-program work over fewer rows.
+    return rows_per_program(max(pow2_ceil(head + tail) // 2, 1), interpreted), head, tail
 
 
-def wide(rows, block_rows, cols):
-    """Whether the offsets of a rows x cols tensor, up to the last program's padding rows, need
-    64 bits (the kernels' WIDE): 32-bit index arithmetic otherwise."""
-    return -(-rows // block_rows) * block_rows * max(cols, 1) >= 2**31
+def wide(rows, block_rows, row_len, row_reach):
+    """Whether a kernel's offsets into a rows x row_len tensor need 64 bits (its WIDE): the largest one
+    it computes, masked or not, is that of the last program's last padding row plus the reach of its
+    column tiles (row_reach: the columns rounded up to the column step, or a row's head and tail tiles),
+    (P - 1) * row_len + row_reach - 1 for P = the rows rounded up to the program's. 32-bit otherwise."""
+    padded = -(-rows // block_rows) * block_rows
+    return (padded - 1) * row_len + max(row_reach, row_len) - 1 > 2**31 - 1
+
+
+def qfl_wide(rows, cols, block_n, block_c):
+    """wide() of a QFL launch with qfl_blocks' (block_n, block_c)."""
+    return wide(rows, block_n, cols, -(-cols // block_c) * block_c)
+
+
+def bins_wide(rows, n1, block_r, head, tail):
+    """wide() of a distribution launch with bin_blocks' (block_r, head, tail)."""
+    return wide(rows, block_r, n1, head + tail)
