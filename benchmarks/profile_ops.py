@@ -222,8 +222,7 @@ def triton_route(device):
     if device.type == "cpu" and not gtriton.interpreter_requested():
         raise SystemExit("profile_ops: --backend triton on the CPU runs Triton's interpreter: set TRITON_INTERPRET=1")
     gtriton.load_twin()
-    return (lambda: _ops.use(gtriton.NAMESPACE)), {"quality_focal_loss", "distribution_focal_loss", "integral",
-                                                     "decode_distribution"}
+    return (lambda: _ops.use(gtriton.NAMESPACE)), {op for op in gtriton.OP_NAMES if not op.endswith("_backward")}
 
 
 def main(argv=None):

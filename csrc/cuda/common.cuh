@@ -57,5 +57,26 @@ template <auto K> struct Kern { static constexpr auto value = K; };
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); \
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
 
+// (row, column) of flat element e of a (rows, cols) array, stepped by `step` elements at a time:
+// one division when a thread starts instead of one per element or pack, (row, col) +=
+// (step / cols, step % cols) after (nvcc did not hoist the divisor's reciprocal out of the loop).
+// n > 0 (a caller with no columns has no elements either, and passes 1).
+template <typename index_t> struct RowStep {
+  index_t row, col, step_r, step_c, cols;
+  __device__ __forceinline__ RowStep(index_t e, index_t step, index_t n)
+      : row(e / n), col(e - row * n), step_r(step / n), step_c(step - step_r * n), cols(n) {}
+  __device__ __forceinline__ void next() {
+    row += step_r;
+    col += step_c;
+    if (col >= cols) {
+      col -= cols;
+      ++row;
+    }
+  }
+  // The element's offset in a row-padded copy (a shared-memory tile of row pitch `stride`).
+  __device__ __forceinline__ index_t at(index_t stride) const { return row * stride + col; }
+};
+
 }  // namespace cuda
+
 }  // namespace gf

@@ -37,25 +37,6 @@ struct LossArgs {
   int num_sms = 1;
 };
 
-// (row, column) of flat element e of a (rows, cols) array, stepped by `step`
-// elements: one division when a thread starts instead of one per pack (the
-// compiler did not hoist the divisor's reciprocal out of the loop).
-template <typename index_t> struct PackRow {
-  index_t row, col, step_r, step_c, cols;
-  // n = 0 (no logits, no packs: the loop never runs) divides by 1 instead.
-  __device__ __forceinline__ PackRow(index_t e, index_t step, index_t n)
-      : row(e / (n > 0 ? n : 1)), col(e - row * n), step_r(step / (n > 0 ? n : 1)), step_c(step - step_r * n),
-        cols(n) {}
-  __device__ __forceinline__ void next() {
-    row += step_r;
-    col += step_c;
-    if (col >= cols) {
-      col -= cols;
-      ++row;
-    }
-  }
-};
-
 template <typename scalar_t, typename acc_t, int VEC, bool BETA2, typename index_t>
 __global__ void __launch_bounds__(kThreads)
 qfl_forward_sum_kernel(const scalar_t* __restrict__ pred, const int64_t* __restrict__ label,
@@ -66,7 +47,7 @@ qfl_forward_sum_kernel(const scalar_t* __restrict__ pred, const int64_t* __restr
   const index_t stride = static_cast<index_t>(gridDim.x) * blockDim.x;
   acc_t acc = acc_t(0);
   const index_t v0 = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  PackRow<index_t> at(v0 * VEC, stride * VEC, cols);
+  RowStep<index_t> at(v0 * VEC, stride * VEC, cols > 0 ? cols : index_t(1));  // no columns: no packs, no loop
   for (index_t v = v0; v < npacks; v += stride, at.next()) {
     const index_t row = at.row, c0 = at.col;
     const P pk = reinterpret_cast<const P*>(pred)[v];
@@ -119,7 +100,7 @@ qfl_backward_kernel(const scalar_t* __restrict__ pred, const int64_t* __restrict
   const index_t stride = static_cast<index_t>(gridDim.x) * blockDim.x;
   const acc_t g0 = grad[0];
   const index_t v0 = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  PackRow<index_t> at(v0 * VEC, stride * VEC, cols);
+  RowStep<index_t> at(v0 * VEC, stride * VEC, cols > 0 ? cols : index_t(1));  // no columns: no packs, no loop
   for (index_t v = v0; v < npacks; v += stride, at.next()) {
     const index_t row = at.row, c0 = at.col;
     const P pk = reinterpret_cast<const P*>(pred)[v];

@@ -89,23 +89,6 @@ inline int max_tile_grid(int64_t rows, int per_tile, int num_sms) {
   return static_cast<int>(need < 1 ? 1 : (need < cap ? need : cap));
 }
 
-// (row, column) of element i of a tile, stepped by `step` elements at a time
-// without a division per element: (r, j) += (step / row_len, step % row_len).
-struct TileIndex {
-  int r, j, step_r, step_j, row_len;
-  __device__ __forceinline__ TileIndex(int i, int step, int len)
-      : r(i / len), j(i - (i / len) * len), step_r(step / len), step_j(step - (step / len) * len), row_len(len) {}
-  __device__ __forceinline__ void next() {
-    r += step_r;
-    j += step_j;
-    if (j >= row_len) {
-      j -= row_len;
-      ++r;
-    }
-  }
-  __device__ __forceinline__ int at(int stride) const { return r * stride + j; }
-};
-
 // 16-byte packs a thread keeps in flight in load_tile. The copy is bound by
 // memory latency, not bandwidth: a thread of a 256-row float32 tile of 17 bins
 // loaded 17 scalars, each awaited before the next (gpu_model.md, "load
@@ -133,7 +116,7 @@ __device__ __forceinline__ void load_tile(const scalar_t* __restrict__ src, int 
   const int packs = tile_packs(src) ? n / V : 0;
   constexpr int F = tile_packs_in_flight<scalar_t>();
   const P* __restrict__ s = reinterpret_cast<const P*>(src);
-  TileIndex at(t * V, step * V, row_len);
+  RowStep<int> at(t * V, step * V, row_len);
   for (int k0 = t; k0 < packs; k0 += step * F) {
     P v[F];
 #pragma unroll
@@ -142,7 +125,7 @@ __device__ __forceinline__ void load_tile(const scalar_t* __restrict__ src, int 
 #pragma unroll
     for (int u = 0; u < F; ++u) {
       if (k0 + u * step < packs) {
-        int r = at.r, j = at.j;
+        int r = at.row, j = at.col;
 #pragma unroll
         for (int e = 0; e < V; ++e) {
           tile[r * stride + j] = cvt<acc_t>(v[u].v[e]);
@@ -152,7 +135,7 @@ __device__ __forceinline__ void load_tile(const scalar_t* __restrict__ src, int 
       at.next();
     }
   }
-  TileIndex rest(packs * V + t, step, row_len);
+  RowStep<int> rest(packs * V + t, step, row_len);
   for (int i = packs * V + t; i < n; i += step, rest.next()) tile[rest.at(stride)] = cvt<acc_t>(src[i]);
 }
 
@@ -165,10 +148,10 @@ __device__ __forceinline__ void store_tile(const acc_t* tile, int n, int row_len
   const int step = static_cast<int>(blockDim.x), t = static_cast<int>(threadIdx.x);
   const int packs = tile_packs(dst) ? n / V : 0;
   P* __restrict__ d = reinterpret_cast<P*>(dst);
-  TileIndex at(t * V, step * V, row_len);
+  RowStep<int> at(t * V, step * V, row_len);
   for (int k = t; k < packs; k += step, at.next()) {
     P v;
-    int r = at.r, j = at.j;
+    int r = at.row, j = at.col;
 #pragma unroll
     for (int e = 0; e < V; ++e) {
       v.v[e] = cvt<scalar_t>(tile[r * stride + j]);
@@ -176,7 +159,7 @@ __device__ __forceinline__ void store_tile(const acc_t* tile, int n, int row_len
     }
     d[k] = v;
   }
-  TileIndex rest(packs * V + t, step, row_len);
+  RowStep<int> rest(packs * V + t, step, row_len);
   for (int i = packs * V + t; i < n; i += step, rest.next()) dst[i] = cvt<scalar_t>(tile[rest.at(stride)]);
 }
 
