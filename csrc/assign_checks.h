@@ -34,4 +34,7 @@ AtssInputs atss_prepare(const at::Tensor& anchors, at::IntArrayRef num_level_anc
 // for background), initialised as all background.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> atss_background(const AtssInputs& in);
 
+// The CPU kernel's gf::AtssPath counts since the last call (then cleared).
+std::vector<int64_t> atss_census_cpu();
+
 }  // namespace gflops

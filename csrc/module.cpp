@@ -4,6 +4,7 @@
 // with the same text. They are not ops.
 #include <torch/extension.h>
 
+#include "assign_checks.h"
 #include "box_checks.h"
 #include "checks.h"
 #include "runtime_check.h"
@@ -40,6 +41,9 @@ at::Tensor loss_grad(const at::Tensor& grad, const at::Tensor& pred, int64_t row
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_validation", &gflops::set_validation, "Turn value checks on CUDA inputs on or off");
+  m.def("atss_census", &gflops::atss_census_cpu,
+        "Test hook: how the CPU ATSS kernel found each level's nearest anchors since the last call "
+        "(rank window, list window, scan, doublings; gf::AtssPath)");
   m.def("validation_enabled", &gflops::validation_enabled);
   m.def("register_triton_autograd", &gflops::register_triton_autograd,
         "Autograd (C++) of torch.ops.gflops_triton, once its ops are defined");

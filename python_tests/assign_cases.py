@@ -45,3 +45,24 @@ def adversarial_gts(dtype=torch.float32):
     labels = list(range(len(gts)))
     valid = [True] * (len(gts) - 1) + [False]
     return (torch.tensor(gts, dtype=torch.float32).to(dtype), torch.tensor(labels), torch.tensor(valid))
+
+
+def cell_grid(shapes, per_cell=1, irregular=False, dtype=torch.float32):
+    """(anchors (N, 4), sizes) of grid levels with `per_cell` square anchors a cell
+    (sides 8, 12, 16, ... x stride), row-major as detectors lay them out. With
+    `irregular`, column j sits at 8j + j(j+1)/2 (rows likewise): still a grid
+    (the centres' order is all the window search assumes), no longer uniform.
+    Integer centres and sides, so every anchor of a cell has the same centre."""
+    boxes, sizes = [], []
+    for level, (h, w) in enumerate(shapes):
+        s = 8 * 2**level
+        place = (lambda n: torch.arange(n) * s + torch.arange(n) * (torch.arange(n) + 1) // 2) if irregular \
+            else (lambda n: torch.arange(n) * s)
+        ys, xs = torch.meshgrid(place(h), place(w), indexing="ij")
+        centres = torch.stack([xs.flatten(), ys.flatten()], 1).to(torch.float64)
+        half = torch.tensor([4 * s + 2 * s * c for c in range(per_cell)], dtype=torch.float64)
+        c = centres[:, None, :].expand(-1, per_cell, 2)
+        hb = half[None, :, None]
+        boxes.append(torch.cat([c - hb, c + hb], -1).reshape(-1, 4))
+        sizes.append(h * w * per_cell)
+    return torch.cat(boxes).to(dtype), sizes

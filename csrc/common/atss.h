@@ -65,6 +65,91 @@ template <typename T> GF_HD double atss_threshold(const T* iou, const int32_t* i
   return mean + gsqrt(v / static_cast<double>(n > 2 ? n - 1 : 1));
 }
 
+// ---- grid levels ----------------------------------------------------------
+// A level whose anchor centres form a grid is searched in a window of cells
+// around the GT's centre instead of anchor by anchor. The grid is a checked
+// property of the centres (never assumed): anchor a0 + (i * width + j) *
+// per_cell + c has centre (x of column j, y of row i), the columns' x and the
+// rows' y strictly increasing. No stride or offset is assumed, only order.
+// per_cell == 0: not a grid (the level is scanned).
+struct AtssGrid {
+  int64_t per_cell = 0, width = 0, height = 0;
+};
+
+// The shape the leading anchors imply: per_cell = the run of anchors that
+// share anchor a0's centre, width = the run of cells that share its y.
+// cx, cy: anchor index -> centre coordinate. Not yet a grid: every anchor
+// must also pass atss_grid_holds.
+template <typename CX, typename CY> AtssGrid atss_grid_shape(const CX& cx, const CY& cy, int64_t a0, int64_t n) {
+  AtssGrid g;
+  if (n <= 0) return g;
+  int64_t per = 1, w = 1;
+  while (per < n && cx(a0 + per) == cx(a0) && cy(a0 + per) == cy(a0)) ++per;
+  while ((w + 1) * per <= n && cy(a0 + w * per) == cy(a0)) ++w;
+  if (n % (w * per) != 0) return g;
+  g.per_cell = per;
+  g.width = w;
+  g.height = n / (w * per);
+  return g;
+}
+
+// Anchor a (of the level starting at a0) sits where the shape puts it, and
+// its column and row come after the previous ones. NaN centres fail.
+template <typename CX, typename CY>
+GF_HD bool atss_grid_holds(const AtssGrid& g, const CX& cx, const CY& cy, int64_t a0, int64_t a) {
+  const int64_t cell = (a - a0) / g.per_cell, i = cell / g.width, j = cell - i * g.width;
+  const int64_t col = a0 + j * g.per_cell, row = a0 + i * g.width * g.per_cell;
+  return cx(a) == cx(col) && cy(a) == cy(row) && (j == 0 || cx(col - g.per_cell) < cx(col)) &&
+         (i == 0 || cy(row - g.width * g.per_cell) < cy(row));
+}
+
+// Half-width (in cells) of the first window: the smallest r whose (2r - 1)^2
+// cells hold k anchors. For topk 9 and one anchor a cell, 4 x 4 cells: on a
+// uniform grid the 9th nearest centre is within 1.8 strides of any point and
+// the cells outside are at least 2 away, so the first window is the last.
+GF_HD int64_t atss_first_half_width(int64_t k, int64_t per_cell) {
+  int64_t r = 1;
+  while ((2 * r - 1) * (2 * r - 1) * per_cell < k) ++r;
+  return r;
+}
+
+// Columns (or rows) [lo, hi) of a window of half-width r: `below` is the
+// number of columns whose x is < the GT's, r of them and r at or beyond it,
+// shifted inward at the grid's edges. Every column before lo is < the GT's x
+// and every column from hi on is >= it, which is what atss_side_bound needs.
+struct AtssSpan {
+  int64_t lo, hi;
+};
+GF_HD AtssSpan atss_span(int64_t below, int64_t count, int64_t r) {
+  int64_t lo = below - r;
+  if (lo > count - 2 * r) lo = count - 2 * r;
+  if (lo < 0) lo = 0;
+  return AtssSpan{lo, lo + 2 * r < count ? lo + 2 * r : count};
+}
+
+// A lower bound on the distance of every anchor beyond one side of a window:
+// `edge` is the coordinate of the first column (row) outside it, on the far
+// side of v from the window. Rounding is monotone, so the further columns'
+// |v - x| and its square are no smaller, and adding the other axis' square
+// (>= 0) cannot round below it: d >= sqrt(mul_rn(v - edge, v - edge)).
+template <typename T> GF_HD T atss_side_bound(T v, T edge) {
+  const T d = v - edge;
+  return gsqrt(mul_rn(d, d));
+}
+
+// A window's k nearest are the level's when it is the whole level, or when
+// it holds k valid anchors and the k-th is strictly nearer than every anchor
+// outside (an anchor at exactly that distance could win the tie by index).
+template <typename T> GF_HD bool atss_window_exact(bool whole, int have, int k, T kth, T outside) {
+  return whole || (have >= k && kth < outside);
+}
+
+// How each (image, GT, level)'s k nearest were found, counted for the tests
+// (which must see each path taken): a window ranked lane by lane (CUDA), a
+// window through the sorted list, a scan of the whole level (not a grid, or
+// a GT centre that is not finite), and every window that had to double.
+enum AtssPath { kAtssRankWindow = 0, kAtssListWindow = 1, kAtssScan = 2, kAtssWiden = 3, kAtssPaths = 4 };
+
 template <typename T> GF_HD bool atss_positive(T iou, double thr, int n, bool inside) {
   return n > 1 && static_cast<double>(iou) >= thr && inside;
 }

@@ -36,11 +36,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> atss_assign_cuda(
   at::Tensor assigned = at::empty({B, N}, opts.dtype(at::kLong));
   at::Tensor labels = at::empty({B, N}, opts.dtype(at::kLong));
   at::Tensor max_iou = at::empty({B, N}, opts);
+  // One workspace allocation (host time counts at these sizes): the 8-byte
+  // words first, so every part is aligned to its type.
   const bool work = G > 0;
-  at::Tensor cand_idx = at::empty({work ? B * G * K : 0}, opts.dtype(at::kInt));
-  at::Tensor cand_iou = at::empty({work ? B * G * K : 0}, opts.dtype(acc_dtype(in.anchors)));
-  at::Tensor best_key = at::empty({work ? B * N : 0}, opts.dtype(at::kLong));
-  at::Tensor owner = at::empty({work ? B * N : 0}, opts.dtype(at::kInt));
+  const int64_t levels = static_cast<int64_t>(in.level_start.size()) - 1;
+  const int64_t slots = work ? B * G * K : 0, claims = work ? B * N : 0;
+  const int64_t probes = work ? levels * gc::kAtssProbeChunks : 0;
+  const int64_t acc_bytes = static_cast<int64_t>(gc::acc_size(dt));
+  const int64_t bytes = 8 * (claims + probes) + acc_bytes * slots + 4 * (claims + slots);
+  at::Tensor workspace = at::empty({bytes}, opts.dtype(at::kByte));
+  unsigned char* w = workspace.data_ptr<uint8_t>();
+  auto take = [&w](int64_t n) {
+    unsigned char* p = w;
+    w += n;
+    return p;
+  };
 
   gc::AtssArgs a{};
   a.anchors = in.anchors.data_ptr();
@@ -57,10 +67,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> atss_assign_cuda(
   a.slots = K;
   a.topk = static_cast<int>(list_len);
   a.background_label = background_label;
-  a.cand_idx = cand_idx.data_ptr<int32_t>();
-  a.cand_iou = cand_iou.data_ptr();
-  a.best_key = reinterpret_cast<unsigned long long*>(best_key.data_ptr<int64_t>());
-  a.owner = owner.data_ptr<int32_t>();
+  a.best_key = reinterpret_cast<unsigned long long*>(take(8 * claims));
+  a.grid_probe = reinterpret_cast<int64_t*>(take(8 * probes));
+  a.cand_iou = take(acc_bytes * slots);
+  a.owner = reinterpret_cast<int32_t*>(take(4 * claims));
+  a.cand_idx = reinterpret_cast<int32_t*>(take(4 * slots));
+  a.census = gc::atss_census_buffer().load(std::memory_order_relaxed);
   a.assigned_gt = assigned.data_ptr<int64_t>();
   a.assigned_label = labels.data_ptr<int64_t>();
   a.max_iou = max_iou.data_ptr();

@@ -2,18 +2,26 @@
 // ../common/atss.h) and their torch-free host entry point. Included by
 // assign.cu alone.
 //
-// 1. candidates: one warp per (image, GT). Per level the warp scans the
-//    level's anchors 32 at a time and keeps the k nearest in a sorted list
-//    in shared memory (an anchor goes in only when it is nearer than the
-//    current k-th, lowest lane first, so after the first few chunks almost
-//    every chunk costs one ballot). The candidates' IoUs fill k slots per
-//    level; lane 0 takes the threshold over the slots in order; each
-//    positive claims its anchor with an integer atomicMax of its IoU key.
-// 2. claim: each positive whose key equals its anchor's maximum takes an
+// 1. init: (B, N) claim words reset; the first L x kAtssProbeChunks blocks
+//    also test whether each level's centres form a grid (atss_grid_holds),
+//    a chunk of the level each, and write the shape (or 0) per chunk.
+// 2. candidates: one block per (image, GT), one warp per level. On a grid
+//    level the warp counts the columns and rows before the GT's centre and
+//    ranks the anchors of a window of cells around it, lane by lane (a
+//    window of at most 32 anchors) or through the sorted list below; the
+//    window doubles until it is provably the level's k nearest
+//    (atss_window_exact). On any other level the warp scans the level 32
+//    anchors at a time into a k-entry list sorted in shared memory (an
+//    anchor goes in only when nearer than the current k-th, lowest lane
+//    first). Either way the level's k slots get the candidates' IoUs; then
+//    warp 0 takes the threshold over the slots in order, and each positive
+//    claims its anchor with an integer atomicMax of its IoU key.
+// 3. claim: each positive whose key equals its anchor's maximum takes an
 //    atomicMin of its GT index. Max then min of integers: the winner (highest
 //    IoU, then lowest GT) does not depend on the order of the atomics.
-// 3. write: per anchor, the outputs from (key, owner).
-// Workspace: (B, G, K) slots + (B, N) keys and owners; nothing B x N x G.
+// 4. write: per anchor, the outputs from (key, owner).
+// Workspace: (B, G, K) slots + (B, N) keys and owners + L x 16 probe words;
+// nothing B x N x G.
 #pragma once
 
 #include <climits>
@@ -23,6 +31,13 @@
 
 namespace gf {
 namespace cuda {
+
+__device__ __forceinline__ void atss_count(unsigned long long* census, int path, int lane) {
+  if (census && lane == 0) atomicAdd(census + path, 1ull);
+}
+
+// Chunks of a level the grid test is split into (blocks of the init kernel).
+constexpr int kAtssProbeChunks = 16;
 
 struct AtssLevels {
   int64_t start[kAtssMaxLevels + 1];
@@ -43,6 +58,8 @@ struct AtssArgs {
   // workspace
   int32_t* cand_idx;            // (B, G, K), -1 = empty or not positive
   void* cand_iou;               // (B, G, K), accumulation dtype
+  int64_t* grid_probe;          // (L, kAtssProbeChunks): per_cell | width << 32, or 0
+  unsigned long long* census;   // nullptr, or kAtssPaths counters (atss_census_buffer)
   unsigned long long* best_key; // (B, N)
   int32_t* owner;               // (B, N)
   // outputs, (B, N)
@@ -58,133 +75,292 @@ template <typename scalar_t, typename acc_t> __device__ __forceinline__ Box4<acc
 // Bytes of one list entry: squared distance, distance, anchor index.
 template <typename acc_t> constexpr int atss_entry_bytes() { return 2 * static_cast<int>(sizeof(acc_t)) + 4; }
 
+// The centre of anchor a along x (lo = 0) or y (lo = 1), as atss_box + center_of compute it.
+template <typename scalar_t, typename acc_t> __device__ __forceinline__ acc_t atss_centre(const scalar_t* anchors,
+                                                                                         int64_t a, int lo) {
+  const scalar_t* q = anchors + 4 * a + lo;
+  return center_of(cvt<acc_t>(q[0]), cvt<acc_t>(q[2]));
+}
+
+// A warp's k-entry list of the nearest anchors, ascending (distance, index),
+// in shared memory; empty entries are (inf, INT_MAX). Ranges must come in
+// ascending index order: an anchor that ties the k-th is then later and
+// loses, so a square distance above the k-th's rejects it before any sqrt.
+template <typename acc_t> struct AtssList {
+  acc_t *d2, *d;
+  int32_t* idx;
+  int k;
+  acc_t worst_d2, worst_d;
+  int32_t worst_i;
+
+  __device__ void reset(int lane) {
+    for (int i = lane; i < k; i += 32) {
+      d2[i] = acc_t(INFINITY);
+      d[i] = acc_t(INFINITY);
+      idx[i] = INT_MAX;
+    }
+    __syncwarp();
+    worst_d2 = worst_d = acc_t(INFINITY);
+    worst_i = INT_MAX;
+  }
+
+  template <typename scalar_t>
+  __device__ void visit(const scalar_t* anchors, const bool* valid, acc_t gx, acc_t gy, int64_t a0, int64_t a1,
+                        int lane) {
+    const unsigned full = 0xffffffffu;
+    for (int64_t c0 = a0; c0 < a1; c0 += 32) {
+      const int64_t a = c0 + lane;
+      acc_t ad2 = acc_t(INFINITY), ad = acc_t(INFINITY);
+      bool want = false;
+      if (a < a1 && (!valid || valid[a])) {
+        ad2 = center_dist2(gx, gy, atss_centre<scalar_t, acc_t>(anchors, a, 0),
+                           atss_centre<scalar_t, acc_t>(anchors, a, 1));
+        if (!(ad2 > worst_d2)) {
+          ad = gsqrt(ad2);
+          want = nearer(ad, a, worst_d, static_cast<int64_t>(worst_i));
+        }
+      }
+      unsigned ballot = __ballot_sync(full, want);
+      while (ballot) {
+        const int src = __ffs(static_cast<int>(ballot)) - 1;
+        const acc_t nd2 = __shfl_sync(full, ad2, src);
+        const acc_t nd = __shfl_sync(full, ad, src);
+        const int32_t ni = static_cast<int32_t>(c0) + src;
+        int pos = 0;  // entries nearer than the newcomer
+        for (int base = 0; base < k; base += 32) {
+          const int i = base + lane;
+          const bool before = i < k && nearer(d[i], static_cast<int64_t>(idx[i]), nd, static_cast<int64_t>(ni));
+          pos += __popc(__ballot_sync(full, before));
+        }
+        // Shift [pos, k - 1) up by one, highest chunk first so no entry is overwritten unread.
+        for (int base = ((k - 1) / 32) * 32; base >= 0; base -= 32) {
+          const int i = base + lane;
+          const bool move = i >= pos && i < k - 1;
+          acc_t t2 = acc_t(0), t = acc_t(0);
+          int32_t ti = 0;
+          if (move) {
+            t2 = d2[i];
+            t = d[i];
+            ti = idx[i];
+          }
+          __syncwarp();
+          if (move) {
+            d2[i + 1] = t2;
+            d[i + 1] = t;
+            idx[i + 1] = ti;
+          }
+          __syncwarp();
+        }
+        if (lane == 0) {
+          d2[pos] = nd2;
+          d[pos] = nd;
+          idx[pos] = ni;
+        }
+        __syncwarp();
+        worst_d2 = d2[k - 1];
+        worst_d = d[k - 1];
+        worst_i = idx[k - 1];
+        want = want && lane != src && nearer(ad, a, worst_d, static_cast<int64_t>(worst_i));
+        ballot = __ballot_sync(full, want);
+      }
+    }
+  }
+
+  // Entries held (the list is sorted, empties last).
+  __device__ int held(int lane) const {
+    int n = 0;
+    for (int base = 0; base < k; base += 32) {
+      const bool has = base + lane < k && idx[base + lane] != INT_MAX;
+      n += __popc(__ballot_sync(0xffffffffu, has));
+    }
+    return n;
+  }
+
+  // The level's k slots from the list: candidates in (distance, index) order, then empties.
+  template <typename scalar_t>
+  __device__ void write(const scalar_t* anchors, const Box4<acc_t>& g, int32_t* ci, acc_t* cu, int lane) const {
+    for (int i = lane; i < k; i += 32) {
+      const int32_t a = idx[i];
+      const bool has = a != INT_MAX;
+      ci[i] = has ? a : -1;
+      cu[i] = has ? overlap(g, atss_box<scalar_t, acc_t>(anchors + 4 * static_cast<int64_t>(a)), acc_t(1e-6)).iou
+                  : acc_t(0);
+    }
+    __syncwarp();
+  }
+};
+
+// The grid the init kernel found for level l (every chunk agreeing), or none.
+__device__ __forceinline__ AtssGrid atss_probed_grid(const AtssArgs& p, int l, int64_t size, int lane) {
+  const int64_t v = lane < kAtssProbeChunks ? p.grid_probe[l * kAtssProbeChunks + lane] : 0;
+  const int64_t v0 = __shfl_sync(0xffffffffu, v, 0);
+  AtssGrid g;
+  if (!__all_sync(0xffffffffu, v0 != 0 && (lane >= kAtssProbeChunks || v == v0))) return g;
+  g.per_cell = v0 & 0xffffffff;
+  g.width = v0 >> 32;
+  g.height = size / (g.width * g.per_cell);
+  return g;
+}
+
+// How many of `count` strictly increasing centres (`stride` anchors apart
+// from `first`, along x or y) are < v: a ballot count over the warp.
+template <typename scalar_t, typename acc_t>
+__device__ int64_t atss_count_below(const scalar_t* anchors, int64_t first, int64_t stride, int64_t count, int axis,
+                                    acc_t v, int lane) {
+  int64_t n = 0;
+  for (int64_t base = 0; base < count; base += 32) {
+    const int64_t i = base + lane;
+    const bool below = i < count && atss_centre<scalar_t, acc_t>(anchors, first + i * stride, axis) < v;
+    n += __popc(__ballot_sync(0xffffffffu, below));
+  }
+  return n;
+}
+
+// Level [a0, a0 + size) of a grid: its k nearest to (gx, gy) into the k slots
+// (ci, cu), from windows of cells that double until one is exact.
+template <typename scalar_t, typename acc_t>
+__device__ void atss_grid_level(const scalar_t* anchors, const bool* valid, const AtssGrid& grid, int64_t a0,
+                                const Box4<acc_t>& g, acc_t gx, acc_t gy, AtssList<acc_t>& list, int32_t* ci,
+                                acc_t* cu, unsigned long long* census, int lane) {
+  const unsigned full = 0xffffffffu;
+  const int k = list.k;
+  const int64_t per = grid.per_cell, row = grid.width * per;
+  const int64_t below_x = atss_count_below<scalar_t, acc_t>(anchors, a0, per, grid.width, 0, gx, lane);
+  const int64_t below_y = atss_count_below<scalar_t, acc_t>(anchors, a0, row, grid.height, 1, gy, lane);
+  for (int64_t r = atss_first_half_width(k, per);; r *= 2, atss_count(census, kAtssWiden, lane)) {
+    const AtssSpan cs = atss_span(below_x, grid.width, r), rs = atss_span(below_y, grid.height, r);
+    const bool whole = cs.lo == 0 && cs.hi == grid.width && rs.lo == 0 && rs.hi == grid.height;
+    acc_t outside = acc_t(INFINITY);
+    if (cs.lo > 0)
+      outside = gmin(outside, atss_side_bound(gx, atss_centre<scalar_t, acc_t>(anchors, a0 + (cs.lo - 1) * per, 0)));
+    if (cs.hi < grid.width)
+      outside = gmin(outside, atss_side_bound(gx, atss_centre<scalar_t, acc_t>(anchors, a0 + cs.hi * per, 0)));
+    if (rs.lo > 0)
+      outside = gmin(outside, atss_side_bound(gy, atss_centre<scalar_t, acc_t>(anchors, a0 + (rs.lo - 1) * row, 1)));
+    if (rs.hi < grid.height)
+      outside = gmin(outside, atss_side_bound(gy, atss_centre<scalar_t, acc_t>(anchors, a0 + rs.hi * row, 1)));
+    const int64_t span = (cs.hi - cs.lo) * per, cells = span * (rs.hi - rs.lo);
+    if (cells <= 32) {
+      // One anchor a lane, ranked by how many lanes are nearer (keys are distinct: the indices differ).
+      acc_t d = acc_t(INFINITY);
+      int32_t a = INT_MAX;
+      bool want = false;
+      if (lane < cells) {
+        const int64_t q = lane / span;
+        const int64_t at = a0 + (rs.lo + q) * row + cs.lo * per + (lane - q * span);
+        if (!valid || valid[at]) {
+          d = gsqrt(center_dist2(gx, gy, atss_centre<scalar_t, acc_t>(anchors, at, 0),
+                                 atss_centre<scalar_t, acc_t>(anchors, at, 1)));
+          a = static_cast<int32_t>(at);
+          want = true;
+        }
+      }
+      int rank = 0;
+      for (int src = 0; src < 32; ++src) {
+        const acc_t ds = __shfl_sync(full, d, src);
+        const int32_t as = __shfl_sync(full, a, src);
+        rank += nearer(ds, static_cast<int64_t>(as), d, static_cast<int64_t>(a)) ? 1 : 0;
+      }
+      const int have = __popc(__ballot_sync(full, want));
+      const unsigned kth_lane = __ballot_sync(full, want && rank == k - 1);
+      const acc_t kth = __shfl_sync(full, d, kth_lane ? __ffs(static_cast<int>(kth_lane)) - 1 : 0);
+      if (atss_window_exact(whole, have, k, kth, outside)) {
+        if (want && rank < k) {
+          ci[rank] = a;
+          cu[rank] = overlap(g, atss_box<scalar_t, acc_t>(anchors + 4 * static_cast<int64_t>(a)), acc_t(1e-6)).iou;
+        }
+        for (int i = have + lane; i < k; i += 32) {
+          ci[i] = -1;
+          cu[i] = acc_t(0);
+        }
+        __syncwarp();
+        atss_count(census, kAtssRankWindow, lane);
+        return;
+      }
+    } else {
+      list.reset(lane);
+      for (int64_t i = rs.lo; i < rs.hi; ++i) {
+        const int64_t first = a0 + i * row + cs.lo * per;
+        list.visit(anchors, valid, gx, gy, first, first + span, lane);
+      }
+      const int have = list.held(lane);
+      if (atss_window_exact(whole, have, k, list.d[k - 1], outside)) {
+        list.write(anchors, g, ci, cu, lane);
+        atss_count(census, kAtssListWindow, lane);
+        return;
+      }
+      __syncwarp();
+    }
+  }
+}
+
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) atss_candidates_kernel(AtssArgs p) {
   GF_DYNAMIC_SHARED(unsigned char, smem);
   const unsigned full = 0xffffffffu;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   const int topk = p.topk;
-  acc_t* list_d2 = reinterpret_cast<acc_t*>(smem) + warp * topk;
-  acc_t* list_d = reinterpret_cast<acc_t*>(smem) + (warps + warp) * topk;
-  int32_t* list_i = reinterpret_cast<int32_t*>(smem + 2 * warps * topk * sizeof(acc_t)) + warp * topk;
+  AtssList<acc_t> list;
+  list.d2 = reinterpret_cast<acc_t*>(smem) + warp * topk;
+  list.d = reinterpret_cast<acc_t*>(smem) + (warps + warp) * topk;
+  list.idx = reinterpret_cast<int32_t*>(smem + 2 * warps * topk * sizeof(acc_t)) + warp * topk;
   const auto* anchors = static_cast<const scalar_t*>(p.anchors);
   const auto* gts = static_cast<const scalar_t*>(p.gt_boxes);
   const int64_t N = p.num_anchors, K = p.slots, rows = p.batch * p.num_gt;
-  const acc_t inf = acc_t(INFINITY);
-  const acc_t eps = acc_t(1e-6);
 
-  // r is uniform across the warp, so every collective below is reached by all 32 lanes.
-  for (int64_t r = static_cast<int64_t>(blockIdx.x) * warps + warp; r < rows;
-       r += static_cast<int64_t>(gridDim.x) * warps) {
+  // r is uniform across the block, so every barrier and collective below is reached by all its threads.
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     int32_t* ci = p.cand_idx + r * K;
     acc_t* cu = static_cast<acc_t*>(p.cand_iou) + r * K;
     if (!p.gt_valid[r]) {
-      for (int64_t i = lane; i < K; i += 32) ci[i] = -1;
+      for (int64_t i = threadIdx.x; i < K; i += blockDim.x) ci[i] = -1;
       continue;
     }
     const int64_t b = r / p.num_gt;
     const Box4<acc_t> g = atss_box<scalar_t, acc_t>(gts + 4 * r);
     const acc_t gx = center_of(g.x1, g.x2), gy = center_of(g.y1, g.y2);
+    const bool finite = gx - gx == acc_t(0) && gy - gy == acc_t(0);  // a NaN or inf centre: the scan decides
     const bool* valid = p.anchor_valid ? p.anchor_valid + b * p.anchor_valid_stride : nullptr;
 
     int64_t slot0 = 0;
     for (int l = 0; l < p.levels.count; ++l) {
       const int64_t a0 = p.levels.start[l], a1 = p.levels.start[l + 1];
       const int k = static_cast<int>(a1 - a0 < topk ? a1 - a0 : topk);
-      if (k == 0) continue;
-      for (int i = lane; i < k; i += 32) {
-        list_d2[i] = inf;
-        list_d[i] = inf;
-        list_i[i] = INT_MAX;
-      }
-      __syncwarp();
-      acc_t worst_d2 = inf, worst_d = inf;
-      int32_t worst_i = INT_MAX;
-      for (int64_t c0 = a0; c0 < a1; c0 += 32) {
-        const int64_t a = c0 + lane;
-        acc_t d2 = inf, d = inf;
-        bool want = false;
-        if (a < a1 && (!valid || valid[a])) {
-          const Box4<acc_t> ab = atss_box<scalar_t, acc_t>(anchors + 4 * a);
-          d2 = center_dist2(gx, gy, center_of(ab.x1, ab.x2), center_of(ab.y1, ab.y2));
-          // d2 > worst_d2 implies d >= the k-th distance, and this anchor is later: no sqrt needed.
-          if (!(d2 > worst_d2)) {
-            d = gsqrt(d2);
-            want = nearer(d, a, worst_d, static_cast<int64_t>(worst_i));
-          }
+      if (k > 0 && l % warps == warp) {
+        list.k = k;
+        const AtssGrid grid = atss_probed_grid(p, l, a1 - a0, lane);
+        if (grid.per_cell > 0 && finite) {
+          atss_grid_level<scalar_t, acc_t>(anchors, valid, grid, a0, g, gx, gy, list, ci + slot0, cu + slot0,
+                                           p.census, lane);
+        } else {
+          list.reset(lane);
+          list.visit(anchors, valid, gx, gy, a0, a1, lane);
+          list.write(anchors, g, ci + slot0, cu + slot0, lane);
+          atss_count(p.census, kAtssScan, lane);
         }
-        unsigned ballot = __ballot_sync(full, want);
-        while (ballot) {
-          const int src = __ffs(static_cast<int>(ballot)) - 1;
-          const acc_t nd2 = __shfl_sync(full, d2, src);
-          const acc_t nd = __shfl_sync(full, d, src);
-          const int32_t ni = static_cast<int32_t>(c0) + src;
-          int pos = 0;  // entries nearer than the newcomer
-          for (int base = 0; base < k; base += 32) {
-            const int i = base + lane;
-            pos += __popc(__ballot_sync(full, i < k && nearer(list_d[i], static_cast<int64_t>(list_i[i]), nd,
-                                                                static_cast<int64_t>(ni))));
-          }
-          // Shift [pos, k - 1) up by one, highest chunk first so no entry is overwritten unread.
-          for (int base = ((k - 1) / 32) * 32; base >= 0; base -= 32) {
-            const int i = base + lane;
-            const bool move = i >= pos && i < k - 1;
-            acc_t t2 = acc_t(0), t = acc_t(0);
-            int32_t ti = 0;
-            if (move) {
-              t2 = list_d2[i];
-              t = list_d[i];
-              ti = list_i[i];
-            }
-            __syncwarp();
-            if (move) {
-              list_d2[i + 1] = t2;
-              list_d[i + 1] = t;
-              list_i[i + 1] = ti;
-            }
-            __syncwarp();
-          }
-          if (lane == 0) {
-            list_d2[pos] = nd2;
-            list_d[pos] = nd;
-            list_i[pos] = ni;
-          }
-          __syncwarp();
-          worst_d2 = list_d2[k - 1];
-          worst_d = list_d[k - 1];
-          worst_i = list_i[k - 1];
-          want = want && lane != src && nearer(d, a, worst_d, static_cast<int64_t>(worst_i));
-          ballot = __ballot_sync(full, want);
-        }
-      }
-      // This level's k slots: the candidates in (distance, index) order, then empties.
-      for (int i = lane; i < k; i += 32) {
-        const int32_t idx = list_i[i];
-        const bool has = idx != INT_MAX;
-        ci[slot0 + i] = has ? idx : -1;
-        cu[slot0 + i] = has ? overlap(g, atss_box<scalar_t, acc_t>(anchors + 4 * static_cast<int64_t>(idx)), eps).iou
-                            : acc_t(0);
       }
       slot0 += k;
-      __syncwarp();  // the slots are read by lane 0 below; the list is reset by the next level
     }
+    __syncthreads();  // every level's slots are written before warp 0 reads them
 
-    double thr = 0.0;
-    int count = 0;
-    if (lane == 0) thr = atss_threshold(cu, ci, static_cast<int>(K), &count);
-    thr = __shfl_sync(full, thr, 0);
-    count = __shfl_sync(full, count, 0);
-    for (int64_t i = lane; i < K; i += 32) {
-      const int32_t idx = ci[i];
-      if (idx < 0) continue;
-      const Box4<acc_t> ab = atss_box<scalar_t, acc_t>(anchors + 4 * static_cast<int64_t>(idx));
-      const acc_t iou = cu[i];
-      if (atss_positive(iou, thr, count, center_inside(center_of(ab.x1, ab.x2), center_of(ab.y1, ab.y2), g)))
-        atomicMax(p.best_key + b * N + idx, static_cast<unsigned long long>(iou_key(iou)));
-      else
-        ci[i] = -1;
+    if (warp == 0) {
+      double thr = 0.0;
+      int count = 0;
+      if (lane == 0) thr = atss_threshold(cu, ci, static_cast<int>(K), &count);
+      thr = __shfl_sync(full, thr, 0);
+      count = __shfl_sync(full, count, 0);
+      for (int64_t i = lane; i < K; i += 32) {
+        const int32_t idx = ci[i];
+        if (idx < 0) continue;
+        const Box4<acc_t> ab = atss_box<scalar_t, acc_t>(anchors + 4 * static_cast<int64_t>(idx));
+        const acc_t iou = cu[i];
+        if (atss_positive(iou, thr, count, center_inside(center_of(ab.x1, ab.x2), center_of(ab.y1, ab.y2), g)))
+          atomicMax(p.best_key + b * N + idx, static_cast<unsigned long long>(iou_key(iou)));
+        else
+          ci[i] = -1;
+      }
+      __syncwarp();
     }
-    __syncwarp();
   }
 }
 
@@ -202,8 +378,75 @@ __global__ void __launch_bounds__(kThreads) atss_claim_kernel(AtssArgs p) {
   }
 }
 
+// Block (level l, chunk c) of the grid test: warp 0 finds the shape the
+// leading anchors imply (the first anchor off anchor a0's centre, the first
+// cell off its row: atss_grid_shape, 32 at a time), then every thread tests
+// its anchors of the chunk; the chunk's word is the shape, or 0.
+template <typename scalar_t, typename acc_t>
+__device__ void atss_probe_chunk(const AtssArgs& p, int l, int c, int64_t* smem) {
+  const unsigned full = 0xffffffffu;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  const auto* anchors = static_cast<const scalar_t*>(p.anchors);
+  const int64_t a0 = p.levels.start[l], n = p.levels.start[l + 1] - a0;
+  auto cx = [anchors](int64_t a) { return atss_centre<scalar_t, acc_t>(anchors, a, 0); };
+  auto cy = [anchors](int64_t a) { return atss_centre<scalar_t, acc_t>(anchors, a, 1); };
+  if (warp == 0) {
+    int64_t per = n, w = 0;
+    if (n > 0) {
+      const acc_t x0 = cx(a0), y0 = cy(a0);
+      for (int64_t base = 1; base < n; base += 32) {
+        const int64_t t = base + lane;
+        const unsigned off = __ballot_sync(full, t < n && !(cx(a0 + t) == x0 && cy(a0 + t) == y0));
+        if (off) {
+          per = base + __ffs(static_cast<int>(off)) - 1;
+          break;
+        }
+      }
+      for (int64_t base = 1;; base += 32) {
+        const int64_t j = base + lane;
+        const unsigned stop = __ballot_sync(full, (j + 1) * per > n || cy(a0 + j * per) != y0);
+        if (stop) {
+          w = base + __ffs(static_cast<int>(stop)) - 1;
+          break;
+        }
+      }
+    }
+    if (lane == 0) {
+      const bool shaped = n > 0 && n % (w * per) == 0;
+      smem[0] = shaped ? per : 0;
+      smem[1] = shaped ? w : 0;
+    }
+  }
+  __syncthreads();
+  AtssGrid g;
+  g.per_cell = smem[0];
+  g.width = smem[1];
+  bool ok = g.per_cell > 0;
+  if (ok) {
+    g.height = n / (g.width * g.per_cell);
+    const int64_t chunk = (n + kAtssProbeChunks - 1) / kAtssProbeChunks;
+    const int64_t lo = a0 + c * chunk, hi = a0 + (n < (c + 1) * chunk ? n : (c + 1) * chunk);
+    for (int64_t a = lo + threadIdx.x; a < hi; a += blockDim.x) ok = ok && atss_grid_holds(g, cx, cy, a0, a);
+  }
+  ok = __all_sync(full, ok);
+  if (lane == 0) smem[2 + warp] = ok ? 1 : 0;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    bool all = true;
+    for (int i = 0; i < warps; ++i) all = all && smem[2 + i] != 0;
+    p.grid_probe[l * kAtssProbeChunks + c] = all ? (g.per_cell | (g.width << 32)) : 0;
+  }
+}
+
+// Shared words of the init kernel: the shape, then a flag per warp.
+constexpr size_t kAtssProbeShared = (2 + kThreads / 32) * sizeof(int64_t);
+
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) atss_init_kernel(AtssArgs p) {
+  GF_DYNAMIC_SHARED(unsigned char, smem);  // one type for every kernel's dynamic shared memory
+  if (blockIdx.x < p.levels.count * kAtssProbeChunks)  // block-uniform: the probe's barriers are safe
+    atss_probe_chunk<scalar_t, acc_t>(p, blockIdx.x / kAtssProbeChunks, blockIdx.x % kAtssProbeChunks,
+                                      reinterpret_cast<int64_t*>(smem));
   GF_GRID_STRIDE(i, p.batch * p.num_anchors) {
     p.best_key[i] = 0ull;
     p.owner[i] = INT_MAX;
@@ -245,19 +488,24 @@ inline int atss_warps_per_block(DType dt, int64_t topk) {
 inline cudaError_t atss_assign(DType dt, const AtssArgs& args, int num_sms, cudaStream_t stream) {
   const int64_t anchors_total = args.batch * args.num_anchors;
   if (anchors_total == 0) return cudaSuccess;
-  const int warps = atss_warps_per_block(dt, args.topk);
-  if (warps < 1) return cudaErrorInvalidValue;
+  const int fit = atss_warps_per_block(dt, args.topk);
+  if (fit < 1) return cudaErrorInvalidValue;
+  const int warps = fit < args.levels.count ? fit : args.levels.count;  // levels > 0 whenever anchors exist
   dispatch_dtype(dt, [&](auto t) {
     using scalar_t = typename decltype(t)::scalar_t;
     using acc_t = typename decltype(t)::acc_t;
     if (args.num_gt > 0) {
       constexpr auto I = atss_init_kernel<scalar_t, acc_t>;
-      launch<I>(grid_for<I>(anchors_total, num_sms), kThreads, 0, stream, args);
+      const int init_grid = grid_for<I>(anchors_total, num_sms);
+      const int probes = args.levels.count * kAtssProbeChunks;
+      launch<I>(init_grid > probes ? init_grid : probes, kThreads, kAtssProbeShared, stream, args);
+      // One block per (image, GT) row, one warp per level; as many blocks as
+      // can be resident (at most 32 an SM, 64 warps), the rest by grid stride.
       const int64_t rows = args.batch * args.num_gt;
-      const int64_t need = (rows + warps - 1) / warps;
-      const int64_t cap = static_cast<int64_t>(num_sms > 0 ? num_sms : 1) * kMaxBlocksPerSm;
+      const int per_sm = 64 / warps < 32 ? 64 / warps : 32;
+      const int64_t cap = static_cast<int64_t>(num_sms > 0 ? num_sms : 1) * per_sm;
       const size_t smem = static_cast<size_t>(warps) * args.topk * atss_entry_bytes<acc_t>();
-      launch<atss_candidates_kernel<scalar_t, acc_t>>(static_cast<unsigned>(need < cap ? need : cap), warps * 32,
+      launch<atss_candidates_kernel<scalar_t, acc_t>>(static_cast<unsigned>(rows < cap ? rows : cap), warps * 32,
                                                       smem, stream, args);
       constexpr auto C = atss_claim_kernel<acc_t>;
       launch<C>(grid_for<C>(rows * args.slots, num_sms), kThreads, 0, stream, args);

@@ -40,6 +40,13 @@ inline std::atomic<bool>& force_int64_index() {
   return on;
 }
 
+// Test-only: where the ATSS kernels count their gf::AtssPath choices (a
+// device buffer of gf::kAtssPaths words); nullptr (no counting) normally.
+inline std::atomic<unsigned long long*>& atss_census_buffer() {
+  static std::atomic<unsigned long long*> buffer{nullptr};
+  return buffer;
+}
+
 // 32-bit indexing when the flat index and its grid stride stay below 2^31.
 inline bool fits_int32(int64_t n) { return n < (int64_t(1) << 30) && !force_int64_index().load(std::memory_order_relaxed); }
 

@@ -1,0 +1,144 @@
+"""gflops.atss_assign's window search on grid levels (common/atss.h): which
+path each level takes (counted by the kernels' test hook), windows that must
+widen, grids that are not uniform or hold several anchors a cell, and levels
+that are not grids at all. The reference is the oracle throughout."""
+import contextlib
+
+import pytest
+import torch
+
+import gflops
+from gflops import _ops, emulation
+from assign_cases import SMALL_LEVELS, cell_grid, grid, random_gts
+from test_assign import assert_same, both
+
+RANK, LIST, SCAN, WIDEN = range(4)  # gf::AtssPath
+
+
+@contextlib.contextmanager
+def census(device):
+    """Yields a list that holds the kernels' path counts once the block ends."""
+    counts = []
+    if _ops.lib() is torch.ops.gflops_emu:
+        m, buf = emulation.load(), torch.zeros(4, dtype=torch.long)
+        m.set_atss_census(buf)
+        try:
+            yield counts
+        finally:
+            m.set_atss_census(None)
+        counts.extend(buf.tolist())
+    elif device == "cpu":
+        gflops._C.atss_census()  # clears
+        yield counts
+        counts.extend(gflops._C.atss_census())
+    else:
+        pytest.skip("the path counts are a hook of the CPU kernel and the emulator")
+
+
+def level_rows(valid, sizes, topk=9):
+    """(image, GT, level) triples with candidates: what the kernels count."""
+    return int(valid.sum()) * sum(1 for n in sizes if min(n, topk) > 0)
+
+
+def test_grid_levels_take_the_windows(device):
+    anchors, sizes = grid()
+    gts, labels, valid = random_gts(4, 30, seed=3)
+    with census(device) as c:
+        ours, ref = both(anchors, sizes, gts, labels, valid, device=device)
+    assert_same(ours, ref)
+    assert c[SCAN] == 0 and c[RANK] + c[LIST] == level_rows(valid, sizes)
+    if _ops.lib() is not torch.ops.gflops:
+        assert c[RANK] > 0  # 4 x 4 cells for topk 9: one anchor a lane
+
+
+@pytest.mark.parametrize("per_cell", [1, 2, 3])
+@pytest.mark.parametrize("topk", [1, 9, 20, 40])
+def test_uneven_and_multi_anchor_grids(device, per_cell, topk):
+    anchors, sizes = cell_grid([(14, 11), (7, 6), (3, 3)], per_cell, irregular=True)
+    gts, labels, valid = random_gts(2, 25, extent=200, seed=per_cell * 10 + topk)
+    mid = torch.tensor([[[4.0, 4, 12, 12], [10, 2, 30, 18], [26, 26, 58, 58]]])  # centres on cell midpoints
+    gts = torch.cat([gts, mid.expand(2, -1, -1)], 1)
+    labels, valid = torch.cat([labels, labels[:, :3]], 1), torch.cat([valid, torch.ones(2, 3, dtype=torch.bool)], 1)
+    with census(device) as c:
+        ours, ref = both(anchors, sizes, gts, labels, valid, topk=topk, device=device)
+    assert_same(ours, ref)
+    assert c[SCAN] == 0 and c[RANK] + c[LIST] == level_rows(valid, sizes, topk)
+    assert (ref[0] > 0).any()
+
+
+def test_windows_widen_where_they_must(device):
+    """Holes of invalid anchors around the GTs' centres, centres outside the
+    grid, at its corners and huge boxes: the first window cannot be exact."""
+    anchors, sizes = grid()
+    gts = torch.tensor([[[40.0, 40, 56, 56], [90, 20, 130, 44], [-60, -60, -20, -20], [150, 70, 190, 90],
+                         [-4, -4, 4, 4], [124, 124, 132, 132], [-1e6, -1e6, 1e6, 2e6], [10, 60, 80, 120]]])
+    gts = gts.expand(2, -1, -1).clone()
+    labels = torch.arange(8).expand(2, -1)
+    valid = torch.ones(2, 8, dtype=torch.bool)
+    cx, cy = (anchors[:, 0] + anchors[:, 2]) / 2, (anchors[:, 1] + anchors[:, 3]) / 2
+    anchor_valid = torch.ones(2, anchors.shape[0], dtype=torch.bool)
+    anchor_valid[0] &= ~(((cx - 48).abs() < 30) & ((cy - 48).abs() < 30))  # a hole under GT 0
+    anchor_valid[1] &= ~(((cx - 110).abs() < 20) & ((cy - 32).abs() < 40))  # and under GT 1
+    with census(device) as c:
+        ours, ref = both(anchors, sizes, gts, labels, valid, anchor_valid=anchor_valid, device=device)
+    assert_same(ours, ref)
+    assert c[SCAN] == 0 and c[WIDEN] > 0
+    assert (ref[0] > 0).any()
+
+
+def off_grid(anchors, sizes, how):
+    """The anchors with their first level made a non-grid in one way."""
+    a, n = anchors.clone(), sizes[0]
+    if how == "nudged":  # one anchor's centre half a pixel off its column
+        a[n // 2 + 3, [0, 2]] += 0.5
+    elif how == "shuffled":  # the level's anchors in another order
+        a[:n] = a[:n][torch.randperm(n, generator=torch.Generator().manual_seed(0))]
+    elif how == "mirrored":  # columns in decreasing x
+        a[:n, [0, 2]] = 200 - a[:n, [2, 0]]
+    elif how == "ragged":  # a level whose size is not rows x columns
+        return a[1:], [n - 1] + list(sizes[1:])
+    return a, sizes
+
+
+@pytest.mark.parametrize("how", ["nudged", "shuffled", "mirrored", "ragged"])
+def test_levels_off_the_grid_are_scanned(device, how):
+    anchors, sizes = off_grid(*grid(), how)
+    gts, labels, valid = random_gts(3, 12, seed=8)
+    with census(device) as c:
+        ours, ref = both(anchors, sizes, gts, labels, valid, device=device)
+    assert_same(ours, ref)
+    assert c[SCAN] == int(valid.sum())  # the first level only
+    assert c[RANK] + c[LIST] == level_rows(valid, sizes) - c[SCAN]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_grid_windows_in_every_dtype(device, dtype):
+    # Coordinates within +-256: integers bfloat16 holds exactly, so the centres still form a grid.
+    anchors, sizes = cell_grid([(8, 8), (4, 4)], 2, irregular=True, dtype=dtype)
+    gts, labels, valid = random_gts(2, 20, extent=90, seed=12, dtype=dtype)
+    with census(device) as c:
+        ours, ref = both(anchors, sizes, gts, labels, valid, device=device)
+    assert_same(ours, ref)
+    assert c[SCAN] == 0
+
+
+def test_a_tie_at_the_window_edge_goes_by_index(device):
+    """The window's 9th nearest (anchor 14, at (24, 18) from the GT's centre)
+    is exactly as far as an anchor outside it with a lower index (anchor 11,
+    at (0, 30)): the window is not exact, and anchor 11 is the candidate. Its
+    box is the only one that overlaps the GT much, so it alone is positive."""
+    xs = 100 - torch.tensor([50.0, 40, 24, 12, 6, 0])
+    ys = 100 - torch.tensor([48.0, 30, 18, 12, 6, 0])
+    cy, cx = torch.meshgrid(ys, xs, indexing="ij")
+    centres = torch.stack([cx.flatten(), cy.flatten()], 1)
+    anchors = torch.cat([centres - 2, centres + 2], 1)
+    anchors[11] = torch.tensor([60.0, 30, 140, 110])
+    anchor_valid = torch.ones(36, dtype=torch.bool)
+    for dx, dy in [(12, 12), (24, 0), (24, 6), (24, 12), (0, 18), (6, 18), (12, 18)]:  # thin the window to 9
+        anchor_valid[((cx.flatten() == 100 - dx) & (cy.flatten() == 100 - dy)).nonzero()] = False
+    gts, labels, valid = torch.tensor([[[60.0, 60, 140, 140]]]), torch.tensor([[3]]), torch.tensor([[True]])
+    with census(device) as c:
+        ours, ref = both(anchors, [36], gts, labels, valid, anchor_valid=anchor_valid, device=device)
+    assert_same(ours, ref)
+    assert ref[0][0].nonzero().flatten().tolist() == [11]
+    assert c[WIDEN] == 1 and c[SCAN] == 0
