@@ -142,3 +142,23 @@ def test_a_tie_at_the_window_edge_goes_by_index(device):
     assert_same(ours, ref)
     assert ref[0][0].nonzero().flatten().tolist() == [11]
     assert c[WIDEN] == 1 and c[SCAN] == 0
+
+
+def test_wide_levels_take_several_search_rounds(device):
+    """Levels of 70 and 1100 columns: the CUDA kernels' 32-ary searches (the
+    width in the grid test, the columns and rows before a GT's centre) need
+    two and three rounds there. Any window gives exact results (a misplaced
+    one only widens), so the test is that none had to: every GT centre lies
+    at least 3 cells inside both uniform grids, where the window is centred
+    on it (the 9th nearest within 1.8 cells, the cells outside 2 away)."""
+    anchors, sizes = cell_grid([(45, 70), (40, 1100)])
+    g = torch.Generator().manual_seed(4)
+    xy = torch.rand(2, 40, 2, generator=g) * torch.tensor([456.0, 256]) + 48
+    wh = torch.rand(2, 40, 2, generator=g) * 100 + 8
+    gts = torch.cat([xy - wh / 2, xy + wh / 2], -1)
+    labels, valid = torch.zeros(2, 40, dtype=torch.long), torch.ones(2, 40, dtype=torch.bool)
+    with census(device) as c:
+        ours, ref = both(anchors, sizes, gts, labels, valid, device=device)
+    assert_same(ours, ref)
+    assert c[SCAN] == 0 and c[WIDEN] == 0 and c[RANK] + c[LIST] == level_rows(valid, sizes)
+    assert (ref[0] > 0).sum() > 20

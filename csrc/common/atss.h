@@ -42,6 +42,17 @@ template <typename T> GF_HD bool center_inside(T cx, T cy, const Box4<T>& g) {
   return gmin(gmin(cx - g.x1, cy - g.y1), gmin(g.x2 - cx, g.y2 - cy)) > T(0.01);
 }
 
+// The steps of t_g, shared by atss_threshold and the CUDA kernel's warp
+// version (which adds the same terms in the same order).
+GF_HD double atss_mean(double sum, int n) { return sum / static_cast<double>(n > 1 ? n : 1); }
+GF_HD double atss_spread(double x, double mean) {
+  const double d = x - mean;
+  return mul_rn(d, d);
+}
+GF_HD double atss_mean_plus_std(double mean, double spread, int n) {
+  return mean + gsqrt(spread / static_cast<double>(n > 2 ? n - 1 : 1));
+}
+
 // t_g over a GT's candidate slots (in candidate order; a slot whose anchor
 // index is < 0 is empty): mean + unbiased std of the IoUs, in double. Sets
 // *count to the number of candidates; under 2 there is no positive, so t_g
@@ -54,15 +65,12 @@ template <typename T> GF_HD double atss_threshold(const T* iou, const int32_t* i
       s = s + static_cast<double>(iou[i]);
       ++n;
     }
-  const double mean = s / static_cast<double>(n > 1 ? n : 1);
+  const double mean = atss_mean(s, n);
   double v = 0.0;
   for (int i = 0; i < slots; ++i)
-    if (idx[i] >= 0) {
-      const double d = static_cast<double>(iou[i]) - mean;
-      v = v + mul_rn(d, d);
-    }
+    if (idx[i] >= 0) v = v + atss_spread(static_cast<double>(iou[i]), mean);
   *count = n;
-  return mean + gsqrt(v / static_cast<double>(n > 2 ? n - 1 : 1));
+  return atss_mean_plus_std(mean, v, n);
 }
 
 // ---- grid levels ----------------------------------------------------------
@@ -94,13 +102,16 @@ template <typename CX, typename CY> AtssGrid atss_grid_shape(const CX& cx, const
 }
 
 // Anchor a (of the level starting at a0) sits where the shape puts it, and
-// its column and row come after the previous ones. NaN centres fail.
+// its column and row come after the previous ones. NaN centres fail. Every
+// centre is read unconditionally (no short-circuit), so that a GPU thread
+// issues its loads in one round.
 template <typename CX, typename CY>
 GF_HD bool atss_grid_holds(const AtssGrid& g, const CX& cx, const CY& cy, int64_t a0, int64_t a) {
   const int64_t cell = (a - a0) / g.per_cell, i = cell / g.width, j = cell - i * g.width;
   const int64_t col = a0 + j * g.per_cell, row = a0 + i * g.width * g.per_cell;
-  return cx(a) == cx(col) && cy(a) == cy(row) && (j == 0 || cx(col - g.per_cell) < cx(col)) &&
-         (i == 0 || cy(row - g.width * g.per_cell) < cy(row));
+  const int64_t prev_col = j > 0 ? col - g.per_cell : col, prev_row = i > 0 ? row - g.width * g.per_cell : row;
+  const auto x = cx(a), y = cy(a), x_col = cx(col), y_row = cy(row), x_prev = cx(prev_col), y_prev = cy(prev_row);
+  return (x == x_col) & (y == y_row) & ((j == 0) | (x_prev < x_col)) & ((i == 0) | (y_prev < y_row));
 }
 
 // Half-width (in cells) of the first window: the smallest r whose (2r - 1)^2

@@ -6,16 +6,17 @@
 //    also test whether each level's centres form a grid (atss_grid_holds),
 //    a chunk of the level each, and write the shape (or 0) per chunk.
 // 2. candidates: one block per (image, GT), one warp per level. On a grid
-//    level the warp counts the columns and rows before the GT's centre and
-//    ranks the anchors of a window of cells around it, lane by lane (a
-//    window of at most 32 anchors) or through the sorted list below; the
-//    window doubles until it is provably the level's k nearest
-//    (atss_window_exact). On any other level the warp scans the level 32
-//    anchors at a time into a k-entry list sorted in shared memory (an
-//    anchor goes in only when nearer than the current k-th, lowest lane
-//    first). Either way the level's k slots get the candidates' IoUs; then
-//    warp 0 takes the threshold over the slots in order, and each positive
-//    claims its anchor with an integer atomicMax of its IoU key.
+//    level the warp finds the columns and rows before the GT's centre (a
+//    32-ary search, two load rounds) and ranks the anchors of a window of
+//    cells around it, lane by lane (a window of at most 32 anchors) or
+//    through the sorted list below; the window doubles until it is provably
+//    the level's k nearest (atss_window_exact). On any other level the warp
+//    scans the level 32 anchors at a time into a k-entry list sorted in
+//    shared memory (an anchor goes in only when nearer than the current
+//    k-th, lowest lane first). Either way the level's k slots get the
+//    candidates' IoUs; then warp 0 takes the threshold over the slots in
+//    order (each lane adding every slot, broadcast by shuffles), and each
+//    positive claims its anchor with an integer atomicMax of its IoU key.
 // 3. claim: each positive whose key equals its anchor's maximum takes an
 //    atomicMin of its GT index. Max then min of integers: the winner (highest
 //    IoU, then lowest GT) does not depend on the order of the atomics.
@@ -37,7 +38,7 @@ __device__ __forceinline__ void atss_count(unsigned long long* census, int path,
 }
 
 // Chunks of a level the grid test is split into (blocks of the init kernel).
-constexpr int kAtssProbeChunks = 16;
+constexpr int kAtssProbeChunks = 32;
 
 struct AtssLevels {
   int64_t start[kAtssMaxLevels + 1];
@@ -202,18 +203,39 @@ __device__ __forceinline__ AtssGrid atss_probed_grid(const AtssArgs& p, int l, i
   return g;
 }
 
-// How many of `count` strictly increasing centres (`stride` anchors apart
-// from `first`, along x or y) are < v: a ballot count over the warp.
+// How many of the columns' x are < gx and of the rows' y are < gy (each
+// strictly increasing, so "< v" holds for a prefix): a 32-ary search per
+// axis, both axes in the same rounds. A round probes 32 evenly spaced
+// centres (one load each) and narrows [lo, hi] to one gap between probes:
+// two rounds for up to 1056 columns or rows.
 template <typename scalar_t, typename acc_t>
-__device__ int64_t atss_count_below(const scalar_t* anchors, int64_t first, int64_t stride, int64_t count, int axis,
-                                    acc_t v, int lane) {
-  int64_t n = 0;
-  for (int64_t base = 0; base < count; base += 32) {
-    const int64_t i = base + lane;
-    const bool below = i < count && atss_centre<scalar_t, acc_t>(anchors, first + i * stride, axis) < v;
-    n += __popc(__ballot_sync(0xffffffffu, below));
+__device__ void atss_count_below(const scalar_t* anchors, int64_t a0, const AtssGrid& grid, acc_t gx, acc_t gy,
+                                 int64_t* below, int lane) {
+  const unsigned full = 0xffffffffu;
+  const int64_t stride[2] = {grid.per_cell, grid.width * grid.per_cell};
+  const acc_t v[2] = {gx, gy};
+  int64_t lo[2] = {0, 0}, hi[2] = {grid.width, grid.height};
+  while (lo[0] < hi[0] || lo[1] < hi[1]) {
+    bool probe[2], under[2];
+    int64_t step[2];
+#pragma unroll
+    for (int ax = 0; ax < 2; ++ax) {
+      step[ax] = (hi[ax] - lo[ax] + 31) / 32;
+      const int64_t i = lo[ax] + lane * step[ax];
+      probe[ax] = i < hi[ax];
+      under[ax] = probe[ax] && atss_centre<scalar_t, acc_t>(anchors, a0 + i * stride[ax], ax) < v[ax];
+    }
+#pragma unroll
+    for (int ax = 0; ax < 2; ++ax) {
+      const int t = __popc(__ballot_sync(full, under[ax]));  // probes below: lanes 0 .. t - 1
+      const int probes = __popc(__ballot_sync(full, probe[ax]));
+      const int64_t first = lo[ax];
+      if (t > 0) lo[ax] = first + (t - 1) * step[ax] + 1;  // probe t - 1 is below
+      if (t < probes) hi[ax] = first + t * step[ax];       // probe t is not
+    }
   }
-  return n;
+  below[0] = lo[0];
+  below[1] = lo[1];
 }
 
 // Level [a0, a0 + size) of a grid: its k nearest to (gx, gy) into the k slots
@@ -225,8 +247,9 @@ __device__ void atss_grid_level(const scalar_t* anchors, const bool* valid, cons
   const unsigned full = 0xffffffffu;
   const int k = list.k;
   const int64_t per = grid.per_cell, row = grid.width * per;
-  const int64_t below_x = atss_count_below<scalar_t, acc_t>(anchors, a0, per, grid.width, 0, gx, lane);
-  const int64_t below_y = atss_count_below<scalar_t, acc_t>(anchors, a0, row, grid.height, 1, gy, lane);
+  int64_t below[2];
+  atss_count_below<scalar_t, acc_t>(anchors, a0, grid, gx, gy, below, lane);
+  const int64_t below_x = below[0], below_y = below[1];
   for (int64_t r = atss_first_half_width(k, per);; r *= 2, atss_count(census, kAtssWiden, lane)) {
     const AtssSpan cs = atss_span(below_x, grid.width, r), rs = atss_span(below_y, grid.height, r);
     const bool whole = cs.lo == 0 && cs.hi == grid.width && rs.lo == 0 && rs.hi == grid.height;
@@ -242,17 +265,19 @@ __device__ void atss_grid_level(const scalar_t* anchors, const bool* valid, cons
     const int64_t span = (cs.hi - cs.lo) * per, cells = span * (rs.hi - rs.lo);
     if (cells <= 32) {
       // One anchor a lane, ranked by how many lanes are nearer (keys are distinct: the indices differ).
-      acc_t d = acc_t(INFINITY);
+      // Its box and validity load together; the IoU is taken now, while the box is in registers.
+      acc_t d = acc_t(INFINITY), iou = acc_t(0);
       int32_t a = INT_MAX;
       bool want = false;
       if (lane < cells) {
         const int64_t q = lane / span;
         const int64_t at = a0 + (rs.lo + q) * row + cs.lo * per + (lane - q * span);
-        if (!valid || valid[at]) {
-          d = gsqrt(center_dist2(gx, gy, atss_centre<scalar_t, acc_t>(anchors, at, 0),
-                                 atss_centre<scalar_t, acc_t>(anchors, at, 1)));
+        const Box4<acc_t> ab = atss_box<scalar_t, acc_t>(anchors + 4 * at);
+        want = !valid || valid[at];
+        if (want) {
+          d = gsqrt(center_dist2(gx, gy, center_of(ab.x1, ab.x2), center_of(ab.y1, ab.y2)));
+          iou = overlap(g, ab, acc_t(1e-6)).iou;
           a = static_cast<int32_t>(at);
-          want = true;
         }
       }
       int rank = 0;
@@ -267,7 +292,7 @@ __device__ void atss_grid_level(const scalar_t* anchors, const bool* valid, cons
       if (atss_window_exact(whole, have, k, kth, outside)) {
         if (want && rank < k) {
           ci[rank] = a;
-          cu[rank] = overlap(g, atss_box<scalar_t, acc_t>(anchors + 4 * static_cast<int64_t>(a)), acc_t(1e-6)).iou;
+          cu[rank] = iou;
         }
         for (int i = have + lane; i < k; i += 32) {
           ci[i] = -1;
@@ -292,6 +317,38 @@ __device__ void atss_grid_level(const scalar_t* anchors, const bool* valid, cons
       __syncwarp();
     }
   }
+}
+
+// atss_threshold over a row's K slots, by a warp: 32 slots are loaded at a
+// time (one round) and broadcast lane by lane, so that every lane adds the
+// same terms in slot order and holds the threshold.
+template <typename acc_t>
+__device__ double atss_threshold_warp(const acc_t* cu, const int32_t* ci, int64_t K, int* count, int lane) {
+  const unsigned full = 0xffffffffu;
+  double s = 0.0, spread = 0.0;
+  int n = 0;
+  for (int64_t base = 0; base < K; base += 32) {
+    const bool has = base + lane < K && ci[base + lane] >= 0;
+    const double x = has ? static_cast<double>(cu[base + lane]) : 0.0;
+    const unsigned held = __ballot_sync(full, has);
+    for (int j = 0; j < 32; ++j) {
+      const double xj = __shfl_sync(full, x, j);
+      if (held >> j & 1u) s = s + xj;
+    }
+    n += __popc(held);
+  }
+  const double mean = atss_mean(s, n);
+  for (int64_t base = 0; base < K; base += 32) {
+    const bool has = base + lane < K && ci[base + lane] >= 0;
+    const double x = has ? static_cast<double>(cu[base + lane]) : 0.0;
+    const unsigned held = __ballot_sync(full, has);
+    for (int j = 0; j < 32; ++j) {
+      const double xj = __shfl_sync(full, x, j);
+      if (held >> j & 1u) spread = spread + atss_spread(xj, mean);
+    }
+  }
+  *count = n;
+  return atss_mean_plus_std(mean, spread, n);
 }
 
 template <typename scalar_t, typename acc_t>
@@ -344,11 +401,8 @@ __global__ void __launch_bounds__(kThreads) atss_candidates_kernel(AtssArgs p) {
     __syncthreads();  // every level's slots are written before warp 0 reads them
 
     if (warp == 0) {
-      double thr = 0.0;
       int count = 0;
-      if (lane == 0) thr = atss_threshold(cu, ci, static_cast<int>(K), &count);
-      thr = __shfl_sync(full, thr, 0);
-      count = __shfl_sync(full, count, 0);
+      const double thr = atss_threshold_warp(cu, ci, K, &count, lane);
       for (int64_t i = lane; i < K; i += 32) {
         const int32_t idx = ci[i];
         if (idx < 0) continue;
@@ -402,14 +456,18 @@ __device__ void atss_probe_chunk(const AtssArgs& p, int l, int c, int64_t* smem)
           break;
         }
       }
-      for (int64_t base = 1;; base += 32) {
-        const int64_t j = base + lane;
-        const unsigned stop = __ballot_sync(full, (j + 1) * per > n || cy(a0 + j * per) != y0);
-        if (stop) {
-          w = base + __ffs(static_cast<int>(stop)) - 1;
-          break;
-        }
+      // width: the first cell off row 0, by a 32-ary search over cells [1, n / per) (row 0's y is
+      // y0 up to it on a grid; on anything else the test below fails whatever width this finds).
+      int64_t lo = 1, hi = n / per;
+      while (lo < hi) {
+        const int64_t step = (hi - lo + 31) / 32, j = lo + lane * step;
+        const bool probe = j < hi, on_row = probe && cy(a0 + j * per) == y0;
+        const int t = __popc(__ballot_sync(full, on_row)), probes = __popc(__ballot_sync(full, probe));
+        const int64_t first = lo;
+        if (t > 0) lo = first + (t - 1) * step + 1;
+        if (t < probes) hi = first + t * step;
       }
+      w = lo;
     }
     if (lane == 0) {
       const bool shaped = n > 0 && n % (w * per) == 0;
