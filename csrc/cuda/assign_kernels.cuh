@@ -319,13 +319,13 @@ __device__ void atss_grid_level(const scalar_t* anchors, const bool* valid, cons
   }
 }
 
-// atss_threshold over a row's K slots, by a warp: 32 slots are loaded at a
-// time (one round) and broadcast lane by lane, so that every lane adds the
-// same terms in slot order and holds the threshold.
-template <typename acc_t>
-__device__ double atss_threshold_warp(const acc_t* cu, const int32_t* ci, int64_t K, int* count, int lane) {
+// The sum of term(IoU) over a row's held slots (index >= 0) in slot order,
+// by a warp: 32 slots are loaded at a time (one round) and broadcast lane by
+// lane, so that every lane adds the same terms in the same order.
+template <typename acc_t, typename Term>
+__device__ double atss_slot_sum(const acc_t* cu, const int32_t* ci, int64_t K, int lane, Term term, int* held_count) {
   const unsigned full = 0xffffffffu;
-  double s = 0.0, spread = 0.0;
+  double s = 0.0;
   int n = 0;
   for (int64_t base = 0; base < K; base += 32) {
     const bool has = base + lane < K && ci[base + lane] >= 0;
@@ -333,22 +333,21 @@ __device__ double atss_threshold_warp(const acc_t* cu, const int32_t* ci, int64_
     const unsigned held = __ballot_sync(full, has);
     for (int j = 0; j < 32; ++j) {
       const double xj = __shfl_sync(full, x, j);
-      if (held >> j & 1u) s = s + xj;
+      if (held >> j & 1u) s = s + term(xj);
     }
     n += __popc(held);
   }
-  const double mean = atss_mean(s, n);
-  for (int64_t base = 0; base < K; base += 32) {
-    const bool has = base + lane < K && ci[base + lane] >= 0;
-    const double x = has ? static_cast<double>(cu[base + lane]) : 0.0;
-    const unsigned held = __ballot_sync(full, has);
-    for (int j = 0; j < 32; ++j) {
-      const double xj = __shfl_sync(full, x, j);
-      if (held >> j & 1u) spread = spread + atss_spread(xj, mean);
-    }
-  }
-  *count = n;
-  return atss_mean_plus_std(mean, spread, n);
+  *held_count = n;
+  return s;
+}
+
+// atss_threshold over a row's K slots, by a warp; every lane holds the result.
+template <typename acc_t>
+__device__ double atss_threshold_warp(const acc_t* cu, const int32_t* ci, int64_t K, int* count, int lane) {
+  const double sum = atss_slot_sum(cu, ci, K, lane, [](double x) { return x; }, count);
+  const double mean = atss_mean(sum, *count);
+  const double spread = atss_slot_sum(cu, ci, K, lane, [mean](double x) { return atss_spread(x, mean); }, count);
+  return atss_mean_plus_std(mean, spread, *count);
 }
 
 template <typename scalar_t, typename acc_t>
