@@ -17,7 +17,8 @@ RANK, LIST, SCAN, WIDEN = range(4)  # gf::AtssPath
 
 @contextlib.contextmanager
 def census(device):
-    """Yields a list that holds the kernels' path counts once the block ends."""
+    """Yields a list that holds the kernels' path counts once the block ends
+    (empty on a GPU, where the tests check the results alone)."""
     counts = []
     if _ops.lib() is torch.ops.gflops_emu:
         m, buf = emulation.load(), torch.zeros(4, dtype=torch.long)
@@ -31,8 +32,8 @@ def census(device):
         gflops._C.atss_census()  # clears
         yield counts
         counts.extend(gflops._C.atss_census())
-    else:
-        pytest.skip("the path counts are a hook of the CPU kernel and the emulator")
+    else:  # a GPU: the results are still checked; the path counts are the CPU kernel's and the emulator's
+        yield counts
 
 
 def level_rows(valid, sizes, topk=9):
@@ -46,7 +47,7 @@ def test_grid_levels_take_the_windows(device):
     with census(device) as c:
         ours, ref = both(anchors, sizes, gts, labels, valid, device=device)
     assert_same(ours, ref)
-    assert c[SCAN] == 0 and c[RANK] + c[LIST] == level_rows(valid, sizes)
+    assert not c or (c[SCAN] == 0 and c[RANK] + c[LIST] == level_rows(valid, sizes))
     if _ops.lib() is not torch.ops.gflops:
         assert c[RANK] > 0  # 4 x 4 cells for topk 9: one anchor a lane
 
@@ -62,7 +63,7 @@ def test_uneven_and_multi_anchor_grids(device, per_cell, topk):
     with census(device) as c:
         ours, ref = both(anchors, sizes, gts, labels, valid, topk=topk, device=device)
     assert_same(ours, ref)
-    assert c[SCAN] == 0 and c[RANK] + c[LIST] == level_rows(valid, sizes, topk)
+    assert not c or (c[SCAN] == 0 and c[RANK] + c[LIST] == level_rows(valid, sizes, topk))
     assert (ref[0] > 0).any()
 
 
@@ -82,7 +83,7 @@ def test_windows_widen_where_they_must(device):
     with census(device) as c:
         ours, ref = both(anchors, sizes, gts, labels, valid, anchor_valid=anchor_valid, device=device)
     assert_same(ours, ref)
-    assert c[SCAN] == 0 and c[WIDEN] > 0
+    assert not c or (c[SCAN] == 0 and c[WIDEN] > 0)
     assert (ref[0] > 0).any()
 
 
@@ -91,6 +92,8 @@ def off_grid(anchors, sizes, how):
     a, n = anchors.clone(), sizes[0]
     if how == "nudged":  # one anchor's centre half a pixel off its column
         a[n // 2 + 3, [0, 2]] += 0.5
+    elif how == "last nudged":  # the level's last anchor: the grid test's last chunk must see it
+        a[n - 1, [1, 3]] += 0.5
     elif how == "shuffled":  # the level's anchors in another order
         a[:n] = a[:n][torch.randperm(n, generator=torch.Generator().manual_seed(0))]
     elif how == "mirrored":  # columns in decreasing x
@@ -100,15 +103,15 @@ def off_grid(anchors, sizes, how):
     return a, sizes
 
 
-@pytest.mark.parametrize("how", ["nudged", "shuffled", "mirrored", "ragged"])
+@pytest.mark.parametrize("how", ["nudged", "last nudged", "shuffled", "mirrored", "ragged"])
 def test_levels_off_the_grid_are_scanned(device, how):
     anchors, sizes = off_grid(*grid(), how)
     gts, labels, valid = random_gts(3, 12, seed=8)
     with census(device) as c:
         ours, ref = both(anchors, sizes, gts, labels, valid, device=device)
     assert_same(ours, ref)
-    assert c[SCAN] == int(valid.sum())  # the first level only
-    assert c[RANK] + c[LIST] == level_rows(valid, sizes) - c[SCAN]
+    assert not c or c[SCAN] == int(valid.sum())  # the first level only
+    assert not c or (c[RANK] + c[LIST] == level_rows(valid, sizes) - c[SCAN])
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
@@ -119,7 +122,7 @@ def test_grid_windows_in_every_dtype(device, dtype):
     with census(device) as c:
         ours, ref = both(anchors, sizes, gts, labels, valid, device=device)
     assert_same(ours, ref)
-    assert c[SCAN] == 0
+    assert not c or (c[SCAN] == 0)
 
 
 def test_a_tie_at_the_window_edge_goes_by_index(device):
@@ -141,7 +144,7 @@ def test_a_tie_at_the_window_edge_goes_by_index(device):
         ours, ref = both(anchors, [36], gts, labels, valid, anchor_valid=anchor_valid, device=device)
     assert_same(ours, ref)
     assert ref[0][0].nonzero().flatten().tolist() == [11]
-    assert c[WIDEN] == 1 and c[SCAN] == 0
+    assert not c or (c[WIDEN] == 1 and c[SCAN] == 0)
 
 
 def test_wide_levels_take_several_search_rounds(device):
@@ -160,5 +163,25 @@ def test_wide_levels_take_several_search_rounds(device):
     with census(device) as c:
         ours, ref = both(anchors, sizes, gts, labels, valid, device=device)
     assert_same(ours, ref)
-    assert c[SCAN] == 0 and c[WIDEN] == 0 and c[RANK] + c[LIST] == level_rows(valid, sizes)
+    assert not c or (c[SCAN] == 0 and c[WIDEN] == 0 and c[RANK] + c[LIST] == level_rows(valid, sizes))
+    assert (ref[0] > 0).sum() > 20
+
+
+def test_centres_anywhere_on_a_wide_level(device):
+    """GT centres over the whole width of 1100 columns, on columns and rows
+    exactly, and beyond the last column and row (where windows widen)."""
+    anchors, sizes = cell_grid([(40, 1100)], irregular=True)
+    cx = (anchors[:, 0] + anchors[:, 2]) / 2
+    cy = (anchors[:, 1] + anchors[:, 3]) / 2
+    g = torch.Generator().manual_seed(6)
+    on = torch.randint(0, 1100 * 40, (10,), generator=g)  # centres exactly on an anchor's column and row
+    xs = torch.cat([torch.rand(30, generator=g) * float(cx.max()) * 1.05, cx[on]])
+    ys = torch.cat([torch.rand(30, generator=g) * float(cy.max()) * 1.1, cy[on]])
+    half = torch.rand(40, 2, generator=g) * 200 + 30
+    gts = torch.stack([xs - half[:, 0], ys - half[:, 1], xs + half[:, 0], ys + half[:, 1]], 1)[None]
+    labels, valid = torch.zeros(1, 40, dtype=torch.long), torch.ones(1, 40, dtype=torch.bool)
+    with census(device) as c:
+        ours, ref = both(anchors, sizes, gts, labels, valid, device=device)
+    assert_same(ours, ref)
+    assert not c or (c[SCAN] == 0 and c[WIDEN] > 0)
     assert (ref[0] > 0).sum() > 20

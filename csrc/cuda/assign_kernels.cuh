@@ -21,7 +21,7 @@
 //    atomicMin of its GT index. Max then min of integers: the winner (highest
 //    IoU, then lowest GT) does not depend on the order of the atomics.
 // 4. write: per anchor, the outputs from (key, owner).
-// Workspace: (B, G, K) slots + (B, N) keys and owners + L x 16 probe words;
+// Workspace: (B, G, K) slots + (B, N) keys and owners + L x 32 probe words;
 // nothing B x N x G.
 #pragma once
 
