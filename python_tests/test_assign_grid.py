@@ -185,3 +185,17 @@ def test_centres_anywhere_on_a_wide_level(device):
     assert_same(ours, ref)
     assert not c or (c[SCAN] == 0 and c[WIDEN] > 0)
     assert (ref[0] > 0).sum() > 20
+
+
+def test_a_valid_anchor_at_infinite_distance_beats_an_invalid_one(device):
+    """SPEC section 5: only valid anchors are candidates. Anchor 3's centre is
+    so far that its distance overflows to inf; invalid anchor 2 must not take
+    its slot (the reference once ranked them by index at equal inf, and then
+    had only two candidates, both positive). With anchor 3's IoU of 0 among
+    the three, mean + std rises above the other two: no positive."""
+    anchors = torch.tensor([[-5.0, -4, 3, 4], [-3, -4, 5, 4], [-2, -4, 6, 4], [3e38, -4, 3e38, 4]])
+    gts, labels, valid = torch.tensor([[[-4.0, -4, 4, 4]]]), torch.tensor([[1]]), torch.tensor([[True]])
+    anchor_valid = torch.tensor([True, True, False, True])
+    ours, ref = both(anchors, [4], gts, labels, valid, topk=3, anchor_valid=anchor_valid, device=device)
+    assert_same(ours, ref)
+    assert ref[0][0].tolist() == [0, 0, 0, 0]

@@ -75,7 +75,9 @@ def atss_assign(anchors, num_level_anchors, gt_boxes, gt_labels, gt_valid, num_c
 
     ious = box_iou(gt_boxes, anchors[None].expand(B, N, 4))                       # (B, G, N)
     dist = center_distances(gt_boxes, anchors)                                    # (B, G, N)
-    dist = dist.masked_fill(~anchor_valid[:, None, :], float("inf"))
+    # Invalid anchors are never candidates: NaN sorts after every distance, inf
+    # included, so a valid anchor at infinite distance still comes first.
+    dist = dist.masked_fill(~anchor_valid[:, None, :], float("nan"))
 
     cand_idx, cand_ok = [], []
     start = 0
