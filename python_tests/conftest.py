@@ -88,6 +88,24 @@ def routed(kind):
         yield kind
 
 
+
+@contextlib.contextmanager
+def emu_counters(setter, n=4):
+    """On the emulated CUDA library: a list that holds the n counters a
+    kernel's test hook (the emulator module's `setter`) counted in the block,
+    once the block ends; elsewhere it stays empty."""
+    counts = []
+    if _ops.lib() is not torch.ops.gflops_emu:
+        yield counts
+        return
+    m, buf = emulation.load(), torch.zeros(n, dtype=torch.long)
+    getattr(m, setter)(buf)
+    try:
+        yield counts
+    finally:
+        getattr(m, setter)(None)
+    counts.extend(buf.tolist())
+
 @pytest.fixture(params=DEVICES)
 def device(request):
     yield from routed(request.param)

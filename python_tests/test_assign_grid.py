@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import gflops
-from gflops import _ops, emulation
+from gflops import _ops
+from conftest import emu_counters
 from assign_cases import SMALL_LEVELS, cell_grid, grid, random_gts
 from test_assign import assert_same, both
 
@@ -19,16 +20,12 @@ RANK, LIST, SCAN, WIDEN = range(4)  # gf::AtssPath
 def census(device):
     """Yields a list that holds the kernels' path counts once the block ends
     (empty on a GPU, where the tests check the results alone)."""
-    counts = []
     if _ops.lib() is torch.ops.gflops_emu:
-        m, buf = emulation.load(), torch.zeros(4, dtype=torch.long)
-        m.set_atss_census(buf)
-        try:
+        with emu_counters("set_atss_census") as counts:
             yield counts
-        finally:
-            m.set_atss_census(None)
-        counts.extend(buf.tolist())
-    elif device == "cpu":
+        return
+    counts = []
+    if device == "cpu":
         gflops._C.atss_census()  # clears
         yield counts
         counts.extend(gflops._C.atss_census())

@@ -30,11 +30,15 @@ gc::AutoAssignArgs args_of(const AutoAssignInputs& in, const char* op) {
   a.mu = in.mu.data_ptr();
   a.sigma = in.sigma.data_ptr();
   a.levels.count = static_cast<int>(in.level_start.size());
+  a.levels.tile_start[0] = 0;
   for (size_t l = 0; l < in.level_start.size(); ++l) {
     a.levels.start[l] = in.level_start[l];
     a.levels.h[l] = static_cast<int>(in.level_h[l]);
     a.levels.w[l] = static_cast<int>(in.level_w[l]);
+    a.levels.tile_start[l + 1] = a.levels.tile_start[l] + gc::aa_level_tiles(in.level_h[l], in.level_w[l]);
   }
+  TORCH_CHECK(a.levels.tile_start[a.levels.count] < (int64_t(1) << 31), op, ": too many points for the CUDA kernels");
+  a.census = gc::autoassign_census_buffer().load(std::memory_order_relaxed);
   a.batch = in.batch;
   a.points_n = in.points_n;
   a.classes = in.classes;

@@ -3,14 +3,16 @@
 // autoassign.cu alone.
 //
 // Forward:
-// 1. best_iou: a thread per (image, point). The point's 1 / (1 - best IoU)
-//    over the image's valid GTs, or 0 when the point lies inside no GT.
+// 1. best_iou: a block per (point tile, image), a thread per point. The
+//    point's 1 / (1 - best IoU) over the image's valid GTs, or 0 when the
+//    point lies inside no GT; each block walks only the GTs that may hold one
+//    of its points, then those that may overlap one of their predicted boxes.
 // 2. gt: a block per (image, GT). The block walks the grid cells the GT's
 //    box spans on each level, tests each exactly, and sums the positive
 //    weights, the bag numerator and the prior. It takes the range of t over
 //    the GT's points. Block sums run in a fixed tree.
-// 3. neg_weight: a thread per (image, point) inside some GT. Its GTs in
-//    ascending order overwrite the weight of their class, so the highest
+// 3. neg_weight: per point tile, a thread per point inside some GT. Its GTs
+//    in ascending order overwrite the weight of their class, so the highest
 //    index wins with no atomics.
 // 4. neg_loss: the dense x^2 BCE(x, 0) over (point, class), as fixed
 //    per-block partials per image.
@@ -18,13 +20,14 @@
 // Backward:
 // 1. a warp per (image, point): the dense negative term's gradient (lanes
 //    over classes, the objectness by a warp sum);
-// 2. a thread per (image, point): the positive pairs of its GTs, ascending,
-//    into its own rows, with no atomics;
+// 2. per point tile, a thread per point: the positive pairs of its GTs,
+//    ascending, into its own rows, with no atomics;
 // 3. a block per (image, GT): the prior's gradient w.r.t. mu and sigma;
-// 4. a thread per class: those partials summed over (image, GT) in order.
+// 4. a block per class: those partials summed over (image, GT) in a fixed order.
 // Workspace: O(B (P + G)) plus the (B, P, C) negative weights that the
-// forward returns for the backward. Nothing is of size points x GTs; the
-// per-point loops over GTs cost that much time only.
+// forward returns for the backward. Nothing is of size points x GTs, and no
+// thread loops over every GT: a point tile keeps the GTs near it, chunk by
+// chunk, in shared memory (aa_gt_chunks).
 #pragma once
 
 #include "../common/autoassign.h"
@@ -38,9 +41,17 @@ constexpr int kAutoAssignNegBlocks = 32;  // per image: fixed, so the sum order 
 
 struct AutoAssignLevels {
   int64_t start[kAutoAssignMaxLevels];
+  // The first point tile of each level (aa_tile_point); tile_start[count] is the total.
+  int64_t tile_start[kAutoAssignMaxLevels + 1];
   int h[kAutoAssignMaxLevels], w[kAutoAssignMaxLevels];
   int count;
 };
+
+// The point tiles of a level of h x w points: kThreads / 32 rows x 32 columns each.
+inline int64_t aa_level_tiles(int64_t h, int64_t w) {
+  const int64_t rows = kThreads / 32;
+  return ((h + rows - 1) / rows) * ((w + 31) / 32);
+}
 
 struct AutoAssignArgs {
   const void* cls;      // (B, P, C) logits
@@ -54,6 +65,7 @@ struct AutoAssignArgs {
   const void* mu;       // (C, 2)
   const void* sigma;    // (C, 2)
   AutoAssignLevels levels;
+  unsigned long long* census;  // nullptr, or the kAaCensus counters (autoassign_census_buffer)
   int64_t batch, points_n, classes, num_gt;
   // forward workspace and outputs
   void* t;          // (B, P): 1 / (1 - best IoU), 0 outside every GT
@@ -165,31 +177,204 @@ __device__ __forceinline__ int64_t aa_cell(const AutoAssignArgs& a, int l, const
   return strictly_inside(pts[2 * p], pts[2 * p + 1], g) ? p : -1;
 }
 
+// ---- point tiles -------------------------------------------------------------
+// The per-point kernels run a block per (tile, image): a tile is kAaTileRows
+// rows x 32 columns of one level's grid, a thread a point. The block reads the
+// image's GTs in chunks of kThreads and keeps, in shared memory and in
+// ascending order, only those that may matter to one of its points; each
+// thread then walks that short list instead of every GT. A kept GT is tested
+// exactly, so the culls below only ever drop GTs whose result is known.
+
+constexpr int kAaTileRows = kThreads / 32;
+
+// Test-only counters of aa_best_iou_kernel, summed over its blocks.
+enum AaCensus { kAaKeptInside, kAaKeptIou, kAaTilesWithPoints, kAaTilesInside, kAaCensus };
+
+__device__ __forceinline__ void aa_count(unsigned long long* census, int what, unsigned long long n) {
+  if (census && threadIdx.x == 0) atomicAdd(census + what, n);
+}
+
+// The point of this thread in tile `tile` (over all levels) of the image.
+struct AaTilePoint { int64_t p; bool has; };
+
+__device__ __forceinline__ AaTilePoint aa_tile_point(const AutoAssignArgs& a, int64_t tile) {
+  int l = 0;
+  while (l + 1 < a.levels.count && tile >= a.levels.tile_start[l + 1]) ++l;
+  const int k = static_cast<int>(tile - a.levels.tile_start[l]);
+  const int w = a.levels.w[l], across = (w + 31) / 32;
+  const int row = (k / across) * kAaTileRows + (threadIdx.x >> 5), col = (k % across) * 32 + (threadIdx.x & 31);
+  const bool has = row < a.levels.h[l] && col < w;
+  return AaTilePoint{has ? a.levels.start[l] + static_cast<int64_t>(row) * w + col : 0, has};
+}
+
+// The bounding rectangle of what the threads with `on` contribute, in every
+// thread: lo = min, hi = max (exact, so the order does not matter); `any`
+// and `wild` are ORs over the block. No thread may contribute a NaN.
+template <typename acc_t> struct AaBounds { acc_t lx, ly, hx, hy; bool any, wild; };
+
+template <typename acc_t>
+__device__ AaBounds<acc_t> aa_bounds(bool on, bool wild, acc_t lx, acc_t ly, acc_t hx, acc_t hy) {
+  GF_SHARED(acc_t, part, [kThreads / 32][4]);
+  GF_SHARED(unsigned, flags, [kThreads / 32]);
+  const acc_t inf = acc_t(INFINITY);
+  acc_t v[4] = {on ? lx : inf, on ? ly : inf, on ? hx : -inf, on ? hy : -inf};
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const acc_t u = __shfl_xor_sync(0xffffffffu, v[k], o);
+      v[k] = k < 2 ? (u < v[k] ? u : v[k]) : (u > v[k] ? u : v[k]);
+    }
+  }
+  const unsigned any_lanes = __ballot_sync(0xffffffffu, on), wild_lanes = __ballot_sync(0xffffffffu, wild);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) {
+    for (int k = 0; k < 4; ++k) part[warp][k] = v[k];
+    flags[warp] = (any_lanes ? 1u : 0u) | (wild_lanes ? 2u : 0u);
+  }
+  __syncthreads();
+  AaBounds<acc_t> r{inf, inf, -inf, -inf, false, false};
+  unsigned f = 0;
+  for (int w = 0; w < static_cast<int>(blockDim.x >> 5); ++w) {
+    r.lx = part[w][0] < r.lx ? part[w][0] : r.lx;
+    r.ly = part[w][1] < r.ly ? part[w][1] : r.ly;
+    r.hx = part[w][2] > r.hx ? part[w][2] : r.hx;
+    r.hy = part[w][3] > r.hy ? part[w][3] : r.hy;
+    f |= flags[w];
+  }
+  r.any = (f & 1u) != 0;
+  r.wild = (f & 2u) != 0;
+  __syncthreads();  // part and flags are free again
+  return r;
+}
+
+// Coordinates whose areas, unions and intersections stay finite, so that a
+// box disjoint from another has an IoU of exactly 0 with it.
+template <typename acc_t> __device__ __forceinline__ bool aa_tame(const Box4<acc_t>& b) {
+  const acc_t m = acc_t(1152921504606846976.0);  // 2^60: (2^61)^2 is finite in float
+  return b.x1 >= -m && b.x1 <= m && b.y1 >= -m && b.y1 <= m && b.x2 >= -m && b.x2 <= m && b.y2 >= -m && b.y2 <= m;
+}
+
+// The bounds of this block's points (those with finite coordinates: no other
+// point is strictly inside anything).
+template <typename acc_t> __device__ AaBounds<acc_t> aa_point_bounds(const AutoAssignArgs& a, const AaTilePoint& tp) {
+  const auto* pts = static_cast<const acc_t*>(a.points);
+  const acc_t inf = acc_t(INFINITY);
+  const acc_t px = tp.has ? pts[2 * tp.p] : acc_t(0), py = tp.has ? pts[2 * tp.p + 1] : acc_t(0);
+  const bool on = tp.has && px > -inf && px < inf && py > -inf && py < inf;
+  return aa_bounds(on, false, px, py, px, py);
+}
+
+// A GT may hold one of the points within `pt` strictly inside: px - x1 > 0
+// implies x1 < px <= hx, and so on for each side (NaN sides: never).
+template <typename acc_t> __device__ __forceinline__ bool aa_may_hold(const Box4<acc_t>& g, const AaBounds<acc_t>& pt) {
+  return g.x1 < pt.hx && g.x2 > pt.lx && g.y1 < pt.hy && g.y2 > pt.ly;
+}
+
+// A GT chunk as the block keeps it: box, label and index in the image.
+template <typename acc_t> struct AaChunk {
+  const acc_t (*box)[4];
+  const int* label;
+  const int* index;
+  int n;
+  __device__ Box4<acc_t> at(int j) const { return Box4<acc_t>{box[j][0], box[j][1], box[j][2], box[j][3]}; }
+};
+
+// For each chunk of the image's GTs in turn: the usable GTs with keep(box)
+// compacted in ascending order, then visit(chunk) by every thread.
+template <typename acc_t, typename Keep, typename Visit>
+__device__ void aa_gt_chunks(const AutoAssignArgs& a, int64_t b, Keep keep, Visit visit,
+                             unsigned long long* census = nullptr, int what = 0) {
+  GF_SHARED(acc_t, box, [kThreads][4]);
+  GF_SHARED(int, label, [kThreads]);
+  GF_SHARED(int, index, [kThreads]);
+  GF_SHARED(int, counts, [kThreads / 32]);
+  const auto* gt = static_cast<const acc_t*>(a.gt);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  for (int64_t g0 = 0; g0 < a.num_gt; g0 += blockDim.x) {  // block-uniform
+    const int64_t g = g0 + threadIdx.x, r = b * a.num_gt + g;
+    bool kept = false;
+    Box4<acc_t> box_g{};
+    if (g < a.num_gt && aa_usable(a, r)) {
+      box_g = aa_box(gt + 4 * r);
+      kept = keep(box_g);
+    }
+    const unsigned lanes = __ballot_sync(0xffffffffu, kept);
+    if (lane == 0) counts[warp] = __popc(lanes);
+    __syncthreads();
+    int before = 0, total = 0;
+    for (int w = 0; w < static_cast<int>(blockDim.x >> 5); ++w) {
+      before += w < warp ? counts[w] : 0;
+      total += counts[w];
+    }
+    if (kept) {
+      const int j = before + __popc(lanes & ((1u << lane) - 1u));
+      box[j][0] = box_g.x1;
+      box[j][1] = box_g.y1;
+      box[j][2] = box_g.x2;
+      box[j][3] = box_g.y2;
+      label[j] = static_cast<int>(a.labels[r]);
+      index[j] = static_cast<int>(g);
+    }
+    __syncthreads();
+    aa_count(census, what, static_cast<unsigned long long>(total));
+    visit(AaChunk<acc_t>{box, label, index, total});
+    __syncthreads();
+  }
+}
+
+// t = 1 / (1 - best IoU) of each point inside some GT, 0 elsewhere. Inside:
+// over the GTs that may hold one of the tile's points. Best IoU: over every
+// GT but those provably at IoU 0 with every inside point's predicted box
+// (disjoint from their hull, all coordinates tame); a GT at 0 never changes
+// the maximum (it starts at 0), so the value is the full loop's, NaN included.
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) aa_best_iou_kernel(AutoAssignArgs a) {
   const auto* pts = static_cast<const acc_t*>(a.points);
-  const auto* gt = static_cast<const acc_t*>(a.gt);
   const auto* dist = static_cast<const acc_t*>(a.dist);
   auto* t = static_cast<acc_t*>(a.t);
-  GF_GRID_STRIDE(i, a.batch * a.points_n) {
-    const int64_t b = i / a.points_n, p = i - b * a.points_n;
-    const acc_t px = pts[2 * p], py = pts[2 * p + 1];
-    bool inside = false;
-    for (int64_t g = 0; g < a.num_gt && !inside; ++g)
-      inside = aa_usable(a, b * a.num_gt + g) && strictly_inside(px, py, aa_box(gt + 4 * (b * a.num_gt + g)));
-    acc_t out = acc_t(0);
-    if (inside) {
-      const Box4<acc_t> pb = distance2bbox(px, py, dist + 4 * i);
-      acc_t best = acc_t(0);
-      for (int64_t g = 0; g < a.num_gt && best == best; ++g) {
-        if (!aa_usable(a, b * a.num_gt + g)) continue;
-        const acc_t v = iou_only(pb, aa_box(gt + 4 * (b * a.num_gt + g)), acc_t(kAutoAssignIouEps));
-        if (v > best || v != v) best = v;
-      }
-      out = inverse_miss(best);
-    }
-    t[i] = out;
+  const int64_t b = blockIdx.y;
+  const AaTilePoint tp = aa_tile_point(a, blockIdx.x);
+  const int64_t i = b * a.points_n + tp.p;
+  const AaBounds<acc_t> pt = aa_point_bounds<acc_t>(a, tp);
+  if (!pt.any) {  // block-uniform
+    if (tp.has) t[i] = acc_t(0);
+    return;
   }
+  const acc_t px = tp.has ? pts[2 * tp.p] : acc_t(0), py = tp.has ? pts[2 * tp.p + 1] : acc_t(0);
+  bool inside = false;
+  aa_count(a.census, kAaTilesWithPoints, 1);
+  aa_gt_chunks<acc_t>(
+      a, b, [&](const Box4<acc_t>& g) { return aa_may_hold(g, pt); },
+      [&](const AaChunk<acc_t>& c) {
+        for (int j = 0; j < c.n && tp.has && !inside; ++j) inside = strictly_inside(px, py, c.at(j));
+      },
+      a.census, kAaKeptInside);
+  Box4<acc_t> pb{};
+  if (inside) pb = distance2bbox(px, py, dist + 4 * i);
+  const bool tame = aa_tame(pb);
+  const AaBounds<acc_t> hull = aa_bounds(inside && tame, inside && !tame, gmin(pb.x1, pb.x2), gmin(pb.y1, pb.y2),
+                                         gmax(pb.x1, pb.x2), gmax(pb.y1, pb.y2));
+  if (!hull.any && !hull.wild) {  // block-uniform: no point inside
+    if (tp.has) t[i] = acc_t(0);
+    return;
+  }
+  acc_t best = acc_t(0);
+  aa_count(a.census, kAaTilesInside, 1);
+  aa_gt_chunks<acc_t>(
+      a, b,
+      [&](const Box4<acc_t>& g) {
+        const bool apart = g.x2 <= hull.lx || g.x1 >= hull.hx || g.y2 <= hull.ly || g.y1 >= hull.hy;
+        return hull.wild || !aa_tame(g) || !apart;
+      },
+      [&](const AaChunk<acc_t>& c) {
+        for (int j = 0; j < c.n && inside && best == best; ++j) {
+          const acc_t v = iou_only(pb, c.at(j), acc_t(kAutoAssignIouEps));
+          if (v > best || v != v) best = v;
+        }
+      },
+      a.census, kAaKeptIou);
+  if (tp.has) t[i] = inside ? inverse_miss(best) : acc_t(0);
 }
 
 template <typename scalar_t, typename acc_t>
@@ -246,46 +431,63 @@ __global__ void __launch_bounds__(kThreads) aa_gt_kernel(AutoAssignArgs a) {
   }
 }
 
+// The negative weights of the points inside some GT: their GTs in ascending
+// order overwrite the weight of their class, so the highest index wins with
+// no atomics.
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) aa_neg_weight_kernel(AutoAssignArgs a) {
   const auto* pts = static_cast<const acc_t*>(a.points);
-  const auto* gt = static_cast<const acc_t*>(a.gt);
   const auto* t = static_cast<const acc_t*>(a.t);
   const auto* part = static_cast<const acc_t*>(a.gt_part);
   auto* w = static_cast<acc_t*>(a.neg_weight);
   const acc_t eps = acc_t(kAutoAssignEps);
-  const int64_t b = blockIdx.y;  // the image: no 64-bit division (a call, and spills on sm_80)
-  for (int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; p < a.points_n;
-       p += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t i = b * a.points_n + p;
-    const acc_t tp = t[i];
-    if (tp == acc_t(0)) continue;  // inside no GT
-    const acc_t px = pts[2 * p], py = pts[2 * p + 1];
-    acc_t* row = w + i * a.classes;
-    for (int g = 0; g < static_cast<int>(a.num_gt); ++g) {
-      const int64_t r = b * a.num_gt + g;
-      if (!aa_usable(a, r) || !strictly_inside(px, py, aa_box(gt + 4 * r))) continue;
-      const acc_t lo = part[5 * r + 2], hi = part[5 * r + 3];
-      row[a.labels[r]] = acc_t(1) - (tp - lo + eps) / (hi - lo + eps);
-    }
-  }
+  const int64_t b = blockIdx.y;
+  const AaTilePoint tp = aa_tile_point(a, blockIdx.x);
+  const int64_t i = b * a.points_n + tp.p;
+  const acc_t tv = tp.has ? t[i] : acc_t(0);
+  const bool inside = tv != acc_t(0);  // t is 0 exactly for the points inside no GT
+  const acc_t px = inside ? pts[2 * tp.p] : acc_t(0), py = inside ? pts[2 * tp.p + 1] : acc_t(0);
+  const AaBounds<acc_t> pt = aa_bounds(inside, false, px, py, px, py);
+  if (!pt.any) return;  // block-uniform
+  acc_t* row = w + i * a.classes;
+  aa_gt_chunks<acc_t>(a, b, [&](const Box4<acc_t>& g) { return aa_may_hold(g, pt); },
+                      [&](const AaChunk<acc_t>& c) {
+                        for (int j = 0; j < c.n && inside; ++j) {
+                          if (!strictly_inside(px, py, c.at(j))) continue;
+                          const int64_t r = b * a.num_gt + c.index[j];
+                          const acc_t lo = part[5 * r + 2], hi = part[5 * r + 3];
+                          row[c.label[j]] = acc_t(1) - (tv - lo + eps) / (hi - lo + eps);
+                        }
+                      });
 }
 
+// The dense x^2 BCE(x, 0) over (point, class), as fixed per-block partials
+// per image. Each thread walks the image's elements with a fixed stride and
+// carries (point, class) along, so no element pays an integer division.
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) aa_neg_loss_kernel(AutoAssignArgs a) {
-  const auto* cls = static_cast<const scalar_t*>(a.cls);
-  const auto* obj = static_cast<const scalar_t*>(a.obj);
-  const auto* w = static_cast<const acc_t*>(a.neg_weight);
-  const int64_t b = blockIdx.y, n = a.points_n * a.classes;
+  const auto* cls = static_cast<const scalar_t*>(a.cls) + blockIdx.y * a.points_n * a.classes;
+  const auto* obj = static_cast<const scalar_t*>(a.obj) + blockIdx.y * a.points_n;
+  const auto* w = static_cast<const acc_t*>(a.neg_weight) + blockIdx.y * a.points_n * a.classes;
+  const int64_t n = a.points_n * a.classes, C = a.classes;
+  // The first element and the stride are below 2^31 (a grid of kAutoAssignNegBlocks blocks), so 32-bit
+  // divisions place them; a larger C puts both in point 0 as C itself would.
+  const uint32_t first = blockIdx.x * blockDim.x + threadIdx.x, step = gridDim.x * blockDim.x;
+  const uint32_t c32 = C < (int64_t(1) << 31) ? static_cast<uint32_t>(C) : 0x80000000u;
+  const int64_t step_p = step / c32, step_c = step % c32;
+  int64_t p = first / c32, c = first % c32;
   acc_t v = acc_t(0);
-  for (int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < n;
-       j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t e = b * n + j;
-    const acc_t so = sigmoid_of(cvt<acc_t>(obj[b * a.points_n + j / a.classes]));
-    v += neg_loss(sigmoid_of(cvt<acc_t>(cls[e])) * so * w[e]);
+  for (int64_t j = first; j < n; j += step) {  // j: the same elements and order as a flat grid-stride loop
+    v += neg_loss(sigmoid_of(cvt<acc_t>(cls[j])) * sigmoid_of(cvt<acc_t>(obj[p])) * w[j]);
+    p += step_p;
+    c += step_c;
+    if (c >= C) {
+      c -= C;
+      ++p;
+    }
   }
   v = block_sum(v);
-  if (threadIdx.x == 0) static_cast<acc_t*>(a.neg_part)[b * gridDim.x + blockIdx.x] = v;
+  if (threadIdx.x == 0) static_cast<acc_t*>(a.neg_part)[blockIdx.y * gridDim.x + blockIdx.x] = v;
 }
 
 template <typename scalar_t, typename acc_t>
@@ -342,10 +544,11 @@ __global__ void __launch_bounds__(kThreads) aa_neg_grad_kernel(AutoAssignArgs a)
   }
 }
 
+// The positive pairs of each point, its GTs ascending, into its own rows
+// (no atomics): over the GTs that may hold one of the tile's points.
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) aa_pos_grad_kernel(AutoAssignArgs a) {
   const auto* pts = static_cast<const acc_t*>(a.points);
-  const auto* gt = static_cast<const acc_t*>(a.gt);
   const auto* stats = static_cast<const acc_t*>(a.stats);
   const auto* gpos = static_cast<const acc_t*>(a.grad_pos);
   const auto* dist = static_cast<const acc_t*>(a.dist);
@@ -353,35 +556,41 @@ __global__ void __launch_bounds__(kThreads) aa_pos_grad_kernel(AutoAssignArgs a)
   auto* dobj = static_cast<acc_t*>(a.d_obj);
   auto* ddist = static_cast<acc_t*>(a.d_dist);
   const acc_t eps = acc_t(kAutoAssignEps);
-  GF_GRID_STRIDE(i, a.batch * a.points_n) {
-    const int64_t b = i / a.points_n, p = i - b * a.points_n;
-    acc_t d_obj = acc_t(0), dd[4] = {acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
-    for (int64_t g = 0; g < a.num_gt; ++g) {
-      const int64_t r = b * a.num_gt + g;
-      if (!aa_usable(a, r)) continue;
-      const Box4<acc_t> box = aa_box(gt + 4 * r);
-      if (!strictly_inside(pts[2 * p], pts[2 * p + 1], box)) continue;
-      const int64_t c = a.labels[r];
-      const acc_t s = stats[2 * r], bag = stats[2 * r + 1];
-      const acc_t denom = clamp_min_nan(s, eps), kept = dclamp(s, eps);
-      const acc_t g_bag = gpos[b] * bce_grad(bag, acc_t(1));
-      const AaPair<scalar_t, acc_t> q = aa_pair<scalar_t, acc_t>(a, b, p, box, c);
-      const acc_t spread = q.pos.p_pos - kept * bag;
-      const acc_t d_pos = g_bag * (q.cw / denom) * (acc_t(1) + acc_t(3) * spread);
-      const acc_t d_joint = d_pos * q.pos.loc;
-      dcls[i * a.classes + c] += d_joint * q.so * (q.sc * (acc_t(1) - q.sc));
-      d_obj += d_joint * q.sc * (q.so * (acc_t(1) - q.so));
-      const Box4<acc_t> db = overlap_grad_a(distance2bbox(pts[2 * p], pts[2 * p + 1], dist + 4 * i), box,
-                                            acc_t(kAutoAssignIouEps), true,
-                                            acc_t(kAutoAssignGiouWeight) * q.pos.loc * (d_pos * q.pos.joint));
-      dd[0] -= db.x1;
-      dd[1] -= db.y1;
-      dd[2] += db.x2;
-      dd[3] += db.y2;
-    }
-    dobj[i] += d_obj;
-    for (int k = 0; k < 4; ++k) ddist[4 * i + k] = dd[k];
+  const int64_t b = blockIdx.y;
+  const AaTilePoint tp = aa_tile_point(a, blockIdx.x);
+  const int64_t i = b * a.points_n + tp.p, p = tp.p;
+  const AaBounds<acc_t> pt = aa_point_bounds<acc_t>(a, tp);
+  acc_t d_obj = acc_t(0), dd[4] = {acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
+  if (pt.any) {  // block-uniform
+    const acc_t px = tp.has ? pts[2 * p] : acc_t(0), py = tp.has ? pts[2 * p + 1] : acc_t(0);
+    aa_gt_chunks<acc_t>(a, b, [&](const Box4<acc_t>& g) { return aa_may_hold(g, pt); },
+                        [&](const AaChunk<acc_t>& ch) {
+                          for (int j = 0; j < ch.n && tp.has; ++j) {
+                            const Box4<acc_t> box = ch.at(j);
+                            if (!strictly_inside(px, py, box)) continue;
+                            const int64_t r = b * a.num_gt + ch.index[j], c = ch.label[j];
+                            const acc_t s = stats[2 * r], bag = stats[2 * r + 1];
+                            const acc_t denom = clamp_min_nan(s, eps), kept = dclamp(s, eps);
+                            const acc_t g_bag = gpos[b] * bce_grad(bag, acc_t(1));
+                            const AaPair<scalar_t, acc_t> q = aa_pair<scalar_t, acc_t>(a, b, p, box, c);
+                            const acc_t spread = q.pos.p_pos - kept * bag;
+                            const acc_t d_pos = g_bag * (q.cw / denom) * (acc_t(1) + acc_t(3) * spread);
+                            const acc_t d_joint = d_pos * q.pos.loc;
+                            dcls[i * a.classes + c] += d_joint * q.so * (q.sc * (acc_t(1) - q.sc));
+                            d_obj += d_joint * q.sc * (q.so * (acc_t(1) - q.so));
+                            const Box4<acc_t> db = overlap_grad_a(
+                                distance2bbox(px, py, dist + 4 * i), box, acc_t(kAutoAssignIouEps), true,
+                                acc_t(kAutoAssignGiouWeight) * q.pos.loc * (d_pos * q.pos.joint));
+                            dd[0] -= db.x1;
+                            dd[1] -= db.y1;
+                            dd[2] += db.x2;
+                            dd[3] += db.y2;
+                          }
+                        });
   }
+  if (!tp.has) return;
+  dobj[i] += d_obj;
+  for (int k = 0; k < 4; ++k) ddist[4 * i + k] = dd[k];
 }
 
 template <typename scalar_t, typename acc_t>
@@ -421,20 +630,25 @@ __global__ void __launch_bounds__(kThreads) aa_prior_grad_kernel(AutoAssignArgs 
   }
 }
 
+// A block per class: the (image, GT) partials of that class summed in a
+// fixed order (each thread its stride of GTs ascending, then a fixed tree).
 template <typename acc_t>
 __global__ void __launch_bounds__(kThreads) aa_prior_reduce_kernel(AutoAssignArgs a) {
   const auto* part = static_cast<const acc_t*>(a.prior_part);
-  GF_GRID_STRIDE(c, a.classes) {
+  auto* dmu = static_cast<acc_t*>(a.d_mu);
+  auto* dsg = static_cast<acc_t*>(a.d_sigma);
+  for (int64_t c = blockIdx.x; c < a.classes; c += gridDim.x) {  // block-uniform
     acc_t v[4] = {acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
-    for (int64_t r = 0; r < a.batch * a.num_gt; ++r)
+    for (int64_t r = threadIdx.x; r < a.batch * a.num_gt; r += blockDim.x)
       if (aa_usable(a, r) && a.labels[r] == c)
         for (int k = 0; k < 4; ++k) v[k] += part[4 * r + k];
-    auto* dmu = static_cast<acc_t*>(a.d_mu);
-    auto* dsg = static_cast<acc_t*>(a.d_sigma);
-    dmu[2 * c] = v[0];
-    dmu[2 * c + 1] = v[1];
-    dsg[2 * c] = v[2];
-    dsg[2 * c + 1] = v[3];
+    for (int k = 0; k < 4; ++k) v[k] = aa_block_reduce(v[k], AaSum{});
+    if (threadIdx.x == 0) {
+      dmu[2 * c] = v[0];
+      dmu[2 * c + 1] = v[1];
+      dsg[2 * c] = v[2];
+      dsg[2 * c + 1] = v[3];
+    }
   }
 }
 
@@ -447,18 +661,12 @@ inline cudaError_t autoassign_forward(DType dt, const AutoAssignArgs& args, int 
     using acc_t = typename decltype(ty)::acc_t;
     const int64_t rows = args.batch * args.points_n, gts = args.batch * args.num_gt;
     const int64_t cap = static_cast<int64_t>(num_sms > 0 ? num_sms : 1) * kMaxBlocksPerSm;
-    if (rows > 0) {
-      constexpr auto K1 = aa_best_iou_kernel<scalar_t, acc_t>;
-      launch<K1>(grid_for<K1>(rows, num_sms), kThreads, 0, stream, args);
-    }
+    const dim3 tiles(static_cast<unsigned>(args.levels.tile_start[args.levels.count]),
+                     static_cast<unsigned>(args.batch));
+    if (rows > 0) launch<aa_best_iou_kernel<scalar_t, acc_t>>(tiles, kThreads, 0, stream, args);
     if (gts > 0) launch<aa_gt_kernel<scalar_t, acc_t>>(static_cast<unsigned>(gts < cap ? gts : cap), kThreads, 0,
                                                        stream, args);
-    if (rows > 0 && gts > 0) {
-      constexpr auto K3 = aa_neg_weight_kernel<scalar_t, acc_t>;
-      const int64_t per_image = (grid_for<K3>(rows, num_sms) + args.batch - 1) / args.batch;
-      launch<K3>(dim3(static_cast<unsigned>(per_image), static_cast<unsigned>(args.batch)), kThreads, 0, stream,
-                 args);
-    }
+    if (rows > 0 && gts > 0) launch<aa_neg_weight_kernel<scalar_t, acc_t>>(tiles, kThreads, 0, stream, args);
     launch<aa_neg_loss_kernel<scalar_t, acc_t>>(dim3(kAutoAssignNegBlocks, static_cast<unsigned>(args.batch)),
                                                 kThreads, 0, stream, args);
     launch<aa_finish_kernel<scalar_t, acc_t>>(static_cast<unsigned>(args.batch), kThreads, 0, stream, args);
@@ -477,16 +685,16 @@ inline cudaError_t autoassign_backward(DType dt, const AutoAssignArgs& args, int
       const int64_t need = (rows + kThreads / 32 - 1) / (kThreads / 32);
       launch<aa_neg_grad_kernel<scalar_t, acc_t>>(static_cast<unsigned>(need < cap ? need : cap), kThreads, 0,
                                                   stream, args);
-      constexpr auto K2 = aa_pos_grad_kernel<scalar_t, acc_t>;
-      launch<K2>(grid_for<K2>(rows, num_sms), kThreads, 0, stream, args);
+      const dim3 tiles(static_cast<unsigned>(args.levels.tile_start[args.levels.count]),
+                       static_cast<unsigned>(args.batch));
+      launch<aa_pos_grad_kernel<scalar_t, acc_t>>(tiles, kThreads, 0, stream, args);
     }
     if (gts > 0)
       launch<aa_prior_grad_kernel<scalar_t, acc_t>>(static_cast<unsigned>(gts < cap ? gts : cap), kThreads, 0,
                                                     stream, args);
-    if (args.classes > 0) {
-      constexpr auto K4 = aa_prior_reduce_kernel<acc_t>;
-      launch<K4>(grid_for<K4>(args.classes, num_sms), kThreads, 0, stream, args);
-    }
+    if (args.classes > 0)
+      launch<aa_prior_reduce_kernel<acc_t>>(static_cast<unsigned>(args.classes < cap ? args.classes : cap), kThreads,
+                                            0, stream, args);
   });
   return cudaGetLastError();
 }

@@ -47,6 +47,13 @@ inline std::atomic<unsigned long long*>& atss_census_buffer() {
   return buffer;
 }
 
+// Test-only: where the AutoAssign point-tile kernel counts the GTs its tiles
+// keep (kAaCensus words, see autoassign_kernels.cuh); nullptr normally.
+inline std::atomic<unsigned long long*>& autoassign_census_buffer() {
+  static std::atomic<unsigned long long*> buffer{nullptr};
+  return buffer;
+}
+
 // 32-bit indexing when the flat index and its grid stride stay below 2^31.
 inline bool fits_int32(int64_t n) { return n < (int64_t(1) << 30) && !force_int64_index().load(std::memory_order_relaxed); }
 

@@ -21,14 +21,22 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Run blocks in index order (default) or in a seeded shuffled order");
   m.def("force_int64_index", [](bool on) { gf::cuda::force_int64_index().store(on); },
         "Take the 64-bit index path of the kernels that have one, whatever the size");
-  m.def("set_atss_census", [](c10::optional<at::Tensor> counts) {
-          const bool ok = !counts || (counts->scalar_type() == at::kLong && counts->is_contiguous() &&
-                                      counts->numel() >= 4);
-          TORCH_CHECK(ok, "set_atss_census: an int64 tensor of 4 counters, or None");
-          gf::cuda::atss_census_buffer().store(
-              counts ? reinterpret_cast<unsigned long long*>(counts->data_ptr<int64_t>()) : nullptr);
-        },
+  // Test hooks: a kernel family counts into an int64 tensor of 4 words while one is set (None: off).
+  const auto set_counters = [](std::atomic<unsigned long long*>& buffer, const char* fn,
+                               const c10::optional<at::Tensor>& counts) {
+    const bool ok = !counts || (counts->scalar_type() == at::kLong && counts->is_contiguous() && counts->numel() >= 4);
+    TORCH_CHECK(ok, fn, ": an int64 tensor of 4 counters, or None");
+    buffer.store(counts ? reinterpret_cast<unsigned long long*>(counts->data_ptr<int64_t>()) : nullptr);
+  };
+  m.def("set_atss_census",
+        [=](c10::optional<at::Tensor> c) { set_counters(gf::cuda::atss_census_buffer(), "set_atss_census", c); },
         "Count the ATSS kernels' paths (rank window, list window, scan, doublings) into `counts`; None stops");
+  m.def("set_autoassign_census",
+        [=](c10::optional<at::Tensor> c) {
+          set_counters(gf::cuda::autoassign_census_buffer(), "set_autoassign_census", c);
+        },
+        "Count what the AutoAssign best-IoU tiles keep (GTs kept for the inside test, for the IoU, tiles with "
+        "points, tiles with a point inside a GT) into `counts`; None stops");
   m.def("set_launch_log", &emu::set_launch_log, "Record (kernel, grid, block) of each launch; clears the log");
   m.def("launch_log", [] {
     py::list out;
