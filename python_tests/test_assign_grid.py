@@ -10,7 +10,7 @@ import torch
 import gflops
 from gflops import _ops
 from conftest import emu_counters
-from assign_cases import SMALL_LEVELS, cell_grid, grid, random_gts
+from assign_cases import cell_grid, grid, random_gts
 from test_assign import assert_same, both
 
 RANK, LIST, SCAN, WIDEN = range(4)  # gf::AtssPath
