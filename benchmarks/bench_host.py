@@ -34,8 +34,32 @@ TARGET = {"fwd": 1.5, "fwd+bwd": 1.3}
 TRITON_OPS = tuple(op for op in gtriton.OP_NAMES if not op.endswith("_backward"))
 
 
+def autoassign_case():
+    """gflops.autoassign_loss against reference.autoassign_loss around the same fused terms (the batch totals
+    a user wrote around them before): 2 images, 2 GTs each, 4 classes, 5 points; pred is the class logits."""
+    from reference.autoassign import points as grid_points
+    from reference.autoassign_loss import autoassign_loss
+
+    g = torch.Generator().manual_seed(0)
+    shapes = [(2, 2), (1, 1)]
+    pts, st, _ = grid_points(shapes, "cpu")
+    B, P = 2, pts.shape[0]
+    rest = [torch.randn(B, P, generator=g), torch.rand(B, P, 4, generator=g) * 8, pts, st,
+            torch.tensor([[1.0, 1.0, 12.0, 12.0], [4.0, 2.0, 16.0, 9.0]]).repeat(B, 1, 1),
+            torch.tensor([[0, 3]] * B), torch.ones(B, 2, dtype=torch.bool), torch.zeros(4, 2), torch.ones(4, 2)]
+
+    def total(out):
+        return out["loss_pos"] + out["loss_neg"] + out["loss_center"]
+
+    return ("autoassign_loss", lambda p: total(gflops.autoassign_loss(p, *rest, level_shapes=shapes)),
+            lambda p: total(autoassign_loss(p, *rest, autoassign_loss_terms=gflops.autoassign_loss_terms,
+                                            level_shapes=shapes)),
+            (B, P, 4), "reference glue")
+
+
 def cases():
-    """(op, gflops fn(pred), ATen counterpart fn(pred), pred shape)."""
+    """(op, gflops fn(pred), counterpart fn(pred), pred shape, counterpart): the counterpart is the closest
+    ATen op, or for the whole AutoAssign loss the reference's batch totals around gflops' fused terms."""
     g = torch.Generator().manual_seed(0)
     label = torch.randint(0, CLASSES + 1, (ROWS,), generator=g)
     score = torch.rand(ROWS, generator=g)
@@ -141,12 +165,12 @@ def run(calls, rounds):
     route = triton_no_launch()
     if isinstance(route, str):  # why not: main() writes it into the results' header
         route = None
-    for op, ours, aten, shape in cases():
+    for op, ours, aten, shape, *vs in [c + ("ATen",) for c in cases()] + [autoassign_case()]:
         for mode in ("fwd", "fwd+bwd"):
             a, b = modes(ours, shape)[mode], modes(aten, shape)[mode]
             fns = [a, b] + ([_on(route, a)] if route and op in TRITON_OPS else [])
             res, note = attempt(lambda: [f() for f in fns] and per_call_us(fns, calls, rounds), f"{op} {mode}")
-            row = dict(op=op, mode=mode, gflops_us=None, aten_us=None, ratio=None, target=TARGET[mode],
+            row = dict(op=op, mode=mode, vs=vs[0], gflops_us=None, aten_us=None, ratio=None, target=TARGET[mode],
                        triton_us=None, triton_ratio=None)
             if note is None:
                 row.update(gflops_us=res[0], aten_us=res[1], ratio=res[0] / res[1])
@@ -173,7 +197,8 @@ def main(argv=None):
         meta = dict(device="cpu", torch=torch.__version__, threads=1, rows=ROWS, calls=calls, rounds=rounds,
                     triton_launch_us=None if launch is None else round(launch, 2),
                     triton="timed" if launch is not None else f"not timed: {triton_no_launch()}",
-                    note="us per call; ratio = gflops / ATen counterpart; target 1.5x fwd, 1.3x fwd+bwd; "
+                    note="us per call; ratio = gflops / counterpart (`vs`: an ATen op, or the reference's glue "
+                    "around the same fused op, in aten_us); target 1.5x fwd, 1.3x fwd+bwd; "
                     "triton_us: the Triton twin, launch path whole, launcher stubbed (gflops/triton/offline.py); "
                     "triton_launch_us: one such launch alone (a DFL forward kernel)")
         print(write_results("host", torch.device("cpu"), rows, meta))

@@ -12,7 +12,7 @@ from . import _fake  # noqa: E402,F401  (registrations; autograd is in C++, csrc
 from . import backend as _backend  # noqa: E402
 from .backend import backend_info, set_backend  # noqa: E402
 from .assign import atss_assign  # noqa: E402
-from .autoassign import autoassign_loss_terms  # noqa: E402
+from .autoassign import autoassign_loss, autoassign_loss_terms  # noqa: E402
 from .boxes import GIoULoss, box_iou, giou_loss  # noqa: E402
 from .decode import (  # noqa: E402
     bbox2distance,
@@ -57,6 +57,7 @@ def validation_enabled() -> bool:
 
 __all__ = [
     "atss_assign",
+    "autoassign_loss",
     "autoassign_loss_terms",
     "nms",
     "batched_nms",

@@ -3,6 +3,9 @@ import torch
 
 from . import _ops
 
+_EPS = 1e-12  # SPEC section 6: the clamp of the center term's prior sum
+_POS_WEIGHT, _NEG_WEIGHT, _CENTER_WEIGHT = 0.25, 0.75, 0.75
+
 
 def autoassign_loss_terms(cls_logits, obj_logits, distances, points, strides, gt_boxes, gt_labels, gt_valid, mu,
                           sigma, level_shapes=None, force_topk=False):
@@ -33,3 +36,33 @@ def autoassign_loss_terms(cls_logits, obj_logits, distances, points, strides, gt
                                            strides.to(acc), gt_boxes.to(acc), gt_labels, gt_valid, mu.to(acc),
                                            sigma.to(acc), shapes)
     return out[0], out[1], out[2], out[3]
+
+
+def autoassign_loss(cls_logits, obj_logits, distances, points, strides, gt_boxes, gt_labels, gt_valid, mu, sigma,
+                    reduce_mean=None, force_topk=False, level_shapes=None):
+    """SPEC section 6's whole AutoAssign loss, dict(loss_pos, loss_neg,
+    loss_center): reference.autoassign_loss.autoassign_loss's signature
+    (without `autoassign_loss_terms`) and values, on the fused terms above, with as few ops
+    around them as the batch totals allow (each op is a launch and host time
+    on a GPU).
+
+    reduce_mean (distributed training: a tensor averaged over processes) is
+    called once, on the 2-vector (GTs in the local batch, its prior sum).
+    A batch without GTs needs no placeholder terms to keep the parameters in
+    the graph (the reference's 0 * sum(...)): the fused op takes all of them
+    as inputs, so every one gets a gradient (zero where the loss ignores it).
+    """
+    loss_pos, loss_neg, prior_sum, any_inside = autoassign_loss_terms(
+        cls_logits, obj_logits, distances, points, strides, gt_boxes, gt_labels, gt_valid, mu, sigma,
+        level_shapes=level_shapes, force_topk=force_topk)
+    dt = loss_pos.dtype
+    num_gt = gt_valid.sum(1, dtype=dt)
+    norm = torch.stack((num_gt.sum(), prior_sum.detach().sum()))
+    if reduce_mean is not None:
+        norm = reduce_mean(norm)
+    norm = norm.clamp(min=1)
+    # any_inside * num_gt is num_gt or 0 exactly: the reference's where(any_inside, num_gt / p, 0 * p) to the bit,
+    # gradient included (an image without points inside has p = 0, where the clamp passes no gradient).
+    center = any_inside * num_gt / prior_sum.clamp(min=_EPS)
+    return dict(loss_pos=_POS_WEIGHT * loss_pos.sum() / norm[0], loss_neg=_NEG_WEIGHT * loss_neg.sum() / norm[1],
+                loss_center=_CENTER_WEIGHT * (center.mean() if center.numel() else center.sum()))

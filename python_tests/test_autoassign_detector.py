@@ -95,26 +95,32 @@ def test_post_process_scores_pairs_by_class_then_objectness():
 
 def test_ops_switch_covers_autoassign():
     ref, gfl = Ops("reference"), Ops("gflops")
-    assert ref.used(AutoAssign.OPS) == dict(autoassign_loss_terms="reference", box_iou="reference",
-                                            giou_loss="reference", distance_multiclass_nms="reference",
-                                            batched_nms="reference")
-    assert gfl.used(AutoAssign.OPS) == dict(autoassign_loss_terms="gflops", distance_multiclass_nms="reference",
+    assert ref.used(AutoAssign.OPS) == dict(autoassign_loss="reference", autoassign_loss_terms="reference",
+                                            box_iou="reference", giou_loss="reference",
+                                            distance_multiclass_nms="reference", batched_nms="reference")
+    assert gfl.used(AutoAssign.OPS) == dict(autoassign_loss="gflops", distance_multiclass_nms="reference",
                                             batched_nms="gflops")
     import gflops
 
-    assert gfl.autoassign_loss_terms is gflops.autoassign_loss_terms
+    assert gfl.autoassign_loss is gflops.autoassign_loss and gfl.autoassign_loss_terms is gflops.autoassign_loss_terms
     assert gfl.distance_multiclass_nms.keywords == dict(batched_nms=gflops.batched_nms)
     # Composition: a namespace whose whole op is the reference runs it on the namespace's parts.
     from reference import ops as ops_mod
 
-    saved = gflops.autoassign_loss_terms
+    saved = gflops.autoassign_loss_terms, gflops.autoassign_loss
     try:
         del gflops.autoassign_loss_terms
         parts = Ops("gflops")
+        gflops.autoassign_loss_terms = saved[0]
+        del gflops.autoassign_loss
+        glue = Ops("gflops")
     finally:
-        gflops.autoassign_loss_terms = saved
+        gflops.autoassign_loss_terms, gflops.autoassign_loss = saved
     assert parts.autoassign_loss_terms.func is ops_mod.REFERENCE_OPS["autoassign_loss_terms"]
     assert parts.autoassign_loss_terms.keywords == dict(box_iou=gflops.box_iou, giou_loss=gflops.giou_loss)
+    # Without gflops' whole loss, the reference's batch totals run on gflops' fused terms.
+    assert glue.autoassign_loss.func is ops_mod.REFERENCE_OPS["autoassign_loss"]
+    assert glue.autoassign_loss.keywords == dict(autoassign_loss_terms=gflops.autoassign_loss_terms)
 
 
 def _batch(n=4, size=64, counts=(2, 1, 3, 0), seed=0, dtype=torch.float32):
@@ -180,7 +186,7 @@ def test_train_and_evaluate_from_the_command_line(tmp_path, monkeypatch):
     train(["--model", "autoassign", "--preset", "tiny", "--iters", "6", "--device", "cpu", "--work-dir", str(wd),
            "--quiet", "--ops", "gflops"])
     hist, summary = _log(wd)
-    assert summary["model"] == "autoassign" and summary["ops"]["autoassign_loss_terms"] == "gflops"
+    assert summary["model"] == "autoassign" and summary["ops"]["autoassign_loss"] == "gflops"
     assert len(hist) == 6 and set(hist[0]) >= {"loss_pos", "loss_neg", "loss_center", "loss"}
     assert all(math.isfinite(r["loss"]) for r in hist)
     ckpt = torch.load(wd / "latest.pth")
@@ -202,7 +208,7 @@ def test_float64_training_with_the_fused_loss_follows_the_reference(tmp_path, mo
         train(["--model", "autoassign", "--preset", "tiny", "--iters", "6", "--device", "cpu", "--work-dir", str(wd),
                "--quiet", "--ops", ops, "--dtype", "float64", "--seed", "2"])
         logs[ops] = _log(wd)
-    assert logs["gflops"][1]["ops"]["autoassign_loss_terms"] == "gflops"
+    assert logs["gflops"][1]["ops"]["autoassign_loss"] == "gflops"
     for a, b in zip(logs["reference"][0], logs["gflops"][0]):
         for k in ("loss_pos", "loss_neg", "loss_center", "loss"):
             assert a[k] == pytest.approx(b[k], rel=1e-9), (a["iter"], k)

@@ -122,13 +122,55 @@ def test_whole_loss_matches(device):
     for terms in (ref_terms, gflops.autoassign_loss_terms):
         a = list(args)
         a[0], a[1], a[2], a[8], a[9] = leaves
-        out = autoassign_loss(*a, terms=terms, level_shapes=SHAPES)
+        out = autoassign_loss(*a, autoassign_loss_terms=terms, level_shapes=SHAPES)
         results.append((out, torch.autograd.grad(sum(out.values()), leaves)))
     (a, ga), (b, gb) = results
     for k in a:
         assert a[k].item() == pytest.approx(b[k].item(), rel=1e-12)
     for x, y in zip(ga, gb):
         torch.testing.assert_close(y, x, rtol=1e-10, atol=1e-15)
+
+
+def _whole(fn, args, **kw):
+    leaves = [args[i].clone().requires_grad_() for i in (0, 1, 2, 8, 9)]
+    a = list(args)
+    a[0], a[1], a[2], a[8], a[9] = leaves
+    out = fn(*a, level_shapes=SHAPES, **kw)
+    return out, torch.autograd.grad(sum(out.values()), leaves)
+
+
+@pytest.mark.parametrize("kind", ["random", "one_image_without_gt", "no_gt", "no_point_inside", "reduce_mean"])
+def test_gflops_whole_loss_is_the_reference(kind, device):
+    """gflops.autoassign_loss (the batch totals around the fused terms, with
+    fewer ops) gives reference.autoassign_loss's losses and gradients: in
+    batches without GTs (where it needs no placeholder terms: every leaf
+    still gets a gradient) and with GTs that hold no point, and with a
+    reduce_mean (called once, on a 2-vector, against the reference's twice)."""
+    args = case(B=3, counts={"one_image_without_gt": (6, 0, 4), "no_gt": (0, 0, 0)}.get(kind, (6, 3, 5)), seed=21,
+                dev=device)
+    kw = {}
+    if kind == "no_point_inside":  # 1 x 1 boxes between the grid points: GTs, but no point strictly inside
+        args[5] = torch.cat([args[5][..., :2].floor() + 2.25, args[5][..., :2].floor() + 3.25], -1)
+    if kind == "reduce_mean":  # as if another process had half these GTs and prior
+        calls = []
+        kw["reduce_mean"] = lambda t: calls.append(t.shape) or t * 0.75
+    ref, rg = _whole(autoassign_loss, args, **kw)
+    if kind == "reduce_mean":
+        assert len(calls) == 2
+        calls.clear()
+    got, gg = _whole(gflops.autoassign_loss, args, **kw)
+    for k in ("loss_pos", "loss_neg", "loss_center"):
+        assert got[k].item() == pytest.approx(ref[k].item(), rel=1e-12, abs=1e-300), k
+    for name, x, y in zip(("cls", "obj", "distances", "mu", "sigma"), rg, gg):
+        torch.testing.assert_close(y, x, rtol=1e-10, atol=1e-15, msg=name)
+    if kind == "no_gt":
+        assert got["loss_pos"].item() == 0 and got["loss_center"].item() == 0 and got["loss_neg"].item() > 0
+        assert all(g.abs().max() == 0 for g in gg[2:]) and gg[0].abs().max() > 0
+    if kind == "no_point_inside":
+        assert gflops.autoassign_loss_terms(*args, level_shapes=SHAPES)[3].tolist() == [False] * 3
+        assert got["loss_center"].item() == 0
+    if kind == "reduce_mean":
+        assert calls == [torch.Size([2])]
 
 
 def test_gradcheck_float64(device):
@@ -188,6 +230,12 @@ def test_torch_compile_fullgraph():
 
     compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
     assert compiled(*args).item() == pytest.approx(loss(*args).item(), rel=1e-6)
+
+    def whole(*a):
+        return sum(gflops.autoassign_loss(*a, level_shapes=SHAPES).values())
+
+    compiled = torch.compile(whole, fullgraph=True, backend="aot_eager")
+    assert compiled(*args).item() == pytest.approx(whole(*args).item(), rel=1e-6)
 
 
 def test_bad_inputs_name_the_problem(device, validation):

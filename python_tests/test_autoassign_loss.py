@@ -167,7 +167,7 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(per_image, inputs)
 
     def totals(c, o, dd, m, s):
-        out = autoassign_loss(c, o, dd, pts, st, gt, lab, valid, m, s, terms=terms)
+        out = autoassign_loss(c, o, dd, pts, st, gt, lab, valid, m, s, autoassign_loss_terms=terms)
         # loss_neg's normaliser is the detached prior sum: no gradient to mu, sigma through it
         return out["loss_pos"], out["loss_center"], out["loss_neg"] * 1
     assert torch.autograd.gradcheck(lambda c, o, dd: totals(c, o, dd, inputs[3], inputs[4]), inputs[:3])

@@ -176,7 +176,8 @@ def test_host_cost_rows_time_each_function_and_its_aten_counterpart(quick_tmp):
 
     rows = bench_host.run(calls=2, rounds=1)
     assert [(r["op"], r["mode"]) for r in rows[:2]] == [("quality_focal_loss", "fwd"), ("quality_focal_loss", "fwd+bwd")]
-    assert len(rows) == 2 * len(bench_host.cases())
+    assert len(rows) == 2 * len(bench_host.cases()) + 2
+    assert [(r["op"], r["vs"]) for r in rows[-2:]] == [("autoassign_loss", "reference glue")] * 2
     for r in rows:
         assert r["gflops_us"] > 0 and r["aten_us"] > 0 and r["ratio"] == r["gflops_us"] / r["aten_us"], r
         assert r["meets"] == (r["ratio"] <= r["target"]) and "note" not in r, r

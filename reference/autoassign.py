@@ -34,7 +34,6 @@ import math
 import torch
 from torch import nn
 
-from .autoassign_loss import autoassign_loss
 from .backbone import FPN, ResNet
 from .gfl import STRIDES, Scale, _identity, _tower, anchors, unpad
 from .ops import Ops
@@ -88,7 +87,7 @@ def points(feat_shapes, device, dtype=torch.float32):
 
 
 class AutoAssign(nn.Module):
-    OPS = ("autoassign_loss_terms", "distance_multiclass_nms")
+    OPS = ("autoassign_loss", "distance_multiclass_nms")
 
     def __init__(self, num_classes, depth=50, base_width=64, fpn_channels=256, stacked_convs=4, ops=None,
                  frozen_stages=-1, norm_eval=False):
@@ -129,8 +128,8 @@ class AutoAssign(nn.Module):
         pts, strides, _ = points(shapes, cls.device, dtype)
         if timer is not None:
             timer("assign")
-        return autoassign_loss(cls, obj, dist, pts, strides, gt_boxes.to(dtype), gt_labels, gt_valid, prior[0],
-                               prior[1], reduce_mean, terms=self.ops.autoassign_loss_terms, level_shapes=shapes)
+        return self.ops.autoassign_loss(cls, obj, dist, pts, strides, gt_boxes.to(dtype), gt_labels, gt_valid,
+                                        prior[0], prior[1], reduce_mean, level_shapes=shapes)
 
     @torch.no_grad()
     def predict(self, images, metas, **kw):

@@ -139,15 +139,17 @@ def autoassign_loss_terms(cls_logits, obj_logits, distances, points, strides, gt
 
 
 def autoassign_loss(cls_logits, obj_logits, distances, points, strides, gt_boxes, gt_labels, gt_valid, mu, sigma,
-                    reduce_mean=_identity, terms=autoassign_loss_terms, force_topk=False, level_shapes=None):
+                    reduce_mean=_identity, autoassign_loss_terms=autoassign_loss_terms, force_topk=False,
+                    level_shapes=None):
     """dict(loss_pos, loss_neg, loss_center): the per-image terms (from
-    `terms`, autoassign_loss_terms's signature) with SPEC section 6's batch
-    normalisers and weights. reduce_mean averages a tensor over processes."""
+    `autoassign_loss_terms`, a function of that signature: reference/ops.py
+    passes the ops namespace's) with SPEC section 6's batch normalisers and
+    weights. reduce_mean averages a tensor over processes."""
     extra = dict(force_topk=True) if force_topk else {}
     if level_shapes is not None:
         extra["level_shapes"] = level_shapes
-    loss_pos, loss_neg, prior_sum, any_inside = terms(cls_logits, obj_logits, distances, points, strides, gt_boxes,
-                                                      gt_labels, gt_valid, mu, sigma, **extra)
+    loss_pos, loss_neg, prior_sum, any_inside = autoassign_loss_terms(
+        cls_logits, obj_logits, distances, points, strides, gt_boxes, gt_labels, gt_valid, mu, sigma, **extra)
     dt = loss_pos.dtype
     num_gt = gt_valid.sum(1).to(dt)
     n_pos = reduce_mean(num_gt.sum()).clamp(min=1)

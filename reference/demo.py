@@ -241,7 +241,7 @@ def main(argv=None):
             f"One float32 pair of runs differs like two seeds (sums in another order drift apart), so this AP\n"
             f"pair is not evidence either way: see seed_spread_{tag}.md for AP over seeds per backend, and the\n"
             f"float64 run below for the exact check. Loss curves: {png.name} (GFL), {aa_png.name} (AutoAssign).\n"
-            f"With `--ops gflops` AutoAssign's loss is gflops.autoassign_loss_terms (the fused op) and its\n"
+            f"With `--ops gflops` AutoAssign's loss is gflops.autoassign_loss (the fused terms op) and its\n"
             f"post-process runs on gflops.batched_nms (the candidate selection stays the reference's).\n\n"
             f"## The post-process alone: reference vs gflops.multiclass_nms\n\n"
             f"The reference-ops float32 model evaluated again with `--ops gflops` (only the post-process\n"

@@ -18,11 +18,13 @@ REFERENCE_OPS = {
     "multiclass_nms": nms.multiclass_nms,
     "distance_multiclass_nms": nms.distance_multiclass_nms,
     "autoassign_loss_terms": autoassign_loss.autoassign_loss_terms,
+    "autoassign_loss": autoassign_loss.autoassign_loss,
 }
 
 # Reference ops built from other ops, by keyword: while gflops lacks the whole
 # op, the reference one runs on the namespace's parts (gflops's where it has them).
-COMPOSED = {"autoassign_loss_terms": ("box_iou", "giou_loss"), "distance_multiclass_nms": ("batched_nms",)}
+COMPOSED = {"autoassign_loss_terms": ("box_iou", "giou_loss"), "distance_multiclass_nms": ("batched_nms",),
+            "autoassign_loss": ("autoassign_loss_terms",)}
 
 
 class Ops:
@@ -53,7 +55,7 @@ class Ops:
         for n in names:
             out[n] = self.sources[n]
             if n in COMPOSED and self.sources[n] == "reference":
-                out.update((p, self.sources[p]) for p in COMPOSED[n])
+                out.update(self.used(COMPOSED[n]))
         return out
 
     def report(self, names=None):
