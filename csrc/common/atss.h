@@ -148,6 +148,21 @@ template <typename T> GF_HD T atss_side_bound(T v, T edge) {
   return gsqrt(mul_rn(d, d));
 }
 
+// The lower bound on the distance of every anchor outside the window cs x rs
+// of grid g (anchors from a0): the nearest of the four sides' bounds, over the
+// first column or row beyond each side that has one (inf for the whole
+// level). cx(a) and cy(a) give anchor a's centre.
+template <typename T, typename CX, typename CY>
+GF_HD T atss_outside_bound(const AtssGrid& g, int64_t a0, AtssSpan cs, AtssSpan rs, T gx, T gy, CX cx, CY cy) {
+  const int64_t per = g.per_cell, row = g.width * per;
+  T out = T(INFINITY);
+  if (cs.lo > 0) out = gmin(out, atss_side_bound(gx, cx(a0 + (cs.lo - 1) * per)));
+  if (cs.hi < g.width) out = gmin(out, atss_side_bound(gx, cx(a0 + cs.hi * per)));
+  if (rs.lo > 0) out = gmin(out, atss_side_bound(gy, cy(a0 + (rs.lo - 1) * row)));
+  if (rs.hi < g.height) out = gmin(out, atss_side_bound(gy, cy(a0 + rs.hi * row)));
+  return out;
+}
+
 // A window's k nearest are the level's when it is the whole level, or when
 // it holds k valid anchors and the k-th is strictly nearer than every anchor
 // outside (an anchor at exactly that distance could win the tie by index).

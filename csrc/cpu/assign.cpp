@@ -130,11 +130,8 @@ template <typename acc_t> int nearest_k_grid(NearestK<acc_t>& s, const gf::AtssG
       return static_cast<int>(widened);
     }
     for (int64_t i = rs.lo; i < rs.hi; ++i) s.visit(a0 + i * row + cs.lo * per, a0 + i * row + cs.hi * per);
-    acc_t outside = std::numeric_limits<acc_t>::infinity();
-    if (cs.lo > 0) outside = std::min(outside, gf::atss_side_bound(s.gx, s.cx[a0 + (cs.lo - 1) * per]));
-    if (cs.hi < g.width) outside = std::min(outside, gf::atss_side_bound(s.gx, s.cx[a0 + cs.hi * per]));
-    if (rs.lo > 0) outside = std::min(outside, gf::atss_side_bound(s.gy, s.cy[a0 + (rs.lo - 1) * row]));
-    if (rs.hi < g.height) outside = std::min(outside, gf::atss_side_bound(s.gy, s.cy[a0 + rs.hi * row]));
+    const acc_t outside = gf::atss_outside_bound(g, a0, cs, rs, s.gx, s.gy, [&](int64_t a) { return s.cx[a]; },
+                                                 [&](int64_t a) { return s.cy[a]; });
     const acc_t kth = s.n > 0 ? s.list[s.n - 1].d : acc_t(0);
     if (gf::atss_window_exact(false, s.n, s.k, kth, outside)) return static_cast<int>(widened);
   }

@@ -253,15 +253,9 @@ __device__ void atss_grid_level(const scalar_t* anchors, const bool* valid, cons
   for (int64_t r = atss_first_half_width(k, per);; r *= 2, atss_count(census, kAtssWiden, lane)) {
     const AtssSpan cs = atss_span(below_x, grid.width, r), rs = atss_span(below_y, grid.height, r);
     const bool whole = cs.lo == 0 && cs.hi == grid.width && rs.lo == 0 && rs.hi == grid.height;
-    acc_t outside = acc_t(INFINITY);
-    if (cs.lo > 0)
-      outside = gmin(outside, atss_side_bound(gx, atss_centre<scalar_t, acc_t>(anchors, a0 + (cs.lo - 1) * per, 0)));
-    if (cs.hi < grid.width)
-      outside = gmin(outside, atss_side_bound(gx, atss_centre<scalar_t, acc_t>(anchors, a0 + cs.hi * per, 0)));
-    if (rs.lo > 0)
-      outside = gmin(outside, atss_side_bound(gy, atss_centre<scalar_t, acc_t>(anchors, a0 + (rs.lo - 1) * row, 1)));
-    if (rs.hi < grid.height)
-      outside = gmin(outside, atss_side_bound(gy, atss_centre<scalar_t, acc_t>(anchors, a0 + rs.hi * row, 1)));
+    const acc_t outside = atss_outside_bound(
+        grid, a0, cs, rs, gx, gy, [&](int64_t a) { return atss_centre<scalar_t, acc_t>(anchors, a, 0); },
+        [&](int64_t a) { return atss_centre<scalar_t, acc_t>(anchors, a, 1); });
     const int64_t span = (cs.hi - cs.lo) * per, cells = span * (rs.hi - rs.lo);
     if (cells <= 32) {
       // One anchor a lane, ranked by how many lanes are nearer (keys are distinct: the indices differ).
