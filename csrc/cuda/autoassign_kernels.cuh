@@ -115,29 +115,36 @@ __device__ __forceinline__ Span aa_span(const AutoAssignArgs& a, const acc_t* st
   return Span{r0, c0, r1 - r0 + 1, c1 - c0 + 1};
 }
 
-// Sum, min or max over the block, valid in thread 0; every thread calls.
-template <typename T, typename Op> __device__ T aa_block_reduce(T v, Op op) {
-  GF_SHARED(T, part, [32]);
+// v[0, S) summed, v[S, S + M) their minimum and the rest their maximum over
+// the block, each in the same fixed tree (shuffles down within a warp, then
+// warp 0 over the warps), with one pair of barriers for all of them; valid in
+// thread 0. Every thread calls.
+template <int S, int M, typename T, int N> __device__ void aa_block_reduce(T (&v)[N]) {
+  GF_SHARED(T, part, [N][32]);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = (blockDim.x + 31) >> 5;
+  const auto op = [](int k, T a, T b) { return k < S ? a + b : k < S + M ? (b < a ? b : a) : (b > a ? b : a); };
 #pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_down_sync(0xffffffffu, v, o));
-  if (lane == 0) part[warp] = v;
+  for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+    for (int k = 0; k < N; ++k) v[k] = op(k, v[k], __shfl_down_sync(0xffffffffu, v[k], o));
+  if (lane == 0)
+    for (int k = 0; k < N; ++k) part[k][warp] = v[k];
   __syncthreads();
   if (warp == 0) {
-    v = part[lane < nwarps ? lane : 0];
+#pragma unroll
+    for (int k = 0; k < N; ++k) v[k] = part[k][lane < nwarps ? lane : 0];
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {
-      const T other = __shfl_down_sync(0xffffffffu, v, o);
-      if (lane + o < nwarps) v = op(v, other);
+#pragma unroll
+      for (int k = 0; k < N; ++k) {
+        const T other = __shfl_down_sync(0xffffffffu, v[k], o);
+        if (lane + o < nwarps) v[k] = op(k, v[k], other);
+      }
     }
   }
   __syncthreads();
-  return v;
 }
 
-struct AaSum { template <typename T> __device__ T operator()(T a, T b) const { return a + b; } };
-struct AaMin { template <typename T> __device__ T operator()(T a, T b) const { return b < a ? b : a; } };
-struct AaMax { template <typename T> __device__ T operator()(T a, T b) const { return b > a ? b : a; } };
 
 template <typename scalar_t, typename acc_t> struct AaPair {
   PriorTerm<acc_t> prior;
@@ -412,12 +419,9 @@ __global__ void __launch_bounds__(kThreads) aa_gt_kernel(AutoAssignArgs a) {
         hi = tp > hi ? tp : hi;
       }
     }
-    s = aa_block_reduce(s, AaSum{});
-    num = aa_block_reduce(num, AaSum{});
-    psum = aa_block_reduce(psum, AaSum{});
-    n = aa_block_reduce(n, AaSum{});
-    lo = aa_block_reduce(lo, AaMin{});
-    hi = aa_block_reduce(hi, AaMax{});
+    acc_t v[6] = {s, num, psum, n, lo, hi};
+    aa_block_reduce<4, 1>(v);
+    s = v[0], num = v[1], psum = v[2], n = v[3], lo = v[4], hi = v[5];
     if (threadIdx.x == 0) {
       const acc_t bag = num / clamp_min_nan(s, eps);
       part[5 * r] = bce_one(bag);
@@ -623,10 +627,9 @@ __global__ void __launch_bounds__(kThreads) aa_prior_grad_kernel(AutoAssignArgs 
         }
       }
     }
-    for (int k = 0; k < 4; ++k) {
-      const acc_t v = aa_block_reduce(acc[k], AaSum{});
-      if (threadIdx.x == 0) out[4 * r + k] = v;
-    }
+    aa_block_reduce<4, 0>(acc);
+    if (threadIdx.x == 0)
+      for (int k = 0; k < 4; ++k) out[4 * r + k] = acc[k];
   }
 }
 
@@ -642,7 +645,7 @@ __global__ void __launch_bounds__(kThreads) aa_prior_reduce_kernel(AutoAssignArg
     for (int64_t r = threadIdx.x; r < a.batch * a.num_gt; r += blockDim.x)
       if (aa_usable(a, r) && a.labels[r] == c)
         for (int k = 0; k < 4; ++k) v[k] += part[4 * r + k];
-    for (int k = 0; k < 4; ++k) v[k] = aa_block_reduce(v[k], AaSum{});
+    aa_block_reduce<4, 0>(v);
     if (threadIdx.x == 0) {
       dmu[2 * c] = v[0];
       dmu[2 * c + 1] = v[1];
