@@ -107,7 +107,7 @@ def test_best_iou_from_a_gt_far_away(device):
     assert not torch.allclose(gflops.autoassign_loss_terms(*alone, level_shapes=WIDE)[1], got[1], rtol=1e-6)
 
 
-@pytest.mark.parametrize("wild", ["huge", "nan", "inf_gt", "inf_strip"])
+@pytest.mark.parametrize("wild", ["huge", "nan", "inf_gt", "inf_strip", "flat_strip"])
 def test_boxes_too_wild_to_cull(wild, device):
     """Predicted boxes whose areas overflow (or are NaN), and a GT with an
     infinite side: the IoU is not provably 0 for disjoint boxes, so the tile
@@ -123,6 +123,9 @@ def test_boxes_too_wild_to_cull(wild, device):
         d[0, p] = float("nan")
     elif wild == "inf_gt":
         gt[1, 3, 2] = float("inf")
+    elif wild == "flat_strip":  # a GT of width 0 and endless height: its area, 0 x inf, is NaN, so is every IoU
+        gt[0, :, [0, 2]] = gt[0, :, [0, 2]].clamp(max=200.0)  # the other GTs far from it, on the left
+        gt[0, 1] = torch.tensor([550.0, -float("inf"), 550.0, float("inf")], dtype=gt.dtype, device=gt.device)
     else:  # an endless predicted box and an endless GT, apart in x: 0 x inf makes their IoU NaN
         p = 2 * 70 + 3
         x, y = pts[p].tolist()
@@ -142,6 +145,8 @@ def test_boxes_too_wild_to_cull(wild, device):
         assert torch.isnan(got[0][0]) and torch.isfinite(got[0][1]) and torch.isfinite(got[1]).all()
     if wild == "huge":
         assert torch.isfinite(got[1]).all()
+    if wild == "flat_strip":  # kept everywhere (a GT with an infinite side is never culled): NaN in every best IoU
+        assert torch.isnan(got[1][0]) and torch.isfinite(got[1][1])
     if wild == "inf_strip":  # the NaN IoU reaches the negative term of image 0
         assert torch.isnan(got[1][0]) and torch.isfinite(got[1][1])
     if c:

@@ -40,6 +40,33 @@ template <typename T> GF_HD void grid_span(T lo, T hi, T stride, int n, int& fir
   last = l > n - 1 ? n - 1 : l;
 }
 
+// Culls of the loops over a point's GTs, taken for a group of points at a
+// time (a tile): each drops only GTs whose outcome is known, and a kept GT is
+// tested exactly, so the results are the full loops'.
+//
+// Coordinates within 2^60: the areas, unions and intersections of such boxes
+// stay finite (2^122 < float's 2^128), so a box disjoint from another has an
+// IoU of exactly 0 with it.
+template <typename T> GF_HD bool tame_box(const Box4<T>& b) {
+  const T m = T(1152921504606846976.0);  // 2^60
+  return b.x1 >= -m && b.x1 <= m && b.y1 >= -m && b.y1 <= m && b.x2 >= -m && b.x2 <= m && b.y2 >= -m && b.y2 <= m;
+}
+
+// A GT may hold strictly inside one of the points within [lx, hx] x [ly, hy]:
+// px - x1 > 0 implies x1 < px <= hx, and so on for each side (a NaN side: never).
+template <typename T> GF_HD bool may_hold_one_of(const Box4<T>& g, T lx, T ly, T hx, T hy) {
+  return g.x1 < hx && g.x2 > lx && g.y1 < hy && g.y2 > ly;
+}
+
+// A GT's IoU is exactly 0 with every box inside the hull [lx, hx] x [ly, hy]
+// (of corners in either order) when all of them are tame (hull_tame: every
+// box that made the hull was) and the GT lies apart from the hull, an edge
+// shared included: the intersection's width or height clamps to 0, and
+// 0 / max(union, eps) is 0. A maximum that starts at 0 never needs it.
+template <typename T> GF_HD bool iou_surely_zero(const Box4<T>& g, bool hull_tame, T lx, T ly, T hx, T hy) {
+  return hull_tame && tame_box(g) && (g.x2 <= lx || g.x1 >= hx || g.y2 <= ly || g.y1 >= hy);
+}
+
 // The center prior of a point for a GT (SPEC section 6), with what its
 // gradient needs: the stride-normalised offsets less mu.
 template <typename T> struct PriorTerm { T value, ex, ey, dx, dy; };

@@ -6,8 +6,9 @@
 // rows and columns its box spans, each candidate tested exactly. So work and
 // memory grow with the (point, GT) pairs inside, plus one dense pass over
 // points x classes for the negative term. Nothing of size points x GTs is
-// built, except the best-IoU search of the points inside some GT, which
-// costs that many x GTs time but O(P) memory. Sums run in a fixed order
+// built. The best-IoU search of the points inside some GT walks, per tile of
+// points, the GTs that may overlap one of the tile's predicted boxes (O(P)
+// memory; time that many x those GTs). Sums run in a fixed order
 // (GTs ascending, then levels, rows, columns) and in double, so results do
 // not depend on the thread count.
 //
@@ -19,6 +20,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -107,6 +109,69 @@ GF_CPU_CLONES_EXACT void ious_with_gts(const gf::Box4<A>& pb, const A* x1, const
   }
 }
 
+// t = 1 / (1 - best IoU over the image's valid GTs) of the points with
+// in_some, a tile of kTileRows x kTileCols points of a level at a time: the
+// GTs whose IoU is exactly 0 with every predicted box of the tile's points
+// (gf::iou_surely_zero) are dropped first, the rest searched as before, so
+// each maximum is the full search's (a padded slot's IoU counts as 0, and a
+// NaN IoU stays NaN, as amax keeps it).
+template <typename T, typename A>
+void best_ious(const AutoAssignInputs& in, const Image<T, A>& im, const A* pts, const std::vector<uint8_t>& in_some,
+               A* t, bool& any) {
+  constexpr int64_t kTileRows = 8, kTileCols = 32;
+  const int64_t G = in.num_gt;
+  std::vector<A> soa(5 * G);  // x1, y1, x2, y2 of the kept GTs, then their IoUs with one point's box
+  const std::vector<uint8_t> ones(G, 1);
+  std::vector<int64_t> tile;
+  std::vector<gf::Box4<A>> boxes;
+  A* iou = soa.data() + 4 * G;
+  for (size_t l = 0; l < in.level_start.size(); ++l) {
+    const int64_t h = in.level_h[l], w = in.level_w[l], start = in.level_start[l];
+    for (int64_t r0 = 0; r0 < h; r0 += kTileRows) {
+      for (int64_t c0 = 0; c0 < w; c0 += kTileCols) {
+        tile.clear();
+        boxes.clear();
+        bool tame = true;
+        A lx = std::numeric_limits<A>::infinity(), ly = lx, hx = -lx, hy = -lx;
+        for (int64_t r = r0; r < std::min(h, r0 + kTileRows); ++r) {
+          for (int64_t c = c0; c < std::min(w, c0 + kTileCols); ++c) {
+            const int64_t p = start + r * w + c;
+            if (!in_some[p]) continue;
+            const gf::Box4<A> pb = pred_box(pts, im.dist, p);
+            tile.push_back(p);
+            boxes.push_back(pb);
+            tame = tame && gf::tame_box(pb);
+            lx = std::min({lx, pb.x1, pb.x2});
+            ly = std::min({ly, pb.y1, pb.y2});
+            hx = std::max({hx, pb.x1, pb.x2});
+            hy = std::max({hy, pb.y1, pb.y2});
+          }
+        }
+        if (tile.empty()) continue;
+        any = true;
+        int64_t kept = 0;
+        for (int64_t g = 0; g < G; ++g) {
+          const gf::Box4<A> box = gf::load_box(im.gt + 4 * g);
+          if (!im.valid[g] || gf::iou_surely_zero(box, tame, lx, ly, hx, hy)) continue;
+          soa[kept] = box.x1;
+          soa[G + kept] = box.y1;
+          soa[2 * G + kept] = box.x2;
+          soa[3 * G + kept] = box.y2;
+          ++kept;
+        }
+        for (size_t q = 0; q < tile.size(); ++q) {
+          ious_with_gts(boxes[q], soa.data(), soa.data() + G, soa.data() + 2 * G, soa.data() + 3 * G, ones.data(),
+                        kept, iou);
+          A best = A(0);
+          for (int64_t g = 0; g < kept && best == best; ++g)
+            if (iou[g] > best || iou[g] != iou[g]) best = iou[g];
+          t[tile[q]] = gf::inverse_miss(best);
+        }
+      }
+    }
+  }
+}
+
 // The dense negative term of points [0, P): sum of x^2 BCE(x, 0) with x =
 // sigma(cls) sigma(obj) neg_w, rows summed in order.
 template <typename T, typename A>
@@ -163,23 +228,7 @@ void forward_image(const AutoAssignInputs& in, int64_t b, A* loss_pos, A* loss_n
     if (im.valid[g]) for_each_inside(in, pts, strides, gf::load_box(im.gt + 4 * g), [&](int64_t p) { in_some[p] = 1; });
   }
   bool any = false;
-  std::vector<A> soa(5 * G);  // x1, y1, x2, y2 of the GTs, then their IoUs with one point's box
-  std::vector<uint8_t> valid_u8(G);
-  for (int64_t g = 0; g < G; ++g) {
-    for (int k = 0; k < 4; ++k) soa[k * G + g] = im.gt[4 * g + k];
-    valid_u8[g] = im.valid[g];
-  }
-  A* iou = soa.data() + 4 * G;
-  for (int64_t p = 0; p < P; ++p) {
-    if (!in_some[p]) continue;
-    any = true;
-    ious_with_gts(pred_box(pts, im.dist, p), soa.data(), soa.data() + G, soa.data() + 2 * G, soa.data() + 3 * G,
-                  valid_u8.data(), G, iou);
-    A best = A(0);  // IoUs are >= 0 (padded slots count as 0); a NaN IoU stays NaN, as amax keeps it
-    for (int64_t g = 0; g < G && best == best; ++g)
-      if (iou[g] > best || iou[g] != iou[g]) best = iou[g];
-    t[p] = gf::inverse_miss(best);
-  }
+  best_ious(in, im, pts, in_some, t.data(), any);
 
   // Per GT: the positive bag and the range of t over its points.
   std::vector<A> t_min(G), t_max(G);

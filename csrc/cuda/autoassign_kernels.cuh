@@ -255,13 +255,6 @@ __device__ AaBounds<acc_t> aa_bounds(bool on, bool wild, acc_t lx, acc_t ly, acc
   return r;
 }
 
-// Coordinates whose areas, unions and intersections stay finite, so that a
-// box disjoint from another has an IoU of exactly 0 with it.
-template <typename acc_t> __device__ __forceinline__ bool aa_tame(const Box4<acc_t>& b) {
-  const acc_t m = acc_t(1152921504606846976.0);  // 2^60: (2^61)^2 is finite in float
-  return b.x1 >= -m && b.x1 <= m && b.y1 >= -m && b.y1 <= m && b.x2 >= -m && b.x2 <= m && b.y2 >= -m && b.y2 <= m;
-}
-
 // The bounds of this block's points (those with finite coordinates: no other
 // point is strictly inside anything).
 template <typename acc_t> __device__ AaBounds<acc_t> aa_point_bounds(const AutoAssignArgs& a, const AaTilePoint& tp) {
@@ -272,10 +265,9 @@ template <typename acc_t> __device__ AaBounds<acc_t> aa_point_bounds(const AutoA
   return aa_bounds(on, false, px, py, px, py);
 }
 
-// A GT may hold one of the points within `pt` strictly inside: px - x1 > 0
-// implies x1 < px <= hx, and so on for each side (NaN sides: never).
+// A GT may hold one of the points within `pt` strictly inside (common/autoassign.h).
 template <typename acc_t> __device__ __forceinline__ bool aa_may_hold(const Box4<acc_t>& g, const AaBounds<acc_t>& pt) {
-  return g.x1 < pt.hx && g.x2 > pt.lx && g.y1 < pt.hy && g.y2 > pt.ly;
+  return may_hold_one_of(g, pt.lx, pt.ly, pt.hx, pt.hy);
 }
 
 // A GT chunk as the block keeps it: box, label and index in the image.
@@ -359,7 +351,7 @@ __global__ void __launch_bounds__(kThreads) aa_best_iou_kernel(AutoAssignArgs a)
       a.census, kAaKeptInside);
   Box4<acc_t> pb{};
   if (inside) pb = distance2bbox(px, py, dist + 4 * i);
-  const bool tame = aa_tame(pb);
+  const bool tame = tame_box(pb);
   const AaBounds<acc_t> hull = aa_bounds(inside && tame, inside && !tame, gmin(pb.x1, pb.x2), gmin(pb.y1, pb.y2),
                                          gmax(pb.x1, pb.x2), gmax(pb.y1, pb.y2));
   if (!hull.any && !hull.wild) {  // block-uniform: no point inside
@@ -370,10 +362,7 @@ __global__ void __launch_bounds__(kThreads) aa_best_iou_kernel(AutoAssignArgs a)
   aa_count(a.census, kAaTilesInside, 1);
   aa_gt_chunks<acc_t>(
       a, b,
-      [&](const Box4<acc_t>& g) {
-        const bool apart = g.x2 <= hull.lx || g.x1 >= hull.hx || g.y2 <= hull.ly || g.y1 >= hull.hy;
-        return hull.wild || !aa_tame(g) || !apart;
-      },
+      [&](const Box4<acc_t>& g) { return !iou_surely_zero(g, !hull.wild, hull.lx, hull.ly, hull.hx, hull.hy); },
       [&](const AaChunk<acc_t>& c) {
         for (int j = 0; j < c.n && inside && best == best; ++j) {
           const acc_t v = iou_only(pb, c.at(j), acc_t(kAutoAssignIouEps));
