@@ -3,6 +3,7 @@
 
 #include <ATen/ATen.h>
 
+#include <atomic>
 #include <vector>
 
 #include "checks.h"
@@ -27,5 +28,13 @@ AutoAssignInputs autoassign_prepare(const at::Tensor& cls, const at::Tensor& obj
 // The labels of valid GTs must lie in [0, C): checked on the host for CPU
 // tensors, and on CUDA when validation is on (it costs a sync).
 void autoassign_check_values(const AutoAssignInputs& in, const char* op);
+
+// Test-only: the culls of the loops over a point's GTs (common/autoassign.h)
+// on (the default) or off, so that a test compares the culled loops with the
+// full ones on one backend. Read at each call by the CPU and CUDA launchers.
+inline std::atomic<bool>& autoassign_cull() {
+  static std::atomic<bool> on{true};
+  return on;
+}
 
 }  // namespace gflops

@@ -5,6 +5,7 @@
 #include <torch/extension.h>
 
 #include "assign_checks.h"
+#include "autoassign_checks.h"
 #include "box_checks.h"
 #include "checks.h"
 #include "runtime_check.h"
@@ -45,6 +46,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Test hook: how the CPU ATSS kernel found each level's nearest anchors since the last call "
         "(rank window, list window, scan, doublings; gf::AtssPath)");
   m.def("validation_enabled", &gflops::validation_enabled);
+  m.def("set_autoassign_cull", [](bool on) { gflops::autoassign_cull().store(on); },
+        "Test hook: the AutoAssign kernels' culls of the GTs a tile of points walks, on (default) or off");
   m.def("register_triton_autograd", &gflops::register_triton_autograd,
         "Autograd (C++) of torch.ops.gflops_triton, once its ops are defined");
   m.def("cxx_runtime_problem", &gflops::cxx_runtime_problem,

@@ -51,6 +51,8 @@ def autoassign_loss(cls_logits, obj_logits, distances, points, strides, gt_boxes
     A batch without GTs needs no placeholder terms to keep the parameters in
     the graph (the reference's 0 * sum(...)): the fused op takes all of them
     as inputs, so every one gets a gradient (zero where the loss ignores it).
+    The one difference: there the reference's placeholders turn a non-finite
+    distance, objectness or prior parameter into a NaN loss; these are 0.
     """
     loss_pos, loss_neg, prior_sum, any_inside = autoassign_loss_terms(
         cls_logits, obj_logits, distances, points, strides, gt_boxes, gt_labels, gt_valid, mu, sigma,

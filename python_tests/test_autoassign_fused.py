@@ -111,6 +111,12 @@ def test_images_and_batches_without_gt(device):
         a[5], a[6], a[7] = a[5][:, :G], a[6][:, :G], a[7][:, :G]
         _compare(a, 1e-12)
     _compare(case(counts=(4, 0), seed=7, dev=device), 1e-12)  # one image with GTs, one without
+    # No class at all (so no usable GT): zeros, and nothing divides by the class count.
+    a = case(counts=(0, 0), G=1, dev=device)
+    a[0], a[8], a[9] = a[0][..., :0], a[8][:0], a[9][:0]
+    out, grads = _run(gflops.autoassign_loss_terms, a)
+    assert [o.tolist() for o in out] == [[0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [False, False]]
+    assert grads[0].shape == a[0].shape and all(g.abs().sum() == 0 for g in grads[1:])
 
 
 def test_whole_loss_matches(device):

@@ -120,6 +120,7 @@ void best_ious(const AutoAssignInputs& in, const Image<T, A>& im, const A* pts, 
                A* t, bool& any) {
   constexpr int64_t kTileRows = 8, kTileCols = 32;
   const int64_t G = in.num_gt;
+  const bool cull = autoassign_cull().load(std::memory_order_relaxed);
   std::vector<A> soa(5 * G);  // x1, y1, x2, y2 of the kept GTs, then their IoUs with one point's box
   const std::vector<uint8_t> ones(G, 1);
   std::vector<int64_t> tile;
@@ -152,7 +153,7 @@ void best_ious(const AutoAssignInputs& in, const Image<T, A>& im, const A* pts, 
         int64_t kept = 0;
         for (int64_t g = 0; g < G; ++g) {
           const gf::Box4<A> box = gf::load_box(im.gt + 4 * g);
-          if (!im.valid[g] || gf::iou_surely_zero(box, tame, lx, ly, hx, hy)) continue;
+          if (!im.valid[g] || (cull && gf::iou_surely_zero(box, tame, lx, ly, hx, hy))) continue;
           soa[kept] = box.x1;
           soa[G + kept] = box.y1;
           soa[2 * G + kept] = box.x2;

@@ -39,6 +39,7 @@ gc::AutoAssignArgs args_of(const AutoAssignInputs& in, const char* op) {
   }
   TORCH_CHECK(a.levels.tile_start[a.levels.count] < (int64_t(1) << 31), op, ": too many points for the CUDA kernels");
   a.census = gc::autoassign_census_buffer().load(std::memory_order_relaxed);
+  a.cull = autoassign_cull().load(std::memory_order_relaxed);
   a.batch = in.batch;
   a.points_n = in.points_n;
   a.classes = in.classes;

@@ -66,6 +66,7 @@ struct AutoAssignArgs {
   const void* sigma;    // (C, 2)
   AutoAssignLevels levels;
   unsigned long long* census;  // nullptr, or the kAaCensus counters (autoassign_census_buffer)
+  bool cull;                   // the tiles' culls on (off: tests compare with the full loops)
   int64_t batch, points_n, classes, num_gt;
   // forward workspace and outputs
   void* t;          // (B, P): 1 / (1 - best IoU), 0 outside every GT
@@ -265,9 +266,10 @@ template <typename acc_t> __device__ AaBounds<acc_t> aa_point_bounds(const AutoA
   return aa_bounds(on, false, px, py, px, py);
 }
 
-// A GT may hold one of the points within `pt` strictly inside (common/autoassign.h).
-template <typename acc_t> __device__ __forceinline__ bool aa_may_hold(const Box4<acc_t>& g, const AaBounds<acc_t>& pt) {
-  return may_hold_one_of(g, pt.lx, pt.ly, pt.hx, pt.hy);
+// A GT may hold one of the points within `pt` strictly inside (common/autoassign.h), or the culls are off.
+template <typename acc_t>
+__device__ __forceinline__ bool aa_may_hold(const AutoAssignArgs& a, const Box4<acc_t>& g, const AaBounds<acc_t>& pt) {
+  return !a.cull || may_hold_one_of(g, pt.lx, pt.ly, pt.hx, pt.hy);
 }
 
 // A GT chunk as the block keeps it: box, label and index in the image.
@@ -344,7 +346,7 @@ __global__ void __launch_bounds__(kThreads) aa_best_iou_kernel(AutoAssignArgs a)
   bool inside = false;
   aa_count(a.census, kAaTilesWithPoints, 1);
   aa_gt_chunks<acc_t>(
-      a, b, [&](const Box4<acc_t>& g) { return aa_may_hold(g, pt); },
+      a, b, [&](const Box4<acc_t>& g) { return aa_may_hold(a, g, pt); },
       [&](const AaChunk<acc_t>& c) {
         for (int j = 0; j < c.n && tp.has && !inside; ++j) inside = strictly_inside(px, py, c.at(j));
       },
@@ -362,7 +364,9 @@ __global__ void __launch_bounds__(kThreads) aa_best_iou_kernel(AutoAssignArgs a)
   aa_count(a.census, kAaTilesInside, 1);
   aa_gt_chunks<acc_t>(
       a, b,
-      [&](const Box4<acc_t>& g) { return !iou_surely_zero(g, !hull.wild, hull.lx, hull.ly, hull.hx, hull.hy); },
+      [&](const Box4<acc_t>& g) {
+        return !a.cull || !iou_surely_zero(g, !hull.wild, hull.lx, hull.ly, hull.hx, hull.hy);
+      },
       [&](const AaChunk<acc_t>& c) {
         for (int j = 0; j < c.n && inside && best == best; ++j) {
           const acc_t v = iou_only(pb, c.at(j), acc_t(kAutoAssignIouEps));
@@ -443,7 +447,7 @@ __global__ void __launch_bounds__(kThreads) aa_neg_weight_kernel(AutoAssignArgs 
   const AaBounds<acc_t> pt = aa_bounds(inside, false, px, py, px, py);
   if (!pt.any) return;  // block-uniform
   acc_t* row = w + i * a.classes;
-  aa_gt_chunks<acc_t>(a, b, [&](const Box4<acc_t>& g) { return aa_may_hold(g, pt); },
+  aa_gt_chunks<acc_t>(a, b, [&](const Box4<acc_t>& g) { return aa_may_hold(a, g, pt); },
                       [&](const AaChunk<acc_t>& c) {
                         for (int j = 0; j < c.n && inside; ++j) {
                           if (!strictly_inside(px, py, c.at(j))) continue;
@@ -464,9 +468,9 @@ __global__ void __launch_bounds__(kThreads) aa_neg_loss_kernel(AutoAssignArgs a)
   const auto* w = static_cast<const acc_t*>(a.neg_weight) + blockIdx.y * a.points_n * a.classes;
   const int64_t n = a.points_n * a.classes, C = a.classes;
   // The first element and the stride are below 2^31 (a grid of kAutoAssignNegBlocks blocks), so 32-bit
-  // divisions place them; a larger C puts both in point 0 as C itself would.
+  // divisions place them; a larger C puts both in point 0 as C itself would. C = 0: no element, no division.
   const uint32_t first = blockIdx.x * blockDim.x + threadIdx.x, step = gridDim.x * blockDim.x;
-  const uint32_t c32 = C < (int64_t(1) << 31) ? static_cast<uint32_t>(C) : 0x80000000u;
+  const uint32_t c32 = C < 1 ? 1u : C < (int64_t(1) << 31) ? static_cast<uint32_t>(C) : 0x80000000u;
   const int64_t step_p = step / c32, step_c = step % c32;
   int64_t p = first / c32, c = first % c32;
   acc_t v = acc_t(0);
@@ -556,7 +560,7 @@ __global__ void __launch_bounds__(kThreads) aa_pos_grad_kernel(AutoAssignArgs a)
   acc_t d_obj = acc_t(0), dd[4] = {acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
   if (pt.any) {  // block-uniform
     const acc_t px = tp.has ? pts[2 * p] : acc_t(0), py = tp.has ? pts[2 * p + 1] : acc_t(0);
-    aa_gt_chunks<acc_t>(a, b, [&](const Box4<acc_t>& g) { return aa_may_hold(g, pt); },
+    aa_gt_chunks<acc_t>(a, b, [&](const Box4<acc_t>& g) { return aa_may_hold(a, g, pt); },
                         [&](const AaChunk<acc_t>& ch) {
                           for (int j = 0; j < ch.n && tp.has; ++j) {
                             const Box4<acc_t> box = ch.at(j);

@@ -4,6 +4,7 @@
 // emulator's test knobs.
 #include <torch/extension.h>
 
+#include "../autoassign_checks.h"
 #include "../checks.h"
 #include "../cuda/common.cuh"
 #include "../schemas.h"
@@ -37,6 +38,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         },
         "Count what the AutoAssign best-IoU tiles keep (GTs kept for the inside test, for the IoU, tiles with "
         "points, tiles with a point inside a GT) into `counts`; None stops");
+  m.def("set_autoassign_cull", [](bool on) { gflops::autoassign_cull().store(on); },
+        "The AutoAssign kernels' culls of the GTs a tile of points walks, on (default) or off");
   m.def("set_launch_log", &emu::set_launch_log, "Record (kernel, grid, block) of each launch; clears the log");
   m.def("launch_log", [] {
     py::list out;
