@@ -111,6 +111,9 @@ def cases(preset, device):
     yield ("autoassign_loss_terms", f"autoassign_loss_terms B={B} P={P} C={C} G={G} (gradient to cls_logits)",
            gflops.autoassign_loss_terms, aa, dict(level_shapes=shapes), lambda out: out[0].sum() + out[1].sum() +
            out[2].sum())
+    # The whole loss: the same op and the batch totals around it, each a launch on a GPU.
+    yield ("autoassign_loss", f"autoassign_loss B={B} P={P} C={C} G={G} (the totals too; gradient to cls_logits)",
+           gflops.autoassign_loss, aa, dict(level_shapes=shapes), lambda out: sum(out.values()))
 
     k = p["nms_boxes"]
     nb, ns, ni = bench_nms.random_boxes(k, device)

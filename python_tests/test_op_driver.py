@@ -80,6 +80,10 @@ def test_profile_ops_lists_every_op_and_mode(tmp_path):
             ran = {r["kind"] for r in data["rows"] if (r["op"], r["mode"]) == (op, mode)}
             # The CPU backward of an op that fuses its gradient into the forward is an aten::mul_ alone.
             assert ("gflops" if mode != "bwd" else "aten") in ran, (op, mode, ran)
+    # The whole AutoAssign loss: its op and the ATen ops of the batch totals around it.
+    aten = {op: sum(r["count"] for r in data["rows"] if (r["op"], r["mode"], r["kind"]) == (op, "fwd+bwd", "aten"))
+            for op in ("autoassign_loss_terms", "autoassign_loss")}
+    assert calls[("autoassign_loss", "fwd+bwd")]["wall_ms"] > 0 and aten["autoassign_loss"] > aten["autoassign_loss_terms"]
 
 
 @needs_triton
