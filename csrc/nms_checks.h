@@ -3,6 +3,7 @@
 
 #include <ATen/ATen.h>
 
+#include <atomic>
 #include <vector>
 
 #include "checks.h"
@@ -11,6 +12,23 @@
 namespace gflops {
 
 using gf::kNmsMaxLevels;
+
+// The largest class segment the CUDA batched_nms suppresses in one block
+// (larger ones go through the device-wide mask). Test-only setter: a small
+// value sends small inputs down the device-wide path.
+constexpr int64_t kNmsSegmentDefault = 1024;
+constexpr int64_t kNmsSegmentCap = 4096;  // the block's shared removal bits
+inline std::atomic<int64_t>& nms_segment_max() {
+  static std::atomic<int64_t> rows{kNmsSegmentDefault};
+  return rows;
+}
+// The CUDA nms mask tile's budget in bytes (test-only setter: a small one
+// gives small inputs several tiles).
+constexpr int64_t kNmsMaskBytesDefault = int64_t(32) << 20;
+inline std::atomic<int64_t>& nms_mask_bytes() {
+  static std::atomic<int64_t> bytes{kNmsMaskBytesDefault};
+  return bytes;
+}
 
 struct NmsInputs {
   at::Tensor boxes;   // (K, 4) contiguous, the boxes' dtype

@@ -1,6 +1,6 @@
-// CUDA registration of the NMS ops: shared checks, the stable device sorts,
-// workspace, then the torch-free entry points of nms_kernels.cuh on the
-// current stream. multiclass_nms reads nothing back to the host; nms and
+// CUDA registration of the NMS ops: shared checks, the stable device sorts
+// (and for batched_nms the grouping by class), workspace, then the torch-free
+// entry points of nms_kernels.cuh on the current stream. multiclass_nms reads nothing back to the host; nms and
 // batched_nms do once, at the end, for the length of their output.
 #include <ATen/ATen.h>
 #include <torch/library.h>
@@ -20,24 +20,43 @@ at::Tensor nms_cuda_impl(const NmsInputs& in) {
   if (K == 0) return at::empty({0}, opts.dtype(at::kLong));
   const DeviceGuard guard(in.boxes.device());
   // Descending score, equal scores by lower index; NaN scores come first and start removed.
-  const at::Tensor order = std::get<1>(at::sort(in.scores, /*stable=*/true, /*dim=*/0, /*descending=*/true));
+  const at::Tensor by_score = std::get<1>(at::sort(in.scores, /*stable=*/true, /*dim=*/0, /*descending=*/true));
+  // Rows grouped by class, each class in score order (a stable sort of the
+  // classes in score order), with the bounds of each row's class.
+  at::Tensor order = by_score, rank, seg_lo, seg_hi, classes;
+  if (in.idxs.defined()) {
+    auto sorted_classes = at::sort(in.idxs.index_select(0, by_score), c10::optional<bool>(true), /*dim=*/0, /*descending=*/false);
+    classes = std::get<0>(sorted_classes);
+    rank = std::get<1>(sorted_classes);
+    order = by_score.index_select(0, rank);
+    seg_lo = at::searchsorted(classes, classes);
+    seg_hi = at::searchsorted(classes, classes, /*out_int32=*/false, /*right=*/true);
+  }
   const at::Tensor nan = at::isnan(in.scores);
   const int64_t words = (K + gc::kNmsBits - 1) / gc::kNmsBits;
-  const int64_t tile_rows = gc::nms_tile_rows(K, words);
+  const int64_t tile_rows = gc::nms_tile_rows(words, nms_mask_bytes().load(std::memory_order_relaxed));
+  const int64_t segment_max = nms_segment_max().load(std::memory_order_relaxed);
+  const bool big = K > segment_max;
   const auto u64 = opts.dtype(at::kLong);
   at::Tensor sorted = at::empty({K, 4}, opts.dtype(acc_dtype(in.boxes)));
   at::Tensor sorted_idx = at::empty({in.idxs.defined() ? K : 0}, u64);
-  at::Tensor mask = at::empty({std::min(tile_rows, words * gc::kNmsBits) * words}, u64);
+  at::Tensor mask = at::empty({big ? std::min(tile_rows, words * gc::kNmsBits) * words : 0}, u64);
   at::Tensor removed = at::empty({words}, u64), kept = at::empty({words}, u64);
   at::Tensor keep = at::empty({K}, opts.dtype(at::kBool));
+  at::Tensor mid_classes = at::zeros({1}, opts.dtype(at::kInt));
 
   gc::NmsArgs a{};
   a.boxes = in.boxes.data_ptr();
   a.order = order.data_ptr<int64_t>();
+  a.rank = rank.defined() ? rank.data_ptr<int64_t>() : nullptr;
   a.idxs = in.idxs.defined() ? in.idxs.data_ptr<int64_t>() : nullptr;
+  a.seg_lo = seg_lo.defined() ? seg_lo.data_ptr<int64_t>() : nullptr;
+  a.seg_hi = seg_hi.defined() ? seg_hi.data_ptr<int64_t>() : nullptr;
   a.nan_score = nan.data_ptr<bool>();
   a.count = K;
   a.words = words;
+  a.segment_max = segment_max;
+  a.mid_classes = mid_classes.data_ptr<int>();
   a.thr = in.iou_threshold;
   a.sorted = sorted.data_ptr();
   a.sorted_idx = in.idxs.defined() ? sorted_idx.data_ptr<int64_t>() : nullptr;
@@ -45,9 +64,9 @@ at::Tensor nms_cuda_impl(const NmsInputs& in) {
   a.removed = reinterpret_cast<unsigned long long*>(removed.data_ptr<int64_t>());
   a.kept = reinterpret_cast<unsigned long long*>(kept.data_ptr<int64_t>());
   a.keep = keep.data_ptr<bool>();
-  GF_CUDA_CHECK(gc::nms_suppress(kernel_dtype(in.boxes.scalar_type()), a, tile_rows, num_sms(in.boxes.get_device()),
-                                 current_stream()));
-  return order.masked_select(keep);
+  GF_CUDA_CHECK(gc::nms_suppress(kernel_dtype(in.boxes.scalar_type()), a, tile_rows, big,
+                                 num_sms(in.boxes.get_device()), current_stream()));
+  return by_score.masked_select(keep);
 }
 
 at::Tensor nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {

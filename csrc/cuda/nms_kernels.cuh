@@ -2,16 +2,23 @@
 // their torch-free host entry points. Included by nms.cu alone. The launcher
 // sorts (a stable device sort, no host sync) between the phases.
 //
-// nms / batched_nms, on boxes already in score order:
-// 1. gather: boxes (and classes) into score order; NaN scores start removed.
-// 2. per tile of rows: mask: one thread per (row, 64 later columns) sets the
-//    bits of the columns the row suppresses (same class, IoU > thr); rows
-//    removed by earlier tiles are skipped. scan: one block walks the tile's
-//    64-row words in order: one thread settles the word's own rows from the
-//    diagonal mask words, then the block ORs the kept rows' masks into every
-//    later word. The mask tile is at most kNmsMaskBytes (or 64 rows), so the
-//    workspace is max(32 MiB, 8 K) bytes + O(K), never K x K / 8.
-// 3. keep flags per sorted row; the launcher compacts them (the output's
+// nms / batched_nms, on rows grouped by class (one class for nms), each
+// class in score order; the boxes of one class only ever suppress each other,
+// so the work is the sum over classes of K_c^2, not K^2:
+// 1. gather: boxes (and classes) into row order; NaN scores start removed.
+// 2. segment: classes of at most segment_max rows (1024), and those of up to
+//    4096 rows when at least 16 such classes fill the GPU: one block each,
+//    greedy 64 rows a step against the step's kept boxes, no mask in memory.
+// 3. bigger classes (one block would be slower than the whole GPU's mask
+//    and a serial scan), per tile of rows: mask: one thread per (row, 64 later
+//    columns of its class) sets the bits of the columns the row suppresses;
+//    rows removed by earlier tiles are skipped. scan: one block walks the
+//    tile's 64-row words in order: one thread settles the word's own rows
+//    from the diagonal mask words, then the block ORs the kept rows' masks
+//    into the later words of their class. The mask tile is at most 32 MiB
+//    (or 64 rows), so the workspace is max(32 MiB, 8 K) bytes + O(K), never
+//    K x K / 8. Not launched when K <= segment_max.
+// 4. keep flags by score rank; the launcher compacts them (the output's
 //    length is data-dependent, as torchvision's).
 //
 // multiclass_nms, per padded batch, fixed shapes throughout:
@@ -42,22 +49,74 @@ namespace cuda {
 // ---- nms / batched_nms -----------------------------------------------------------
 
 constexpr int kNmsBits = 64;
-constexpr int64_t kNmsMaskBytes = int64_t(32) << 20;
+constexpr int kNmsSegmentWords = 64;  // the segment kernel's removal bits
+constexpr int64_t kNmsSegmentRows = kNmsSegmentWords * kNmsBits;
+// Classes of segment_max to 4096 rows take one block each only when at least
+// this many of them fill the GPU; fewer are faster on the device-wide path.
+constexpr int kNmsMidClasses = 16;
+constexpr int kNmsSegmentThreads = 512;
+constexpr int kNmsScanThreads = 1024;  // later words a step ORs: 1024 at a time
+constexpr int kNmsScanLoads = 16;      // mask loads in flight per thread
 
 struct NmsArgs {
   const void* boxes;        // (K, 4), boxes' dtype
-  const int64_t* order;     // (K,) score order
+  const int64_t* order;     // (K,) original index of each row (rows by class, then score)
+  const int64_t* rank;      // (K,) score rank of each row, or nullptr (rows in score order)
   const int64_t* idxs;      // (K,) classes, or nullptr
+  const int64_t* seg_lo;    // (K,) first row of the row's class, or nullptr (one class)
+  const int64_t* seg_hi;    // (K,) one past its last row
   const bool* nan_score;    // (K,)
   int64_t count, words;     // K, ceil(K / 64)
+  int64_t segment_max;      // classes of at most this many rows: one block each
+  int* mid_classes;         // (1,) zeroed: classes of segment_max to kNmsSegmentRows rows
   double thr;
   void* sorted;             // (K, 4) accumulation dtype
   int64_t* sorted_idx;      // (K,) when idxs
   unsigned long long* mask;     // (tile rows, words)
   unsigned long long* removed;  // (words)
   unsigned long long* kept;     // (words)
-  bool* keep;                   // (K,) in score order
+  bool* keep;                   // (K,) by score rank
 };
+
+__device__ __forceinline__ int64_t seg_lo_of(const NmsArgs& p, int64_t r) { return p.seg_lo ? p.seg_lo[r] : 0; }
+__device__ __forceinline__ int64_t seg_hi_of(const NmsArgs& p, int64_t r) { return p.seg_hi ? p.seg_hi[r] : p.count; }
+__device__ __forceinline__ bool in_big_segment(const NmsArgs& p, int64_t r) {
+  const int64_t n = seg_hi_of(p, r) - seg_lo_of(p, r);
+  return n > p.segment_max && (n > kNmsSegmentRows || *p.mid_classes < kNmsMidClasses);
+}
+// A big segment has more than 64 rows (segment_max >= 64), so one that meets
+// a row word holds the word's first or last row.
+__device__ __forceinline__ bool word_has_big(const NmsArgs& p, int64_t rb) {
+  const int64_t last = (rb + 1) * kNmsBits < p.count ? (rb + 1) * kNmsBits - 1 : p.count - 1;
+  return in_big_segment(p, rb * kNmsBits) || in_big_segment(p, last);
+}
+// The last column word a row of word rb can suppress: its class ends there.
+__device__ __forceinline__ int64_t last_word_of(const NmsArgs& p, int64_t rb) {
+  const int64_t last = (rb + 1) * kNmsBits < p.count ? (rb + 1) * kNmsBits - 1 : p.count - 1;
+  return (seg_hi_of(p, last) - 1) / kNmsBits;
+}
+__device__ __forceinline__ int64_t rank_of(const NmsArgs& p, int64_t r) { return p.rank ? p.rank[r] : r; }
+
+// The greedy order inside one 64-row word: row k, unless `removed` already
+// has it, is kept and removes the rows its diagonal mask word holds. Returns
+// the kept bits; `removed` ends with every settled removal. The mask words
+// are read 8 at a time so that only the ORs form the dependent chain.
+__device__ __forceinline__ unsigned long long settle_word(unsigned long long& removed, const unsigned long long* diag,
+                                                          int n) {
+  unsigned long long kept = 0;
+  for (int k0 = 0; k0 < n; k0 += 8) {
+    unsigned long long d[8];
+#pragma unroll
+    for (int u = 0; u < 8; ++u) d[u] = k0 + u < n ? diag[k0 + u] : 0ull;
+#pragma unroll
+    for (int u = 0; u < 8; ++u)
+      if (k0 + u < n && !((removed >> (k0 + u)) & 1ull)) {
+        kept |= 1ull << (k0 + u);
+        removed |= d[u];
+      }
+  }
+  return kept;
+}
 
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) nms_gather_kernel(NmsArgs p) {
@@ -67,6 +126,8 @@ __global__ void __launch_bounds__(kThreads) nms_gather_kernel(NmsArgs p) {
     const int64_t o = p.order[i];
     for (int c = 0; c < 4; ++c) sorted[4 * i + c] = cvt<acc_t>(boxes[4 * o + c]);
     if (p.idxs) p.sorted_idx[i] = p.idxs[o];
+    const int64_t n = seg_hi_of(p, i) - i;
+    if (seg_lo_of(p, i) == i && n > p.segment_max && n <= kNmsSegmentRows) atomicAdd(p.mid_classes, 1);
   }
   GF_GRID_STRIDE(w, p.words) {
     unsigned long long bits = 0;
@@ -77,104 +138,236 @@ __global__ void __launch_bounds__(kThreads) nms_gather_kernel(NmsArgs p) {
   }
 }
 
-// grid (words, tile rows / 64), kNmsBits threads: thread t, row rb * 64 + t,
-// against the 64 columns of word cb.
+// The 64 removal bits of rows r .. r + 63 (NaN scores), from the gathered words.
+__device__ __forceinline__ unsigned long long nan_bits_at(const NmsArgs& p, int64_t r) {
+  const int64_t w = r / kNmsBits;
+  const int off = static_cast<int>(r % kNmsBits);
+  unsigned long long bits = p.removed[w] >> off;
+  if (off && w + 1 < p.words) bits |= p.removed[w + 1] << (kNmsBits - off);
+  return bits;
+}
+
+// The small classes: one block greedily suppresses each class of at most
+// segment_max rows that starts in its row word, 64 rows a step: the step's
+// rows settle among themselves (a 64 x 64 mask built by the whole block,
+// then one thread in order), then each warp tests the later rows of one
+// 64-row word against the step's kept boxes. No mask leaves the block; the
+// work is the sum over classes of (kept rows x later rows of the class).
+template <typename acc_t>
+__global__ void __launch_bounds__(kNmsSegmentThreads) nms_segment_kernel(NmsArgs p) {
+  constexpr int kQuarters = kNmsSegmentThreads / kNmsBits;
+  GF_SHARED(unsigned long long, rem, [kNmsSegmentWords]);
+  GF_SHARED(unsigned long long, diag, [kNmsBits * kQuarters]);
+  GF_SHARED(acc_t, kbox, [kNmsBits * 4]);
+  GF_SHARED(unsigned long long, sh_kept, [1]);
+  const auto* sorted = static_cast<const acc_t*>(p.sorted);
+  const acc_t thr = static_cast<acc_t>(p.thr);
+  const int t = threadIdx.x, lane = t & 31, warp = t >> 5, warps = blockDim.x >> 5;
+  const int a = t % kNmsBits, q = t / kNmsBits;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kNmsBits;
+  const int64_t r1 = r0 + kNmsBits < p.count ? r0 + kNmsBits : p.count;
+  for (int64_t s = r0; s < r1; ++s) {
+    if (seg_lo_of(p, s) != s) continue;
+    if (in_big_segment(p, s)) continue;
+    const int64_t n = seg_hi_of(p, s) - s;
+    const int nw = static_cast<int>((n + kNmsBits - 1) / kNmsBits);
+    for (int w = t; w < nw; w += blockDim.x) rem[w] = nan_bits_at(p, s + int64_t(w) * kNmsBits);
+    __syncthreads();
+    for (int lw = 0; lw < nw; ++lw) {
+      const int64_t base = s + int64_t(lw) * kNmsBits;
+      const int cnt = static_cast<int>(n - int64_t(lw) * kNmsBits < kNmsBits ? n - int64_t(lw) * kNmsBits : kNmsBits);
+      const unsigned long long rw = rem[lw];
+      unsigned long long bits = 0;
+      if (a < cnt && !((rw >> a) & 1ull)) {
+        const Box4<acc_t> A = load_box(sorted + 4 * (base + a));
+        for (int c = a + 1 + q; c < cnt; c += kQuarters)
+          if (nms_suppresses(A, load_box(sorted + 4 * (base + c)), thr)) bits |= 1ull << c;
+      }
+      diag[q * kNmsBits + a] = bits;
+      __syncthreads();
+      if (q == 0) {
+        for (int qq = 1; qq < kQuarters; ++qq) bits |= diag[qq * kNmsBits + a];
+        diag[a] = bits;
+      }
+      __syncthreads();
+      if (t == 0) {
+        unsigned long long cur = rw;
+        sh_kept[0] = settle_word(cur, diag, cnt);
+      }
+      __syncthreads();
+      const unsigned long long kept = sh_kept[0];
+      if (q == 0 && a < cnt) {
+        const bool k = (kept >> a) & 1ull;
+        p.keep[rank_of(p, base + a)] = k;
+        if (k) {
+          const int at = __popcll(kept & ((1ull << a) - 1ull));
+          for (int c = 0; c < 4; ++c) kbox[4 * at + c] = sorted[4 * (base + a) + c];
+        }
+      }
+      __syncthreads();
+      const int nk = __popcll(kept);
+      for (int lw2 = lw + 1 + warp; lw2 < nw; lw2 += warps) {
+        const unsigned long long rw2 = rem[lw2];
+        unsigned long long hit_bits = 0;
+        for (int half = 0; half < 2; ++half) {
+          const int k = lane + 32 * half;
+          const int64_t j = int64_t(lw2) * kNmsBits + k;
+          bool hit = false;
+          if (j < n && !((rw2 >> k) & 1ull)) {
+            const Box4<acc_t> B = load_box(sorted + 4 * (s + j));
+            for (int i = 0; i < nk && !hit; ++i) hit = nms_suppresses(load_box(kbox + 4 * i), B, thr);
+          }
+          hit_bits |= static_cast<unsigned long long>(__ballot_sync(0xffffffffu, hit)) << (32 * half);
+        }
+        if (lane == 0) rem[lw2] = rw2 | hit_bits;
+      }
+      __syncthreads();  // rem, diag and kbox are rewritten by the next step
+    }
+  }
+}
+
+// The big classes, a tile of rows at a time. Block (x, y): row word x of the
+// tile against column words y, y + gridDim.y, ... up to its class's end.
+// Thread t: row rb * 64 + t. Rows of small classes or already removed set
+// no bits.
 template <typename acc_t>
 __global__ void __launch_bounds__(kNmsBits) nms_mask_kernel(NmsArgs p, int64_t row0, int64_t rows) {
   GF_SHARED(acc_t, cols, [kNmsBits * 4]);
   GF_SHARED(int64_t, col_idx, [kNmsBits]);
-  const int64_t rb = row0 / kNmsBits + blockIdx.y, cb = blockIdx.x;
-  if (cb < rb) return;  // only later columns matter; uniform over the block
+  const int64_t rb = row0 / kNmsBits + blockIdx.x;
+  if (!word_has_big(p, rb)) return;  // uniform over the block
+  const int64_t last = last_word_of(p, rb);
   const auto* sorted = static_cast<const acc_t*>(p.sorted);
   const int t = threadIdx.x;
   const int64_t K = p.count;
-  const int64_t j = cb * kNmsBits + t;
-  if (j < K) {
-    for (int c = 0; c < 4; ++c) cols[4 * t + c] = sorted[4 * j + c];
-    if (p.idxs) col_idx[t] = p.sorted_idx[j];
-  }
-  __syncthreads();
   const int64_t i = rb * kNmsBits + t;
-  if (i >= K || i >= row0 + rows) return;
-  unsigned long long bits = 0;
-  if (!((p.removed[rb] >> t) & 1ull)) {
-    const Box4<acc_t> a = load_box(sorted + 4 * i);
-    const int64_t label = p.idxs ? p.sorted_idx[i] : 0;
-    const acc_t thr = static_cast<acc_t>(p.thr);
-    const int64_t left = K - cb * kNmsBits;
-    const int n = static_cast<int>(left < kNmsBits ? left : kNmsBits);
-    for (int c = cb == rb ? t + 1 : 0; c < n; ++c)
-      if ((!p.idxs || col_idx[c] == label) &&
-          nms_suppresses(a, load_box(static_cast<const acc_t*>(cols) + 4 * c), thr))
-        bits |= 1ull << c;
+  const bool live = i < K && i < row0 + rows && !((p.removed[rb] >> t) & 1ull) && in_big_segment(p, i);
+  Box4<acc_t> a{};
+  int64_t label = 0;
+  if (live) {
+    a = load_box(sorted + 4 * i);
+    label = p.idxs ? p.sorted_idx[i] : 0;
   }
-  p.mask[(i - row0) * p.words + cb] = bits;
+  const acc_t thr = static_cast<acc_t>(p.thr);
+  for (int64_t cb = rb + blockIdx.y; cb <= last; cb += gridDim.y) {
+    const int64_t j = cb * kNmsBits + t;
+    if (j < K) {
+      for (int c = 0; c < 4; ++c) cols[4 * t + c] = sorted[4 * j + c];
+      if (p.idxs) col_idx[t] = p.sorted_idx[j];
+    }
+    __syncthreads();
+    if (i < K && i < row0 + rows) {
+      unsigned long long bits = 0;
+      if (live) {
+        const int64_t left = K - cb * kNmsBits;
+        const int n = static_cast<int>(left < kNmsBits ? left : kNmsBits);
+        for (int c = cb == rb ? t + 1 : 0; c < n; ++c)
+          if ((!p.idxs || col_idx[c] == label) &&
+              nms_suppresses(a, load_box(static_cast<const acc_t*>(cols) + 4 * c), thr))
+            bits |= 1ull << c;
+      }
+      p.mask[(i - row0) * p.words + cb] = bits;
+    }
+    __syncthreads();  // cols is rewritten by the next column word
+  }
 }
 
-// One block: the row words of one tile, in order.
-__global__ void __launch_bounds__(kThreads) nms_scan_kernel(NmsArgs p, int64_t row0, int64_t rows) {
+// One block: the row words of one tile that hold big classes, in order. One
+// thread settles the word's own rows from the diagonal mask words; then the
+// block ORs the kept rows' masks into the later words of their class, 16
+// loads in flight per thread: the step's time is load latency, not bandwidth.
+__global__ void __launch_bounds__(kNmsScanThreads) nms_scan_kernel(NmsArgs p, int64_t row0, int64_t rows) {
   GF_SHARED(unsigned long long, diag, [kNmsBits]);
+  GF_SHARED(unsigned long long, big, [2]);
   GF_SHARED(unsigned long long, kept_word, [1]);
   const int64_t K = p.count, W = p.words;
+  const int t = threadIdx.x;
   const int64_t end = row0 + rows < K ? row0 + rows : K;
   for (int64_t rb = row0 / kNmsBits; rb * kNmsBits < end; ++rb) {
+    if (!word_has_big(p, rb)) continue;  // uniform over the block
     const int64_t first = rb * kNmsBits;
     const int n = static_cast<int>(end - first < kNmsBits ? end - first : kNmsBits);
-    if (threadIdx.x < n) diag[threadIdx.x] = p.mask[(first + threadIdx.x - row0) * W + rb];
+    if (t < 2 * 32) {
+      const bool b = t < n && in_big_segment(p, first + t);
+      if (t < n) diag[t] = p.mask[(first + t - row0) * W + rb];
+      const unsigned ballot = __ballot_sync(0xffffffffu, b);
+      if ((t & 31) == 0) big[t >> 5] = ballot;
+    }
     __syncthreads();
-    if (threadIdx.x == 0) {
-      unsigned long long cur = p.removed[rb], kept = 0;
-      for (int k = 0; k < n; ++k)
-        if (!((cur >> k) & 1ull)) {
-          kept |= 1ull << k;
-          cur |= diag[k];
-        }
+    if (t == 0) {
+      unsigned long long cur = p.removed[rb] | ~(big[0] | (big[1] << 32));
+      const unsigned long long kept = settle_word(cur, diag, n);
       p.removed[rb] = cur;
       p.kept[rb] = kept;
       kept_word[0] = kept;
     }
     __syncthreads();
     const unsigned long long kept = kept_word[0];
-    if (kept)
-      for (int64_t w = rb + 1 + threadIdx.x; w < W; w += blockDim.x) {
+    if (kept) {
+      const int64_t last = last_word_of(p, rb);
+      for (int64_t w = rb + 1 + t; w <= last; w += blockDim.x) {
         unsigned long long acc = p.removed[w];
-        for (unsigned long long m = kept; m; m &= m - 1)
-          acc |= p.mask[(first + __ffsll(static_cast<long long>(m)) - 1 - row0) * W + w];
+        for (unsigned long long m = kept; m;) {
+          unsigned long long v[kNmsScanLoads];
+#pragma unroll
+          for (int u = 0; u < kNmsScanLoads; ++u) {
+            v[u] = 0;
+            if (m) {
+              v[u] = p.mask[(first + __ffsll(static_cast<long long>(m)) - 1 - row0) * W + w];
+              m &= m - 1;
+            }
+          }
+#pragma unroll
+          for (int u = 0; u < kNmsScanLoads; ++u) acc |= v[u];
+        }
         p.removed[w] = acc;
       }
-    __syncthreads();  // removed[rb + 1], diag and kept_word are read or rewritten next
+    }
+    __syncthreads();  // removed[rb + 1], diag, big and kept_word are read or rewritten next
   }
 }
 
 __global__ void __launch_bounds__(kThreads) nms_keep_kernel(NmsArgs p) {
-  GF_GRID_STRIDE(i, p.count) p.keep[i] = (p.kept[i / kNmsBits] >> (i % kNmsBits)) & 1ull;
+  GF_GRID_STRIDE(i, p.count)
+  if (in_big_segment(p, i)) p.keep[rank_of(p, i)] = (p.kept[i / kNmsBits] >> (i % kNmsBits)) & 1ull;
 }
 
-// Rows of one mask tile: a multiple of 64, the tile at most kNmsMaskBytes
+// Rows of one mask tile: a multiple of 64, the tile at most `budget` bytes
 // unless even 64 rows are larger.
-inline int64_t nms_tile_rows(int64_t count, int64_t words) {
-  int64_t rows = kNmsMaskBytes / (words * 8 > 0 ? words * 8 : 1) / kNmsBits * kNmsBits;
+inline int64_t nms_tile_rows(int64_t words, int64_t budget) {
+  int64_t rows = budget / (words * 8 > 0 ? words * 8 : 1) / kNmsBits * kNmsBits;
   const int64_t all = words * kNmsBits;
   rows = rows < kNmsBits ? kNmsBits : rows;
   return rows < all ? rows : all;
 }
 
-inline cudaError_t nms_suppress(DType dt, const NmsArgs& args, int64_t tile_rows, int num_sms, cudaStream_t stream) {
+// `big` says whether any class may exceed segment_max rows (the count does,
+// as the host knows without reading the classes); if not, the device-wide
+// path is not launched at all.
+inline cudaError_t nms_suppress(DType dt, const NmsArgs& args, int64_t tile_rows, bool big, int num_sms,
+                                cudaStream_t stream) {
   if (args.count == 0) return cudaSuccess;
   dispatch_dtype(dt, [&](auto t) {
     using scalar_t = typename decltype(t)::scalar_t;
     using acc_t = typename decltype(t)::acc_t;
     constexpr auto G = nms_gather_kernel<scalar_t, acc_t>;
     launch<G>(grid_for<G>(args.count, num_sms), kThreads, 0, stream, args);
+    if (args.seg_lo || !big)
+      launch<nms_segment_kernel<acc_t>>(static_cast<unsigned>(args.words), kNmsSegmentThreads, 0, stream, args);
+    if (!big) return;
     for (int64_t row0 = 0; row0 < args.count; row0 += tile_rows) {
       const int64_t rows = args.count - row0 < tile_rows ? args.count - row0 : tile_rows;
-      const dim3 grid(static_cast<unsigned>(args.words), static_cast<unsigned>((rows + kNmsBits - 1) / kNmsBits));
+      const int64_t row_words = (rows + kNmsBits - 1) / kNmsBits;
+      // Enough blocks for 16 an SM; each walks its row's column words with this stride.
+      int64_t spread = (int64_t(num_sms) * 16 + row_words - 1) / row_words;
+      spread = spread < args.words ? spread : args.words;
+      const dim3 grid(static_cast<unsigned>(row_words), static_cast<unsigned>(spread > 0 ? spread : 1));
       launch<nms_mask_kernel<acc_t>>(grid, kNmsBits, 0, stream, args, row0, rows);
-      launch<nms_scan_kernel>(1, kThreads, 0, stream, args, row0, rows);
+      launch<nms_scan_kernel>(1, kNmsScanThreads, 0, stream, args, row0, rows);
     }
+    constexpr auto Kp = nms_keep_kernel;
+    launch<Kp>(grid_for<Kp>(args.count, num_sms), kThreads, 0, stream, args);
   });
-  constexpr auto Kp = nms_keep_kernel;
-  launch<Kp>(grid_for<Kp>(args.count, num_sms), kThreads, 0, stream, args);
   return cudaGetLastError();
 }
 

@@ -6,6 +6,7 @@
 
 #include "../autoassign_checks.h"
 #include "../checks.h"
+#include "../nms_checks.h"
 #include "../cuda/common.cuh"
 #include "../schemas.h"
 #include "controls.h"
@@ -38,6 +39,19 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         },
         "Count what the AutoAssign best-IoU tiles keep (GTs kept for the inside test, for the IoU, tiles with "
         "points, tiles with a point inside a GT) into `counts`; None stops");
+  m.def("set_nms_segment_max",
+        [](int64_t rows) {
+          TORCH_CHECK(rows >= 64 && rows <= gflops::kNmsSegmentCap, "set_nms_segment_max: 64 to ",
+                      gflops::kNmsSegmentCap, " rows, got ", rows);
+          gflops::nms_segment_max().store(rows);
+        },
+        "The largest class segment the CUDA batched_nms suppresses in one block (64-4096, default 1024)");
+  m.def("set_nms_mask_bytes",
+        [](int64_t bytes) {
+          TORCH_CHECK(bytes > 0, "set_nms_mask_bytes: a positive budget, got ", bytes);
+          gflops::nms_mask_bytes().store(bytes);
+        },
+        "Test hook: the CUDA nms mask tile's budget in bytes (default 32 MiB; at least 64 rows a tile)");
   m.def("set_autoassign_cull", [](bool on) { gflops::autoassign_cull().store(on); },
         "The AutoAssign kernels' culls of the GTs a tile of points walks, on (default) or off");
   m.def("set_launch_log", &emu::set_launch_log, "Record (kernel, grid, block) of each launch; clears the log");
