@@ -31,7 +31,7 @@ test: test-deps
 
 # The emulated CUDA cases (every test id with "emu") under AddressSanitizer +
 # UBSan (memcheck's job), then under the shared-memory race check (racecheck's).
-EMU_TESTS = python_tests/test_losses.py python_tests/test_boxes.py python_tests/test_decode.py python_tests/test_box_branch.py python_tests/test_assign.py python_tests/test_assign_grid.py python_tests/test_nms.py python_tests/test_nms_segments.py \
+EMU_TESTS = python_tests/test_losses.py python_tests/test_boxes.py python_tests/test_decode.py python_tests/test_box_branch.py python_tests/test_assign.py python_tests/test_assign_grid.py python_tests/test_nms.py python_tests/test_nms_segments.py python_tests/test_multiclass_select.py \
 	python_tests/test_autoassign_fused.py python_tests/test_autoassign_tiles.py python_tests/test_host_path.py \
 	python_tests/test_cuda_paths.py
 test-sanitizers: test-deps

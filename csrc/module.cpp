@@ -60,6 +60,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           gflops::nms_mask_bytes().store(bytes);
         },
         "Test hook: the CUDA nms mask tile's budget in bytes (default 32 MiB; at least 64 rows a tile)");
+  m.def("set_multiclass_chunk",
+        [](int64_t pairs) {
+          TORCH_CHECK(pairs > 0, "set_multiclass_chunk: a positive number of pairs, got ", pairs);
+          gflops::multiclass_chunk().store(pairs);
+        },
+        "Test hook: the (anchor, class) pairs a block of the CUDA multiclass_nms selection walks (default 16384)");
   m.def("set_autoassign_cull", [](bool on) { gflops::autoassign_cull().store(on); },
         "Test hook: the AutoAssign kernels' culls of the GTs a tile of points walks, on (default) or off");
   m.def("register_triton_autograd", &gflops::register_triton_autograd,

@@ -22,6 +22,13 @@ inline std::atomic<int64_t>& nms_segment_max() {
   static std::atomic<int64_t> rows{kNmsSegmentDefault};
   return rows;
 }
+// The (anchor, class) pairs a block of the CUDA multiclass_nms selection
+// walks: 64 a thread (test-only setter: a small chunk splits small levels).
+constexpr int64_t kMcChunkDefault = 16384;
+inline std::atomic<int64_t>& multiclass_chunk() {
+  static std::atomic<int64_t> pairs{kMcChunkDefault};
+  return pairs;
+}
 // The CUDA nms mask tile's budget in bytes (test-only setter: a small one
 // gives small inputs several tiles).
 constexpr int64_t kNmsMaskBytesDefault = int64_t(32) << 20;

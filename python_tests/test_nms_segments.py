@@ -50,6 +50,23 @@ def launches(accel):
         m.set_launch_log(False)
 
 
+@contextlib.contextmanager
+def census(accel):
+    """The rows each path settled in the block (one block per class, device
+    wide), on the emulator (empty elsewhere)."""
+    counts = []
+    if not emulated(accel):
+        yield counts
+        return
+    m, buf = emulation.load(), torch.zeros(4, dtype=torch.long)
+    m.set_nms_census(buf)
+    try:
+        yield counts
+    finally:
+        m.set_nms_census(None)
+    counts.extend(buf.tolist()[:2])
+
+
 def uneven_classes(sizes, seed):
     """Class labels with the given number of rows each, shuffled, as negative
     and sparse values (the kernels never index by class)."""
@@ -85,19 +102,21 @@ def test_segments_of_every_size(accel, segment_rows, case):
         assert any("nms_mask_kernel" in n for n in names) == big
 
 
-def test_several_mask_tiles(accel):
-    """A 1 KiB tile budget: 64 rows a tile, so classes span many tiles, and a
-    kept row of one tile removes rows of later tiles."""
+@pytest.mark.parametrize("budget,tiles", [(1024, 11), (17000, 4)])
+def test_several_mask_tiles(accel, budget, tiles):
+    """A tile budget of 1 KiB (64 rows a tile) or 17000 bytes (192 rows: 3
+    words): classes span several tiles, settle inside one and across them,
+    and a kept row of one tile removes rows of later tiles."""
     boxes, scores = clustered_boxes(700, 8)
     idxs = uneven_classes([300, 250, 100, 50], 9)
-    with limits(accel, 64, 1024), launches(accel) as names:
+    with limits(accel, 64, budget), launches(accel) as names:
         _check(accel, boxes, scores, idxs, 0.3)
         # one class: nms itself, also tiled
         want = greedy(boxes, scores, 0.3)
         with accel:
             assert torch.equal(gflops.nms(accel(boxes), accel(scores), 0.3).cpu(), want)
     if emulated(accel):
-        assert sum("nms_scan_kernel" in n for n in names) == 2 * 11  # ceil(700 / 64) tiles, twice
+        assert sum("nms_scan_kernel" in n for n in names) == 2 * tiles
 
 
 def test_nan_scores_and_ties_inside_classes(accel):
@@ -141,12 +160,34 @@ def test_segment_limits_are_checked():
             m.set_nms_mask_bytes(0)
 
 
+SEGMENT_ROWS, BIG_ROWS = 0, 1  # gf::cuda::NmsCensus
+
+
 @pytest.mark.parametrize("classes", [15, 16, 40])
 def test_mid_classes_either_side_of_sixteen(accel, classes):
     """Classes above segment_max but within 4096 rows go to one block each
     only when at least 16 of them fill the GPU: both sides of that count,
-    beside small classes."""
+    beside small classes; on the emulator, the rows each path settled."""
     sizes = [65 + (13 * c) % 60 for c in range(classes)] + [5, 30, 64]
     boxes, scores = clustered_boxes(sum(sizes), classes, clusters=12)
-    with limits(accel, 64):
+    with limits(accel, 64), census(accel) as rows:
         _check(accel, boxes, scores, uneven_classes(sizes, classes), 0.45)
+    if emulated(accel):
+        mid = sum(sizes[:classes])
+        want = [sum(sizes), 0] if classes >= 16 else [sum(sizes) - mid, mid]
+        assert rows == want
+
+
+def test_class_paths_by_size(accel):
+    """Which rows each path settles: a class of 4097 rows is never one
+    block's; 1024 rows are by default; one class of K rows (nms) above
+    segment_max goes device-wide."""
+    cases = [([4097, 100], 1024, [100, 4097]), ([1024, 3], 1024, [1027, 0]), ([300], 64, [0, 300]),
+             ([64, 64, 10], 64, [138, 0]),
+             ([4096] + [65] * 16, 64, [4096 + 16 * 65, 0])]  # 17 mid classes: even 4096 rows (64 words) in one block
+    for sizes, segment_rows, want in cases:
+        boxes, scores = clustered_boxes(sum(sizes), 3, clusters=40)
+        with limits(accel, segment_rows), census(accel) as rows:
+            _check(accel, boxes, scores, uneven_classes(sizes, 1), 0.5)
+        if emulated(accel):
+            assert rows == want, sizes

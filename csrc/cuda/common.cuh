@@ -54,6 +54,13 @@ inline std::atomic<unsigned long long*>& autoassign_census_buffer() {
   return buffer;
 }
 
+// Test-only: where the nms kernels count the rows each path settles
+// (kNmsCensus words, see nms_kernels.cuh); nullptr normally.
+inline std::atomic<unsigned long long*>& nms_census_buffer() {
+  static std::atomic<unsigned long long*> buffer{nullptr};
+  return buffer;
+}
+
 // 32-bit indexing when the flat index and its grid stride stay below 2^31.
 inline bool fits_int32(int64_t n) { return n < (int64_t(1) << 30) && !force_int64_index().load(std::memory_order_relaxed); }
 

@@ -13,6 +13,7 @@ namespace gflops {
 namespace {
 
 namespace gc = gf::cuda;
+static_assert(gc::kNmsSegmentRows == kNmsSegmentCap, "the segment hook's cap is the kernel's shared removal bits");
 
 at::Tensor nms_cuda_impl(const NmsInputs& in) {
   const int64_t K = in.count;
@@ -43,7 +44,7 @@ at::Tensor nms_cuda_impl(const NmsInputs& in) {
   at::Tensor mask = at::empty({big ? std::min(tile_rows, words * gc::kNmsBits) * words : 0}, u64);
   at::Tensor removed = at::empty({words}, u64), kept = at::empty({words}, u64);
   at::Tensor keep = at::empty({K}, opts.dtype(at::kBool));
-  at::Tensor mid_classes = at::zeros({1}, opts.dtype(at::kInt));
+  at::Tensor class_counts = at::zeros({2}, opts.dtype(at::kInt));
 
   gc::NmsArgs a{};
   a.boxes = in.boxes.data_ptr();
@@ -56,7 +57,8 @@ at::Tensor nms_cuda_impl(const NmsInputs& in) {
   a.count = K;
   a.words = words;
   a.segment_max = segment_max;
-  a.mid_classes = mid_classes.data_ptr<int>();
+  a.class_counts = class_counts.data_ptr<int>();
+  a.census = gc::nms_census_buffer().load(std::memory_order_relaxed);
   a.thr = in.iou_threshold;
   a.sorted = sorted.data_ptr();
   a.sorted_idx = in.idxs.defined() ? sorted_idx.data_ptr<int64_t>() : nullptr;
@@ -87,10 +89,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multiclass_nms_cuda(
   const MulticlassInputs in =
       multiclass_prepare(cls_scores, bbox_preds, points, strides, level_sizes, image_shapes, scale_factors, reg_max,
                          score_thr, nms_pre, iou_threshold, max_per_img, min_bbox_size, op);
-  for (size_t l = 0; l + 1 < in.level_start.size(); ++l)
-    TORCH_CHECK((in.level_start[l + 1] - in.level_start[l]) * in.classes < (int64_t(1) << 31), op,
-                ": the CUDA kernel takes fewer than 2^31 (anchor, class) pairs per level, got ",
-                (in.level_start[l + 1] - in.level_start[l]) * in.classes, " at level ", l);
+  const int levels = static_cast<int>(in.level_start.size()) - 1;
+  const int64_t chunk = multiclass_chunk().load(std::memory_order_relaxed);
+  std::vector<int64_t> chunk_start(levels + 1, 0);
+  for (int l = 0; l < levels; ++l) {
+    const int64_t pairs = (in.level_start[l + 1] - in.level_start[l]) * in.classes;
+    TORCH_CHECK(pairs < (int64_t(1) << 31), op,
+                ": the CUDA kernel takes fewer than 2^31 (anchor, class) pairs per level, got ", pairs, " at level ",
+                l);
+    chunk_start[l + 1] = chunk_start[l] + (pairs + chunk - 1) / chunk;
+  }
+  TORCH_CHECK(chunk_start[levels] <= 65535, op, ": the CUDA kernel takes at most 65535 x ", chunk,
+              " (anchor, class) pairs per image, got ", in.anchors * in.classes);
   auto res = multiclass_outputs(in);
   const DeviceGuard guard(in.cls.device());
   const int64_t B = in.batch, M = in.slot_start.back();
@@ -99,6 +109,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multiclass_nms_cuda(
   at::Tensor cand_flat = at::empty({B, M}, opts.dtype(at::kLong));
   at::Tensor cand_score = at::empty({B, M}, opts.dtype(acc));
   at::Tensor cand_box = at::empty({B, M, 4}, opts.dtype(acc));
+  at::Tensor hist = at::zeros({B, levels, 256}, opts.dtype(at::kInt));
+  at::Tensor state = at::empty({B, levels, 4}, opts.dtype(at::kLong));
+  at::Tensor chunk_counts = at::empty({B, chunk_start[levels], 2}, opts.dtype(at::kInt));
 
   gc::McArgs a{};
   a.cls = in.cls.data_ptr();
@@ -107,11 +120,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multiclass_nms_cuda(
   a.strides = in.strides.data_ptr();
   a.image_shapes = in.image_shapes.data_ptr();
   a.scale_factors = in.scale_factors.data_ptr();
-  a.levels = static_cast<int>(in.level_start.size()) - 1;
-  for (size_t l = 0; l < in.level_start.size(); ++l) {
+  a.levels = levels;
+  for (int l = 0; l <= levels; ++l) {
     a.level_start[l] = in.level_start[l];
     a.slot_start[l] = in.slot_start[l];
+    a.chunk_start[l] = chunk_start[l];
   }
+  a.chunk = chunk;
   a.n1 = static_cast<int>(in.reg_max + 1);
   a.batch = B;
   a.anchors = in.anchors;
@@ -122,6 +137,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multiclass_nms_cuda(
   a.score_floor = gf::logit_floor(in.score_thr);
   a.iou_thr = in.iou_threshold;
   a.min_size = in.min_bbox_size;
+  a.hist = reinterpret_cast<unsigned int*>(hist.data_ptr<int>());
+  a.state = reinterpret_cast<unsigned long long*>(state.data_ptr<int64_t>());
+  a.chunk_counts = chunk_counts.data_ptr<int>();
   a.cand_flat = cand_flat.data_ptr<int64_t>();
   a.cand_score = cand_score.data_ptr();
   a.cand_box = cand_box.data_ptr();

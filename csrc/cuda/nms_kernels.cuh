@@ -22,11 +22,17 @@
 //    length is data-dependent, as torchvision's).
 //
 // multiclass_nms, per padded batch, fixed shapes throughout:
-// 1. select: one block per (image, level) finds the nms_pre-th largest
-//    score by a radix select over the score's bits (8 bits a pass; the first
-//    pass ends it when no more than nms_pre pairs pass score_thr), then
-//    compacts the selected pairs in flat order (block scans), ties at the
-//    threshold score going to the lowest flat indices.
+// 1. select, spread over chunks of 16384 (anchor, class) pairs of a level:
+//    the nms_pre-th largest score of each (image, level) by a radix select
+//    over the score's bits, 8 bits a pass: per pass, every chunk's block
+//    histograms the keys that match the prefix so far (shared memory, a
+//    warp's equal digits added once), adds it to the (image, level)'s
+//    histogram (integer atomics: any order, same counts), then one block per
+//    (image, level) picks the digit. The first pass ends it when no more
+//    than nms_pre pairs pass score_thr. Then each chunk counts its keys
+//    above and equal to the threshold key, and the chunks that select any
+//    compact them into the level's slots in flat order (block scans), ties
+//    at the threshold score going to the lowest flat indices.
 // 2. decode: one thread per slot: box, clip, min-size test (failures and
 //    empty slots get score -1).
 // 3. (launcher) stable descending sort of each image's slot scores: slot
@@ -50,11 +56,12 @@ namespace cuda {
 
 constexpr int kNmsBits = 64;
 constexpr int kNmsSegmentWords = 64;  // the segment kernel's removal bits
-constexpr int64_t kNmsSegmentRows = kNmsSegmentWords * kNmsBits;
+constexpr int64_t kNmsSegmentRows = kNmsSegmentWords * kNmsBits;  // = kNmsSegmentCap (nms.cu checks)
 // Classes of segment_max to 4096 rows take one block each only when at least
 // this many of them fill the GPU; fewer are faster on the device-wide path.
 constexpr int kNmsMidClasses = 16;
 constexpr int kNmsSegmentThreads = 512;
+enum NmsCensus { kNmsSegmentRowsSettled, kNmsBigRowsSettled, kNmsCensus };
 constexpr int kNmsScanThreads = 1024;  // later words a step ORs: 1024 at a time
 constexpr int kNmsScanLoads = 16;      // mask loads in flight per thread
 
@@ -68,7 +75,8 @@ struct NmsArgs {
   const bool* nan_score;    // (K,)
   int64_t count, words;     // K, ceil(K / 64)
   int64_t segment_max;      // classes of at most this many rows: one block each
-  int* mid_classes;         // (1,) zeroed: classes of segment_max to kNmsSegmentRows rows
+  int* class_counts;        // (2,) zeroed: classes of segment_max to kNmsSegmentRows rows, and more
+  unsigned long long* census;  // nullptr, or kNmsCensus counters (nms_census_buffer)
   double thr;
   void* sorted;             // (K, 4) accumulation dtype
   int64_t* sorted_idx;      // (K,) when idxs
@@ -82,7 +90,12 @@ __device__ __forceinline__ int64_t seg_lo_of(const NmsArgs& p, int64_t r) { retu
 __device__ __forceinline__ int64_t seg_hi_of(const NmsArgs& p, int64_t r) { return p.seg_hi ? p.seg_hi[r] : p.count; }
 __device__ __forceinline__ bool in_big_segment(const NmsArgs& p, int64_t r) {
   const int64_t n = seg_hi_of(p, r) - seg_lo_of(p, r);
-  return n > p.segment_max && (n > kNmsSegmentRows || *p.mid_classes < kNmsMidClasses);
+  return n > p.segment_max && (n > kNmsSegmentRows || p.class_counts[0] < kNmsMidClasses);
+}
+// Whether any class takes the device-wide path (known once gather has run):
+// its kernels are launched whenever K > segment_max and return at once if not.
+__device__ __forceinline__ bool any_big_segment(const NmsArgs& p) {
+  return p.class_counts[1] > 0 || (p.class_counts[0] > 0 && p.class_counts[0] < kNmsMidClasses);
 }
 // A big segment has more than 64 rows (segment_max >= 64), so one that meets
 // a row word holds the word's first or last row.
@@ -127,7 +140,7 @@ __global__ void __launch_bounds__(kThreads) nms_gather_kernel(NmsArgs p) {
     for (int c = 0; c < 4; ++c) sorted[4 * i + c] = cvt<acc_t>(boxes[4 * o + c]);
     if (p.idxs) p.sorted_idx[i] = p.idxs[o];
     const int64_t n = seg_hi_of(p, i) - i;
-    if (seg_lo_of(p, i) == i && n > p.segment_max && n <= kNmsSegmentRows) atomicAdd(p.mid_classes, 1);
+    if (seg_lo_of(p, i) == i && n > p.segment_max) atomicAdd(p.class_counts + (n > kNmsSegmentRows), 1);
   }
   GF_GRID_STRIDE(w, p.words) {
     unsigned long long bits = 0;
@@ -171,6 +184,7 @@ __global__ void __launch_bounds__(kNmsSegmentThreads) nms_segment_kernel(NmsArgs
     if (in_big_segment(p, s)) continue;
     const int64_t n = seg_hi_of(p, s) - s;
     const int nw = static_cast<int>((n + kNmsBits - 1) / kNmsBits);
+    if (p.census && t == 0) atomicAdd(p.census + kNmsSegmentRowsSettled, static_cast<unsigned long long>(n));
     for (int w = t; w < nw; w += blockDim.x) rem[w] = nan_bits_at(p, s + int64_t(w) * kNmsBits);
     __syncthreads();
     for (int lw = 0; lw < nw; ++lw) {
@@ -235,7 +249,7 @@ __global__ void __launch_bounds__(kNmsBits) nms_mask_kernel(NmsArgs p, int64_t r
   GF_SHARED(acc_t, cols, [kNmsBits * 4]);
   GF_SHARED(int64_t, col_idx, [kNmsBits]);
   const int64_t rb = row0 / kNmsBits + blockIdx.x;
-  if (!word_has_big(p, rb)) return;  // uniform over the block
+  if (!any_big_segment(p) || !word_has_big(p, rb)) return;  // uniform over the block
   const int64_t last = last_word_of(p, rb);
   const auto* sorted = static_cast<const acc_t*>(p.sorted);
   const int t = threadIdx.x;
@@ -283,6 +297,7 @@ __global__ void __launch_bounds__(kNmsScanThreads) nms_scan_kernel(NmsArgs p, in
   const int64_t K = p.count, W = p.words;
   const int t = threadIdx.x;
   const int64_t end = row0 + rows < K ? row0 + rows : K;
+  if (!any_big_segment(p)) return;
   for (int64_t rb = row0 / kNmsBits; rb * kNmsBits < end; ++rb) {
     if (!word_has_big(p, rb)) continue;  // uniform over the block
     const int64_t first = rb * kNmsBits;
@@ -328,8 +343,12 @@ __global__ void __launch_bounds__(kNmsScanThreads) nms_scan_kernel(NmsArgs p, in
 }
 
 __global__ void __launch_bounds__(kThreads) nms_keep_kernel(NmsArgs p) {
+  if (!any_big_segment(p)) return;
   GF_GRID_STRIDE(i, p.count)
-  if (in_big_segment(p, i)) p.keep[rank_of(p, i)] = (p.kept[i / kNmsBits] >> (i % kNmsBits)) & 1ull;
+  if (in_big_segment(p, i)) {
+    p.keep[rank_of(p, i)] = (p.kept[i / kNmsBits] >> (i % kNmsBits)) & 1ull;
+    if (p.census) atomicAdd(p.census + kNmsBigRowsSettled, 1ull);
+  }
 }
 
 // Rows of one mask tile: a multiple of 64, the tile at most `budget` bytes
@@ -382,9 +401,14 @@ struct McArgs {
   const void* scale_factors;  // (B, 2) (sx, sy)
   int64_t level_start[kNmsMaxLevels + 1];
   int64_t slot_start[kNmsMaxLevels + 1];
+  int64_t chunk_start[kNmsMaxLevels + 1];  // chunks of `chunk` pairs before each level
+  int64_t chunk;                           // pairs a select block walks (16384)
   int levels, n1;
   int64_t batch, anchors, classes, slots, max_per_img;
   double score_thr, score_floor, iou_thr, min_size;
+  unsigned int* hist;         // (B, L, 256) zeroed; each decide zeroes it again
+  unsigned long long* state;  // (B, L, 4): prefix, prefix mask, want, flags
+  int* chunk_counts;          // (B, chunks, 2): keys above and equal to the threshold key
   int64_t* cand_flat;         // (B, M) anchor * C + class
   void* cand_score;           // (B, M) accumulation dtype; -1 = no candidate
   void* cand_box;             // (B, M, 4)
@@ -428,87 +452,228 @@ __device__ __forceinline__ int block_exclusive_scan(int v, int* sums, int& total
   return before + incl - v;
 }
 
+constexpr unsigned long long kMcAll = 1, kMcDone = 2;
+
+// The chunk of blockIdx.y: its level and pair range [f0, f1); false past the last chunk.
+__device__ __forceinline__ bool mc_chunk(const McArgs& p, int& l, int64_t& f0, int64_t& f1) {
+  const int64_t c = blockIdx.y;
+  for (l = 0; l < p.levels && p.chunk_start[l + 1] <= c; ++l) {
+  }
+  if (l >= p.levels) return false;
+  const int64_t lo = p.level_start[l] * p.classes, hi = p.level_start[l + 1] * p.classes;
+  f0 = lo + (c - p.chunk_start[l]) * p.chunk;
+  f1 = f0 + p.chunk < hi ? f0 + p.chunk : hi;
+  return true;
+}
+
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads) mc_select_kernel(McArgs p) {
+__device__ __forceinline__ typename KeyOf<acc_t>::type mc_key(const McArgs& p, const scalar_t* x, int64_t f,
+                                                              acc_t& s) {
+  using key_t = typename KeyOf<acc_t>::type;
+  const acc_t thr = static_cast<acc_t>(p.score_thr), floor = static_cast<acc_t>(p.score_floor);
+  return candidate_score(cvt<acc_t>(x[f]), floor, thr, s) ? score_key(s) : key_t(0);
+}
+
+// One radix pass: grid (B, chunks). The (image, level)'s histogram of digit
+// `shift` over the keys that match the prefix so far.
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads) mc_hist_kernel(McArgs p, int shift, bool first) {
   using key_t = typename KeyOf<acc_t>::type;
   GF_SHARED(unsigned int, hist, [256]);
-  GF_SHARED(int, sums, [kThreads / 32]);
-  GF_SHARED(key_t, sh_prefix, [1]);
-  GF_SHARED(long long, sh_want, [1]);
-  GF_SHARED(int, sh_all, [1]);
-  const int l = blockIdx.y;
-  const int64_t b = blockIdx.x, C = p.classes, M = p.slots;
-  const int64_t f0 = p.level_start[l] * C, f1 = p.level_start[l + 1] * C;
-  const int64_t s0 = p.slot_start[l], cap = p.slot_start[l + 1] - s0;
-  const scalar_t* x = static_cast<const scalar_t*>(p.cls) + b * p.anchors * C;
-  const acc_t thr = static_cast<acc_t>(p.score_thr), floor = static_cast<acc_t>(p.score_floor);
-  auto key_of = [&](int64_t f, acc_t& s) -> key_t {
-    return candidate_score(cvt<acc_t>(x[f]), floor, thr, s) ? score_key(s) : key_t(0);
-  };
-
-  // Radix select of the cap-th largest key among the candidates (key 0 = none).
-  key_t prefix = 0, pmask = 0;
-  long long want = cap;
-  bool all = false;
-  for (int shift = static_cast<int>(sizeof(key_t)) * 8 - 8; shift >= 0; shift -= 8) {
-    for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0u;
-    __syncthreads();
-    for (int64_t f = f0 + threadIdx.x; f < f1; f += blockDim.x) {
-      acc_t s;
-      const key_t k = key_of(f, s);
-      if (k != 0 && (k & pmask) == prefix) atomicAdd(&hist[(k >> shift) & 255], 1u);
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      long long total = 0;
-      for (int d = 0; d < 256; ++d) total += hist[d];
-      int all_now = pmask == 0 && total <= want;
-      long long above = 0;
-      int d = 255;
-      if (!all_now)
-        for (; d > 0; --d) {
-          if (above + hist[d] >= want) break;
-          above += hist[d];
-        }
-      sh_all[0] = all_now;
-      sh_prefix[0] = prefix | (static_cast<key_t>(d) << shift);
-      sh_want[0] = want - above;
-    }
-    __syncthreads();
-    all = sh_all[0] != 0;
-    prefix = sh_prefix[0];
-    want = sh_want[0];
-    pmask |= static_cast<key_t>(255) << shift;
-    __syncthreads();  // the shared results are rewritten by the next pass
-    if (all) break;
+  int l;
+  int64_t f0, f1;
+  if (!mc_chunk(p, l, f0, f1)) return;
+  const int64_t b = blockIdx.x, bl = b * p.levels + l;
+  const unsigned long long* st = p.state + 4 * bl;
+  if (!first && (st[3] & kMcDone)) return;
+  const key_t prefix = first ? key_t(0) : static_cast<key_t>(st[0]);
+  const key_t pmask = first ? key_t(0) : static_cast<key_t>(st[1]);
+  const scalar_t* x = static_cast<const scalar_t*>(p.cls) + b * p.anchors * p.classes;
+  const int t = threadIdx.x, lane = t & 31;
+  for (int i = t; i < 256; i += blockDim.x) hist[i] = 0u;
+  __syncthreads();
+  for (int64_t c0 = f0; c0 < f1; c0 += blockDim.x) {  // same trip count for every thread
+    const int64_t f = c0 + t;
+    acc_t s;
+    const key_t k = f < f1 ? mc_key<scalar_t, acc_t>(p, x, f, s) : key_t(0);
+    const bool match = k != 0 && (k & pmask) == prefix;
+    const int digit = match ? static_cast<int>((k >> shift) & 255) : -1;
+    // Most keys of a pass share a few digits: the warp adds the first
+    // matching lane's digit once for every lane that has it.
+    const unsigned any = __ballot_sync(0xffffffffu, match);
+    const int lead = any ? __shfl_sync(0xffffffffu, digit, __ffs(static_cast<int>(any)) - 1) : -1;
+    const unsigned same = __ballot_sync(0xffffffffu, match && digit == lead);
+    if (same && lane == __ffs(static_cast<int>(same)) - 1) atomicAdd(&hist[lead], static_cast<unsigned>(__popc(same)));
+    if (match && digit != lead) atomicAdd(&hist[digit], 1u);
   }
+  __syncthreads();
+  unsigned int* out = p.hist + 256 * bl;
+  for (int i = t; i < 256; i += blockDim.x)
+    if (hist[i]) atomicAdd(&out[i], hist[i]);
+}
 
-  // Compaction in flat order: keys above the threshold key, then the first
-  // `want` keys equal to it.
+// grid (B, L): the digit of this pass, as the one-block select picked it,
+// then the histogram zeroed for the next pass.
+template <typename acc_t>
+__global__ void __launch_bounds__(kThreads) mc_decide_kernel(McArgs p, int shift, bool first) {
+  using key_t = typename KeyOf<acc_t>::type;
+  const int l = blockIdx.y;
+  const int64_t b = blockIdx.x, bl = b * p.levels + l;
+  unsigned long long* st = p.state + 4 * bl;
+  unsigned int* hist = p.hist + 256 * bl;
+  const bool done = !first && (st[3] & kMcDone);
+  __syncthreads();  // every thread has read the flags before thread 0 rewrites them
+  if (done) return;  // uniform: the histogram stayed zero
+  if (threadIdx.x == 0) {
+    key_t prefix = first ? key_t(0) : static_cast<key_t>(st[0]);
+    key_t pmask = first ? key_t(0) : static_cast<key_t>(st[1]);
+    long long want = first ? static_cast<long long>(p.slot_start[l + 1] - p.slot_start[l])
+                           : static_cast<long long>(st[2]);
+    long long total = 0;
+    for (int d = 0; d < 256; ++d) total += hist[d];
+    const bool all = pmask == 0 && total <= want;
+    long long above = 0;
+    int d = 255;
+    if (!all)
+      for (; d > 0; --d) {
+        if (above + hist[d] >= want) break;
+        above += hist[d];
+      }
+    st[0] = static_cast<unsigned long long>(prefix | (static_cast<key_t>(d) << shift));
+    st[1] = static_cast<unsigned long long>(pmask | (static_cast<key_t>(255) << shift));
+    st[2] = static_cast<unsigned long long>(want - above);
+    st[3] = all ? (kMcAll | kMcDone) : shift == 0 ? kMcDone : 0;
+  }
+  __syncthreads();  // thread 0 has read the histogram
+  for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0u;
+}
+
+// The selection of a key, once the passes are done: above the threshold
+// key, or equal to it (the first `want` of those in flat order).
+template <typename key_t> struct McCut {
+  key_t prefix;
+  long long want;
+  bool all;
+  __device__ bool above(key_t k) const { return all ? k != 0 : k > prefix; }
+  __device__ bool equal(key_t k) const { return !all && k != 0 && k == prefix; }
+};
+
+template <typename acc_t> __device__ __forceinline__ McCut<typename KeyOf<acc_t>::type> mc_cut(const McArgs& p,
+                                                                                            int64_t bl) {
+  using key_t = typename KeyOf<acc_t>::type;
+  const unsigned long long* st = p.state + 4 * bl;
+  return McCut<key_t>{static_cast<key_t>(st[0]), static_cast<long long>(st[2]), (st[3] & kMcAll) != 0};
+}
+
+// grid (B, chunks): each chunk's keys above and equal to the threshold key.
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads) mc_count_kernel(McArgs p) {
+  using key_t = typename KeyOf<acc_t>::type;
+  GF_SHARED(int, sums, [2 * (kThreads / 32)]);
+  int l;
+  int64_t f0, f1;
+  if (!mc_chunk(p, l, f0, f1)) return;
+  const int64_t b = blockIdx.x, bl = b * p.levels + l;
+  const McCut<key_t> cut = mc_cut<acc_t>(p, bl);
+  const scalar_t* x = static_cast<const scalar_t*>(p.cls) + b * p.anchors * p.classes;
+  int gt = 0, eq = 0;
+  for (int64_t f = f0 + threadIdx.x; f < f1; f += blockDim.x) {
+    acc_t s;
+    const key_t k = mc_key<scalar_t, acc_t>(p, x, f, s);
+    gt += cut.above(k);
+    eq += cut.equal(k);
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    gt += __shfl_down_sync(0xffffffffu, gt, o);
+    eq += __shfl_down_sync(0xffffffffu, eq, o);
+  }
+  const int warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  if ((threadIdx.x & 31) == 0) {
+    sums[warp] = gt;
+    sums[warps + warp] = eq;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int g = 0, e = 0;
+    for (int w = 0; w < warps; ++w) {
+      g += sums[w];
+      e += sums[warps + w];
+    }
+    int* out = p.chunk_counts + 2 * (b * p.chunk_start[p.levels] + blockIdx.y);
+    out[0] = g;
+    out[1] = e;
+  }
+}
+
+// grid (B, chunks): the chunk's selected pairs into the level's slots, in
+// flat order; the level's last chunk fills the slots left over with -1.
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads) mc_compact_kernel(McArgs p) {
+  using key_t = typename KeyOf<acc_t>::type;
+  GF_SHARED(int, sums, [kThreads / 32]);
+  GF_SHARED(long long, before, [2 * (kThreads / 32)]);
+  int l;
+  int64_t f0, f1;
+  if (!mc_chunk(p, l, f0, f1)) return;
+  const int64_t b = blockIdx.x, bl = b * p.levels + l, c = blockIdx.y, M = p.slots;
+  const McCut<key_t> cut = mc_cut<acc_t>(p, bl);
+  const int* counts = p.chunk_counts + 2 * (b * p.chunk_start[p.levels]);
+  // Keys above and equal to the cut in the level's earlier chunks.
+  long long gt_before = 0, eq_before = 0;
+  for (int64_t j = p.chunk_start[l] + threadIdx.x; j < c; j += blockDim.x) {
+    gt_before += counts[2 * j];
+    eq_before += counts[2 * j + 1];
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    gt_before += __shfl_down_sync(0xffffffffu, gt_before, o);
+    eq_before += __shfl_down_sync(0xffffffffu, eq_before, o);
+  }
+  const int warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  if ((threadIdx.x & 31) == 0) {
+    before[warp] = gt_before;
+    before[warps + warp] = eq_before;
+  }
+  __syncthreads();
+  gt_before = eq_before = 0;
+  for (int w = 0; w < warps; ++w) {
+    gt_before += before[w];
+    eq_before += before[warps + w];
+  }
+  const long long gt_here = counts[2 * c], eq_here = counts[2 * c + 1];
+  const long long eq_taken = eq_before < cut.want ? eq_before : cut.want;  // by earlier chunks
+  const long long eq_left = cut.want - eq_taken;
+  const long long eq_mine = eq_here < eq_left ? eq_here : eq_left;
+  const int64_t s0 = p.slot_start[l], cap = p.slot_start[l + 1] - s0;
   auto* score = static_cast<acc_t*>(p.cand_score) + b * M + s0;
   int64_t* flat = p.cand_flat + b * M + s0;
-  long long base = 0, eq_base = 0;
-  for (int64_t c0 = f0; c0 < f1; c0 += blockDim.x) {
-    const int64_t f = c0 + threadIdx.x;
-    acc_t s = acc_t(0);
-    const key_t k = f < f1 ? key_of(f, s) : key_t(0);
-    const bool gt = all ? k != 0 : k > prefix;
-    const bool eq = !all && k != 0 && k == prefix;
-    int eq_total = 0, sel_total = 0;
-    const int eq_before = block_exclusive_scan(eq ? 1 : 0, sums, eq_total);
-    const bool sel = gt || (eq && eq_base + eq_before < want);
-    const int sel_before = block_exclusive_scan(sel ? 1 : 0, sums, sel_total);
-    if (sel) {
-      score[base + sel_before] = s;
-      flat[base + sel_before] = f;
+  long long base = gt_before + eq_taken;
+  if (gt_here + eq_mine > 0) {
+    const scalar_t* x = static_cast<const scalar_t*>(p.cls) + b * p.anchors * p.classes;
+    long long eq_seen = eq_before;
+    for (int64_t c0 = f0; c0 < f1; c0 += blockDim.x) {
+      const int64_t f = c0 + threadIdx.x;
+      acc_t s = acc_t(0);
+      const key_t k = f < f1 ? mc_key<scalar_t, acc_t>(p, x, f, s) : key_t(0);
+      const bool eq = cut.equal(k);
+      int eq_total = 0, sel_total = 0;
+      const int eq_rank = block_exclusive_scan(eq ? 1 : 0, sums, eq_total);
+      const bool sel = cut.above(k) || (eq && eq_seen + eq_rank < cut.want);
+      const int sel_rank = block_exclusive_scan(sel ? 1 : 0, sums, sel_total);
+      if (sel) {
+        score[base + sel_rank] = s;
+        flat[base + sel_rank] = f;
+      }
+      base += sel_total;
+      eq_seen += eq_total;
     }
-    base += sel_total;
-    eq_base += eq_total;
+  } else {
+    base += gt_here + eq_mine;
   }
-  for (int64_t i = base + threadIdx.x; i < cap; i += blockDim.x) {
-    score[i] = acc_t(-1);
-    flat[i] = 0;
-  }
+  if (c + 1 == p.chunk_start[l + 1])  // the level's last chunk: base is the level's count
+    for (int64_t i = base + threadIdx.x; i < cap; i += blockDim.x) {
+      score[i] = acc_t(-1);
+      flat[i] = 0;
+    }
 }
 
 template <typename scalar_t, typename acc_t>
@@ -605,12 +770,19 @@ __global__ void __launch_bounds__(kThreads) mc_suppress_kernel(McArgs p) {
 
 inline cudaError_t multiclass_candidates(DType dt, const McArgs& args, int num_sms, cudaStream_t stream) {
   if (args.batch == 0 || args.slots == 0) return cudaSuccess;
+  const int64_t chunks = args.chunk_start[args.levels];
   dispatch_dtype(dt, [&](auto t) {
     using scalar_t = typename decltype(t)::scalar_t;
     using acc_t = typename decltype(t)::acc_t;
-    launch<mc_select_kernel<scalar_t, acc_t>>(dim3(static_cast<unsigned>(args.batch),
-                                                   static_cast<unsigned>(args.levels)),
-                                              kThreads, 0, stream, args);
+    const dim3 per_chunk(static_cast<unsigned>(args.batch), static_cast<unsigned>(chunks > 0 ? chunks : 1));
+    const dim3 per_level(static_cast<unsigned>(args.batch), static_cast<unsigned>(args.levels));
+    constexpr int bits = static_cast<int>(sizeof(typename KeyOf<acc_t>::type)) * 8;
+    for (int shift = bits - 8; shift >= 0; shift -= 8) {
+      launch<mc_hist_kernel<scalar_t, acc_t>>(per_chunk, kThreads, 0, stream, args, shift, shift == bits - 8);
+      launch<mc_decide_kernel<acc_t>>(per_level, kThreads, 0, stream, args, shift, shift == bits - 8);
+    }
+    launch<mc_count_kernel<scalar_t, acc_t>>(per_chunk, kThreads, 0, stream, args);
+    launch<mc_compact_kernel<scalar_t, acc_t>>(per_chunk, kThreads, 0, stream, args);
     constexpr auto D = mc_decode_kernel<scalar_t, acc_t>;
     launch<D>(grid_for<D>(args.batch * args.slots, num_sms), kThreads, 0, stream, args);
   });

@@ -39,6 +39,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         },
         "Count what the AutoAssign best-IoU tiles keep (GTs kept for the inside test, for the IoU, tiles with "
         "points, tiles with a point inside a GT) into `counts`; None stops");
+  m.def("set_nms_census",
+        [=](c10::optional<at::Tensor> c) { set_counters(gf::cuda::nms_census_buffer(), "set_nms_census", c); },
+        "Count the rows nms/batched_nms settle by one block per class and by the device-wide mask into "
+        "`counts`; None stops");
   m.def("set_nms_segment_max",
         [](int64_t rows) {
           TORCH_CHECK(rows >= 64 && rows <= gflops::kNmsSegmentCap, "set_nms_segment_max: 64 to ",
@@ -52,6 +56,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           gflops::nms_mask_bytes().store(bytes);
         },
         "Test hook: the CUDA nms mask tile's budget in bytes (default 32 MiB; at least 64 rows a tile)");
+  m.def("set_multiclass_chunk",
+        [](int64_t pairs) {
+          TORCH_CHECK(pairs > 0, "set_multiclass_chunk: a positive number of pairs, got ", pairs);
+          gflops::multiclass_chunk().store(pairs);
+        },
+        "Test hook: the (anchor, class) pairs a block of the CUDA multiclass_nms selection walks (default 16384)");
   m.def("set_autoassign_cull", [](bool on) { gflops::autoassign_cull().store(on); },
         "The AutoAssign kernels' culls of the GTs a tile of points walks, on (default) or off");
   m.def("set_launch_log", &emu::set_launch_log, "Record (kernel, grid, block) of each launch; clears the log");
