@@ -111,7 +111,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multiclass_nms_cuda(
   at::Tensor cand_box = at::empty({B, M, 4}, opts.dtype(acc));
   at::Tensor hist = at::zeros({B, levels, 256}, opts.dtype(at::kInt));
   at::Tensor state = at::empty({B, levels, 4}, opts.dtype(at::kLong));
-  at::Tensor chunk_counts = at::empty({B, chunk_start[levels], 2}, opts.dtype(at::kInt));
+  at::Tensor chunk_counts = at::empty({B, chunk_start[levels], gc::kMcWarps, 2}, opts.dtype(at::kInt));
 
   gc::McArgs a{};
   a.cls = in.cls.data_ptr();

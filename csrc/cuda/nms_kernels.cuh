@@ -29,10 +29,11 @@
 //    warp's equal digits added once), adds it to the (image, level)'s
 //    histogram (integer atomics: any order, same counts), then one block per
 //    (image, level) picks the digit. The first pass ends it when no more
-//    than nms_pre pairs pass score_thr. Then each chunk counts its keys
-//    above and equal to the threshold key, and the chunks that select any
-//    compact them into the level's slots in flat order (block scans), ties
-//    at the threshold score going to the lowest flat indices.
+//    than nms_pre pairs pass score_thr. Then each warp counts the keys of
+//    its run of the chunk above and equal to the threshold key, and the
+//    warps whose run selects any write them into the level's slots in flat
+//    order (ballots), ties at the threshold score going to the lowest flat
+//    indices.
 // 2. decode: one thread per slot: box, clip, min-size test (failures and
 //    empty slots get score -1).
 // 3. (launcher) stable descending sort of each image's slot scores: slot
@@ -408,7 +409,7 @@ struct McArgs {
   double score_thr, score_floor, iou_thr, min_size;
   unsigned int* hist;         // (B, L, 256) zeroed; each decide zeroes it again
   unsigned long long* state;  // (B, L, 4): prefix, prefix mask, want, flags
-  int* chunk_counts;          // (B, chunks, 2): keys above and equal to the threshold key
+  int* chunk_counts;          // (B, chunks, 8 warps, 2): keys above and equal to the threshold key
   int64_t* cand_flat;         // (B, M) anchor * C + class
   void* cand_score;           // (B, M) accumulation dtype; -1 = no candidate
   void* cand_box;             // (B, M, 4)
@@ -430,29 +431,8 @@ template <typename acc_t> __device__ __forceinline__ typename KeyOf<acc_t>::type
   return k;
 }
 
-// Exclusive prefix sum of v over the block (warp shuffles, then the warp
-// totals); `sums` holds one int per warp. Every thread of the block calls it.
-__device__ __forceinline__ int block_exclusive_scan(int v, int* sums, int& total) {
-  const unsigned full = 0xffffffffu;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  int incl = v;
-  for (int o = 1; o < 32; o <<= 1) {
-    const int n = __shfl_up_sync(full, incl, o);
-    if (lane >= o) incl += n;
-  }
-  if (lane == 31) sums[warp] = incl;
-  __syncthreads();
-  int before = 0, all = 0;
-  for (int w = 0; w < warps; ++w) {
-    before += w < warp ? sums[w] : 0;
-    all += sums[w];
-  }
-  __syncthreads();  // sums is rewritten by the next scan
-  total = all;
-  return before + incl - v;
-}
-
 constexpr unsigned long long kMcAll = 1, kMcDone = 2;
+constexpr int kMcWarps = kThreads / 32;  // a count and a compaction run per warp
 
 // The chunk of blockIdx.y: its level and pair range [f0, f1); false past the last chunk.
 __device__ __forceinline__ bool mc_chunk(const McArgs& p, int& l, int64_t& f0, int64_t& f1) {
@@ -565,19 +545,29 @@ template <typename acc_t> __device__ __forceinline__ McCut<typename KeyOf<acc_t>
   return McCut<key_t>{static_cast<key_t>(st[0]), static_cast<long long>(st[2]), (st[3] & kMcAll) != 0};
 }
 
-// grid (B, chunks): each chunk's keys above and equal to the threshold key.
+// The pairs of warp w of a chunk: a contiguous run, so that the warps'
+// counts in order are the chunk's flat order.
+__device__ __forceinline__ void mc_warp_run(int64_t f0, int64_t f1, int w, int warps, int64_t& r0, int64_t& r1) {
+  const int64_t run = (f1 - f0 + warps - 1) / warps;
+  r0 = f0 + w * run < f1 ? f0 + w * run : f1;
+  r1 = r0 + run < f1 ? r0 + run : f1;
+}
+
+// grid (B, chunks): each warp's run's keys above and equal to the threshold key.
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) mc_count_kernel(McArgs p) {
   using key_t = typename KeyOf<acc_t>::type;
-  GF_SHARED(int, sums, [2 * (kThreads / 32)]);
   int l;
   int64_t f0, f1;
   if (!mc_chunk(p, l, f0, f1)) return;
   const int64_t b = blockIdx.x, bl = b * p.levels + l;
   const McCut<key_t> cut = mc_cut<acc_t>(p, bl);
   const scalar_t* x = static_cast<const scalar_t*>(p.cls) + b * p.anchors * p.classes;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  int64_t r0, r1;
+  mc_warp_run(f0, f1, warp, kMcWarps, r0, r1);
   int gt = 0, eq = 0;
-  for (int64_t f = f0 + threadIdx.x; f < f1; f += blockDim.x) {
+  for (int64_t f = r0 + lane; f < r1; f += 32) {
     acc_t s;
     const key_t k = mc_key<scalar_t, acc_t>(p, x, f, s);
     gt += cut.above(k);
@@ -587,40 +577,31 @@ __global__ void __launch_bounds__(kThreads) mc_count_kernel(McArgs p) {
     gt += __shfl_down_sync(0xffffffffu, gt, o);
     eq += __shfl_down_sync(0xffffffffu, eq, o);
   }
-  const int warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  if ((threadIdx.x & 31) == 0) {
-    sums[warp] = gt;
-    sums[warps + warp] = eq;
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    int g = 0, e = 0;
-    for (int w = 0; w < warps; ++w) {
-      g += sums[w];
-      e += sums[warps + w];
-    }
-    int* out = p.chunk_counts + 2 * (b * p.chunk_start[p.levels] + blockIdx.y);
-    out[0] = g;
-    out[1] = e;
+  if (lane == 0) {
+    int* out = p.chunk_counts + 2 * ((b * p.chunk_start[p.levels] + blockIdx.y) * kMcWarps + warp);
+    out[0] = gt;
+    out[1] = eq;
   }
 }
 
-// grid (B, chunks): the chunk's selected pairs into the level's slots, in
-// flat order; the level's last chunk fills the slots left over with -1.
+// grid (B, chunks): each warp writes its run's selected pairs into the
+// level's slots, in flat order (ballots, no block barrier in the loop); a
+// warp that selects nothing reads nothing. The level's last chunk fills the
+// slots left over with -1.
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) mc_compact_kernel(McArgs p) {
   using key_t = typename KeyOf<acc_t>::type;
-  GF_SHARED(int, sums, [kThreads / 32]);
-  GF_SHARED(long long, before, [2 * (kThreads / 32)]);
+  GF_SHARED(long long, before, [2 * kMcWarps]);
   int l;
   int64_t f0, f1;
   if (!mc_chunk(p, l, f0, f1)) return;
   const int64_t b = blockIdx.x, bl = b * p.levels + l, c = blockIdx.y, M = p.slots;
   const McCut<key_t> cut = mc_cut<acc_t>(p, bl);
-  const int* counts = p.chunk_counts + 2 * (b * p.chunk_start[p.levels]);
+  const int* counts = p.chunk_counts + 2 * (b * p.chunk_start[p.levels]) * kMcWarps;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   // Keys above and equal to the cut in the level's earlier chunks.
   long long gt_before = 0, eq_before = 0;
-  for (int64_t j = p.chunk_start[l] + threadIdx.x; j < c; j += blockDim.x) {
+  for (int64_t j = p.chunk_start[l] * kMcWarps + threadIdx.x; j < c * kMcWarps; j += blockDim.x) {
     gt_before += counts[2 * j];
     eq_before += counts[2 * j + 1];
   }
@@ -628,52 +609,65 @@ __global__ void __launch_bounds__(kThreads) mc_compact_kernel(McArgs p) {
     gt_before += __shfl_down_sync(0xffffffffu, gt_before, o);
     eq_before += __shfl_down_sync(0xffffffffu, eq_before, o);
   }
-  const int warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  if ((threadIdx.x & 31) == 0) {
+  if (lane == 0) {
     before[warp] = gt_before;
-    before[warps + warp] = eq_before;
+    before[kMcWarps + warp] = eq_before;
   }
   __syncthreads();
   gt_before = eq_before = 0;
-  for (int w = 0; w < warps; ++w) {
+  for (int w = 0; w < kMcWarps; ++w) {
     gt_before += before[w];
-    eq_before += before[warps + w];
+    eq_before += before[kMcWarps + w];
   }
-  const long long gt_here = counts[2 * c], eq_here = counts[2 * c + 1];
-  const long long eq_taken = eq_before < cut.want ? eq_before : cut.want;  // by earlier chunks
-  const long long eq_left = cut.want - eq_taken;
-  const long long eq_mine = eq_here < eq_left ? eq_here : eq_left;
+  // ... and in this chunk's earlier warps; the chunk's own totals.
+  const int* mine = counts + 2 * c * kMcWarps;
+  long long gt_chunk = 0, eq_chunk = 0, gt_warp = 0, eq_warp = 0;
+  for (int w = 0; w < kMcWarps; ++w) {
+    if (w == warp) {
+      gt_warp = gt_before + gt_chunk;
+      eq_warp = eq_before + eq_chunk;
+    }
+    gt_chunk += mine[2 * w];
+    eq_chunk += mine[2 * w + 1];
+  }
   const int64_t s0 = p.slot_start[l], cap = p.slot_start[l + 1] - s0;
   auto* score = static_cast<acc_t*>(p.cand_score) + b * M + s0;
   int64_t* flat = p.cand_flat + b * M + s0;
-  long long base = gt_before + eq_taken;
-  if (gt_here + eq_mine > 0) {
+  // Selected: every key above the cut, and the equal keys of flat rank < want.
+  const long long eq_rank0 = eq_warp;
+  const long long eq_here = mine[2 * warp + 1];
+  const long long eq_left = cut.want - eq_rank0;
+  const long long take_eq = eq_left <= 0 ? 0 : eq_left < eq_here ? eq_left : eq_here;
+  if (mine[2 * warp] + take_eq > 0) {
     const scalar_t* x = static_cast<const scalar_t*>(p.cls) + b * p.anchors * p.classes;
-    long long eq_seen = eq_before;
-    for (int64_t c0 = f0; c0 < f1; c0 += blockDim.x) {
-      const int64_t f = c0 + threadIdx.x;
+    long long base = gt_warp + (eq_rank0 < cut.want ? eq_rank0 : cut.want);
+    long long eq_seen = eq_rank0;
+    int64_t r0, r1;
+    mc_warp_run(f0, f1, warp, kMcWarps, r0, r1);
+    const unsigned below = (1u << lane) - 1u;
+    for (int64_t c0 = r0; c0 < r1; c0 += 32) {  // the same trip count for the warp's lanes
+      const int64_t f = c0 + lane;
       acc_t s = acc_t(0);
-      const key_t k = f < f1 ? mc_key<scalar_t, acc_t>(p, x, f, s) : key_t(0);
+      const key_t k = f < r1 ? mc_key<scalar_t, acc_t>(p, x, f, s) : key_t(0);
       const bool eq = cut.equal(k);
-      int eq_total = 0, sel_total = 0;
-      const int eq_rank = block_exclusive_scan(eq ? 1 : 0, sums, eq_total);
-      const bool sel = cut.above(k) || (eq && eq_seen + eq_rank < cut.want);
-      const int sel_rank = block_exclusive_scan(sel ? 1 : 0, sums, sel_total);
+      const unsigned eqs = __ballot_sync(0xffffffffu, eq);
+      const bool sel = cut.above(k) || (eq && eq_seen + __popc(eqs & below) < cut.want);
+      const unsigned sels = __ballot_sync(0xffffffffu, sel);
       if (sel) {
-        score[base + sel_rank] = s;
-        flat[base + sel_rank] = f;
+        score[base + __popc(sels & below)] = s;
+        flat[base + __popc(sels & below)] = f;
       }
-      base += sel_total;
-      eq_seen += eq_total;
+      base += __popc(sels);
+      eq_seen += __popc(eqs);
     }
-  } else {
-    base += gt_here + eq_mine;
   }
-  if (c + 1 == p.chunk_start[l + 1])  // the level's last chunk: base is the level's count
-    for (int64_t i = base + threadIdx.x; i < cap; i += blockDim.x) {
+  if (c + 1 == p.chunk_start[l + 1]) {  // the level's last chunk
+    const long long total = gt_before + gt_chunk + (eq_before + eq_chunk < cut.want ? eq_before + eq_chunk : cut.want);
+    for (int64_t i = total + threadIdx.x; i < cap; i += blockDim.x) {
       score[i] = acc_t(-1);
       flat[i] = 0;
     }
+  }
 }
 
 template <typename scalar_t, typename acc_t>
