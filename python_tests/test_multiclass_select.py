@@ -40,8 +40,12 @@ def _both(accel, cls, reg, points, strides, sizes, pairs, **kw):
     return tuple(t.cpu() for t in got), want
 
 
-KWS = [dict(), dict(nms_pre=40), dict(nms_pre=7, max_per_img=5), dict(score_thr=0.3, nms_pre=2000),
-       dict(nms_pre=10**6, max_per_img=300)]
+# iou_threshold=1.0 suppresses nothing and max_per_img holds every slot, so
+# the outputs are the candidates themselves: a wrong cut shows.
+ALL = dict(iou_threshold=1.0, max_per_img=5000)
+KWS = [dict(nms_pre=1000, **ALL),  # level 0 cut (~1300 candidates), levels 1 and 2 all: one call
+       dict(nms_pre=40, **ALL), dict(nms_pre=1, **ALL), dict(score_thr=0.3, nms_pre=2000, **ALL),
+       dict(nms_pre=7, max_per_img=5), dict()]
 
 
 @pytest.mark.parametrize("pairs", [300, 777, 16384])
@@ -105,6 +109,30 @@ def test_chunks_independent_of_block_order():
             assert_same_detections(got, want, torch.float32)
     finally:
         m.set_block_order(False, 0)
+
+
+def test_float64_keys_equal_in_their_top_32_bits(accel):
+    """float64 scores that differ only below their top 32 bits at the cut,
+    some exactly equal: only the last four radix passes tell them apart."""
+    cls, reg, points, strides, sizes = head_outputs(2, FEATS, 6, seed=10, dtype=torch.float64)
+    g = torch.Generator().manual_seed(11)
+    cls[:, :320] = -9.0  # level 0: only the group below is a candidate
+    group = torch.randperm(320 * 6, generator=g)[:600]
+    offsets = torch.randint(0, 400, (600,), generator=g).double() * 1e-12  # ~200 exact ties among them
+    cls[:, :320].view(2, -1)[:, group] = 0.3 + offsets
+    for pairs in (300, 16384):
+        got, want = _both(accel, cls, reg, points, strides, sizes, pairs, nms_pre=250, **ALL)
+        assert_same_detections(got, want, torch.float64)
+        assert (got[3] > 250).all()
+
+
+def test_empty_level_between_others(accel):
+    feats = [(16, 20), (0, 10), (4, 5)]
+    cls, reg, points, strides, sizes = head_outputs(2, feats, 5, seed=12)
+    assert sizes[1] == 0
+    for pairs in (256, 16384):
+        got, want = _both(accel, cls, reg, points, strides, sizes, pairs, nms_pre=100, **ALL)
+        assert_same_detections(got, want, torch.float32)
 
 
 def test_chunk_hook_is_checked():

@@ -99,8 +99,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multiclass_nms_cuda(
                 l);
     chunk_start[l + 1] = chunk_start[l] + (pairs + chunk - 1) / chunk;
   }
-  TORCH_CHECK(chunk_start[levels] <= 65535, op, ": the CUDA kernel takes at most 65535 x ", chunk,
-              " (anchor, class) pairs per image, got ", in.anchors * in.classes);
+  TORCH_CHECK(in.batch * chunk_start[levels] < (int64_t(1) << 31), op, ": the CUDA kernel takes fewer than 2^31 x ",
+              chunk, " (anchor, class) pairs per batch, got ", in.batch, " x ", in.anchors * in.classes);
   auto res = multiclass_outputs(in);
   const DeviceGuard guard(in.cls.device());
   const int64_t B = in.batch, M = in.slot_start.back();

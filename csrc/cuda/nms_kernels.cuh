@@ -434,9 +434,13 @@ template <typename acc_t> __device__ __forceinline__ typename KeyOf<acc_t>::type
 constexpr unsigned long long kMcAll = 1, kMcDone = 2;
 constexpr int kMcWarps = kThreads / 32;  // a count and a compaction run per warp
 
-// The chunk of blockIdx.y: its level and pair range [f0, f1); false past the last chunk.
-__device__ __forceinline__ bool mc_chunk(const McArgs& p, int& l, int64_t& f0, int64_t& f1) {
-  const int64_t c = blockIdx.y;
+// The (image b, chunk c) of a block of a (B x chunks) grid: the chunk's
+// level and pair range [f0, f1).
+__device__ __forceinline__ bool mc_chunk(const McArgs& p, int64_t& b, int64_t& c, int& l, int64_t& f0,
+                                         int64_t& f1) {
+  const int64_t chunks = p.chunk_start[p.levels];
+  b = static_cast<int64_t>(blockIdx.x) / chunks;
+  c = static_cast<int64_t>(blockIdx.x) % chunks;
   for (l = 0; l < p.levels && p.chunk_start[l + 1] <= c; ++l) {
   }
   if (l >= p.levels) return false;
@@ -454,16 +458,16 @@ __device__ __forceinline__ typename KeyOf<acc_t>::type mc_key(const McArgs& p, c
   return candidate_score(cvt<acc_t>(x[f]), floor, thr, s) ? score_key(s) : key_t(0);
 }
 
-// One radix pass: grid (B, chunks). The (image, level)'s histogram of digit
+// One radix pass: a block per (image, chunk). The (image, level)'s histogram of digit
 // `shift` over the keys that match the prefix so far.
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) mc_hist_kernel(McArgs p, int shift, bool first) {
   using key_t = typename KeyOf<acc_t>::type;
   GF_SHARED(unsigned int, hist, [256]);
   int l;
-  int64_t f0, f1;
-  if (!mc_chunk(p, l, f0, f1)) return;
-  const int64_t b = blockIdx.x, bl = b * p.levels + l;
+  int64_t b, c, f0, f1;
+  if (!mc_chunk(p, b, c, l, f0, f1)) return;
+  const int64_t bl = b * p.levels + l;
   const unsigned long long* st = p.state + 4 * bl;
   if (!first && (st[3] & kMcDone)) return;
   const key_t prefix = first ? key_t(0) : static_cast<key_t>(st[0]);
@@ -553,14 +557,14 @@ __device__ __forceinline__ void mc_warp_run(int64_t f0, int64_t f1, int w, int w
   r1 = r0 + run < f1 ? r0 + run : f1;
 }
 
-// grid (B, chunks): each warp's run's keys above and equal to the threshold key.
+// A block per (image, chunk): each warp's run's keys above and equal to the threshold key.
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) mc_count_kernel(McArgs p) {
   using key_t = typename KeyOf<acc_t>::type;
   int l;
-  int64_t f0, f1;
-  if (!mc_chunk(p, l, f0, f1)) return;
-  const int64_t b = blockIdx.x, bl = b * p.levels + l;
+  int64_t b, c, f0, f1;
+  if (!mc_chunk(p, b, c, l, f0, f1)) return;
+  const int64_t bl = b * p.levels + l;
   const McCut<key_t> cut = mc_cut<acc_t>(p, bl);
   const scalar_t* x = static_cast<const scalar_t*>(p.cls) + b * p.anchors * p.classes;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -578,13 +582,13 @@ __global__ void __launch_bounds__(kThreads) mc_count_kernel(McArgs p) {
     eq += __shfl_down_sync(0xffffffffu, eq, o);
   }
   if (lane == 0) {
-    int* out = p.chunk_counts + 2 * ((b * p.chunk_start[p.levels] + blockIdx.y) * kMcWarps + warp);
+    int* out = p.chunk_counts + 2 * ((b * p.chunk_start[p.levels] + c) * kMcWarps + warp);
     out[0] = gt;
     out[1] = eq;
   }
 }
 
-// grid (B, chunks): each warp writes its run's selected pairs into the
+// A block per (image, chunk): each warp writes its run's selected pairs into the
 // level's slots, in flat order (ballots, no block barrier in the loop); a
 // warp that selects nothing reads nothing. The level's last chunk fills the
 // slots left over with -1.
@@ -593,9 +597,9 @@ __global__ void __launch_bounds__(kThreads) mc_compact_kernel(McArgs p) {
   using key_t = typename KeyOf<acc_t>::type;
   GF_SHARED(long long, before, [2 * kMcWarps]);
   int l;
-  int64_t f0, f1;
-  if (!mc_chunk(p, l, f0, f1)) return;
-  const int64_t b = blockIdx.x, bl = b * p.levels + l, c = blockIdx.y, M = p.slots;
+  int64_t b, c, f0, f1;
+  if (!mc_chunk(p, b, c, l, f0, f1)) return;
+  const int64_t bl = b * p.levels + l, M = p.slots;
   const McCut<key_t> cut = mc_cut<acc_t>(p, bl);
   const int* counts = p.chunk_counts + 2 * (b * p.chunk_start[p.levels]) * kMcWarps;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -768,7 +772,7 @@ inline cudaError_t multiclass_candidates(DType dt, const McArgs& args, int num_s
   dispatch_dtype(dt, [&](auto t) {
     using scalar_t = typename decltype(t)::scalar_t;
     using acc_t = typename decltype(t)::acc_t;
-    const dim3 per_chunk(static_cast<unsigned>(args.batch), static_cast<unsigned>(chunks > 0 ? chunks : 1));
+    const unsigned per_chunk = static_cast<unsigned>(args.batch * chunks);
     const dim3 per_level(static_cast<unsigned>(args.batch), static_cast<unsigned>(args.levels));
     constexpr int bits = static_cast<int>(sizeof(typename KeyOf<acc_t>::type)) * 8;
     for (int shift = bits - 8; shift >= 0; shift -= 8) {
