@@ -174,15 +174,22 @@ __global__ void __launch_bounds__(kNmsSegmentThreads) nms_segment_kernel(NmsArgs
   GF_SHARED(unsigned long long, diag, [kNmsBits * kQuarters]);
   GF_SHARED(acc_t, kbox, [kNmsBits * 4]);
   GF_SHARED(unsigned long long, sh_kept, [1]);
+  GF_SHARED(unsigned, starts, [2]);
   const auto* sorted = static_cast<const acc_t*>(p.sorted);
   const acc_t thr = static_cast<acc_t>(p.thr);
   const int t = threadIdx.x, lane = t & 31, warp = t >> 5, warps = blockDim.x >> 5;
   const int a = t % kNmsBits, q = t / kNmsBits;
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kNmsBits;
   const int64_t r1 = r0 + kNmsBits < p.count ? r0 + kNmsBits : p.count;
-  for (int64_t s = r0; s < r1; ++s) {
-    if (seg_lo_of(p, s) != s) continue;
-    if (in_big_segment(p, s)) continue;
+  // The word's rows that start a small class, found by 64 threads at once.
+  if (t < kNmsBits) {
+    const int64_t r = r0 + t;
+    const unsigned ballot = __ballot_sync(0xffffffffu, r < r1 && seg_lo_of(p, r) == r && !in_big_segment(p, r));
+    if (lane == 0) starts[warp] = ballot;
+  }
+  __syncthreads();
+  for (unsigned long long m = starts[0] | static_cast<unsigned long long>(starts[1]) << 32; m; m &= m - 1) {
+    const int64_t s = r0 + __ffsll(static_cast<long long>(m)) - 1;
     const int64_t n = seg_hi_of(p, s) - s;
     const int nw = static_cast<int>((n + kNmsBits - 1) / kNmsBits);
     if (p.census && t == 0) atomicAdd(p.census + kNmsSegmentRowsSettled, static_cast<unsigned long long>(n));
@@ -300,16 +307,20 @@ __global__ void __launch_bounds__(kNmsScanThreads) nms_scan_kernel(NmsArgs p, in
   const int64_t end = row0 + rows < K ? row0 + rows : K;
   if (!any_big_segment(p)) return;
   for (int64_t rb = row0 / kNmsBits; rb * kNmsBits < end; ++rb) {
-    if (!word_has_big(p, rb)) continue;  // uniform over the block
     const int64_t first = rb * kNmsBits;
     const int n = static_cast<int>(end - first < kNmsBits ? end - first : kNmsBits);
+    // Which rows are of big classes, and their diagonal mask words, in one load round.
     if (t < 2 * 32) {
       const bool b = t < n && in_big_segment(p, first + t);
-      if (t < n) diag[t] = p.mask[(first + t - row0) * W + rb];
+      if (t < n) diag[t] = b ? p.mask[(first + t - row0) * W + rb] : 0ull;
       const unsigned ballot = __ballot_sync(0xffffffffu, b);
       if ((t & 31) == 0) big[t >> 5] = ballot;
     }
     __syncthreads();
+    if (!(big[0] | big[1])) {  // uniform over the block: a word of small classes
+      __syncthreads();  // big is rewritten by the next word
+      continue;
+    }
     if (t == 0) {
       unsigned long long cur = p.removed[rb] | ~(big[0] | (big[1] << 32));
       const unsigned long long kept = settle_word(cur, diag, n);
