@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import gflops
+from conftest import Accelerator, needs_emu
 from gflops import emulation
 from nms_cases import clustered_boxes, degenerate_boxes, greedy, random_boxes
 
@@ -191,3 +192,22 @@ def test_class_paths_by_size(accel):
             _check(accel, boxes, scores, uneven_classes(sizes, 1), 0.5)
         if emulated(accel):
             assert rows == want, sizes
+
+
+@needs_emu
+def test_emu_block_order_and_grid_do_not_matter():
+    """Both paths, several tiles, blocks run in shuffled orders on 1-5
+    emulated SMs: the same kept indices (the greedy loop's)."""
+    acc, m = Accelerator("emu"), emulation.load()
+    boxes, scores = clustered_boxes(900, 13, clusters=20)
+    idxs = uneven_classes([300, 200, 120, 64, 65, 40, 1] + [10] * 11, 14)
+    want = greedy(boxes, scores, 0.4, idxs)
+    try:
+        for sms, shuffle, seed in [(1, False, 0), (5, True, 1), (2, True, 2)]:
+            m.set_num_sms(sms)
+            m.set_block_order(shuffle, seed)
+            with limits(acc, 64, 4096):
+                assert torch.equal(_check(acc, boxes, scores, idxs, 0.4), want)
+    finally:
+        m.set_block_order(False, 0)
+        m.set_num_sms(3)
