@@ -8,7 +8,7 @@
 #include "autoassign_checks.h"
 #include "box_checks.h"
 #include "checks.h"
-#include "nms_checks.h"
+#include "nms_hooks.h"
 #include "runtime_check.h"
 
 namespace gflops {
@@ -47,25 +47,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Test hook: how the CPU ATSS kernel found each level's nearest anchors since the last call "
         "(rank window, list window, scan, doublings; gf::AtssPath)");
   m.def("validation_enabled", &gflops::validation_enabled);
-  m.def("set_nms_segment_max",
-        [](int64_t rows) {
-          TORCH_CHECK(rows >= 64 && rows <= gflops::kNmsSegmentCap, "set_nms_segment_max: 64 to ",
-                      gflops::kNmsSegmentCap, " rows, got ", rows);
-          gflops::nms_segment_max().store(rows);
-        },
-        "Test hook: the largest class segment the CUDA batched_nms suppresses in one block (64-4096, default 1024)");
-  m.def("set_nms_mask_bytes",
-        [](int64_t bytes) {
-          TORCH_CHECK(bytes > 0, "set_nms_mask_bytes: a positive budget, got ", bytes);
-          gflops::nms_mask_bytes().store(bytes);
-        },
-        "Test hook: the CUDA nms mask tile's budget in bytes (default 32 MiB; at least 64 rows a tile)");
-  m.def("set_multiclass_chunk",
-        [](int64_t pairs) {
-          TORCH_CHECK(pairs > 0, "set_multiclass_chunk: a positive number of pairs, got ", pairs);
-          gflops::multiclass_chunk().store(pairs);
-        },
-        "Test hook: the (anchor, class) pairs a block of the CUDA multiclass_nms selection walks (default 16384)");
+  gflops::def_nms_hooks(m);
   m.def("set_autoassign_cull", [](bool on) { gflops::autoassign_cull().store(on); },
         "Test hook: the AutoAssign kernels' culls of the GTs a tile of points walks, on (default) or off");
   m.def("register_triton_autograd", &gflops::register_triton_autograd,
