@@ -44,7 +44,7 @@ inline void define_schemas(torch::Library& m) {
   m.def("multiclass_nms(Tensor cls_scores, Tensor bbox_preds, Tensor points, Tensor strides, int[] level_sizes, Tensor image_shapes, Tensor? scale_factors, int reg_max, float score_thr, int nms_pre, float iou_threshold, int max_per_img, float min_bbox_size) -> (Tensor, Tensor, Tensor, Tensor)");
 
   m.def("autoassign_loss_terms(Tensor cls_logits, Tensor obj_logits, Tensor distances, Tensor points, Tensor strides, Tensor gt_boxes, Tensor gt_labels, Tensor gt_valid, Tensor mu, Tensor sigma, int[] level_shapes) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.def("autoassign_loss_terms_backward(Tensor grad_pos, Tensor grad_neg, Tensor grad_prior, Tensor cls_logits, Tensor obj_logits, Tensor distances, Tensor points, Tensor strides, Tensor gt_boxes, Tensor gt_labels, Tensor gt_valid, Tensor mu, Tensor sigma, Tensor neg_weight, Tensor gt_stats, int[] level_shapes) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("autoassign_loss_terms_backward(Tensor grad_pos, Tensor grad_neg, Tensor grad_prior, Tensor cls_logits, Tensor obj_logits, Tensor distances, Tensor points, Tensor strides, Tensor gt_boxes, Tensor gt_labels, Tensor gt_valid, Tensor mu, Tensor sigma, Tensor point_t, Tensor gt_stats, int[] level_shapes) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 
   m.def("atss_assign(Tensor anchors, int[] num_level_anchors, Tensor gt_boxes, Tensor gt_labels, Tensor gt_valid, Tensor? anchor_valid, int topk, int background_label) -> (Tensor, Tensor, Tensor)");
 }

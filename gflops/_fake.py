@@ -42,12 +42,12 @@ def register(ns):
         B, P, C = cls.shape
         acc = _acc_dtype(cls)
         per_image = [cls.new_empty((B,), dtype=acc) for _ in range(3)]
-        return (*per_image, cls.new_empty((B,), dtype=torch.bool), cls.new_empty((B, P, C), dtype=acc),
-                cls.new_empty((B, gt_boxes.shape[1], 2), dtype=acc))
+        return (*per_image, cls.new_empty((B,), dtype=torch.bool), cls.new_empty((B, P), dtype=acc),
+                cls.new_empty((B, gt_boxes.shape[1], 4), dtype=acc))
 
     @fake("autoassign_loss_terms_backward")
     def _autoassign_bwd(grad_pos, grad_neg, grad_prior, cls, obj, dist, points, strides, gt_boxes, gt_labels,
-                        gt_valid, mu, sigma, neg_weight, gt_stats, level_shapes):
+                        gt_valid, mu, sigma, point_t, gt_stats, level_shapes):
         return (cls.new_empty(cls.shape), obj.new_empty(obj.shape), dist.new_empty(dist.shape),
                 mu.new_empty(mu.shape), sigma.new_empty(sigma.shape))
 

@@ -99,6 +99,44 @@ def test_adversarial_geometry(device):
     _compare(args, 1e-11)
 
 
+def test_negative_weight_winners_across_class_words_and_chunks(device):
+    """Points inside dozens of GTs, several of each class: the highest GT
+    index of a class sets that class's negative weight (SPEC section 6).
+    The classes lie in three 32-bit words of the CUDA kernels' per-point
+    bits, and one class has GTs on both sides of the 256-GT chunk edge, so
+    a walk in the wrong order, or one that lets every GT of a class write,
+    gives other weights, losses and gradients."""
+    G = 300
+    args = case(B=2, C=70, G=G, counts=(300, 270), seed=13, dev=device)
+    g = torch.Generator().manual_seed(3)
+    centre = torch.tensor([60.0, 44.0], dtype=torch.float64) + (torch.rand(2, G, 2, generator=g) - 0.5) * 30
+    half = torch.rand(2, G, 2, generator=g, dtype=torch.float64) * 40 + 10
+    args[5] = torch.cat([centre - half, centre + half], -1).to(args[5].device)
+    lab = torch.tensor([3, 35, 69, 64, 0, 31, 32])[torch.arange(G) % 7].repeat(2, 1)
+    lab[:, 250:262] = 35  # one class across the chunk edge
+    lab[~args[7].cpu()] = -1
+    args[6] = lab.to(args[6].device)
+    ro, _ = _compare(args, 1e-11)
+    assert ro[3].tolist() == [True, True]
+
+
+def test_backward_keeps_no_points_by_classes_tensor(device):
+    """The negative weights are rebuilt from t and the GTs' ranges of t, not
+    kept: of what the graph saves, only the logits are as large as (B, P, C)."""
+    args = case(C=40, dev=device)
+    B, P, C = args[0].shape
+    cls = args[0].clone().requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda x: saved.append((x.shape, x.numel())) or x, lambda x: x):
+        out = gflops.autoassign_loss_terms(cls, *args[1:], level_shapes=SHAPES)
+    assert len(saved) >= 10, saved  # the op's inputs at least: the hooks saw the node's tensors
+    assert [shape for shape, n in saved if n >= B * P * C] == [(B, P, C)], saved
+    raw = _ops.lib().autoassign_loss_terms(*args, [v for hw in SHAPES for v in hw])
+    assert raw[4].shape == (B, P) and raw[5].shape == (B, G := args[5].shape[1], 4)
+    (out[0].sum() + out[1].sum()).backward()
+    assert cls.grad.shape == (B, P, C)
+
+
 def test_images_and_batches_without_gt(device):
     args = case(counts=(0, 0), dev=device)
     out, grads = _run(gflops.autoassign_loss_terms, args)

@@ -211,9 +211,28 @@ GF_CPU_CLONES void neg_grad_rows(const T* cls, const T* obj, const A* w, A g, in
   }
 }
 
+// The negative weights of one image: 1, but 1 - t_norm at (p, lab_g) for the
+// points inside g, from t and each GT's range of t (stats[4g + 2], [4g + 3]).
+// GTs ascending, so the highest GT index of a class wins a point. Rebuilt by
+// the backward rather than saved: P x C per image is the largest tensor here.
+template <typename T, typename A>
+void neg_weights(const AutoAssignInputs& in, const Image<T, A>& im, const A* pts, const A* strides, const A* t,
+                 const A* stats, A* neg_w) {
+  const int64_t C = in.classes;
+  const A eps = A(gf::kAutoAssignEps);
+  std::fill(neg_w, neg_w + in.points_n * C, A(1));
+  for (int64_t g = 0; g < in.num_gt; ++g) {
+    if (!im.valid[g]) continue;
+    const int64_t c = im.lab[g];
+    const A lo = stats[4 * g + 2], range = stats[4 * g + 3] - lo + eps;
+    for_each_inside(in, pts, strides, gf::load_box(im.gt + 4 * g),
+                    [&](int64_t p) { neg_w[p * C + c] = A(1) - (t[p] - lo + eps) / range; });
+  }
+}
+
 template <typename T, typename A>
 void forward_image(const AutoAssignInputs& in, int64_t b, A* loss_pos, A* loss_neg, A* prior_sum, bool* any_inside,
-                   A* neg_w, A* stats) {
+                   A* t_out, A* stats) {
   const int64_t P = in.points_n, C = in.classes, G = in.num_gt;
   const Image<T, A> im = image<T, A>(in, b);
   const A* pts = in.points.data_ptr<A>();
@@ -223,19 +242,19 @@ void forward_image(const AutoAssignInputs& in, int64_t b, A* loss_pos, A* loss_n
   const A eps = A(gf::kAutoAssignEps);
 
   // The points inside some GT, and their 1 / (1 - best IoU over the image's valid GTs).
-  std::vector<A> t(P, A(0));
+  A* t = t_out;
+  std::fill(t, t + P, A(0));
   std::vector<uint8_t> in_some(P, 0);
   for (int64_t g = 0; g < G; ++g) {
     if (im.valid[g]) for_each_inside(in, pts, strides, gf::load_box(im.gt + 4 * g), [&](int64_t p) { in_some[p] = 1; });
   }
   bool any = false;
-  best_ious(in, im, pts, in_some, t.data(), any);
+  best_ious(in, im, pts, in_some, t, any);
 
   // Per GT: the positive bag and the range of t over its points.
-  std::vector<A> t_min(G), t_max(G);
   double pos_total = 0.0, prior_total = 0.0;
   for (int64_t g = 0; g < G; ++g) {
-    stats[2 * g] = stats[2 * g + 1] = A(0);
+    std::fill(stats + 4 * g, stats + 4 * g + 4, A(0));
     if (!im.valid[g]) continue;
     const gf::Box4<A> box = gf::load_box(im.gt + 4 * g);
     const int64_t c = im.lab[g];
@@ -253,29 +272,22 @@ void forward_image(const AutoAssignInputs& in, int64_t b, A* loss_pos, A* loss_n
     const A bag = A(a) / gf::clamp_min_nan(s_a, eps);
     pos_total += gf::bce_one(bag);
     prior_total += psum;
-    stats[2 * g] = s_a;
-    stats[2 * g + 1] = bag;
-    t_min[g] = lo;
-    t_max[g] = hi;
+    stats[4 * g] = s_a;
+    stats[4 * g + 1] = bag;
+    stats[4 * g + 2] = lo;
+    stats[4 * g + 3] = hi;
   }
 
-  // Negative weights: GTs ascending, so the highest GT index of a class wins a point.
-  std::fill(neg_w, neg_w + P * C, A(1));
-  for (int64_t g = 0; g < G; ++g) {
-    if (!im.valid[g]) continue;
-    const int64_t c = im.lab[g];
-    const A lo = t_min[g], range = t_max[g] - t_min[g] + eps;
-    for_each_inside(in, pts, strides, gf::load_box(im.gt + 4 * g),
-                    [&](int64_t p) { neg_w[p * C + c] = A(1) - (t[p] - lo + eps) / range; });
-  }
   loss_pos[b] = A(pos_total);
-  loss_neg[b] = A(neg_rows(im.cls, im.obj, neg_w, P, C));
+  std::vector<A> neg_w(P * C);
+  neg_weights(in, im, pts, strides, t, stats, neg_w.data());
+  loss_neg[b] = A(neg_rows(im.cls, im.obj, neg_w.data(), P, C));
   prior_sum[b] = A(prior_total);
   any_inside[b] = any;
 }
 
 template <typename T, typename A>
-void backward_image(const AutoAssignInputs& in, int64_t b, A gpos, A gneg, A gprior, const A* neg_w, const A* stats,
+void backward_image(const AutoAssignInputs& in, int64_t b, A gpos, A gneg, A gprior, const A* t, const A* stats,
                     A* dcls, A* dobj, A* ddist, double* dprior_params) {
   const int64_t P = in.points_n, C = in.classes, G = in.num_gt;
   const Image<T, A> im = image<T, A>(in, b);
@@ -285,13 +297,15 @@ void backward_image(const AutoAssignInputs& in, int64_t b, A gpos, A gneg, A gpr
   const A* sigma = in.sigma.data_ptr<A>();
   const A eps = A(gf::kAutoAssignEps);
 
-  neg_grad_rows(im.cls, im.obj, neg_w, gneg, P, C, dcls, dobj);
+  std::vector<A> neg_w(P * C);
+  neg_weights(in, im, pts, strides, t, stats, neg_w.data());
+  neg_grad_rows(im.cls, im.obj, neg_w.data(), gneg, P, C, dcls, dobj);
   // The positive bags and the prior sum, pair by pair.
   for (int64_t g = 0; g < G; ++g) {
     if (!im.valid[g]) continue;
     const gf::Box4<A> box = gf::load_box(im.gt + 4 * g);
     const int64_t c = im.lab[g];
-    const A s = stats[2 * g], bag = stats[2 * g + 1];
+    const A s = stats[4 * g], bag = stats[4 * g + 1];
     const A denom = gf::clamp_min_nan(s, eps);
     const A kept = gf::dclamp(s, eps);  // clamp(min=eps) passes the gradient when s >= eps
     const A g_bag = gpos * gf::bce_grad(bag, A(1));
@@ -329,32 +343,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const auto opts = in.dist.options();
   at::Tensor loss_pos = at::zeros({B}, opts), loss_neg = at::zeros({B}, opts), prior_sum = at::zeros({B}, opts);
   at::Tensor any_inside = at::zeros({B}, opts.dtype(at::kBool));
-  at::Tensor neg_w = at::ones({B, P, C}, opts), stats = at::zeros({B, G, 2}, opts);
+  at::Tensor t = at::empty({B, P}, opts), stats = at::empty({B, G, 4}, opts);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.cls.scalar_type(), "autoassign_cpu", [&] {
     using A = at::opmath_type<scalar_t>;
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b)
         forward_image<scalar_t, A>(in, b, loss_pos.data_ptr<A>(), loss_neg.data_ptr<A>(), prior_sum.data_ptr<A>(),
-                                   any_inside.data_ptr<bool>(), neg_w.data_ptr<A>() + b * P * C,
-                                   stats.data_ptr<A>() + b * G * 2);
+                                   any_inside.data_ptr<bool>(), t.data_ptr<A>() + b * P,
+                                   stats.data_ptr<A>() + b * G * 4);
     });
   });
-  return {loss_pos, loss_neg, prior_sum, any_inside, neg_w, stats};
+  return {loss_pos, loss_neg, prior_sum, any_inside, t, stats};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> autoassign_backward_cpu(
     const at::Tensor& grad_pos, const at::Tensor& grad_neg, const at::Tensor& grad_prior, const at::Tensor& cls,
     const at::Tensor& obj, const at::Tensor& dist, const at::Tensor& points, const at::Tensor& strides,
     const at::Tensor& gt_boxes, const at::Tensor& gt_labels, const at::Tensor& gt_valid, const at::Tensor& mu,
-    const at::Tensor& sigma, const at::Tensor& neg_w, const at::Tensor& stats, at::IntArrayRef level_shapes) {
+    const at::Tensor& sigma, const at::Tensor& point_t, const at::Tensor& stats, at::IntArrayRef level_shapes) {
   AutoAssignInputs in = autoassign_prepare(cls, obj, dist, points, strides, gt_boxes, gt_labels, gt_valid, mu, sigma,
                                            level_shapes, kOpBackward);
   const int64_t B = in.batch, P = in.points_n, C = in.classes, G = in.num_gt;
   at::Tensor gp = check_grad_shape(grad_pos, in.cls, {B}, kOpBackward, "grad_pos");
   at::Tensor gn = check_grad_shape(grad_neg, in.cls, {B}, kOpBackward, "grad_neg");
   at::Tensor gr = check_grad_shape(grad_prior, in.cls, {B}, kOpBackward, "grad_prior");
-  at::Tensor nw = check_grad_shape(neg_w, in.cls, {B, P, C}, kOpBackward, "neg_weight");
-  at::Tensor st = check_grad_shape(stats, in.cls, {B, G, 2}, kOpBackward, "gt_stats");
+  at::Tensor tp = check_grad_shape(point_t, in.cls, {B, P}, kOpBackward, "point_t");
+  at::Tensor st = check_grad_shape(stats, in.cls, {B, G, 4}, kOpBackward, "gt_stats");
   const auto opts = in.dist.options();
   at::Tensor dcls = at::empty({B, P, C}, opts), dobj = at::empty({B, P}, opts), ddist = at::zeros({B, P, 4}, opts);
   at::Tensor partial = at::zeros({B, C, 4}, opts.dtype(at::kDouble));  // per image: d mu_x, mu_y, sigma_x, sigma_y
@@ -363,7 +377,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> autoassig
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b)
         backward_image<scalar_t, A>(in, b, gp.data_ptr<A>()[b], gn.data_ptr<A>()[b], gr.data_ptr<A>()[b],
-                                    nw.data_ptr<A>() + b * P * C, st.data_ptr<A>() + b * G * 2,
+                                    tp.data_ptr<A>() + b * P, st.data_ptr<A>() + b * G * 4,
                                     dcls.data_ptr<A>() + b * P * C, dobj.data_ptr<A>() + b * P,
                                     ddist.data_ptr<A>() + b * P * 4, partial.data_ptr<double>() + b * C * 4);
     });

@@ -44,6 +44,7 @@ gc::AutoAssignArgs args_of(const AutoAssignInputs& in, const char* op) {
   a.points_n = in.points_n;
   a.classes = in.classes;
   a.num_gt = in.num_gt;
+  gc::aa_plan(a);
   return a;
 }
 
@@ -60,14 +61,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const auto opts = in.dist.options();
   at::Tensor loss_pos = at::empty({B}, opts), loss_neg = at::empty({B}, opts), prior_sum = at::empty({B}, opts);
   at::Tensor any_inside = at::empty({B}, opts.dtype(at::kBool));
-  at::Tensor neg_w = at::ones({B, P, C}, opts), stats = at::empty({B, G, 2}, opts);
-  at::Tensor t = at::empty({B, P}, opts), gt_part = at::empty({B, G, 5}, opts);
-  at::Tensor neg_part = at::empty({B, gc::kAutoAssignNegBlocks}, opts);
+  at::Tensor t = at::empty({B, P}, opts), stats = at::empty({B, G, 4}, opts);
   gc::AutoAssignArgs a = args_of(in, op);
+  // One workspace: the GTs' partials (B, G, 3), the negative term's (B, neg_blocks + fix_tiles), then the
+  // winners' bits (B, P, ceil(C / 32)) as 32-bit words, all in the accumulation dtype's units.
+  const int64_t gt_n = B * G * 3, neg_n = B * (a.neg_blocks + a.fix_tiles);
+  const int64_t words = B * P * ((C + 31) / 32), per = static_cast<int64_t>(opts.dtype().itemsize()) / 4;
+  at::Tensor work = at::empty({gt_n + neg_n + (words + per - 1) / per}, opts);
   a.t = t.data_ptr();
-  a.gt_part = gt_part.data_ptr();
-  a.neg_part = neg_part.data_ptr();
-  a.neg_weight = neg_w.data_ptr();
+  a.gt_part = work.data_ptr();
+  a.neg_part = static_cast<char*>(work.data_ptr()) + gt_n * opts.dtype().itemsize();
+  a.seen = reinterpret_cast<unsigned*>(static_cast<char*>(work.data_ptr()) + (gt_n + neg_n) * opts.dtype().itemsize());
   a.stats = stats.data_ptr();
   a.loss_pos = loss_pos.data_ptr();
   a.loss_neg = loss_neg.data_ptr();
@@ -75,14 +79,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   a.any_inside = any_inside.data_ptr<bool>();
   GF_CUDA_CHECK(gc::autoassign_forward(kernel_dtype(in.cls.scalar_type()), a, num_sms(in.cls.get_device()),
                                        current_stream()));
-  return {loss_pos, loss_neg, prior_sum, any_inside, neg_w, stats};
+  return {loss_pos, loss_neg, prior_sum, any_inside, t, stats};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> autoassign_backward_cuda(
     const at::Tensor& grad_pos, const at::Tensor& grad_neg, const at::Tensor& grad_prior, const at::Tensor& cls,
     const at::Tensor& obj, const at::Tensor& dist, const at::Tensor& points, const at::Tensor& strides,
     const at::Tensor& gt_boxes, const at::Tensor& gt_labels, const at::Tensor& gt_valid, const at::Tensor& mu,
-    const at::Tensor& sigma, const at::Tensor& neg_w, const at::Tensor& stats, at::IntArrayRef level_shapes) {
+    const at::Tensor& sigma, const at::Tensor& point_t, const at::Tensor& stats, at::IntArrayRef level_shapes) {
   const char* op = "gflops.autoassign_loss_terms_backward";
   AutoAssignInputs in = autoassign_prepare(cls, obj, dist, points, strides, gt_boxes, gt_labels, gt_valid, mu, sigma,
                                            level_shapes, op);
@@ -90,15 +94,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> autoassig
   at::Tensor gp = check_grad_shape(grad_pos, in.cls, {B}, op, "grad_pos");
   at::Tensor gn = check_grad_shape(grad_neg, in.cls, {B}, op, "grad_neg");
   at::Tensor gr = check_grad_shape(grad_prior, in.cls, {B}, op, "grad_prior");
-  at::Tensor nw = check_grad_shape(neg_w, in.cls, {B, P, C}, op, "neg_weight");
-  at::Tensor st = check_grad_shape(stats, in.cls, {B, G, 2}, op, "gt_stats");
+  at::Tensor tp = check_grad_shape(point_t, in.cls, {B, P}, op, "point_t");
+  at::Tensor st = check_grad_shape(stats, in.cls, {B, G, 4}, op, "gt_stats");
   const DeviceGuard guard(in.cls.device());
   const auto opts = in.dist.options();
   at::Tensor dcls = at::empty({B, P, C}, opts), dobj = at::empty({B, P}, opts), ddist = at::empty({B, P, 4}, opts);
   at::Tensor dmu = at::empty({C, 2}, opts), dsigma = at::empty({C, 2}, opts);
   at::Tensor prior_part = at::empty({B, G, 4}, opts);
+  at::Tensor seen = at::empty({B * P * ((C + 31) / 32)}, opts.dtype(at::kInt));  // the winners' bits
   gc::AutoAssignArgs a = args_of(in, op);
-  a.neg_weight = nw.data_ptr();
+  a.t = tp.data_ptr();
+  a.seen = reinterpret_cast<unsigned*>(seen.data_ptr<int>());
   a.stats = st.data_ptr();
   a.grad_pos = gp.data_ptr();
   a.grad_neg = gn.data_ptr();

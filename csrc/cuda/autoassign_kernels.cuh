@@ -11,23 +11,28 @@
 //    box spans on each level, tests each exactly, and sums the positive
 //    weights, the bag numerator and the prior. It takes the range of t over
 //    the GT's points. Block sums run in a fixed tree.
-// 3. neg_weight: per point tile, a thread per point inside some GT. Its GTs
-//    in ascending order overwrite the weight of their class, so the highest
-//    index wins with no atomics.
-// 4. neg_loss: the dense x^2 BCE(x, 0) over (point, class), as fixed
-//    per-block partials per image.
+// 3. neg_loss: the dense x^2 BCE(x, 0) over (point, class) with every
+//    negative weight 1, as per-block partials per image (a grid fixed by the
+//    shapes, so the sum order is too).
+// 4. neg_fix: per point tile, a thread per point inside some GT: for each
+//    class whose weight is not 1 there, the term at that weight less the term
+//    at 1. Its GTs are walked in descending order and the first of a class
+//    wins (the highest index, SPEC section 6), marked in the point's bits.
 // 5. finish: a block per image sums the partials and the GTs in order.
 // Backward:
-// 1. a warp per (image, point): the dense negative term's gradient (lanes
-//    over classes, the objectness by a warp sum);
-// 2. per point tile, a thread per point: the positive pairs of its GTs,
-//    ascending, into its own rows, with no atomics;
+// 1. a warp per (image, point): the dense negative term's gradient with
+//    weights 1 (lanes over classes, the objectness by a warp sum);
+// 2. per point tile, a thread per point: its GTs descending. The first GT of
+//    a class sets that class's negative gradient at its weight, then every
+//    GT adds its positive pair, into the point's own rows, with no atomics;
 // 3. a block per (image, GT): the prior's gradient w.r.t. mu and sigma;
 // 4. a block per class: those partials summed over (image, GT) in a fixed order.
-// Workspace: O(B (P + G)) plus the (B, P, C) negative weights that the
-// forward returns for the backward. Nothing is of size points x GTs, and no
-// thread loops over every GT: a point tile keeps the GTs near it, chunk by
-// chunk, in shared memory (aa_gt_chunks).
+// Workspace: O(B (P + G)) and a bit per (point, class) for the winners. No
+// (B, P, C) tensor but the gradient: the weights are 1 but at the classes of
+// a point's GTs, so only t (B, P) and the GTs' ranges of t are kept for the
+// backward. Nothing is of size points x GTs, and no thread loops over every
+// GT: a point tile keeps the GTs near it, chunk by chunk, in shared memory
+// (aa_gt_chunks).
 #pragma once
 
 #include "../common/autoassign.h"
@@ -37,7 +42,8 @@ namespace gf {
 namespace cuda {
 
 constexpr int kAutoAssignMaxLevels = 16;
-constexpr int kAutoAssignNegBlocks = 32;  // per image: fixed, so the sum order is too
+constexpr int kAaNegPerThread = 32;      // elements a thread of the dense negative term takes, about
+constexpr int kAaNegMaxBlocks = 4096;    // per image
 
 struct AutoAssignLevels {
   int64_t start[kAutoAssignMaxLevels];
@@ -69,11 +75,16 @@ struct AutoAssignArgs {
   bool cull;                   // the tiles' culls on (off: tests compare with the full loops)
   int64_t batch, points_n, classes, num_gt;
   // forward workspace and outputs
-  void* t;          // (B, P): 1 / (1 - best IoU), 0 outside every GT
-  void* gt_part;    // (B, G, 5): BCE of the bag, prior sum, t min, t max, points inside
-  void* neg_part;   // (B, kAutoAssignNegBlocks)
-  void* neg_weight; // (B, P, C), filled with 1 by the caller
-  void* stats;      // (B, G, 2): sum of positive weights, bag
+  // t (B, P): 1 / (1 - best IoU), 0 outside every GT; written by the forward, read by the backward
+  void* t;
+  void* gt_part;    // (B, G, 3): BCE of the bag, prior sum, points inside
+  // (B, neg_blocks + fix_tiles): the dense term's partials, then neg_fix's per tile
+  void* neg_part;
+  int neg_blocks, fix_tiles;  // aa_plan
+  unsigned* seen;   // (B, P, ceil(C / 32)): the classes whose winner a point has met
+  // stats (B, G, 4): sum of positive weights, bag, min and max of t over the GT's points; written by the
+  // forward, read by the backward
+  void* stats;
   void* loss_pos;   // (B,)
   void* loss_neg;
   void* prior_sum;
@@ -281,9 +292,10 @@ template <typename acc_t> struct AaChunk {
   __device__ Box4<acc_t> at(int j) const { return Box4<acc_t>{box[j][0], box[j][1], box[j][2], box[j][3]}; }
 };
 
-// For each chunk of the image's GTs in turn: the usable GTs with keep(box)
-// compacted in ascending order, then visit(chunk) by every thread.
-template <typename acc_t, typename Keep, typename Visit>
+// For each chunk of the image's GTs in turn (the last chunk first when
+// `descending`): the usable GTs with keep(box) compacted in ascending order,
+// then visit(chunk) by every thread.
+template <typename acc_t, bool descending = false, typename Keep, typename Visit>
 __device__ void aa_gt_chunks(const AutoAssignArgs& a, int64_t b, Keep keep, Visit visit,
                              unsigned long long* census = nullptr, int what = 0) {
   GF_SHARED(acc_t, box, [kThreads][4]);
@@ -292,7 +304,9 @@ __device__ void aa_gt_chunks(const AutoAssignArgs& a, int64_t b, Keep keep, Visi
   GF_SHARED(int, counts, [kThreads / 32]);
   const auto* gt = static_cast<const acc_t*>(a.gt);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  for (int64_t g0 = 0; g0 < a.num_gt; g0 += blockDim.x) {  // block-uniform
+  const int64_t step = blockDim.x, last = a.num_gt > 0 ? (a.num_gt - 1) / step * step : -1;
+  for (int64_t g0 = descending ? last : 0; descending ? g0 >= 0 : g0 < a.num_gt;
+       g0 += descending ? -step : step) {  // block-uniform
     const int64_t g = g0 + threadIdx.x, r = b * a.num_gt + g;
     bool kept = false;
     Box4<acc_t> box_g{};
@@ -387,10 +401,11 @@ __global__ void __launch_bounds__(kThreads) aa_gt_kernel(AutoAssignArgs a) {
   for (int64_t r = blockIdx.x; r < a.batch * a.num_gt; r += gridDim.x) {  // block-uniform
     const int64_t b = r / a.num_gt;
     if (!aa_usable(a, r)) {
-      if (threadIdx.x == 0) {
-        for (int k = 0; k < 5; ++k) part[5 * r + k] = acc_t(0);
-        stats[2 * r] = stats[2 * r + 1] = acc_t(0);
-      }
+      if (threadIdx.x == 0)
+        for (int k = 0; k < 4; ++k) {
+          if (k < 3) part[3 * r + k] = acc_t(0);
+          stats[4 * r + k] = acc_t(0);
+        }
       continue;
     }
     const Box4<acc_t> g = aa_box(gt + 4 * r);
@@ -417,27 +432,52 @@ __global__ void __launch_bounds__(kThreads) aa_gt_kernel(AutoAssignArgs a) {
     s = v[0], num = v[1], psum = v[2], n = v[3], lo = v[4], hi = v[5];
     if (threadIdx.x == 0) {
       const acc_t bag = num / clamp_min_nan(s, eps);
-      part[5 * r] = bce_one(bag);
-      part[5 * r + 1] = psum;
-      part[5 * r + 2] = lo;
-      part[5 * r + 3] = hi;
-      part[5 * r + 4] = n;
-      stats[2 * r] = s;
-      stats[2 * r + 1] = bag;
+      part[3 * r] = bce_one(bag);
+      part[3 * r + 1] = psum;
+      part[3 * r + 2] = n;
+      stats[4 * r] = s;
+      stats[4 * r + 1] = bag;
+      stats[4 * r + 2] = lo;
+      stats[4 * r + 3] = hi;
     }
   }
 }
 
-// The negative weights of the points inside some GT: their GTs in ascending
-// order overwrite the weight of their class, so the highest index wins with
-// no atomics.
+// The winner of a class at a point is the GT of that class with the highest
+// index that holds it (SPEC section 6): walking the point's GTs descending,
+// the first of its class. `seen` holds the point's bits, one per class,
+// cleared by aa_clear_seen.
+__device__ __forceinline__ bool aa_first_of_class(unsigned* seen, int label) {
+  const unsigned bit = 1u << (label & 31);
+  const unsigned word = seen[label >> 5];
+  if (word & bit) return false;
+  seen[label >> 5] = word | bit;
+  return true;
+}
+
+__device__ __forceinline__ unsigned* aa_clear_seen(const AutoAssignArgs& a, int64_t i) {
+  const int64_t words = (a.classes + 31) / 32;
+  unsigned* seen = a.seen + i * words;
+  for (int64_t k = 0; k < words; ++k) seen[k] = 0u;
+  return seen;
+}
+
+// 1 - t_norm: the negative weight that GT r gives the points inside it.
+template <typename acc_t> __device__ __forceinline__ acc_t aa_neg_weight(const acc_t* stats, int64_t r, acc_t t) {
+  const acc_t eps = acc_t(kAutoAssignEps), lo = stats[4 * r + 2], hi = stats[4 * r + 3];
+  return acc_t(1) - (t - lo + eps) / (hi - lo + eps);
+}
+
+// Per point inside some GT: the sum over the classes that a GT gives it of
+// the negative term at the winner's weight less the term at weight 1 (which
+// aa_neg_loss_kernel counted). One partial per (tile, image).
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads) aa_neg_weight_kernel(AutoAssignArgs a) {
+__global__ void __launch_bounds__(kThreads) aa_neg_fix_kernel(AutoAssignArgs a) {
   const auto* pts = static_cast<const acc_t*>(a.points);
   const auto* t = static_cast<const acc_t*>(a.t);
-  const auto* part = static_cast<const acc_t*>(a.gt_part);
-  auto* w = static_cast<acc_t*>(a.neg_weight);
-  const acc_t eps = acc_t(kAutoAssignEps);
+  const auto* stats = static_cast<const acc_t*>(a.stats);
+  const auto* cls = static_cast<const scalar_t*>(a.cls);
+  const auto* obj = static_cast<const scalar_t*>(a.obj);
   const int64_t b = blockIdx.y;
   const AaTilePoint tp = aa_tile_point(a, blockIdx.x);
   const int64_t i = b * a.points_n + tp.p;
@@ -445,37 +485,45 @@ __global__ void __launch_bounds__(kThreads) aa_neg_weight_kernel(AutoAssignArgs 
   const bool inside = tv != acc_t(0);  // t is 0 exactly for the points inside no GT
   const acc_t px = inside ? pts[2 * tp.p] : acc_t(0), py = inside ? pts[2 * tp.p + 1] : acc_t(0);
   const AaBounds<acc_t> pt = aa_bounds(inside, false, px, py, px, py);
-  if (!pt.any) return;  // block-uniform
-  acc_t* row = w + i * a.classes;
-  aa_gt_chunks<acc_t>(a, b, [&](const Box4<acc_t>& g) { return aa_may_hold(a, g, pt); },
-                      [&](const AaChunk<acc_t>& c) {
-                        for (int j = 0; j < c.n && inside; ++j) {
-                          if (!strictly_inside(px, py, c.at(j))) continue;
-                          const int64_t r = b * a.num_gt + c.index[j];
-                          const acc_t lo = part[5 * r + 2], hi = part[5 * r + 3];
-                          row[c.label[j]] = acc_t(1) - (tv - lo + eps) / (hi - lo + eps);
-                        }
-                      });
+  acc_t fix = acc_t(0);
+  if (pt.any) {  // block-uniform
+    unsigned* seen = inside ? aa_clear_seen(a, i) : nullptr;
+    const acc_t so = inside ? sigmoid_of(cvt<acc_t>(obj[i])) : acc_t(0);
+    aa_gt_chunks<acc_t, true>(a, b, [&](const Box4<acc_t>& g) { return aa_may_hold(a, g, pt); },
+                              [&](const AaChunk<acc_t>& c) {
+                                for (int j = c.n - 1; j >= 0 && inside; --j) {
+                                  if (!strictly_inside(px, py, c.at(j)) || !aa_first_of_class(seen, c.label[j]))
+                                    continue;
+                                  const acc_t w = aa_neg_weight(stats, b * a.num_gt + c.index[j], tv);
+                                  const acc_t x = sigmoid_of(cvt<acc_t>(cls[i * a.classes + c.label[j]])) * so;
+                                  fix += neg_loss(x * w) - neg_loss(x);
+                                }
+                              });
+  }
+  fix = block_sum(fix);
+  if (threadIdx.x == 0)
+    static_cast<acc_t*>(a.neg_part)[b * (a.neg_blocks + a.fix_tiles) + a.neg_blocks + blockIdx.x] = fix;
 }
 
-// The dense x^2 BCE(x, 0) over (point, class), as fixed per-block partials
-// per image. Each thread walks the image's elements with a fixed stride and
-// carries (point, class) along, so no element pays an integer division.
+// The dense x^2 BCE(x, 0) over (point, class) with every weight 1, as
+// per-block partials per image (neg_blocks of them, fixed by the shapes).
+// Each thread walks the image's elements with a fixed stride and carries
+// (point, class) along, so no element pays an integer division.
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) aa_neg_loss_kernel(AutoAssignArgs a) {
   const auto* cls = static_cast<const scalar_t*>(a.cls) + blockIdx.y * a.points_n * a.classes;
   const auto* obj = static_cast<const scalar_t*>(a.obj) + blockIdx.y * a.points_n;
-  const auto* w = static_cast<const acc_t*>(a.neg_weight) + blockIdx.y * a.points_n * a.classes;
   const int64_t n = a.points_n * a.classes, C = a.classes;
-  // The first element and the stride are below 2^31 (a grid of kAutoAssignNegBlocks blocks), so 32-bit
+  // The first element and the stride are below 2^31 (at most kAaNegMaxBlocks blocks), so 32-bit
   // divisions place them; a larger C puts both in point 0 as C itself would. C = 0: no element, no division.
   const uint32_t first = blockIdx.x * blockDim.x + threadIdx.x, step = gridDim.x * blockDim.x;
   const uint32_t c32 = C < 1 ? 1u : C < (int64_t(1) << 31) ? static_cast<uint32_t>(C) : 0x80000000u;
   const int64_t step_p = step / c32, step_c = step % c32;
   int64_t p = first / c32, c = first % c32;
   acc_t v = acc_t(0);
+#pragma unroll 4
   for (int64_t j = first; j < n; j += step) {  // j: the same elements and order as a flat grid-stride loop
-    v += neg_loss(sigmoid_of(cvt<acc_t>(cls[j])) * sigmoid_of(cvt<acc_t>(obj[p])) * w[j]);
+    v += neg_loss(sigmoid_of(cvt<acc_t>(cls[j])) * sigmoid_of(cvt<acc_t>(obj[p])));
     p += step_p;
     c += step_c;
     if (c >= C) {
@@ -484,7 +532,7 @@ __global__ void __launch_bounds__(kThreads) aa_neg_loss_kernel(AutoAssignArgs a)
     }
   }
   v = block_sum(v);
-  if (threadIdx.x == 0) static_cast<acc_t*>(a.neg_part)[blockIdx.y * gridDim.x + blockIdx.x] = v;
+  if (threadIdx.x == 0) static_cast<acc_t*>(a.neg_part)[blockIdx.y * (a.neg_blocks + a.fix_tiles) + blockIdx.x] = v;
 }
 
 template <typename scalar_t, typename acc_t>
@@ -495,11 +543,12 @@ __global__ void __launch_bounds__(kThreads) aa_finish_kernel(AutoAssignArgs a) {
   acc_t pos = acc_t(0), prior = acc_t(0), inside = acc_t(0), negs = acc_t(0);
   for (int64_t g = threadIdx.x; g < a.num_gt; g += blockDim.x) {
     const int64_t r = b * a.num_gt + g;
-    pos += part[5 * r];
-    prior += part[5 * r + 1];
-    inside += part[5 * r + 4];
+    pos += part[3 * r];
+    prior += part[3 * r + 1];
+    inside += part[3 * r + 2];
   }
-  for (int k = threadIdx.x; k < kAutoAssignNegBlocks; k += blockDim.x) negs += neg[b * kAutoAssignNegBlocks + k];
+  const int64_t parts = a.neg_blocks + a.fix_tiles;  // the dense term's partials, then the fixes, in order
+  for (int64_t k = threadIdx.x; k < parts; k += blockDim.x) negs += neg[b * parts + k];
   pos = block_sum(pos);
   prior = block_sum(prior);
   inside = block_sum(inside);
@@ -518,7 +567,6 @@ template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) aa_neg_grad_kernel(AutoAssignArgs a) {
   const auto* cls = static_cast<const scalar_t*>(a.cls);
   const auto* obj = static_cast<const scalar_t*>(a.obj);
-  const auto* w = static_cast<const acc_t*>(a.neg_weight);
   const auto* gneg = static_cast<const acc_t*>(a.grad_neg);
   auto* dcls = static_cast<acc_t*>(a.d_cls);
   auto* dobj = static_cast<acc_t*>(a.d_obj);
@@ -532,7 +580,7 @@ __global__ void __launch_bounds__(kThreads) aa_neg_grad_kernel(AutoAssignArgs a)
     for (int64_t c = lane; c < a.classes; c += 32) {
       const int64_t e = i * a.classes + c;
       const acc_t sc = sigmoid_of(cvt<acc_t>(cls[e]));
-      const acc_t d_joint = g * neg_loss_grad(sc * so * w[e]) * w[e];
+      const acc_t d_joint = g * neg_loss_grad(sc * so);  // weight 1: aa_pos_grad_kernel sets the others
       dcls[e] = d_joint * so * (sc * (acc_t(1) - sc));
       to_obj += d_joint * sc;
     }
@@ -541,13 +589,18 @@ __global__ void __launch_bounds__(kThreads) aa_neg_grad_kernel(AutoAssignArgs a)
   }
 }
 
-// The positive pairs of each point, its GTs ascending, into its own rows
-// (no atomics): over the GTs that may hold one of the tile's points.
+// The pairs of each point, its GTs descending, into its own rows (no
+// atomics): over the GTs that may hold one of the tile's points. The first
+// GT of a class (its winner) replaces the dense kernel's negative gradient of
+// that class, at weight 1, by the one at the GT's weight; then every GT adds
+// its positive pair.
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) aa_pos_grad_kernel(AutoAssignArgs a) {
   const auto* pts = static_cast<const acc_t*>(a.points);
   const auto* stats = static_cast<const acc_t*>(a.stats);
+  const auto* t = static_cast<const acc_t*>(a.t);
   const auto* gpos = static_cast<const acc_t*>(a.grad_pos);
+  const auto* gneg = static_cast<const acc_t*>(a.grad_neg);
   const auto* dist = static_cast<const acc_t*>(a.dist);
   auto* dcls = static_cast<acc_t*>(a.d_cls);
   auto* dobj = static_cast<acc_t*>(a.d_obj);
@@ -560,16 +613,25 @@ __global__ void __launch_bounds__(kThreads) aa_pos_grad_kernel(AutoAssignArgs a)
   acc_t d_obj = acc_t(0), dd[4] = {acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
   if (pt.any) {  // block-uniform
     const acc_t px = tp.has ? pts[2 * p] : acc_t(0), py = tp.has ? pts[2 * p + 1] : acc_t(0);
-    aa_gt_chunks<acc_t>(a, b, [&](const Box4<acc_t>& g) { return aa_may_hold(a, g, pt); },
+    const acc_t tv = tp.has ? t[i] : acc_t(0), g_neg = gneg[b];
+    unsigned* seen = tp.has ? aa_clear_seen(a, i) : nullptr;
+    aa_gt_chunks<acc_t, true>(a, b, [&](const Box4<acc_t>& g) { return aa_may_hold(a, g, pt); },
                         [&](const AaChunk<acc_t>& ch) {
-                          for (int j = 0; j < ch.n && tp.has; ++j) {
+                          for (int j = ch.n - 1; j >= 0 && tp.has; --j) {
                             const Box4<acc_t> box = ch.at(j);
                             if (!strictly_inside(px, py, box)) continue;
                             const int64_t r = b * a.num_gt + ch.index[j], c = ch.label[j];
-                            const acc_t s = stats[2 * r], bag = stats[2 * r + 1];
+                            const AaPair<scalar_t, acc_t> q = aa_pair<scalar_t, acc_t>(a, b, p, box, c);
+                            if (aa_first_of_class(seen, ch.label[j])) {
+                              // aa_neg_grad_kernel's terms, at weight w and at 1.
+                              const acc_t w = aa_neg_weight(stats, r, tv), x = q.sc * q.so;
+                              const acc_t d_w = g_neg * neg_loss_grad(x * w) * w, d_1 = g_neg * neg_loss_grad(x);
+                              dcls[i * a.classes + c] = d_w * q.so * (q.sc * (acc_t(1) - q.sc));
+                              d_obj += (d_w - d_1) * q.sc * (q.so * (acc_t(1) - q.so));
+                            }
+                            const acc_t s = stats[4 * r], bag = stats[4 * r + 1];
                             const acc_t denom = clamp_min_nan(s, eps), kept = dclamp(s, eps);
                             const acc_t g_bag = gpos[b] * bce_grad(bag, acc_t(1));
-                            const AaPair<scalar_t, acc_t> q = aa_pair<scalar_t, acc_t>(a, b, p, box, c);
                             const acc_t spread = q.pos.p_pos - kept * bag;
                             const acc_t d_pos = g_bag * (q.cw / denom) * (acc_t(1) + acc_t(3) * spread);
                             const acc_t d_joint = d_pos * q.pos.loc;
@@ -605,7 +667,7 @@ __global__ void __launch_bounds__(kThreads) aa_prior_grad_kernel(AutoAssignArgs 
     if (aa_usable(a, r)) {
       const Box4<acc_t> g = aa_box(gt + 4 * r);
       const int64_t c = a.labels[r];
-      const acc_t s = stats[2 * r], bag = stats[2 * r + 1];
+      const acc_t s = stats[4 * r], bag = stats[4 * r + 1];
       const acc_t denom = clamp_min_nan(s, eps), kept = dclamp(s, eps);
       const acc_t g_bag = gpos[b] * bce_grad(bag, acc_t(1));
       for (int l = 0; l < a.levels.count; ++l) {
@@ -650,6 +712,15 @@ __global__ void __launch_bounds__(kThreads) aa_prior_reduce_kernel(AutoAssignArg
 
 // ---- host side -------------------------------------------------------------
 
+// The forward's partials per image: the dense term's blocks (fixed by the
+// shapes), then neg_fix's tiles (none without points or GTs).
+inline void aa_plan(AutoAssignArgs& a) {
+  const int64_t per = static_cast<int64_t>(kThreads) * kAaNegPerThread;
+  const int64_t blocks = (a.points_n * a.classes + per - 1) / per;
+  a.neg_blocks = static_cast<int>(blocks < 1 ? 1 : blocks > kAaNegMaxBlocks ? kAaNegMaxBlocks : blocks);
+  a.fix_tiles = a.points_n > 0 && a.num_gt > 0 ? static_cast<int>(a.levels.tile_start[a.levels.count]) : 0;
+}
+
 inline cudaError_t autoassign_forward(DType dt, const AutoAssignArgs& args, int num_sms, cudaStream_t stream) {
   if (args.batch == 0) return cudaSuccess;
   dispatch_dtype(dt, [&](auto ty) {
@@ -662,9 +733,9 @@ inline cudaError_t autoassign_forward(DType dt, const AutoAssignArgs& args, int 
     if (rows > 0) launch<aa_best_iou_kernel<scalar_t, acc_t>>(tiles, kThreads, 0, stream, args);
     if (gts > 0) launch<aa_gt_kernel<scalar_t, acc_t>>(static_cast<unsigned>(gts < cap ? gts : cap), kThreads, 0,
                                                        stream, args);
-    if (rows > 0 && gts > 0) launch<aa_neg_weight_kernel<scalar_t, acc_t>>(tiles, kThreads, 0, stream, args);
-    launch<aa_neg_loss_kernel<scalar_t, acc_t>>(dim3(kAutoAssignNegBlocks, static_cast<unsigned>(args.batch)),
-                                                kThreads, 0, stream, args);
+    if (args.fix_tiles > 0) launch<aa_neg_fix_kernel<scalar_t, acc_t>>(tiles, kThreads, 0, stream, args);
+    launch<aa_neg_loss_kernel<scalar_t, acc_t>>(
+        dim3(static_cast<unsigned>(args.neg_blocks), static_cast<unsigned>(args.batch)), kThreads, 0, stream, args);
     launch<aa_finish_kernel<scalar_t, acc_t>>(static_cast<unsigned>(args.batch), kThreads, 0, stream, args);
   });
   return cudaGetLastError();
