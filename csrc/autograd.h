@@ -369,39 +369,61 @@ struct BoxBranch : torch::autograd::Function<BoxBranch<L>> {
   }
 };
 
-// ---- the AutoAssign loss terms: gradients to cls, obj, dist, mu and sigma ----
-template <class L>
-struct AutoAssign : torch::autograd::Function<AutoAssign<L>> {
+// ---- the AutoAssign loss: gradients to cls, obj, dist, mu and sigma ----
+// Totals = false: autoassign_loss_terms, (loss_pos, loss_neg, prior_sum) per image (B,), any_inside, then t
+// and the GT stats for the backward. Totals = true: autoassign_loss_totals, the whole loss as three 0-dim
+// totals, then t, the GT stats and image_stats for the backward.
+template <class L, bool Totals>
+struct AutoAssign : torch::autograd::Function<AutoAssign<L, Totals>> {
   using Sig = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
       const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
       const Tensor&, const Tensor&, const Tensor&, at::IntArrayRef);
-  using BwdSig = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(
+  using TermsBwd = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(
       const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
       const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
       const Tensor&, at::IntArrayRef);
+  using TotalsBwd = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(
+      const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+      const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+      const Tensor&, const Tensor&, at::IntArrayRef);
+  static constexpr int kSaved = Totals ? 3 : 2;  // the outputs the backward takes: the last kSaved
+
+  static const c10::TypedOperatorHandle<Sig>& op() {
+    if constexpr (Totals) return GF_OP("autoassign_loss_totals", Sig);
+    else return GF_OP("autoassign_loss_terms", Sig);
+  }
 
   static variable_list forward(AutogradContext* ctx, const Tensor& cls, const Tensor& obj, const Tensor& dist,
                                const Tensor& points, const Tensor& strides, const Tensor& gt_boxes,
                                const Tensor& gt_labels, const Tensor& gt_valid, const Tensor& mu, const Tensor& sigma,
                                at::IntArrayRef level_shapes) {
     Below below;
-    auto r = GF_OP("autoassign_loss_terms", Sig)
-                 .call(cls, obj, dist, points, strides, gt_boxes, gt_labels, gt_valid, mu, sigma, level_shapes);
-    ctx->save_for_backward(
-        {cls, obj, dist, points, strides, gt_boxes, gt_labels, gt_valid, mu, sigma, std::get<4>(r), std::get<5>(r)});
+    auto r = op().call(cls, obj, dist, points, strides, gt_boxes, gt_labels, gt_valid, mu, sigma, level_shapes);
+    variable_list out = {std::get<0>(r), std::get<1>(r), std::get<2>(r), std::get<3>(r), std::get<4>(r),
+                         std::get<5>(r)};
+    variable_list saved = {cls, obj, dist, points, strides, gt_boxes, gt_labels, gt_valid, mu, sigma};
+    saved.insert(saved.end(), out.end() - kSaved, out.end());
+    ctx->save_for_backward(saved);
     ctx->saved_data["level_shapes"] = level_shapes.vec();
-    ctx->mark_non_differentiable({std::get<3>(r), std::get<4>(r), std::get<5>(r)});
-    return {std::get<0>(r), std::get<1>(r), std::get<2>(r), std::get<3>(r), std::get<4>(r), std::get<5>(r)};
+    ctx->mark_non_differentiable({out[3], out[4], out[5]});
+    return out;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto s = ctx->get_saved_variables();
-    for (int i = 0; i < 3; ++i)  // materialised: zeros (B,) in the distances' dtype
-      if (!grads[i].defined()) grads[i] = at::zeros({s[0].size(0)}, s[2].options());
+    for (int i = 0; i < 3; ++i)  // materialised: zeros, (B,) or 0-dim, in the distances' dtype
+      if (!grads[i].defined())
+        grads[i] = Totals ? at::zeros({}, s[2].options()) : at::zeros({s[0].size(0)}, s[2].options());
     const std::vector<int64_t> levels = ctx->saved_data["level_shapes"].toIntVector();
-    auto r = GF_OP("autoassign_loss_terms_backward", BwdSig)
-                 .call(grads[0], grads[1], grads[2], s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9], s[10],
-                       s[11], levels);
+    std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> r;
+    if constexpr (Totals)
+      r = GF_OP("autoassign_loss_totals_backward", TotalsBwd)
+              .call(grads[0], grads[1], grads[2], s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9], s[10],
+                    s[11], s[12], levels);
+    else
+      r = GF_OP("autoassign_loss_terms_backward", TermsBwd)
+              .call(grads[0], grads[1], grads[2], s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9], s[10],
+                    s[11], levels);
     variable_list out(11);
     out[0] = std::get<0>(r);
     out[1] = std::get<1>(r);
@@ -409,6 +431,20 @@ struct AutoAssign : torch::autograd::Function<AutoAssign<L>> {
     out[8] = std::get<3>(r);
     out[9] = std::get<4>(r);
     return out;
+  }
+
+  // The Autograd kernel: straight to the backend when no gradient is wanted.
+  static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> kernel(
+      const Tensor& cls, const Tensor& obj, const Tensor& dist, const Tensor& points, const Tensor& strides,
+      const Tensor& gt_boxes, const Tensor& gt_labels, const Tensor& gt_valid, const Tensor& mu, const Tensor& sigma,
+      at::IntArrayRef level_shapes) {
+    if (!wants_grad(cls, obj, dist, points, strides, gt_boxes, gt_labels, gt_valid, mu, sigma)) {
+      Below below;
+      return op().call(cls, obj, dist, points, strides, gt_boxes, gt_labels, gt_valid, mu, sigma, level_shapes);
+    }
+    auto o = AutoAssign::apply(cls, obj, dist, points, strides, gt_boxes, gt_labels, gt_valid, mu, sigma,
+                               level_shapes);
+    return std::make_tuple(o[0], o[1], o[2], o[3], o[4], o[5]);
   }
 };
 
@@ -478,19 +514,8 @@ void register_autograd(torch::Library& m) {
     auto o = BoxBranch<L>::apply(p, pts, st, gt, w, reg_max);
     return std::make_tuple(o[0], o[1], o[2]);
   });
-  m.impl("autoassign_loss_terms", [](const Tensor& cls, const Tensor& obj, const Tensor& dist, const Tensor& points,
-                                     const Tensor& strides, const Tensor& gt_boxes, const Tensor& gt_labels,
-                                     const Tensor& gt_valid, const Tensor& mu, const Tensor& sigma,
-                                     at::IntArrayRef level_shapes) {
-    if (!wants_grad(cls, obj, dist, points, strides, gt_boxes, gt_labels, gt_valid, mu, sigma)) {
-      Below below;
-      return GF_OP("autoassign_loss_terms", typename AutoAssign<L>::Sig)
-          .call(cls, obj, dist, points, strides, gt_boxes, gt_labels, gt_valid, mu, sigma, level_shapes);
-    }
-    auto o = AutoAssign<L>::apply(cls, obj, dist, points, strides, gt_boxes, gt_labels, gt_valid, mu, sigma,
-                                  level_shapes);
-    return std::make_tuple(o[0], o[1], o[2], o[3], o[4], o[5]);
-  });
+  m.impl("autoassign_loss_terms", &AutoAssign<L, false>::kernel);
+  m.impl("autoassign_loss_totals", &AutoAssign<L, true>::kernel);
 }
 
 template <class L>

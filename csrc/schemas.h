@@ -45,6 +45,8 @@ inline void define_schemas(torch::Library& m) {
 
   m.def("autoassign_loss_terms(Tensor cls_logits, Tensor obj_logits, Tensor distances, Tensor points, Tensor strides, Tensor gt_boxes, Tensor gt_labels, Tensor gt_valid, Tensor mu, Tensor sigma, int[] level_shapes) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("autoassign_loss_terms_backward(Tensor grad_pos, Tensor grad_neg, Tensor grad_prior, Tensor cls_logits, Tensor obj_logits, Tensor distances, Tensor points, Tensor strides, Tensor gt_boxes, Tensor gt_labels, Tensor gt_valid, Tensor mu, Tensor sigma, Tensor point_t, Tensor gt_stats, int[] level_shapes) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("autoassign_loss_totals(Tensor cls_logits, Tensor obj_logits, Tensor distances, Tensor points, Tensor strides, Tensor gt_boxes, Tensor gt_labels, Tensor gt_valid, Tensor mu, Tensor sigma, int[] level_shapes) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("autoassign_loss_totals_backward(Tensor grad_pos, Tensor grad_neg, Tensor grad_center, Tensor cls_logits, Tensor obj_logits, Tensor distances, Tensor points, Tensor strides, Tensor gt_boxes, Tensor gt_labels, Tensor gt_valid, Tensor mu, Tensor sigma, Tensor point_t, Tensor gt_stats, Tensor image_stats, int[] level_shapes) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 
   m.def("atss_assign(Tensor anchors, int[] num_level_anchors, Tensor gt_boxes, Tensor gt_labels, Tensor gt_valid, Tensor? anchor_valid, int topk, int background_label) -> (Tensor, Tensor, Tensor)");
 }

@@ -45,6 +45,19 @@ def register(ns):
         return (*per_image, cls.new_empty((B,), dtype=torch.bool), cls.new_empty((B, P), dtype=acc),
                 cls.new_empty((B, gt_boxes.shape[1], 4), dtype=acc))
 
+    @fake("autoassign_loss_totals")
+    def _autoassign_totals(cls, obj, dist, points, strides, gt_boxes, gt_labels, gt_valid, mu, sigma, level_shapes):
+        out = _autoassign(cls, obj, dist, points, strides, gt_boxes, gt_labels, gt_valid, mu, sigma, level_shapes)
+        acc = out[0].dtype
+        return (*[cls.new_empty((), dtype=acc) for _ in range(3)], out[4], out[5],
+                cls.new_empty((cls.shape[0], 3), dtype=acc))
+
+    @fake("autoassign_loss_totals_backward")
+    def _autoassign_totals_bwd(grad_pos, grad_neg, grad_center, cls, obj, dist, points, strides, gt_boxes, gt_labels,
+                               gt_valid, mu, sigma, point_t, gt_stats, image_stats, level_shapes):
+        return _autoassign_bwd(grad_pos, grad_neg, grad_center, cls, obj, dist, points, strides, gt_boxes, gt_labels,
+                               gt_valid, mu, sigma, point_t, gt_stats, level_shapes)
+
     @fake("autoassign_loss_terms_backward")
     def _autoassign_bwd(grad_pos, grad_neg, grad_prior, cls, obj, dist, points, strides, gt_boxes, gt_labels,
                         gt_valid, mu, sigma, point_t, gt_stats, level_shapes):

@@ -7,6 +7,19 @@ _EPS = 1e-12  # SPEC section 6: the clamp of the center term's prior sum
 _POS_WEIGHT, _NEG_WEIGHT, _CENTER_WEIGHT = 0.25, 0.75, 0.75
 
 
+def _op_args(fn, cls_logits, obj_logits, distances, points, strides, gt_boxes, gt_labels, gt_valid, mu, sigma,
+             level_shapes, force_topk):
+    if force_topk:
+        raise ValueError(f"{fn}: force_topk is not supported; reference.autoassign_loss has it")
+    if level_shapes is None:
+        raise ValueError(f"{fn}: level_shapes (the (H, W) of each level) is required: the points inside each GT "
+                         "are enumerated from the grid")
+    shapes = [int(v) for hw in level_shapes for v in hw]
+    acc = torch.float64 if cls_logits.dtype == torch.float64 else torch.float32
+    return (cls_logits, obj_logits, distances.to(acc), points.to(acc), strides.to(acc), gt_boxes.to(acc), gt_labels,
+            gt_valid, mu.to(acc), sigma.to(acc), shapes)
+
+
 def autoassign_loss_terms(cls_logits, obj_logits, distances, points, strides, gt_boxes, gt_labels, gt_valid, mu,
                           sigma, level_shapes=None, force_topk=False):
     """reference.autoassign_loss.autoassign_loss_terms's signature and
@@ -24,17 +37,9 @@ def autoassign_loss_terms(cls_logits, obj_logits, distances, points, strides, gt
     Deterministic, no host synchronisation. force_topk (off in MMDetection's
     configs) is not supported here.
     """
-    fn = "gflops.autoassign_loss_terms"
-    if force_topk:
-        raise ValueError(f"{fn}: force_topk is not supported; reference.autoassign_loss has it")
-    if level_shapes is None:
-        raise ValueError(f"{fn}: level_shapes (the (H, W) of each level) is required: the points inside each GT "
-                         "are enumerated from the grid")
-    shapes = [int(v) for hw in level_shapes for v in hw]
-    acc = torch.float64 if cls_logits.dtype == torch.float64 else torch.float32
-    out = _ops.lib().autoassign_loss_terms(cls_logits, obj_logits, distances.to(acc), points.to(acc),
-                                           strides.to(acc), gt_boxes.to(acc), gt_labels, gt_valid, mu.to(acc),
-                                           sigma.to(acc), shapes)
+    out = _ops.lib().autoassign_loss_terms(*_op_args("gflops.autoassign_loss_terms", cls_logits, obj_logits,
+                                                     distances, points, strides, gt_boxes, gt_labels, gt_valid, mu,
+                                                     sigma, level_shapes, force_topk))
     return out[0], out[1], out[2], out[3]
 
 
@@ -42,9 +47,11 @@ def autoassign_loss(cls_logits, obj_logits, distances, points, strides, gt_boxes
                     reduce_mean=None, force_topk=False, level_shapes=None):
     """SPEC section 6's whole AutoAssign loss, dict(loss_pos, loss_neg,
     loss_center): reference.autoassign_loss.autoassign_loss's signature
-    (without `autoassign_loss_terms`) and values, on the fused terms above, with as few ops
-    around them as the batch totals allow (each op is a launch and host time
-    on a GPU).
+    (without `autoassign_loss_terms`) and values. Without reduce_mean it is
+    one op (autoassign_loss_totals: the fused terms and the batch totals on
+    the device, one autograd node); with it, the fused terms above and the
+    totals in as few ops as reduce_mean allows (each op is a launch and host
+    time on a GPU).
 
     reduce_mean (distributed training: a tensor averaged over processes) is
     called once, on the 2-vector (GTs in the local batch, its prior sum).
@@ -54,6 +61,11 @@ def autoassign_loss(cls_logits, obj_logits, distances, points, strides, gt_boxes
     The one difference: there the reference's placeholders turn a non-finite
     distance, objectness or prior parameter into a NaN loss; these are 0.
     """
+    if reduce_mean is None:  # one op, the totals on the device: no op around it
+        out = _ops.lib().autoassign_loss_totals(*_op_args("gflops.autoassign_loss", cls_logits, obj_logits,
+                                                          distances, points, strides, gt_boxes, gt_labels, gt_valid,
+                                                          mu, sigma, level_shapes, force_topk))
+        return dict(loss_pos=out[0], loss_neg=out[1], loss_center=out[2])
     loss_pos, loss_neg, prior_sum, any_inside = autoassign_loss_terms(
         cls_logits, obj_logits, distances, points, strides, gt_boxes, gt_labels, gt_valid, mu, sigma,
         level_shapes=level_shapes, force_topk=force_topk)

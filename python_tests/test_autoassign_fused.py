@@ -114,10 +114,48 @@ def test_negative_weight_winners_across_class_words_and_chunks(device):
     args[5] = torch.cat([centre - half, centre + half], -1).to(args[5].device)
     lab = torch.tensor([3, 35, 69, 64, 0, 31, 32])[torch.arange(G) % 7].repeat(2, 1)
     lab[:, 250:262] = 35  # one class across the chunk edge
-    lab[~args[7].cpu()] = -1
+    # Invalid GTs with labels in range, over the same points and above every valid index: never a winner.
+    args[7][0, 280:] = False
     args[6] = lab.to(args[6].device)
     ro, _ = _compare(args, 1e-11)
     assert ro[3].tolist() == [True, True]
+
+
+def test_float32_negative_term_where_the_winners_weigh_nothing(device):
+    """Each point inside a GT predicts that GT's box exactly (integer
+    coordinates), so t is the same at every point of a GT and its negative
+    weight is exactly 0, while the logits of its class and the objectness
+    are confident: at weight 1 those elements would be the largest terms
+    by far. Each element enters the float32 sums once, at its own weight, so
+    loss_neg and the objectness gradient keep float32 accuracy (adding the
+    terms at weight 1 and taking them away again would leave their rounding,
+    ~1e-4 of loss_neg and far more of those points' objectness gradient)."""
+    shapes, C = [(40, 50)], 80
+    pts, st, _, _ = anchors(shapes, "cpu", dtype=torch.float64)
+    P = pts.shape[0]
+    gt = torch.tensor([[[-4.0, -4.0, 196.0, 156.0], [196.0, -4.0, 404.0, 156.0], [-4.0, 156.0, 196.0, 324.0],
+                        [196.0, 156.0, 404.0, 324.0]]], dtype=torch.float64)
+    lab = torch.tensor([[3, 40, 77, 3]])
+    owner = ((pts[:, 0] > 196).long() + 2 * (pts[:, 1] > 156).long())
+    box = gt[0, owner]
+    inside = (pts[:, 0] > box[:, 0]) & (pts[:, 1] > box[:, 1]) & (pts[:, 0] < box[:, 2]) & (pts[:, 1] < box[:, 3])
+    d = torch.stack([pts[:, 0] - box[:, 0], pts[:, 1] - box[:, 1], box[:, 2] - pts[:, 0], box[:, 3] - pts[:, 1]], -1)
+    cls = torch.full((1, P, C), -4.0, dtype=torch.float64)
+    cls[0, inside, lab[0, owner[inside]]] = 8.0
+    args = [cls, torch.full((1, P), 8.0, dtype=torch.float64), d[None].clone(), pts, st, gt, lab,
+            torch.ones(1, 4, dtype=torch.bool), torch.zeros(C, 2, dtype=torch.float64),
+            torch.ones(C, 2, dtype=torch.float64)]
+    assert int(inside.sum()) > 1500
+    (ro, rg) = _run(ref_terms, args, shapes)
+    f32 = [x.float().to(device) if x.is_floating_point() else x.to(device) for x in args]
+    go, gg = _run(gflops.autoassign_loss_terms, f32, shapes)
+    # the winners' terms at weight 1 would be ~1e4 times what is left
+    assert ro[1].item() < 2.0
+    assert abs(go[1].item() - ro[1].item()) <= 2e-6 * ro[1].item()
+    # float32's own error here is ~4e-5 (sigma(8) (1 - sigma(8)) in float32); the term at weight 1 less itself
+    # would leave ~5e-2
+    err = (gg[1].double().cpu() - rg[1]).abs().max() / rg[1].abs().max()
+    assert err <= 1e-3, err.item()
 
 
 def test_backward_keeps_no_points_by_classes_tensor(device):
@@ -243,6 +281,56 @@ def test_gradcheck_float64(device):
     assert torch.autograd.gradcheck(fn_d, [args[2].clone().requires_grad_()], fast_mode=fast)
 
 
+def test_gradcheck_whole_loss_float64(device):
+    """gflops.autoassign_loss without reduce_mean is one op (the terms and
+    the batch totals, autoassign_loss_totals) with a backward of its own."""
+    shapes = [(4, 5), (2, 3)]
+    args = case(B=3, C=3, G=3, counts=(3, 0, 2), shapes=shapes, seed=3, size=25, dev=device)
+
+    def fn(cls, obj, d, mu, sigma, keys=("loss_pos", "loss_neg", "loss_center")):
+        a = list(args)
+        a[0], a[1], a[2], a[8], a[9] = cls, obj, d, mu, sigma
+        out = gflops.autoassign_loss(*a, level_shapes=shapes)
+        return tuple(out[k] for k in keys)
+
+    inputs = [args[i].clone().requires_grad_() for i in (0, 1, 2, 8, 9)]
+    # One node: the totals op's (AutoAssign<..., true>), not the ops of a Python sum around the terms.
+    assert all(o.grad_fn is not None and "AutoAssign<" in o.grad_fn.name() and o.grad_fn.name().endswith("true> >")
+               for o in fn(*inputs))
+    fast = _ops.lib() is not torch.ops.gflops
+    assert torch.autograd.gradcheck(lambda *x: fn(*x, keys=("loss_pos", "loss_center")), inputs, fast_mode=fast)
+    # loss_neg has no gradient w.r.t. the distances (the negative weights' IoU) nor mu and sigma (N_neg takes the
+    # prior detached) by definition, though its value moves with them.
+    assert torch.autograd.gradcheck(lambda c, o: fn(c, o, *inputs[2:], keys=("loss_neg",)), inputs[:2],
+                                    fast_mode=fast)
+
+
+def test_whole_loss_single_terms_and_empty_batch(device):
+    """The gradient of one total alone (the others' gradients undefined) is
+    the reference's; a batch of no images gives zeros and a backward."""
+    args = case(B=3, counts=(6, 0, 4), seed=17, dev=device)
+    for key in ("loss_pos", "loss_neg", "loss_center"):
+        grads = []
+        for fn in (autoassign_loss, gflops.autoassign_loss):
+            leaves = [args[i].clone().requires_grad_() for i in (0, 1, 2, 8, 9)]
+            a = list(args)
+            a[0], a[1], a[2], a[8], a[9] = leaves
+            grads.append(torch.autograd.grad(fn(*a, level_shapes=SHAPES)[key], leaves, allow_unused=True))
+        for x, y in zip(*grads):
+            if x is None:
+                assert y is None or y.abs().max() == 0, key
+            else:
+                torch.testing.assert_close(y, x, rtol=1e-10, atol=1e-15, msg=key)
+    empty = [x[:0] if i in (0, 1, 2, 5, 6, 7) else x for i, x in enumerate(args)]
+    leaves = [empty[i].clone().requires_grad_() for i in (0, 1, 2, 8, 9)]
+    a = list(empty)
+    a[0], a[1], a[2], a[8], a[9] = leaves
+    out = gflops.autoassign_loss(*a, level_shapes=SHAPES)
+    assert [v.item() for v in out.values()] == [0.0, 0.0, 0.0]
+    sum(out.values()).backward()
+    assert leaves[0].grad.shape == empty[0].shape and leaves[3].grad.abs().max() == 0
+
+
 def test_deterministic_over_thread_counts():
     args = case(B=4, counts=(6, 5, 2, 6), G=6, seed=4, dtype=torch.float32)
     before = torch.get_num_threads()
@@ -263,6 +351,7 @@ def test_opcheck(device):
     for i in (0, 1, 2, 8, 9):
         args[i] = args[i].clone().requires_grad_()
     torch.library.opcheck(_ops.lib().autoassign_loss_terms, (*args, flat))
+    torch.library.opcheck(_ops.lib().autoassign_loss_totals, (*args, flat))
 
 
 def test_torch_compile_fullgraph():
@@ -282,9 +371,9 @@ def test_torch_compile_fullgraph():
     assert compiled(*args).item() == pytest.approx(whole(*args).item(), rel=1e-6)
 
 
-def test_bad_inputs_name_the_problem(device, validation):
+@pytest.mark.parametrize("fn", [gflops.autoassign_loss_terms, gflops.autoassign_loss], ids=["terms", "whole"])
+def test_bad_inputs_name_the_problem(device, validation, fn):
     args = case(dev=device)
-    fn = gflops.autoassign_loss_terms
 
     def call(i=None, v=None, **kw):
         a = list(args)

@@ -19,9 +19,10 @@ from gflops import triton as gtriton
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = ROOT / "tools" / "op_driver.py"
 OPS = ("quality_focal_loss", "distribution_focal_loss", "box_iou", "giou_loss", "integral", "decode_distribution",
-       "gfl_box_branch", "atss_assign", "autoassign_loss_terms", "nms", "batched_nms", "multiclass_nms")
+       "gfl_box_branch", "atss_assign", "autoassign_loss_terms", "autoassign_loss", "nms", "batched_nms",
+       "multiclass_nms")
 DIFFERENTIABLE = ("quality_focal_loss", "distribution_focal_loss", "giou_loss", "integral", "decode_distribution",
-                  "gfl_box_branch", "autoassign_loss_terms")
+                  "gfl_box_branch", "autoassign_loss_terms", "autoassign_loss")
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 
 

@@ -156,6 +156,10 @@ def cases(dev, dt):
     yield ("autoassign_loss_terms", "", lambda cls, obj, d, mu, sigma: gflops.autoassign_loss_terms(
         cls, obj, d, points, strides, gt, gt_labels, gt_valid, mu, sigma, level_shapes=FEATS),
         [randn(B, A, c, scale=2), randn(B, A), rand(B, A, 4, scale=30, dtype=acc) + 0.5, mu, sigma])
+    # The whole loss: autoassign_loss_totals (the terms and the batch totals in one op).
+    yield ("autoassign_loss", "", lambda cls, obj, d, mu, sigma: tuple(gflops.autoassign_loss(
+        cls, obj, d, points, strides, gt, gt_labels, gt_valid, mu, sigma, level_shapes=FEATS).values()),
+        [randn(B, A, c, scale=2), randn(B, A), rand(B, A, 4, scale=30, dtype=acc) + 0.5, mu, sigma])
 
     # NMS: 1001 boxes in a few clusters (long suppression chains), 7 classes.
     centre = boxes(8, dtype=torch.float64)[randint(8, 1001)]

@@ -149,4 +149,55 @@ template <typename T> GF_HD PosTerm<T> pos_term(T sc, T so, const Box4<T>& pred,
   return r;
 }
 
+// ---- the batch totals (SPEC section 6, without reduce_mean) ----------------
+// From what each image gives: its loss_pos and loss_neg sums and
+// image[3 i .. 3 i + 2] = (prior sum, valid GTs, 1 if a point lies inside one
+// of its GTs else 0). Images are summed in order, so CPU and CUDA (one
+// thread) compute the same values.
+constexpr double kAutoAssignPosWeight = 0.25, kAutoAssignNegWeight = 0.75, kAutoAssignCenterWeight = 0.75;
+
+template <typename T> struct AaNorms { T pos, neg; };
+
+// N_pos = max(sum of G_i, 1) and N_neg = max(sum of the priors, 1), NaN kept.
+template <typename T> GF_HD AaNorms<T> aa_norms(const T* image, int64_t B) {
+  T gts = T(0), prior = T(0);
+  for (int64_t i = 0; i < B; ++i) {
+    prior += image[3 * i];
+    gts += image[3 * i + 1];
+  }
+  return AaNorms<T>{clamp_min_nan(gts, T(1)), clamp_min_nan(prior, T(1))};
+}
+
+// out = (loss_pos, loss_neg, loss_center): 0.25 sum loss_pos / N_pos,
+// 0.75 sum loss_neg / N_neg, and 0.75 times the mean over images of
+// any_i G_i / max(prior_i, 1e-12) (0 without images).
+template <typename T> GF_HD void aa_totals(const T* loss_pos, const T* loss_neg, const T* image, int64_t B, T* out) {
+  const AaNorms<T> n = aa_norms(image, B);
+  T pos = T(0), neg = T(0), center = T(0);
+  for (int64_t i = 0; i < B; ++i) {
+    pos += loss_pos[i];
+    neg += loss_neg[i];
+    center += image[3 * i + 2] * image[3 * i + 1] / clamp_min_nan(image[3 * i], T(kAutoAssignEps));
+  }
+  out[0] = T(kAutoAssignPosWeight) * pos / n.pos;
+  out[1] = T(kAutoAssignNegWeight) * neg / n.neg;
+  out[2] = B > 0 ? T(kAutoAssignCenterWeight) * (center / T(B)) : T(0);
+}
+
+// The per-image gradients of the totals, grads (3, B): w.r.t. loss_pos_i,
+// loss_neg_i and prior_i (the normalisers take the priors detached; the
+// clamp of the center term passes a gradient where prior_i >= 1e-12).
+template <typename T>
+GF_HD void aa_total_grads(T g_pos, T g_neg, T g_center, const T* image, int64_t B, T* grads) {
+  const AaNorms<T> n = aa_norms(image, B);
+  const T d_pos = g_pos / n.pos * T(kAutoAssignPosWeight), d_neg = g_neg / n.neg * T(kAutoAssignNegWeight);
+  const T d_center = B > 0 ? g_center * T(kAutoAssignCenterWeight) / T(B) : T(0);
+  for (int64_t i = 0; i < B; ++i) {
+    const T p = image[3 * i], num = image[3 * i + 2] * image[3 * i + 1];
+    grads[i] = d_pos;
+    grads[B + i] = d_neg;
+    grads[2 * B + i] = p >= T(kAutoAssignEps) ? -d_center * (num / p / p) : T(0);
+  }
+}
+
 }  // namespace gf

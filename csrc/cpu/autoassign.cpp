@@ -222,8 +222,8 @@ void neg_weights(const AutoAssignInputs& in, const Image<T, A>& im, const A* pts
   const A eps = A(gf::kAutoAssignEps);
   std::fill(neg_w, neg_w + in.points_n * C, A(1));
   for (int64_t g = 0; g < in.num_gt; ++g) {
-    if (!im.valid[g]) continue;
     const int64_t c = im.lab[g];
+    if (!im.valid[g] || c < 0 || c >= C) continue;  // the backward checks no values: never index past a row
     const A lo = stats[4 * g + 2], range = stats[4 * g + 3] - lo + eps;
     for_each_inside(in, pts, strides, gf::load_box(im.gt + 4 * g),
                     [&](int64_t p) { neg_w[p * C + c] = A(1) - (t[p] - lo + eps) / range; });
@@ -302,9 +302,9 @@ void backward_image(const AutoAssignInputs& in, int64_t b, A gpos, A gneg, A gpr
   neg_grad_rows(im.cls, im.obj, neg_w.data(), gneg, P, C, dcls, dobj);
   // The positive bags and the prior sum, pair by pair.
   for (int64_t g = 0; g < G; ++g) {
-    if (!im.valid[g]) continue;
     const gf::Box4<A> box = gf::load_box(im.gt + 4 * g);
     const int64_t c = im.lab[g];
+    if (!im.valid[g] || c < 0 || c >= C) continue;  // as in neg_weights
     const A s = stats[4 * g], bag = stats[4 * g + 1];
     const A denom = gf::clamp_min_nan(s, eps);
     const A kept = gf::dclamp(s, eps);  // clamp(min=eps) passes the gradient when s >= eps
@@ -335,10 +335,10 @@ void backward_image(const AutoAssignInputs& in, int64_t b, A gpos, A gneg, A gpr
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> autoassign_cpu(
     const at::Tensor& cls, const at::Tensor& obj, const at::Tensor& dist, const at::Tensor& points,
     const at::Tensor& strides, const at::Tensor& gt_boxes, const at::Tensor& gt_labels, const at::Tensor& gt_valid,
-    const at::Tensor& mu, const at::Tensor& sigma, at::IntArrayRef level_shapes) {
+    const at::Tensor& mu, const at::Tensor& sigma, at::IntArrayRef level_shapes, const char* op = kOp) {
   AutoAssignInputs in = autoassign_prepare(cls, obj, dist, points, strides, gt_boxes, gt_labels, gt_valid, mu, sigma,
-                                           level_shapes, kOp);
-  autoassign_check_values(in, kOp);
+                                           level_shapes, op);
+  autoassign_check_values(in, op);
   const int64_t B = in.batch, P = in.points_n, C = in.classes, G = in.num_gt;
   const auto opts = in.dist.options();
   at::Tensor loss_pos = at::zeros({B}, opts), loss_neg = at::zeros({B}, opts), prior_sum = at::zeros({B}, opts);
@@ -393,11 +393,73 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> autoassig
           params.narrow(1, 2, 2).contiguous()};
 }
 
+constexpr const char* kOpTotals = "gflops.autoassign_loss";
+constexpr const char* kOpTotalsBackward = "gflops.autoassign_loss_totals_backward";
+
+// The whole loss (no reduce_mean): the terms, then SPEC's batch totals from the per-image sums
+// (common/autoassign.h), and image_stats (B, 3) = (prior sum, valid GTs, any inside) for the backward.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> autoassign_totals_cpu(
+    const at::Tensor& cls, const at::Tensor& obj, const at::Tensor& dist, const at::Tensor& points,
+    const at::Tensor& strides, const at::Tensor& gt_boxes, const at::Tensor& gt_labels, const at::Tensor& gt_valid,
+    const at::Tensor& mu, const at::Tensor& sigma, at::IntArrayRef level_shapes) {
+  auto [loss_pos, loss_neg, prior_sum, any_inside, t, stats] = autoassign_cpu(
+      cls, obj, dist, points, strides, gt_boxes, gt_labels, gt_valid, mu, sigma, level_shapes, kOpTotals);
+  const int64_t B = loss_pos.size(0), G = gt_valid.size(1);
+  const auto opts = loss_pos.options();
+  at::Tensor image = at::empty({B, 3}, opts);
+  at::Tensor out[3] = {at::empty({}, opts), at::empty({}, opts), at::empty({}, opts)};
+  const at::Tensor valid = gt_valid.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(opts.dtype().toScalarType(), "autoassign_totals_cpu", [&] {
+    using A = scalar_t;
+    const bool* v = valid.data_ptr<bool>();
+    A* im = image.data_ptr<A>();
+    for (int64_t b = 0; b < B; ++b) {
+      int64_t n = 0;
+      for (int64_t g = 0; g < G; ++g) n += v[b * G + g];
+      im[3 * b] = prior_sum.data_ptr<A>()[b];
+      im[3 * b + 1] = A(n);
+      im[3 * b + 2] = any_inside.data_ptr<bool>()[b] ? A(1) : A(0);
+    }
+    A totals[3];
+    gf::aa_totals(loss_pos.data_ptr<A>(), loss_neg.data_ptr<A>(), im, B, totals);
+    for (int k = 0; k < 3; ++k) out[k].fill_(totals[k]);
+  });
+  return {out[0], out[1], out[2], t, stats, image};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> autoassign_totals_backward_cpu(
+    const at::Tensor& grad_pos, const at::Tensor& grad_neg, const at::Tensor& grad_center, const at::Tensor& cls,
+    const at::Tensor& obj, const at::Tensor& dist, const at::Tensor& points, const at::Tensor& strides,
+    const at::Tensor& gt_boxes, const at::Tensor& gt_labels, const at::Tensor& gt_valid, const at::Tensor& mu,
+    const at::Tensor& sigma, const at::Tensor& point_t, const at::Tensor& stats, const at::Tensor& image,
+    at::IntArrayRef level_shapes) {
+  TORCH_CHECK(cls.dim() == 3, kOpTotalsBackward, ": cls_logits must have shape (B, P, C), got ", cls.sizes());
+  const int64_t B = cls.size(0);
+  const at::Tensor im = check_grad_shape(image, cls, {B, 3}, kOpTotalsBackward, "image_stats");
+  const at::Tensor g[3] = {check_grad_shape(grad_pos, cls, {}, kOpTotalsBackward, "grad_pos"),
+                           check_grad_shape(grad_neg, cls, {}, kOpTotalsBackward, "grad_neg"),
+                           check_grad_shape(grad_center, cls, {}, kOpTotalsBackward, "grad_center")};
+  at::Tensor per_image = at::empty({3, B}, im.options());
+  AT_DISPATCH_FLOATING_TYPES(im.scalar_type(), "autoassign_totals_backward_cpu", [&] {
+    gf::aa_total_grads(g[0].data_ptr<scalar_t>()[0], g[1].data_ptr<scalar_t>()[0], g[2].data_ptr<scalar_t>()[0],
+                       im.data_ptr<scalar_t>(), B, per_image.data_ptr<scalar_t>());
+  });
+  return autoassign_backward_cpu(per_image[0], per_image[1], per_image[2], cls, obj, dist, points, strides, gt_boxes,
+                                 gt_labels, gt_valid, mu, sigma, point_t, stats, level_shapes);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(gflops, CPU, m) {
-  m.impl("autoassign_loss_terms", &autoassign_cpu);
+  m.impl("autoassign_loss_terms", [](const at::Tensor& cls, const at::Tensor& obj, const at::Tensor& dist,
+                                     const at::Tensor& points, const at::Tensor& strides, const at::Tensor& gt_boxes,
+                                     const at::Tensor& gt_labels, const at::Tensor& gt_valid, const at::Tensor& mu,
+                                     const at::Tensor& sigma, at::IntArrayRef level_shapes) {
+    return autoassign_cpu(cls, obj, dist, points, strides, gt_boxes, gt_labels, gt_valid, mu, sigma, level_shapes);
+  });
   m.impl("autoassign_loss_terms_backward", &autoassign_backward_cpu);
+  m.impl("autoassign_loss_totals", &autoassign_totals_cpu);
+  m.impl("autoassign_loss_totals_backward", &autoassign_totals_backward_cpu);
 }
 
 }  // namespace gflops

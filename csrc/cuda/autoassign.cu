@@ -48,11 +48,16 @@ gc::AutoAssignArgs args_of(const AutoAssignInputs& in, const char* op) {
   return a;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> autoassign_cuda(
-    const at::Tensor& cls, const at::Tensor& obj, const at::Tensor& dist, const at::Tensor& points,
-    const at::Tensor& strides, const at::Tensor& gt_boxes, const at::Tensor& gt_labels, const at::Tensor& gt_valid,
-    const at::Tensor& mu, const at::Tensor& sigma, at::IntArrayRef level_shapes) {
-  const char* op = "gflops.autoassign_loss_terms";
+using Six = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using Five = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// The terms per image, and with `totals` the whole loss: (loss_pos, loss_neg, loss_center) totals, t, the GT
+// stats and image_stats (B, 3) instead.
+Six autoassign_cuda(const at::Tensor& cls, const at::Tensor& obj, const at::Tensor& dist, const at::Tensor& points,
+                    const at::Tensor& strides, const at::Tensor& gt_boxes, const at::Tensor& gt_labels,
+                    const at::Tensor& gt_valid, const at::Tensor& mu, const at::Tensor& sigma,
+                    at::IntArrayRef level_shapes, bool totals) {
+  const char* op = totals ? "gflops.autoassign_loss" : "gflops.autoassign_loss_terms";
   AutoAssignInputs in = autoassign_prepare(cls, obj, dist, points, strides, gt_boxes, gt_labels, gt_valid, mu, sigma,
                                            level_shapes, op);
   if (validation_enabled()) autoassign_check_values(in, op);
@@ -73,27 +78,50 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   a.neg_part = static_cast<char*>(work.data_ptr()) + gt_n * opts.dtype().itemsize();
   a.seen = reinterpret_cast<unsigned*>(static_cast<char*>(work.data_ptr()) + (gt_n + neg_n) * opts.dtype().itemsize());
   a.stats = stats.data_ptr();
+  at::Tensor image, out[3];
+  if (totals) {
+    image = at::empty({B, 3}, opts);
+    a.image = image.data_ptr();
+    for (int k = 0; k < 3; ++k) a.totals[k] = (out[k] = at::empty({}, opts)).data_ptr();
+  }
   a.loss_pos = loss_pos.data_ptr();
   a.loss_neg = loss_neg.data_ptr();
   a.prior_sum = prior_sum.data_ptr();
   a.any_inside = any_inside.data_ptr<bool>();
-  GF_CUDA_CHECK(gc::autoassign_forward(kernel_dtype(in.cls.scalar_type()), a, num_sms(in.cls.get_device()),
-                                       current_stream()));
-  return {loss_pos, loss_neg, prior_sum, any_inside, t, stats};
+  const gc::DType dt = kernel_dtype(in.cls.scalar_type());
+  GF_CUDA_CHECK(gc::autoassign_forward(dt, a, num_sms(in.cls.get_device()), current_stream()));
+  if (!totals) return {loss_pos, loss_neg, prior_sum, any_inside, t, stats};
+  GF_CUDA_CHECK(gc::autoassign_totals(dt, a, current_stream()));
+  return {out[0], out[1], out[2], t, stats, image};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> autoassign_backward_cuda(
-    const at::Tensor& grad_pos, const at::Tensor& grad_neg, const at::Tensor& grad_prior, const at::Tensor& cls,
-    const at::Tensor& obj, const at::Tensor& dist, const at::Tensor& points, const at::Tensor& strides,
-    const at::Tensor& gt_boxes, const at::Tensor& gt_labels, const at::Tensor& gt_valid, const at::Tensor& mu,
-    const at::Tensor& sigma, const at::Tensor& point_t, const at::Tensor& stats, at::IntArrayRef level_shapes) {
-  const char* op = "gflops.autoassign_loss_terms_backward";
+template <bool totals>
+Six autoassign_op(const at::Tensor& cls, const at::Tensor& obj, const at::Tensor& dist, const at::Tensor& points,
+                  const at::Tensor& strides, const at::Tensor& gt_boxes, const at::Tensor& gt_labels,
+                  const at::Tensor& gt_valid, const at::Tensor& mu, const at::Tensor& sigma,
+                  at::IntArrayRef level_shapes) {
+  return autoassign_cuda(cls, obj, dist, points, strides, gt_boxes, gt_labels, gt_valid, mu, sigma, level_shapes,
+                         totals);
+}
+
+// The gradients of the terms (grads: grad_pos, grad_neg, grad_prior, each (B,)) or, with image_stats
+// defined, of the totals (grads: three 0-dim tensors).
+Five autoassign_backward_cuda(const at::Tensor* grads, const at::Tensor& cls, const at::Tensor& obj,
+                              const at::Tensor& dist, const at::Tensor& points, const at::Tensor& strides,
+                              const at::Tensor& gt_boxes, const at::Tensor& gt_labels, const at::Tensor& gt_valid,
+                              const at::Tensor& mu, const at::Tensor& sigma, const at::Tensor& point_t,
+                              const at::Tensor& stats, const at::Tensor& image_stats, at::IntArrayRef level_shapes) {
+  const bool totals = image_stats.defined();
+  const char* op = totals ? "gflops.autoassign_loss_totals_backward" : "gflops.autoassign_loss_terms_backward";
   AutoAssignInputs in = autoassign_prepare(cls, obj, dist, points, strides, gt_boxes, gt_labels, gt_valid, mu, sigma,
                                            level_shapes, op);
   const int64_t B = in.batch, P = in.points_n, C = in.classes, G = in.num_gt;
-  at::Tensor gp = check_grad_shape(grad_pos, in.cls, {B}, op, "grad_pos");
-  at::Tensor gn = check_grad_shape(grad_neg, in.cls, {B}, op, "grad_neg");
-  at::Tensor gr = check_grad_shape(grad_prior, in.cls, {B}, op, "grad_prior");
+  const char* names[3] = {"grad_pos", "grad_neg", totals ? "grad_center" : "grad_prior"};
+  at::Tensor g[3], im, per_image;
+  for (int k = 0; k < 3; ++k)
+    g[k] = totals ? check_grad_shape(grads[k], in.cls, {}, op, names[k])
+                  : check_grad_shape(grads[k], in.cls, {B}, op, names[k]);
+  if (totals) im = check_grad_shape(image_stats, in.cls, {B, 3}, op, "image_stats");
   at::Tensor tp = check_grad_shape(point_t, in.cls, {B, P}, op, "point_t");
   at::Tensor st = check_grad_shape(stats, in.cls, {B, G, 4}, op, "gt_stats");
   const DeviceGuard guard(in.cls.device());
@@ -106,25 +134,53 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> autoassig
   a.t = tp.data_ptr();
   a.seen = reinterpret_cast<unsigned*>(seen.data_ptr<int>());
   a.stats = st.data_ptr();
-  a.grad_pos = gp.data_ptr();
-  a.grad_neg = gn.data_ptr();
-  a.grad_prior = gr.data_ptr();
+  if (totals) {
+    per_image = at::empty({3, B}, opts);
+    a.image = im.data_ptr();
+    for (int k = 0; k < 3; ++k) a.grad_totals[k] = g[k].data_ptr();
+    a.image_grads = per_image.data_ptr();
+    g[0] = per_image[0], g[1] = per_image[1], g[2] = per_image[2];
+  }
+  a.grad_pos = g[0].data_ptr();
+  a.grad_neg = g[1].data_ptr();
+  a.grad_prior = g[2].data_ptr();
   a.d_cls = dcls.data_ptr();
   a.d_obj = dobj.data_ptr();
   a.d_dist = ddist.data_ptr();
   a.prior_part = prior_part.data_ptr();
   a.d_mu = dmu.data_ptr();
   a.d_sigma = dsigma.data_ptr();
-  GF_CUDA_CHECK(gc::autoassign_backward(kernel_dtype(in.cls.scalar_type()), a, num_sms(in.cls.get_device()),
-                                        current_stream()));
+  const gc::DType dt = kernel_dtype(in.cls.scalar_type());
+  if (totals) GF_CUDA_CHECK(gc::autoassign_total_grads(dt, a, current_stream()));
+  GF_CUDA_CHECK(gc::autoassign_backward(dt, a, num_sms(in.cls.get_device()), current_stream()));
   return {dcls.to(cls.scalar_type()), dobj.to(obj.scalar_type()), ddist, dmu, dsigma};
 }
 
 }  // namespace
 
 GF_CUDA_LIBRARY_IMPL(m) {
-  m.impl("autoassign_loss_terms", &autoassign_cuda);
-  m.impl("autoassign_loss_terms_backward", &autoassign_backward_cuda);
+  m.impl("autoassign_loss_terms", &autoassign_op<false>);
+  m.impl("autoassign_loss_totals", &autoassign_op<true>);
+  m.impl("autoassign_loss_terms_backward",
+         [](const at::Tensor& grad_pos, const at::Tensor& grad_neg, const at::Tensor& grad_prior,
+            const at::Tensor& cls, const at::Tensor& obj, const at::Tensor& dist, const at::Tensor& points,
+            const at::Tensor& strides, const at::Tensor& gt_boxes, const at::Tensor& gt_labels,
+            const at::Tensor& gt_valid, const at::Tensor& mu, const at::Tensor& sigma, const at::Tensor& point_t,
+            const at::Tensor& stats, at::IntArrayRef level_shapes) {
+           const at::Tensor grads[3] = {grad_pos, grad_neg, grad_prior};
+           return autoassign_backward_cuda(grads, cls, obj, dist, points, strides, gt_boxes, gt_labels, gt_valid, mu,
+                                           sigma, point_t, stats, at::Tensor(), level_shapes);
+         });
+  m.impl("autoassign_loss_totals_backward",
+         [](const at::Tensor& grad_pos, const at::Tensor& grad_neg, const at::Tensor& grad_center,
+            const at::Tensor& cls, const at::Tensor& obj, const at::Tensor& dist, const at::Tensor& points,
+            const at::Tensor& strides, const at::Tensor& gt_boxes, const at::Tensor& gt_labels,
+            const at::Tensor& gt_valid, const at::Tensor& mu, const at::Tensor& sigma, const at::Tensor& point_t,
+            const at::Tensor& stats, const at::Tensor& image_stats, at::IntArrayRef level_shapes) {
+           const at::Tensor grads[3] = {grad_pos, grad_neg, grad_center};
+           return autoassign_backward_cuda(grads, cls, obj, dist, points, strides, gt_boxes, gt_labels, gt_valid, mu,
+                                           sigma, point_t, stats, image_stats, level_shapes);
+         });
 }
 
 }  // namespace gflops

@@ -11,20 +11,23 @@
 //    box spans on each level, tests each exactly, and sums the positive
 //    weights, the bag numerator and the prior. It takes the range of t over
 //    the GT's points. Block sums run in a fixed tree.
-// 3. neg_loss: the dense x^2 BCE(x, 0) over (point, class) with every
-//    negative weight 1, as per-block partials per image (a grid fixed by the
-//    shapes, so the sum order is too).
-// 4. neg_fix: per point tile, a thread per point inside some GT: for each
-//    class whose weight is not 1 there, the term at that weight less the term
-//    at 1. Its GTs are walked in descending order and the first of a class
-//    wins (the highest index, SPEC section 6), marked in the point's bits.
+// 3. neg_fix: per point tile, a thread per point inside some GT: the
+//    negative term of each class a GT gives it, at the weight of that class's
+//    winner (SPEC section 6: the GT of the class with the highest index). Its
+//    GTs are walked in descending order and the first of a class wins, marked
+//    in a bit per (point, class).
+// 4. neg_loss: the dense x^2 BCE(x, 0) over the other (point, class)
+//    elements, at weight 1, as per-block partials per image (a grid fixed by
+//    the shapes, so the sum order is too). Each element is added once, at its
+//    own weight: nothing is added and then taken away.
 // 5. finish: a block per image sums the partials and the GTs in order.
 // Backward:
-// 1. a warp per (image, point): the dense negative term's gradient with
-//    weights 1 (lanes over classes, the objectness by a warp sum);
-// 2. per point tile, a thread per point: its GTs descending. The first GT of
-//    a class sets that class's negative gradient at its weight, then every
-//    GT adds its positive pair, into the point's own rows, with no atomics;
+// 1. per point tile, a thread per point: its GTs descending. The first GT of
+//    a class sets that class's negative gradient at its weight and marks it,
+//    then every GT adds its positive pair, into the point's own rows, with no
+//    atomics;
+// 2. a warp per (image, point): the negative term's gradient of the unmarked
+//    classes, at weight 1 (lanes over classes, the objectness by a warp sum);
 // 3. a block per (image, GT): the prior's gradient w.r.t. mu and sigma;
 // 4. a block per class: those partials summed over (image, GT) in a fixed order.
 // Workspace: O(B (P + G)) and a bit per (point, class) for the winners. No
@@ -42,8 +45,8 @@ namespace gf {
 namespace cuda {
 
 constexpr int kAutoAssignMaxLevels = 16;
-constexpr int kAaNegPerThread = 32;      // elements a thread of the dense negative term takes, about
-constexpr int kAaNegMaxBlocks = 4096;    // per image
+constexpr int kAaNegPerBlock = 8192;  // elements a block of the dense negative term takes, about
+constexpr int kAaNegMaxBlocks = 4096;  // per image
 
 struct AutoAssignLevels {
   int64_t start[kAutoAssignMaxLevels];
@@ -80,6 +83,7 @@ struct AutoAssignArgs {
   void* gt_part;    // (B, G, 3): BCE of the bag, prior sum, points inside
   // (B, neg_blocks + fix_tiles): the dense term's partials, then neg_fix's per tile
   void* neg_part;
+  int64_t neg_rows;           // points a block of the dense term takes
   int neg_blocks, fix_tiles;  // aa_plan
   unsigned* seen;   // (B, P, ceil(C / 32)): the classes whose winner a point has met
   // stats (B, G, 4): sum of positive weights, bag, min and max of t over the GT's points; written by the
@@ -89,10 +93,18 @@ struct AutoAssignArgs {
   void* loss_neg;
   void* prior_sum;
   bool* any_inside;
+  // the whole loss (autoassign_loss_totals), or nullptr: image (B, 3) = (prior sum, valid GTs, any inside),
+  // then the three totals (0-dim each)
+  void* image;
+  void* totals[3];
   // backward
   const void* grad_pos;    // (B,)
   const void* grad_neg;
   const void* grad_prior;
+  // autoassign_loss_totals: the totals' gradients, turned into image_grads (3, B), which the three above
+  // then point into
+  const void* grad_totals[3];
+  void* image_grads;
   void* d_cls;             // (B, P, C), accumulation dtype
   void* d_obj;             // (B, P)
   void* d_dist;            // (B, P, 4)
@@ -462,15 +474,25 @@ __device__ __forceinline__ unsigned* aa_clear_seen(const AutoAssignArgs& a, int6
   return seen;
 }
 
+// The winner bits of classes [c0, c0 + 32) of point row i (b P + p): bit k
+// set when class c0 + k has a winner GT, whose weight aa_neg_fix_kernel and
+// aa_pos_grad_kernel apply. Only a point inside some GT (t != 0) has any,
+// and those kernels cleared its bits; c0 is a multiple of 32, so the warp
+// that walks a row with lanes over classes loads one word for all lanes.
+template <typename acc_t>
+__device__ __forceinline__ unsigned aa_winners(const AutoAssignArgs& a, int64_t i, int64_t c0) {
+  return static_cast<const acc_t*>(a.t)[i] != acc_t(0) ? a.seen[i * ((a.classes + 31) / 32) + (c0 >> 5)] : 0u;
+}
+
 // 1 - t_norm: the negative weight that GT r gives the points inside it.
 template <typename acc_t> __device__ __forceinline__ acc_t aa_neg_weight(const acc_t* stats, int64_t r, acc_t t) {
   const acc_t eps = acc_t(kAutoAssignEps), lo = stats[4 * r + 2], hi = stats[4 * r + 3];
   return acc_t(1) - (t - lo + eps) / (hi - lo + eps);
 }
 
-// Per point inside some GT: the sum over the classes that a GT gives it of
-// the negative term at the winner's weight less the term at weight 1 (which
-// aa_neg_loss_kernel counted). One partial per (tile, image).
+// Per point inside some GT: the negative term of each class that a GT gives
+// it, at the winner's weight (aa_neg_loss_kernel skips those elements, so no
+// term is added and taken away again). One partial per (tile, image).
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) aa_neg_fix_kernel(AutoAssignArgs a) {
   const auto* pts = static_cast<const acc_t*>(a.points);
@@ -496,7 +518,7 @@ __global__ void __launch_bounds__(kThreads) aa_neg_fix_kernel(AutoAssignArgs a) 
                                     continue;
                                   const acc_t w = aa_neg_weight(stats, b * a.num_gt + c.index[j], tv);
                                   const acc_t x = sigmoid_of(cvt<acc_t>(cls[i * a.classes + c.label[j]])) * so;
-                                  fix += neg_loss(x * w) - neg_loss(x);
+                                  fix += neg_loss(x * w);
                                 }
                               });
   }
@@ -505,30 +527,27 @@ __global__ void __launch_bounds__(kThreads) aa_neg_fix_kernel(AutoAssignArgs a) 
     static_cast<acc_t*>(a.neg_part)[b * (a.neg_blocks + a.fix_tiles) + a.neg_blocks + blockIdx.x] = fix;
 }
 
-// The dense x^2 BCE(x, 0) over (point, class) with every weight 1, as
-// per-block partials per image (neg_blocks of them, fixed by the shapes).
-// Each thread walks the image's elements with a fixed stride and carries
-// (point, class) along, so no element pays an integer division.
+// The dense x^2 BCE(x, 0) over (point, class) at weight 1, but for the
+// elements with a winner GT (aa_neg_fix_kernel's, run before), as per-block
+// partials per image: block k takes rows [k neg_rows, (k + 1) neg_rows), a
+// warp a row, lanes over classes (so the objectness's sigmoid and the winner
+// bits are loaded once a row). The grid and each lane's order are fixed by
+// the shapes.
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) aa_neg_loss_kernel(AutoAssignArgs a) {
-  const auto* cls = static_cast<const scalar_t*>(a.cls) + blockIdx.y * a.points_n * a.classes;
-  const auto* obj = static_cast<const scalar_t*>(a.obj) + blockIdx.y * a.points_n;
-  const int64_t n = a.points_n * a.classes, C = a.classes;
-  // The first element and the stride are below 2^31 (at most kAaNegMaxBlocks blocks), so 32-bit
-  // divisions place them; a larger C puts both in point 0 as C itself would. C = 0: no element, no division.
-  const uint32_t first = blockIdx.x * blockDim.x + threadIdx.x, step = gridDim.x * blockDim.x;
-  const uint32_t c32 = C < 1 ? 1u : C < (int64_t(1) << 31) ? static_cast<uint32_t>(C) : 0x80000000u;
-  const int64_t step_p = step / c32, step_c = step % c32;
-  int64_t p = first / c32, c = first % c32;
+  const auto* cls = static_cast<const scalar_t*>(a.cls);
+  const auto* obj = static_cast<const scalar_t*>(a.obj);
+  const int64_t C = a.classes, p0 = static_cast<int64_t>(blockIdx.x) * a.neg_rows;
+  const int64_t p1 = p0 + a.neg_rows < a.points_n ? p0 + a.neg_rows : a.points_n;
+  const int lane = threadIdx.x & 31;
   acc_t v = acc_t(0);
-#pragma unroll 4
-  for (int64_t j = first; j < n; j += step) {  // j: the same elements and order as a flat grid-stride loop
-    v += neg_loss(sigmoid_of(cvt<acc_t>(cls[j])) * sigmoid_of(cvt<acc_t>(obj[p])));
-    p += step_p;
-    c += step_c;
-    if (c >= C) {
-      c -= C;
-      ++p;
+  for (int64_t p = p0 + (threadIdx.x >> 5); p < p1; p += blockDim.x >> 5) {  // warp-uniform
+    const int64_t i = blockIdx.y * a.points_n + p;
+    const acc_t so = sigmoid_of(cvt<acc_t>(obj[i]));
+    for (int64_t c0 = 0; c0 < C; c0 += 32) {
+      const unsigned won = aa_winners<acc_t>(a, i, c0);
+      const int64_t c = c0 + lane;
+      if (c < C && !((won >> lane) & 1u)) v += neg_loss(sigmoid_of(cvt<acc_t>(cls[i * C + c])) * so);
     }
   }
   v = block_sum(v);
@@ -540,12 +559,13 @@ __global__ void __launch_bounds__(kThreads) aa_finish_kernel(AutoAssignArgs a) {
   const auto* part = static_cast<const acc_t*>(a.gt_part);
   const auto* neg = static_cast<const acc_t*>(a.neg_part);
   const int64_t b = blockIdx.x;
-  acc_t pos = acc_t(0), prior = acc_t(0), inside = acc_t(0), negs = acc_t(0);
+  acc_t pos = acc_t(0), prior = acc_t(0), inside = acc_t(0), negs = acc_t(0), gts = acc_t(0);
   for (int64_t g = threadIdx.x; g < a.num_gt; g += blockDim.x) {
     const int64_t r = b * a.num_gt + g;
     pos += part[3 * r];
     prior += part[3 * r + 1];
     inside += part[3 * r + 2];
+    gts += a.valid[r] ? acc_t(1) : acc_t(0);  // SPEC's G_i: valid GTs, a bad label included
   }
   const int64_t parts = a.neg_blocks + a.fix_tiles;  // the dense term's partials, then the fixes, in order
   for (int64_t k = threadIdx.x; k < parts; k += blockDim.x) negs += neg[b * parts + k];
@@ -553,15 +573,39 @@ __global__ void __launch_bounds__(kThreads) aa_finish_kernel(AutoAssignArgs a) {
   prior = block_sum(prior);
   inside = block_sum(inside);
   negs = block_sum(negs);
+  gts = block_sum(gts);
   if (threadIdx.x == 0) {
     static_cast<acc_t*>(a.loss_pos)[b] = pos;
     static_cast<acc_t*>(a.loss_neg)[b] = negs;
     static_cast<acc_t*>(a.prior_sum)[b] = prior;
     a.any_inside[b] = inside > acc_t(0);
+    if (a.image) {
+      auto* im = static_cast<acc_t*>(a.image) + 3 * b;
+      im[0] = prior;
+      im[1] = gts;
+      im[2] = inside > acc_t(0) ? acc_t(1) : acc_t(0);
+    }
   }
 }
 
+// The batch totals of the whole loss (common/autoassign.h), by one thread: the images in order.
+template <typename acc_t> __global__ void aa_totals_kernel(AutoAssignArgs a) {
+  if (threadIdx.x != 0) return;
+  acc_t out[3];
+  aa_totals(static_cast<const acc_t*>(a.loss_pos), static_cast<const acc_t*>(a.loss_neg),
+            static_cast<const acc_t*>(a.image), a.batch, out);
+  for (int k = 0; k < 3; ++k) *static_cast<acc_t*>(a.totals[k]) = out[k];
+}
+
 // ---- backward ----------------------------------------------------------------
+
+// The totals' gradients per image (image_grads: grad_pos, grad_neg, grad_prior), by one thread.
+template <typename acc_t> __global__ void aa_total_grads_kernel(AutoAssignArgs a) {
+  if (threadIdx.x != 0) return;
+  aa_total_grads(*static_cast<const acc_t*>(a.grad_totals[0]), *static_cast<const acc_t*>(a.grad_totals[1]),
+                 *static_cast<const acc_t*>(a.grad_totals[2]), static_cast<const acc_t*>(a.image), a.batch,
+                 static_cast<acc_t*>(a.image_grads));
+}
 
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) aa_neg_grad_kernel(AutoAssignArgs a) {
@@ -577,23 +621,27 @@ __global__ void __launch_bounds__(kThreads) aa_neg_grad_kernel(AutoAssignArgs a)
     const acc_t so = sigmoid_of(cvt<acc_t>(obj[i]));
     const acc_t g = gneg[i / a.points_n];
     acc_t to_obj = acc_t(0);
-    for (int64_t c = lane; c < a.classes; c += 32) {
+    for (int64_t c0 = 0; c0 < a.classes; c0 += 32) {
+      const unsigned won = aa_winners<acc_t>(a, i, c0);  // at their winners' weights: aa_pos_grad_kernel's
+      const int64_t c = c0 + lane;
+      if (c >= a.classes || ((won >> lane) & 1u)) continue;
       const int64_t e = i * a.classes + c;
       const acc_t sc = sigmoid_of(cvt<acc_t>(cls[e]));
-      const acc_t d_joint = g * neg_loss_grad(sc * so);  // weight 1: aa_pos_grad_kernel sets the others
+      const acc_t d_joint = g * neg_loss_grad(sc * so);
       dcls[e] = d_joint * so * (sc * (acc_t(1) - sc));
       to_obj += d_joint * sc;
     }
     to_obj = warp_sum(to_obj);
-    if (lane == 0) dobj[i] = to_obj * (so * (acc_t(1) - so));
+    if (lane == 0) dobj[i] += to_obj * (so * (acc_t(1) - so));
   }
 }
 
 // The pairs of each point, its GTs descending, into its own rows (no
 // atomics): over the GTs that may hold one of the tile's points. The first
-// GT of a class (its winner) replaces the dense kernel's negative gradient of
-// that class, at weight 1, by the one at the GT's weight; then every GT adds
-// its positive pair.
+// GT of a class (its winner) sets that class's negative gradient at its
+// weight and marks the class; then every GT adds its positive pair. Runs
+// before aa_neg_grad_kernel, which fills the classes left unmarked; so it
+// writes d_obj (and clears the bits of every point) rather than adding.
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) aa_pos_grad_kernel(AutoAssignArgs a) {
   const auto* pts = static_cast<const acc_t*>(a.points);
@@ -611,10 +659,10 @@ __global__ void __launch_bounds__(kThreads) aa_pos_grad_kernel(AutoAssignArgs a)
   const int64_t i = b * a.points_n + tp.p, p = tp.p;
   const AaBounds<acc_t> pt = aa_point_bounds<acc_t>(a, tp);
   acc_t d_obj = acc_t(0), dd[4] = {acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
+  unsigned* seen = tp.has ? aa_clear_seen(a, i) : nullptr;
   if (pt.any) {  // block-uniform
     const acc_t px = tp.has ? pts[2 * p] : acc_t(0), py = tp.has ? pts[2 * p + 1] : acc_t(0);
     const acc_t tv = tp.has ? t[i] : acc_t(0), g_neg = gneg[b];
-    unsigned* seen = tp.has ? aa_clear_seen(a, i) : nullptr;
     aa_gt_chunks<acc_t, true>(a, b, [&](const Box4<acc_t>& g) { return aa_may_hold(a, g, pt); },
                         [&](const AaChunk<acc_t>& ch) {
                           for (int j = ch.n - 1; j >= 0 && tp.has; --j) {
@@ -623,11 +671,10 @@ __global__ void __launch_bounds__(kThreads) aa_pos_grad_kernel(AutoAssignArgs a)
                             const int64_t r = b * a.num_gt + ch.index[j], c = ch.label[j];
                             const AaPair<scalar_t, acc_t> q = aa_pair<scalar_t, acc_t>(a, b, p, box, c);
                             if (aa_first_of_class(seen, ch.label[j])) {
-                              // aa_neg_grad_kernel's terms, at weight w and at 1.
-                              const acc_t w = aa_neg_weight(stats, r, tv), x = q.sc * q.so;
-                              const acc_t d_w = g_neg * neg_loss_grad(x * w) * w, d_1 = g_neg * neg_loss_grad(x);
+                              const acc_t w = aa_neg_weight(stats, r, tv);
+                              const acc_t d_w = g_neg * neg_loss_grad(q.sc * q.so * w) * w;
                               dcls[i * a.classes + c] = d_w * q.so * (q.sc * (acc_t(1) - q.sc));
-                              d_obj += (d_w - d_1) * q.sc * (q.so * (acc_t(1) - q.so));
+                              d_obj += d_w * q.sc * (q.so * (acc_t(1) - q.so));
                             }
                             const acc_t s = stats[4 * r], bag = stats[4 * r + 1];
                             const acc_t denom = clamp_min_nan(s, eps), kept = dclamp(s, eps);
@@ -648,7 +695,7 @@ __global__ void __launch_bounds__(kThreads) aa_pos_grad_kernel(AutoAssignArgs a)
                         });
   }
   if (!tp.has) return;
-  dobj[i] += d_obj;
+  dobj[i] = d_obj;
   for (int k = 0; k < 4; ++k) ddist[4 * i + k] = dd[k];
 }
 
@@ -715,9 +762,14 @@ __global__ void __launch_bounds__(kThreads) aa_prior_reduce_kernel(AutoAssignArg
 // The forward's partials per image: the dense term's blocks (fixed by the
 // shapes), then neg_fix's tiles (none without points or GTs).
 inline void aa_plan(AutoAssignArgs& a) {
-  const int64_t per = static_cast<int64_t>(kThreads) * kAaNegPerThread;
-  const int64_t blocks = (a.points_n * a.classes + per - 1) / per;
-  a.neg_blocks = static_cast<int>(blocks < 1 ? 1 : blocks > kAaNegMaxBlocks ? kAaNegMaxBlocks : blocks);
+  const int64_t warps = kThreads / 32, P = a.points_n;
+  int64_t rows = kAaNegPerBlock / (a.classes > 1 ? a.classes : 1) / warps * warps;  // a multiple of the warps
+  rows = rows < warps ? warps : rows;
+  if ((P + rows - 1) / rows > kAaNegMaxBlocks)
+    rows = ((P + kAaNegMaxBlocks - 1) / kAaNegMaxBlocks + warps - 1) / warps * warps;
+  const int64_t blocks = (P + rows - 1) / rows;
+  a.neg_rows = rows;
+  a.neg_blocks = static_cast<int>(blocks < 1 ? 1 : blocks);
   a.fix_tiles = a.points_n > 0 && a.num_gt > 0 ? static_cast<int>(a.levels.tile_start[a.levels.count]) : 0;
 }
 
@@ -741,20 +793,36 @@ inline cudaError_t autoassign_forward(DType dt, const AutoAssignArgs& args, int 
   return cudaGetLastError();
 }
 
-inline cudaError_t autoassign_backward(DType dt, const AutoAssignArgs& args, int num_sms, cudaStream_t stream) {
+// The whole loss's totals after autoassign_forward (with args.image set); also for an empty batch.
+inline cudaError_t autoassign_totals(DType dt, const AutoAssignArgs& args, cudaStream_t stream) {
+  dispatch_dtype(dt, [&](auto ty) {
+    launch<aa_totals_kernel<typename decltype(ty)::acc_t>>(1, 32, 0, stream, args);
+  });
+  return cudaGetLastError();
+}
+
+// Before autoassign_backward: grad_pos, grad_neg and grad_prior from the totals' gradients.
+inline cudaError_t autoassign_total_grads(DType dt, const AutoAssignArgs& args, cudaStream_t stream) {
   if (args.batch == 0) return cudaSuccess;
+  dispatch_dtype(dt, [&](auto ty) {
+    launch<aa_total_grads_kernel<typename decltype(ty)::acc_t>>(1, 32, 0, stream, args);
+  });
+  return cudaGetLastError();
+}
+
+inline cudaError_t autoassign_backward(DType dt, const AutoAssignArgs& args, int num_sms, cudaStream_t stream) {
   dispatch_dtype(dt, [&](auto ty) {
     using scalar_t = typename decltype(ty)::scalar_t;
     using acc_t = typename decltype(ty)::acc_t;
     const int64_t rows = args.batch * args.points_n, gts = args.batch * args.num_gt;
     const int64_t cap = static_cast<int64_t>(num_sms > 0 ? num_sms : 1) * kMaxBlocksPerSm;
     if (rows > 0) {
-      const int64_t need = (rows + kThreads / 32 - 1) / (kThreads / 32);
-      launch<aa_neg_grad_kernel<scalar_t, acc_t>>(static_cast<unsigned>(need < cap ? need : cap), kThreads, 0,
-                                                  stream, args);
       const dim3 tiles(static_cast<unsigned>(args.levels.tile_start[args.levels.count]),
                        static_cast<unsigned>(args.batch));
       launch<aa_pos_grad_kernel<scalar_t, acc_t>>(tiles, kThreads, 0, stream, args);
+      const int64_t need = (rows + kThreads / 32 - 1) / (kThreads / 32);
+      launch<aa_neg_grad_kernel<scalar_t, acc_t>>(static_cast<unsigned>(need < cap ? need : cap), kThreads, 0,
+                                                  stream, args);
     }
     if (gts > 0)
       launch<aa_prior_grad_kernel<scalar_t, acc_t>>(static_cast<unsigned>(gts < cap ? gts : cap), kThreads, 0,
