@@ -406,6 +406,7 @@ struct AutoAssign : torch::autograd::Function<AutoAssign<L, Totals>> {
     ctx->save_for_backward(saved);
     ctx->saved_data["level_shapes"] = level_shapes.vec();
     ctx->mark_non_differentiable({out[3], out[4], out[5]});
+    ctx->set_materialize_grads(false);  // else autograd fills a zero gradient for each of outputs 3-5 every backward
     return out;
   }
 

@@ -35,8 +35,8 @@ def register(ns):
         return pred.new_empty(pred.shape if fuses_gradient(ns, pred) else (0,))
 
     @fake("autoassign_loss_terms")
-    def _autoassign(cls, obj, dist, points, strides, gt_boxes, gt_labels, gt_valid, mu, sigma, level_shapes):
-        op = "gflops.autoassign_loss_terms"
+    def _autoassign(cls, obj, dist, points, strides, gt_boxes, gt_labels, gt_valid, mu, sigma, level_shapes,
+                    op="gflops.autoassign_loss_terms"):
         torch._check(cls.dim() == 3, lambda: f"{op}: cls_logits must have shape (B, P, C), got {tuple(cls.shape)}")
         _same_device(op, cls, "cls_logits", obj_logits=obj, distances=dist, gt_boxes=gt_boxes, mu=mu, sigma=sigma)
         B, P, C = cls.shape
@@ -47,7 +47,8 @@ def register(ns):
 
     @fake("autoassign_loss_totals")
     def _autoassign_totals(cls, obj, dist, points, strides, gt_boxes, gt_labels, gt_valid, mu, sigma, level_shapes):
-        out = _autoassign(cls, obj, dist, points, strides, gt_boxes, gt_labels, gt_valid, mu, sigma, level_shapes)
+        out = _autoassign(cls, obj, dist, points, strides, gt_boxes, gt_labels, gt_valid, mu, sigma, level_shapes,
+                          op="gflops.autoassign_loss")
         acc = out[0].dtype
         return (*[cls.new_empty((), dtype=acc) for _ in range(3)], out[4], out[5],
                 cls.new_empty((cls.shape[0], 3), dtype=acc))

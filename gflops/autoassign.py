@@ -16,8 +16,12 @@ def _op_args(fn, cls_logits, obj_logits, distances, points, strides, gt_boxes, g
                          "are enumerated from the grid")
     shapes = [int(v) for hw in level_shapes for v in hw]
     acc = torch.float64 if cls_logits.dtype == torch.float64 else torch.float32
-    return (cls_logits, obj_logits, distances.to(acc), points.to(acc), strides.to(acc), gt_boxes.to(acc), gt_labels,
-            gt_valid, mu.to(acc), sigma.to(acc), shapes)
+
+    def cast(t):  # no dispatch when it already is (each op call is host time on a GPU)
+        return t if t.dtype == acc else t.to(acc)
+
+    return (cls_logits, obj_logits, cast(distances), cast(points), cast(strides), cast(gt_boxes), gt_labels,
+            gt_valid, cast(mu), cast(sigma), shapes)
 
 
 def autoassign_loss_terms(cls_logits, obj_logits, distances, points, strides, gt_boxes, gt_labels, gt_valid, mu,

@@ -294,15 +294,69 @@ def test_gradcheck_whole_loss_float64(device):
         return tuple(out[k] for k in keys)
 
     inputs = [args[i].clone().requires_grad_() for i in (0, 1, 2, 8, 9)]
-    # One node: the totals op's (AutoAssign<..., true>), not the ops of a Python sum around the terms.
-    assert all(o.grad_fn is not None and "AutoAssign<" in o.grad_fn.name() and o.grad_fn.name().endswith("true> >")
-               for o in fn(*inputs))
+    # One node, the totals op's: not the terms op's, nor the ops of a Python sum around it.
+    terms_node = gflops.autoassign_loss_terms(inputs[0], *args[1:], level_shapes=shapes)[0].grad_fn.name()
+    nodes = {o.grad_fn.name() for o in fn(*inputs)}
+    assert len(nodes) == 1 and "AutoAssign" in nodes.pop() != terms_node
     fast = _ops.lib() is not torch.ops.gflops
     assert torch.autograd.gradcheck(lambda *x: fn(*x, keys=("loss_pos", "loss_center")), inputs, fast_mode=fast)
     # loss_neg has no gradient w.r.t. the distances (the negative weights' IoU) nor mu and sigma (N_neg takes the
     # prior detached) by definition, though its value moves with them.
     assert torch.autograd.gradcheck(lambda c, o: fn(c, o, *inputs[2:], keys=("loss_neg",)), inputs[:2],
                                     fast_mode=fast)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_whole_loss_low_precision_logits(dtype, device):
+    """The whole loss with float32 or bfloat16 logits (computed in float32)
+    against the reference on the same logit values in float64."""
+    args = case(B=3, counts=(6, 0, 5), seed=23, dtype=torch.float32, dev=device)
+    args[0], args[1] = args[0].to(dtype), args[1].to(dtype)
+    exact = [x.double() if x.is_floating_point() else x for x in args]
+    ref, rg = _whole(autoassign_loss, exact)
+    got, gg = _whole(gflops.autoassign_loss, args)
+    assert all(v.dtype == torch.float32 for v in got.values())
+    for k in ref:
+        assert got[k].item() == pytest.approx(ref[k].item(), rel=2e-5), k
+    for name, x, y in zip(("cls", "obj", "distances", "mu", "sigma"), rg, gg):
+        tol = 2e-5 if y.dtype == torch.float32 else 8e-3  # the logits' gradients come back in their dtype
+        assert (y.double() - x).abs().max() <= tol * x.abs().max() + 1e-9, name
+
+
+def test_whole_loss_center_prior_below_the_clamp(device):
+    """Points inside GTs whose center prior underflows to 0 (a tiny sigma):
+    loss_center = G / 1e-12, and the clamp passes no gradient to mu and
+    sigma there (torch's mask), where dividing by the prior would give NaN."""
+    args = case(B=2, counts=(6, 3), seed=29, dev=device)
+    args[9] = torch.full_like(args[9], 1e-3)
+    assert gflops.autoassign_loss_terms(*args, level_shapes=SHAPES)[2].max() == 0
+    ref, rg = _whole(autoassign_loss, args)
+    got, gg = _whole(gflops.autoassign_loss, args)
+    assert got["loss_center"].item() == pytest.approx(ref["loss_center"].item(), rel=1e-12) and ref[
+        "loss_center"].item() > 1e12
+    for name, x, y in zip(("cls", "obj", "distances", "mu", "sigma"), rg, gg):
+        assert torch.isfinite(y).all(), name
+        torch.testing.assert_close(y, x, rtol=1e-10, atol=1e-15, msg=name)
+
+
+def test_totals_backward_checks_its_inputs(device):
+    """The totals' backward op, called directly: wrong shapes are named, with the op."""
+    args = case(dev=device)
+    flat = [v for hw in SHAPES for v in hw]
+    out = _ops.lib().autoassign_loss_totals(*args, flat)
+    g = [torch.ones((), dtype=out[0].dtype, device=out[0].device) for _ in range(3)]
+    bwd = _ops.lib().autoassign_loss_totals_backward
+    with pytest.raises(RuntimeError, match="autoassign_loss_totals_backward: image_stats must have shape"):
+        bwd(*g, *args, out[3], out[4], out[5][:, :2], flat)
+    with pytest.raises(RuntimeError, match="autoassign_loss_totals_backward: grad_neg must have shape"):
+        bwd(g[0], g[1].reshape(1), g[2], *args, out[3], out[4], out[5], flat)
+    with pytest.raises(RuntimeError, match="autoassign_loss_totals_backward: point_t must have shape"):
+        bwd(*g, *args, out[3][:, :-1], out[4], out[5], flat)
+    # gradients of another dtype are converted (and kept alive while the kernels read them)
+    a = bwd(*[x.to(torch.float32) for x in g], *args, out[3], out[4], out[5], flat)
+    b = bwd(*g, *args, out[3], out[4], out[5], flat)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
 
 
 def test_whole_loss_single_terms_and_empty_batch(device):
@@ -329,6 +383,29 @@ def test_whole_loss_single_terms_and_empty_batch(device):
     assert [v.item() for v in out.values()] == [0.0, 0.0, 0.0]
     sum(out.values()).backward()
     assert leaves[0].grad.shape == empty[0].shape and leaves[3].grad.abs().max() == 0
+
+
+def test_whole_loss_dispatches_two_ops():
+    """A training step's gflops.autoassign_loss (fwd+bwd, gradients None
+    before it) dispatches the op and its backward and nothing else that
+    computes: no casts, no totals in Python, no zero gradients filled for
+    the outputs no loss uses (each would be host time and a launch on a GPU)."""
+    from benchmarks.host_ops import top_level_ops
+    args = case(dtype=torch.float32)
+    leaves = [a.requires_grad_() if i in (0, 1, 2, 8, 9) else a for i, a in enumerate(args)]
+
+    def step():
+        out = gflops.autoassign_loss(*leaves, level_shapes=SHAPES)
+        (out["loss_pos"] + out["loss_neg"] + out["loss_center"]).backward()
+        for t in leaves:
+            t.grad = None
+
+    ops = top_level_ops(step)
+    assert {k: v for k, v in ops.items() if k.startswith("gflops")} == {
+        "gflops::autoassign_loss_totals": 1, "gflops::autoassign_loss_totals_backward": 1}, ops
+    # the caller's two adds, autograd's seed and its detach of each leaf's new gradient
+    assert set(ops) - {"gflops::autoassign_loss_totals", "gflops::autoassign_loss_totals_backward"} <= {
+        "aten::add", "aten::ones_like", "aten::detach"}, ops
 
 
 def test_deterministic_over_thread_counts():
@@ -414,19 +491,25 @@ def test_bad_inputs_name_the_problem(device, validation, fn):
 
 
 @needs_emu
-def test_emulated_results_independent_of_block_order_and_grid():
+def _whole_as_terms(*args, **kw):
+    """gflops.autoassign_loss's three totals, shaped (1,) each for _run."""
+    return tuple(v.reshape(1) for v in gflops.autoassign_loss(*args, **kw).values())
+
+
+@pytest.mark.parametrize("fn", [gflops.autoassign_loss_terms, _whole_as_terms], ids=["terms", "whole"])
+def test_emulated_results_independent_of_block_order_and_grid(fn):
     """The CUDA kernels' results (forward and backward) do not depend on which
     block runs first or on the grid size, and equal the CPU kernels' to rounding."""
     m = emulation.load()
     args = case(B=3, counts=(6, 2, 5), seed=9, dtype=torch.float32)
-    cpu = _run(gflops.autoassign_loss_terms, args)
+    cpu = _run(fn, args)
     runs = []
     try:
         with _ops.use("gflops_emu"):
             for sms, shuffle, seed in [(1, False, 0), (5, True, 1), (2, True, 2)]:
                 m.set_num_sms(sms)
                 m.set_block_order(shuffle, seed)
-                runs.append(_run(gflops.autoassign_loss_terms, args))
+                runs.append(_run(fn, args))
     finally:
         m.set_block_order(False, 0)
         m.set_num_sms(3)

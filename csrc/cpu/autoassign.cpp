@@ -360,15 +360,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> autoassig
     const at::Tensor& grad_pos, const at::Tensor& grad_neg, const at::Tensor& grad_prior, const at::Tensor& cls,
     const at::Tensor& obj, const at::Tensor& dist, const at::Tensor& points, const at::Tensor& strides,
     const at::Tensor& gt_boxes, const at::Tensor& gt_labels, const at::Tensor& gt_valid, const at::Tensor& mu,
-    const at::Tensor& sigma, const at::Tensor& point_t, const at::Tensor& stats, at::IntArrayRef level_shapes) {
+    const at::Tensor& sigma, const at::Tensor& point_t, const at::Tensor& stats, at::IntArrayRef level_shapes,
+    const char* op = kOpBackward) {
   AutoAssignInputs in = autoassign_prepare(cls, obj, dist, points, strides, gt_boxes, gt_labels, gt_valid, mu, sigma,
-                                           level_shapes, kOpBackward);
+                                           level_shapes, op);
   const int64_t B = in.batch, P = in.points_n, C = in.classes, G = in.num_gt;
-  at::Tensor gp = check_grad_shape(grad_pos, in.cls, {B}, kOpBackward, "grad_pos");
-  at::Tensor gn = check_grad_shape(grad_neg, in.cls, {B}, kOpBackward, "grad_neg");
-  at::Tensor gr = check_grad_shape(grad_prior, in.cls, {B}, kOpBackward, "grad_prior");
-  at::Tensor tp = check_grad_shape(point_t, in.cls, {B, P}, kOpBackward, "point_t");
-  at::Tensor st = check_grad_shape(stats, in.cls, {B, G, 4}, kOpBackward, "gt_stats");
+  at::Tensor gp = check_grad_shape(grad_pos, in.cls, {B}, op, "grad_pos");
+  at::Tensor gn = check_grad_shape(grad_neg, in.cls, {B}, op, "grad_neg");
+  at::Tensor gr = check_grad_shape(grad_prior, in.cls, {B}, op, "grad_prior");
+  at::Tensor tp = check_grad_shape(point_t, in.cls, {B, P}, op, "point_t");
+  at::Tensor st = check_grad_shape(stats, in.cls, {B, G, 4}, op, "gt_stats");
   const auto opts = in.dist.options();
   at::Tensor dcls = at::empty({B, P, C}, opts), dobj = at::empty({B, P}, opts), ddist = at::zeros({B, P, 4}, opts);
   at::Tensor partial = at::zeros({B, C, 4}, opts.dtype(at::kDouble));  // per image: d mu_x, mu_y, sigma_x, sigma_y
@@ -445,7 +446,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> autoassig
                        im.data_ptr<scalar_t>(), B, per_image.data_ptr<scalar_t>());
   });
   return autoassign_backward_cpu(per_image[0], per_image[1], per_image[2], cls, obj, dist, points, strides, gt_boxes,
-                                 gt_labels, gt_valid, mu, sigma, point_t, stats, level_shapes);
+                                 gt_labels, gt_valid, mu, sigma, point_t, stats, level_shapes, kOpTotalsBackward);
 }
 
 }  // namespace
@@ -457,7 +458,14 @@ TORCH_LIBRARY_IMPL(gflops, CPU, m) {
                                      const at::Tensor& sigma, at::IntArrayRef level_shapes) {
     return autoassign_cpu(cls, obj, dist, points, strides, gt_boxes, gt_labels, gt_valid, mu, sigma, level_shapes);
   });
-  m.impl("autoassign_loss_terms_backward", &autoassign_backward_cpu);
+  m.impl("autoassign_loss_terms_backward",
+         [](const at::Tensor& grad_pos, const at::Tensor& grad_neg, const at::Tensor& grad_prior, const at::Tensor& cls,
+            const at::Tensor& obj, const at::Tensor& dist, const at::Tensor& points, const at::Tensor& strides,
+            const at::Tensor& gt_boxes, const at::Tensor& gt_labels, const at::Tensor& gt_valid, const at::Tensor& mu,
+            const at::Tensor& sigma, const at::Tensor& point_t, const at::Tensor& stats, at::IntArrayRef level_shapes) {
+           return autoassign_backward_cpu(grad_pos, grad_neg, grad_prior, cls, obj, dist, points, strides, gt_boxes,
+                                          gt_labels, gt_valid, mu, sigma, point_t, stats, level_shapes);
+         });
   m.impl("autoassign_loss_totals", &autoassign_totals_cpu);
   m.impl("autoassign_loss_totals_backward", &autoassign_totals_backward_cpu);
 }

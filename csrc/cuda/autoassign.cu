@@ -117,10 +117,12 @@ Five autoassign_backward_cuda(const at::Tensor* grads, const at::Tensor& cls, co
                                            level_shapes, op);
   const int64_t B = in.batch, P = in.points_n, C = in.classes, G = in.num_gt;
   const char* names[3] = {"grad_pos", "grad_neg", totals ? "grad_center" : "grad_prior"};
-  at::Tensor g[3], im, per_image;
+  // g: what the kernels take as their incoming gradients; with totals, the per-image ones that
+  // aa_total_grads_kernel computes from `given`, which must outlive that launch (it may be a converted copy).
+  at::Tensor given[3], g[3], im, per_image;
   for (int k = 0; k < 3; ++k)
-    g[k] = totals ? check_grad_shape(grads[k], in.cls, {}, op, names[k])
-                  : check_grad_shape(grads[k], in.cls, {B}, op, names[k]);
+    g[k] = given[k] = totals ? check_grad_shape(grads[k], in.cls, {}, op, names[k])
+                             : check_grad_shape(grads[k], in.cls, {B}, op, names[k]);
   if (totals) im = check_grad_shape(image_stats, in.cls, {B, 3}, op, "image_stats");
   at::Tensor tp = check_grad_shape(point_t, in.cls, {B, P}, op, "point_t");
   at::Tensor st = check_grad_shape(stats, in.cls, {B, G, 4}, op, "gt_stats");
@@ -137,7 +139,7 @@ Five autoassign_backward_cuda(const at::Tensor* grads, const at::Tensor& cls, co
   if (totals) {
     per_image = at::empty({3, B}, opts);
     a.image = im.data_ptr();
-    for (int k = 0; k < 3; ++k) a.grad_totals[k] = g[k].data_ptr();
+    for (int k = 0; k < 3; ++k) a.grad_totals[k] = given[k].data_ptr();
     a.image_grads = per_image.data_ptr();
     g[0] = per_image[0], g[1] = per_image[1], g[2] = per_image[2];
   }

@@ -632,7 +632,7 @@ __global__ void __launch_bounds__(kThreads) aa_neg_grad_kernel(AutoAssignArgs a)
       to_obj += d_joint * sc;
     }
     to_obj = warp_sum(to_obj);
-    if (lane == 0) dobj[i] += to_obj * (so * (acc_t(1) - so));
+    if (lane == 0 && a.classes > 0) dobj[i] += to_obj * (so * (acc_t(1) - so));  // C = 0: a NaN logit adds nothing
   }
 }
 
