@@ -358,11 +358,14 @@ struct BoxBranch : torch::autograd::Function<BoxBranch<L>> {
     ctx->save_for_backward({pred, points, strides, gt_boxes, weight});
     ctx->saved_data["reg_max"] = reg_max;
     ctx->mark_non_differentiable({std::get<2>(r)});  // the quality score is computed from detached boxes
+    ctx->set_materialize_grads(false);  // else autograd fills a zero gradient for the score every backward
     return {std::get<0>(r), std::get<1>(r), std::get<2>(r)};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto s = ctx->get_saved_variables();
+    for (int i = 0; i < 2; ++i)  // a loss the caller left out: its 0-dim zero (the backward takes it in any dtype)
+      if (!grads[i].defined()) grads[i] = at::zeros({}, s[0].options());
     Tensor g = GF_OP("gfl_box_branch_backward", BwdSig)
                    .call(grads[0], grads[1], s[0], s[1], s[2], s[3], s[4], ctx->saved_data["reg_max"].toInt());
     return grads_for_pred(g, 6);

@@ -53,6 +53,30 @@ def test_gradcheck(device):
     assert torch.autograd.gradcheck(lambda p: torch.stack(gflops.gfl_box_branch(p, *args, reg_max=4)[:2]), (bp,))
 
 
+def test_training_step_fills_no_zero_gradients():
+    """A GFL step uses both losses and the score only as a detached target:
+    the backward runs the op's backward and fills no zero gradient for the
+    score (each fill is host time and a launch on a GPU); one loss alone
+    still gets its gradient."""
+    from benchmarks.host_ops import top_level_ops
+    pred, points, strides, gt, weight = branch_inputs(64, 16)
+    p = pred.clone().requires_grad_(True)
+
+    def step():
+        giou, dfl, _ = gflops.gfl_box_branch(p, points, strides, gt, weight)
+        (giou + dfl).backward()
+        p.grad = None
+
+    ops = top_level_ops(step)
+    assert "aten::zeros" not in ops and ops.get("gflops::gfl_box_branch_backward") == 1, ops
+    for k in range(2):
+        a, b = p.clone().detach().requires_grad_(True), p.clone().detach().requires_grad_(True)
+        gflops.gfl_box_branch(a, points, strides, gt, weight)[k].backward()
+        out = gflops.gfl_box_branch(b, points, strides, gt, weight)
+        (out[k] + 0 * out[1 - k]).backward()
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0)
+
+
 def test_empty(device):
     bp, bpts, bst, bgt, bw = branch_inputs(0, 16, device=device)
     bp.requires_grad_(True)
