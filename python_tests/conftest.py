@@ -171,3 +171,18 @@ def validation():
     gflops.set_validation(True)
     yield
     gflops.set_validation(before)
+
+
+@contextlib.contextmanager
+def poisoned_memory():
+    """Fresh tensors (torch.empty, and at::empty in the kernels' launchers) filled with NaN, or the largest
+    integer: torch's deterministic mode with fill_uninitialized_memory. An output element a kernel never
+    writes then shows, where otherwise it passes whenever the memory happens to hold the right value."""
+    before = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.utils.deterministic.fill_uninitialized_memory = before[1]

@@ -9,7 +9,7 @@ import torch
 
 import gflops
 from gflops import _ops
-from conftest import emu_counters
+from conftest import emu_counters, poisoned_memory
 from assign_cases import cell_grid, grid, random_gts
 from test_assign import assert_same, both
 
@@ -47,6 +47,23 @@ def test_grid_levels_take_the_windows(device):
     assert not c or (c[SCAN] == 0 and c[RANK] + c[LIST] == level_rows(valid, sizes))
     if _ops.lib() is not torch.ops.gflops:
         assert c[RANK] > 0  # 4 x 4 cells for topk 9: one anchor a lane
+
+
+@pytest.mark.parametrize("how", ["grid", "off_grid", "no_gt_slot"])
+def test_every_output_element_is_written(device, how):
+    """With fresh memory poisoned (NaN floats, the largest integers: torch's
+    deterministic fill), grid, scanned and GT-less calls still equal the
+    reference: no output element, workspace read or probe word is left to
+    whatever memory held."""
+    anchors, sizes = grid()
+    if how == "off_grid":
+        anchors, sizes = off_grid(anchors, sizes, "shuffled")
+    gts, labels, valid = random_gts(3, 20, seed=5)
+    if how == "no_gt_slot":
+        gts, labels, valid = gts[:, :0], labels[:, :0], valid[:, :0]
+    with poisoned_memory():
+        ours, ref = both(anchors, sizes, gts, labels, valid, device=device)
+    assert_same(ours, ref)
 
 
 @pytest.mark.parametrize("per_cell", [1, 2, 3])

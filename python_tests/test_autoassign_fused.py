@@ -7,7 +7,7 @@ import torch
 
 import gflops
 from gflops import _ops, emulation
-from conftest import needs_emu
+from conftest import needs_emu, poisoned_memory
 from reference.autoassign_loss import autoassign_loss, autoassign_loss_terms as ref_terms
 from reference.gfl import anchors
 
@@ -522,6 +522,33 @@ def test_emulated_results_independent_of_block_order_and_grid(fn):
             assert torch.equal(x, y)
         else:
             torch.testing.assert_close(y, x, rtol=2e-5, atol=1e-6 * float(x.abs().max()))
+
+
+@needs_emu
+@pytest.mark.parametrize("kind", ["gts", "no_gt", "no_point_inside", "no_class", "no_gt_slot", "no_image"])
+@pytest.mark.parametrize("fn", [gflops.autoassign_loss_terms, _whole_as_terms], ids=["terms", "whole"])
+def test_emulated_kernels_write_every_output_element(kind, fn):
+    """Every element of every output and gradient is written by the kernels:
+    with fresh memory poisoned (NaN) the emulated CUDA path gives the same
+    bits (an element left unwritten passes elsewhere whenever memory is 0)."""
+    emulation.load()
+    args = case(B=3, counts={"no_gt": (0, 0, 0)}.get(kind, (6, 0, 5)), seed=31, dtype=torch.float32)
+    if kind == "no_point_inside":
+        args[5] = torch.cat([args[5][..., :2].floor() + 2.25, args[5][..., :2].floor() + 3.25], -1)
+    if kind == "no_gt_slot":
+        args[5], args[6], args[7] = args[5][:, :0], args[6][:, :0], args[7][:, :0]
+    if kind == "no_image":
+        args = [x[:0] if i in (0, 1, 2, 5, 6, 7) else x for i, x in enumerate(args)]
+    if kind == "no_class":
+        args[6] = torch.full_like(args[6], -1)
+        args[7] = torch.zeros_like(args[7])
+        args[0], args[8], args[9] = args[0][..., :0], args[8][:0], args[9][:0]
+    with _ops.use("gflops_emu"):
+        plain = _run(fn, args)
+        with poisoned_memory():
+            poisoned = _run(fn, args)
+    for x, y in zip(list(plain[0]) + list(plain[1]), list(poisoned[0]) + list(poisoned[1])):
+        assert (x is None and y is None) or torch.equal(x, y)
 
 
 @needs_emu
