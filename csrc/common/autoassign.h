@@ -15,6 +15,14 @@ constexpr double kAutoAssignEps = 1e-12;  // every clamp of SPEC section 6
 constexpr double kAutoAssignIouEps = 1e-6;  // the GIoU and IoU eps
 constexpr double kAutoAssignGiouWeight = 5.0;
 
+// SPEC section 6's negative weight of a point inside a GT: 1 minus t's place
+// in that GT's range [lo, hi] of t. One formula for CPU and CUDA, which must
+// agree bit for bit (the forward sums with it, the backward rebuilds it).
+template <typename T> GF_HD T aa_neg_weight(T t, T lo, T hi) {
+  const T eps = T(kAutoAssignEps);
+  return T(1) - (t - lo + eps) / (hi - lo + eps);
+}
+
 // The strict inside test of SPEC: min(px - x1, py - y1, x2 - px, y2 - py) > 0.
 // A NaN side is never inside.
 template <typename T> GF_HD bool strictly_inside(T px, T py, const Box4<T>& g) {

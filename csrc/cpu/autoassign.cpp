@@ -219,14 +219,13 @@ template <typename T, typename A>
 void neg_weights(const AutoAssignInputs& in, const Image<T, A>& im, const A* pts, const A* strides, const A* t,
                  const A* stats, A* neg_w) {
   const int64_t C = in.classes;
-  const A eps = A(gf::kAutoAssignEps);
   std::fill(neg_w, neg_w + in.points_n * C, A(1));
   for (int64_t g = 0; g < in.num_gt; ++g) {
     const int64_t c = im.lab[g];
     if (!im.valid[g] || c < 0 || c >= C) continue;  // the backward checks no values: never index past a row
-    const A lo = stats[4 * g + 2], range = stats[4 * g + 3] - lo + eps;
+    const A lo = stats[4 * g + 2], hi = stats[4 * g + 3];
     for_each_inside(in, pts, strides, gf::load_box(im.gt + 4 * g),
-                    [&](int64_t p) { neg_w[p * C + c] = A(1) - (t[p] - lo + eps) / range; });
+                    [&](int64_t p) { neg_w[p * C + c] = gf::aa_neg_weight(t[p], lo, hi); });
   }
 }
 

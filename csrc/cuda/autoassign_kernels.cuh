@@ -485,9 +485,8 @@ __device__ __forceinline__ unsigned aa_winners(const AutoAssignArgs& a, int64_t 
 }
 
 // 1 - t_norm: the negative weight that GT r gives the points inside it.
-template <typename acc_t> __device__ __forceinline__ acc_t aa_neg_weight(const acc_t* stats, int64_t r, acc_t t) {
-  const acc_t eps = acc_t(kAutoAssignEps), lo = stats[4 * r + 2], hi = stats[4 * r + 3];
-  return acc_t(1) - (t - lo + eps) / (hi - lo + eps);
+template <typename acc_t> __device__ __forceinline__ acc_t aa_stats_neg_weight(const acc_t* stats, int64_t r, acc_t t) {
+  return aa_neg_weight(t, stats[4 * r + 2], stats[4 * r + 3]);
 }
 
 // Per point inside some GT: the negative term of each class that a GT gives
@@ -516,7 +515,7 @@ __global__ void __launch_bounds__(kThreads) aa_neg_fix_kernel(AutoAssignArgs a) 
                                 for (int j = c.n - 1; j >= 0 && inside; --j) {
                                   if (!strictly_inside(px, py, c.at(j)) || !aa_first_of_class(seen, c.label[j]))
                                     continue;
-                                  const acc_t w = aa_neg_weight(stats, b * a.num_gt + c.index[j], tv);
+                                  const acc_t w = aa_stats_neg_weight(stats, b * a.num_gt + c.index[j], tv);
                                   const acc_t x = sigmoid_of(cvt<acc_t>(cls[i * a.classes + c.label[j]])) * so;
                                   fix += neg_loss(x * w);
                                 }
@@ -671,7 +670,7 @@ __global__ void __launch_bounds__(kThreads) aa_pos_grad_kernel(AutoAssignArgs a)
                             const int64_t r = b * a.num_gt + ch.index[j], c = ch.label[j];
                             const AaPair<scalar_t, acc_t> q = aa_pair<scalar_t, acc_t>(a, b, p, box, c);
                             if (aa_first_of_class(seen, ch.label[j])) {
-                              const acc_t w = aa_neg_weight(stats, r, tv);
+                              const acc_t w = aa_stats_neg_weight(stats, r, tv);
                               const acc_t d_w = g_neg * neg_loss_grad(q.sc * q.so * w) * w;
                               dcls[i * a.classes + c] = d_w * q.so * (q.sc * (acc_t(1) - q.sc));
                               d_obj += d_w * q.sc * (q.so * (acc_t(1) - q.so));
