@@ -94,11 +94,6 @@ Reduction parse_reduction(const std::string& reduction, c10::optional<double> av
   return r;
 }
 
-at::Tensor finish_loss(at::Tensor out, const LossInputs& in) {
-  if (in.mean) out.div_(in.divisor);
-  return out;
-}
-
 at::ScalarType acc_dtype(const at::Tensor& pred) {
   return pred.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
@@ -156,7 +151,7 @@ at::Tensor check_grad_shape(const at::Tensor& grad, const at::Tensor& pred, at::
   return grad.to(acc_dtype(pred)).contiguous();
 }
 
-at::Tensor check_loss_grad(const at::Tensor& grad, const LossInputs& in, const char* op) {
+at::Tensor check_loss_grad(const at::Tensor& grad, const LossInputs& in, const char* op, bool apply_mean) {
   check_same_device(in.pred, grad, op, "pred", "grad");
   if (in.sum) {
     TORCH_CHECK(grad.numel() == 1, op, ": grad of a 'sum' loss must be a scalar, got ",
@@ -166,7 +161,7 @@ at::Tensor check_loss_grad(const at::Tensor& grad, const LossInputs& in, const c
                 in.rows, ",), got ", grad.sizes());
   }
   at::Tensor g = grad.to(acc_dtype(in.pred)).contiguous();
-  return in.mean ? g.div(in.divisor) : g;
+  return in.mean && apply_mean ? g.div(in.divisor) : g;
 }
 
 }  // namespace gflops

@@ -37,10 +37,6 @@ struct LossInputs {
   double divisor = 1;
 };
 
-// A forward's summed output divided as "mean" asks (no-op otherwise); the same
-// rounding as dividing the tensor by the number in PyTorch.
-at::Tensor finish_loss(at::Tensor out, const LossInputs& in);
-
 at::ScalarType acc_dtype(const at::Tensor& pred);
 
 // Generic pieces the per-family checks are made of.
@@ -73,7 +69,8 @@ at::Tensor check_grad_shape(const at::Tensor& grad, const at::Tensor& pred, at::
                             const char* op, const char* name = "grad");
 
 // The incoming gradient of a loss: () for "sum" and "mean", (N,) for "none";
-// for "mean" already divided by the divisor (as autograd's division would).
-at::Tensor check_loss_grad(const at::Tensor& grad, const LossInputs& in, const char* op);
+// for "mean" already divided by the divisor (as autograd's division would)
+// unless the caller's kernel folds that in (apply_mean = false).
+at::Tensor check_loss_grad(const at::Tensor& grad, const LossInputs& in, const char* op, bool apply_mean = true);
 
 }  // namespace gflops

@@ -4,6 +4,7 @@ unvectorised and misaligned paths, checked against the launch log so that
 each test provably ran the path it names."""
 import pytest
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 import gflops
 from box_cases import branch_inputs, distribution_inputs, random_boxes
@@ -163,13 +164,55 @@ def dtype_name(dtype):
     return {torch.float32: "float", torch.float16: "__half", torch.bfloat16: "__nv_bfloat16"}[dtype]
 
 
-def test_empty_inputs_launch_nothing(emu):
+def test_empty_inputs_launch_only_the_scalar_sum(emu):
+    """No rows: no kernel reads the inputs; a summed loss is written by the
+    partials' sum over none (0 times the 'mean' scale: 0, or NaN for an
+    avg_factor of 0, as dividing 0 by it would give)."""
+    label, score = torch.zeros(0, dtype=torch.long), torch.zeros(0)
+    for kw, want in (({"reduction": "sum"}, 0.0), ({"reduction": "mean"}, 0.0),
+                     ({"reduction": "mean", "avg_factor": 0.0}, float("nan"))):
+        emu.set_launch_log(True)
+        pred = torch.zeros(0, 80, requires_grad=True)
+        out = gflops.quality_focal_loss(pred, label, score, **kw)
+        out.backward()
+        torch.testing.assert_close(out, torch.tensor(want), equal_nan=True)
+        assert pred.grad.shape == (0, 80)
+        assert [(r[0], r[1]) for r in launched(emu)] == [("gf::cuda::sum_partials_kernel<float>", (1, 1, 1))], kw
     emu.set_launch_log(True)
-    pred = torch.zeros(0, 80, requires_grad=True)
-    out = gflops.quality_focal_loss(pred, torch.zeros(0, dtype=torch.long), torch.zeros(0), reduction="sum")
-    out.backward()
-    assert out.item() == 0.0 and pred.grad.shape == (0, 80)
+    assert gflops.quality_focal_loss(pred, label, score, reduction="none").shape == (0,)
     assert launched(emu) == []
+
+
+def _aten_ops(fn):
+    """Every ATen op fn() dispatches, nested ones included."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return [e.name for e in prof.events() if e.name.startswith("aten::")]
+
+
+@pytest.mark.parametrize("loss", ["qfl", "dfl", "giou"])
+def test_mean_is_folded_into_the_kernels(emu, loss):
+    """On CUDA a 'mean' loss divides inside its kernels (the partials' sum and
+    the backward's scale, gc::mean_scale), not in an ATen op around them (each
+    is host time and a launch on a GPU): a forward+backward dispatches no ATen
+    division or multiply, and the forward launches its kernel and the sum."""
+    if loss == "qfl":
+        pred, label, score, weight = qfl_inputs(1001, 80, "cpu", weight=True)
+        fn = lambda p, **kw: gflops.quality_focal_loss(p, label, score, weight, **kw)  # noqa: E731
+    elif loss == "dfl":
+        pred, target, weight = dfl_inputs(3000, 16, "cpu", weight=True)
+        fn = lambda p, **kw: gflops.distribution_focal_loss(p, target, weight, **kw)  # noqa: E731
+    else:
+        pred, target = random_boxes(700), random_boxes(700, seed=1)
+        fn = lambda p, **kw: gflops.giou_loss(p, target, **kw)  # noqa: E731
+    leaf = pred.clone().requires_grad_(True)
+    up = torch.tensor(2.0)
+    for avg in (None, 3.0):
+        emu.set_launch_log(True)
+        names = _aten_ops(lambda: torch.autograd.grad(fn(leaf, reduction="mean", avg_factor=avg), leaf, up))
+        assert not {"aten::div", "aten::div_", "aten::mul", "aten::mul_"} & set(names), names
+        kernels = [r[0] for r in launched(emu)]
+        assert len(kernels) == 3 and "sum_partials" in kernels[1] and "backward" in kernels[2], kernels
 
 
 def _distribution_ops(reg_max, dtype, sms_rows):

@@ -729,8 +729,8 @@ def cases():
                         unit="logit", bytes=R * C * esz + R * 12 + 0))
         out.append(dict(label=f"qfl_backward_kernel {tag}", header="losses",
                         regex=rf"qfl_backward_kernelI{dt}Li{V}ELb1EiE",
-                        params=lambda g: [ptr(0), ptr(1), ptr(2), NULL, ptr(4), ("bool", 0), ("i32", R), ("i32", C),
-                                          ("f32", 2.0), ptr(5)],
+                        params=lambda g: [ptr(0), ptr(1), ptr(2), NULL, ptr(4), ("f32", 0.1), ("bool", 0), ("i32", R),
+                                          ("i32", C), ("f32", 2.0), ptr(5)],
                         grid=lambda res, npk=npk: min(-(-npk // 256), SMS * res), smem=0, elements=R * C,
                         unit="logit", bytes=2 * R * C * esz + R * 12))
     out.append(dict(label="qfl_forward_rows_kernel float32 (reduction='none')", header="losses",
@@ -739,7 +739,8 @@ def cases():
                     grid=lambda res: min(-(-R * 32 // 256), SMS * res), smem=0, elements=R * C, unit="logit",
                     bytes=R * C * 4 + R * 16))
     out.append(dict(label="sum_partials_kernel (QFL: 792 partials)", header="losses",
-                    regex=r"sum_partials_kernelIfE", params=lambda g: [ptr(0), ("i32", 792), ptr(1)],
+                    regex=r"sum_partials_kernelIfE",
+                    params=lambda g: [ptr(0), ("i32", 792), ("f32", 0.1), ptr(1), NULL],
                     grid=lambda res: 1, smem=0, elements=1, unit="call", bytes=792 * 4 + 4))
     # DFL: 52000 x 17, weight given, 'mean' -> 'sum'.
     M, N1 = 52000, 17
@@ -749,8 +750,8 @@ def cases():
                     grid=lambda res: min(-(-M // pt), SMS * min(res, MAX_BLOCKS_PER_SM)), smem=pt * (N1 | 1) * 4,
                     elements=M, unit="row", bytes=M * N1 * 4 + M * 8))
     out.append(dict(label="dfl_backward_kernel float32", header="losses", regex=r"dfl_backward_kernelIffE",
-                    params=lambda g: [ptr(0), ptr(1), ptr(2), ptr(3), ("bool", 0), ("i64", M), ("i32", N1),
-                                      ("i32", pt), ptr(4)],
+                    params=lambda g: [ptr(0), ptr(1), ptr(2), ptr(3), ("f32", 0.1), ("bool", 0), ("i64", M),
+                                      ("i32", N1), ("i32", pt), ptr(4)],
                     grid=lambda res: min(-(-M // pt), SMS * min(res, MAX_BLOCKS_PER_SM)), smem=pt * (N1 | 1) * 4,
                     elements=M, unit="row", bytes=2 * M * N1 * 4 + M * 8))
     # integral / decode: 16 x 22400 x 68 -> 1433600 side rows of 17.
@@ -791,7 +792,8 @@ def cases():
                     grid=lambda res: min(-(-Pn // 256), SMS * res), smem=0, elements=Pn, unit="box",
                     bytes=Pn * 36))
     out.append(dict(label="giou_loss_backward_kernel float32", header="boxes", regex=r"giou_loss_backward_kernelIffE",
-                    params=lambda g: [ptr(0), ptr(1), ptr(2), ptr(3), ("bool", 0), ("i64", Pn), ("f32", 1e-6), ptr(4)],
+                    params=lambda g: [ptr(0), ptr(1), ptr(2), ptr(3), ("f32", 0.1), ("bool", 0), ("i64", Pn), ("f32", 1e-6),
+                                      ptr(4)],
                     grid=lambda res: min(-(-Pn // 256), SMS * res), smem=0, elements=Pn, unit="box",
                     bytes=Pn * 52))
     # box_iou pairwise 4000 x 4000 (the measured size) and the bench's 16 x 22400 x 100, IoU and GIoU.

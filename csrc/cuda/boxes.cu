@@ -37,9 +37,9 @@ at::Tensor giou_loss_cuda(const at::Tensor& pred, const at::Tensor& target, cons
   at::Tensor out = in.sum ? at::empty({}, opts) : at::empty({in.rows}, opts);
   at::Tensor partials = at::empty({in.sum ? gc::giou_loss_blocks(in.rows, sms) : 0}, opts);
   GF_CUDA_CHECK(gc::giou_loss(kernel_dtype(in.pred.scalar_type()), in.pred.data_ptr(), in.target.data_ptr(),
-                               opt_ptr(in.weight), in.rows, eps, in.sum, out.data_ptr(), partials.data_ptr(), sms,
-                               current_stream()));
-  return finish_loss(out, in);
+                               opt_ptr(in.weight), in.rows, eps, in.sum, in.mean, in.divisor, out.data_ptr(),
+                               partials.data_ptr(), sms, current_stream()));
+  return out;
 }
 
 at::Tensor giou_loss_backward_cuda(const at::Tensor& grad, const at::Tensor& pred, const at::Tensor& target,
@@ -47,11 +47,12 @@ at::Tensor giou_loss_backward_cuda(const at::Tensor& grad, const at::Tensor& pre
                                    c10::optional<double> avg_factor) {
   const char* op = "gflops.giou_loss_backward";
   LossInputs in = giou_loss_prepare(pred, target, weight, eps, std::string(reduction), avg_factor, op);
-  at::Tensor g = check_loss_grad(grad, in, op);
+  at::Tensor g = check_loss_grad(grad, in, op, /*apply_mean=*/false);
   const DeviceGuard guard(in.pred.device());
   at::Tensor out = at::empty_like(in.pred);
   GF_CUDA_CHECK(gc::giou_loss_backward(kernel_dtype(in.pred.scalar_type()), in.pred.data_ptr(), in.target.data_ptr(),
-                                        opt_ptr(in.weight), g.data_ptr(), !in.sum, in.rows, eps, out.data_ptr(),
+                                        opt_ptr(in.weight), g.data_ptr(), !in.sum, in.mean, in.divisor, in.rows, eps,
+                                        out.data_ptr(),
                                         num_sms(in.pred.get_device()), current_stream()));
   return out;
 }

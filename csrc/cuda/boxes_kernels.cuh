@@ -80,10 +80,11 @@ giou_loss_kernel(const scalar_t* __restrict__ pred, const acc_t* __restrict__ ta
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
 giou_loss_backward_kernel(const scalar_t* __restrict__ pred, const acc_t* __restrict__ target,
-                          const acc_t* __restrict__ weight, const acc_t* __restrict__ grad, bool grad_per_row,
-                          int64_t n, acc_t eps, scalar_t* __restrict__ out) {
+                          const acc_t* __restrict__ weight, const acc_t* __restrict__ grad, acc_t grad_scale,
+                          bool grad_per_row, int64_t n, acc_t eps, scalar_t* __restrict__ out) {
+  const acc_t g0 = grad[0] * grad_scale;
   GF_GRID_STRIDE(i, n) {
-    const acc_t g = -grad[grad_per_row ? i : 0] * weight_of(weight, i);  // loss = 1 - giou
+    const acc_t g = -(grad_per_row ? grad[i] : g0) * weight_of(weight, i);  // loss = 1 - giou
     const Box4<acc_t> d = overlap_grad_a(load_box_as<scalar_t, acc_t>(pred + 4 * i), load_box(target + 4 * i), eps, true, g);
     out[4 * i + 0] = cvt<scalar_t>(d.x1);
     out[4 * i + 1] = cvt<scalar_t>(d.y1);
@@ -122,35 +123,41 @@ inline cudaError_t box_iou(DType dt, const void* a, const void* b, int64_t batch
 
 inline int giou_loss_blocks(int64_t n, int num_sms) { return max_grid(n, num_sms); }
 
-// out: (n,) when `sum` is false, else a scalar; partials: giou_loss_blocks() entries.
+// out: (n,) when `sum` is false, else a scalar (times mean_scale(mean, divisor));
+// partials: giou_loss_blocks() entries.
 inline cudaError_t giou_loss(DType dt, const void* pred, const void* target, const void* weight, int64_t n, double eps,
-                      bool sum, void* out, void* partials, int num_sms, cudaStream_t stream) {
-  if (n == 0) return sum ? cudaMemsetAsync(out, 0, acc_size(dt), stream) : cudaSuccess;
+                      bool sum, bool mean, double divisor, void* out, void* partials, int num_sms,
+                      cudaStream_t stream) {
+  if (n == 0 && !sum) return cudaSuccess;
   dispatch_dtype(dt, [&](auto t) {
     using scalar_t = typename decltype(t)::scalar_t;
     using acc_t = typename decltype(t)::acc_t;
     constexpr auto K = giou_loss_kernel<scalar_t, acc_t>;
-    const int grid = grid_for<K>(n, num_sms);
+    const int grid = n == 0 ? 0 : grid_for<K>(n, num_sms);
     auto* part = sum ? static_cast<acc_t*>(partials) : nullptr;
-    launch<K>(grid, kThreads, 0, stream, static_cast<const scalar_t*>(pred), static_cast<const acc_t*>(target),
-              static_cast<const acc_t*>(weight), n, static_cast<acc_t>(eps), sum ? nullptr : static_cast<acc_t*>(out),
-              part);
-    if (sum)
+    if (grid > 0)
+      launch<K>(grid, kThreads, 0, stream, static_cast<const scalar_t*>(pred), static_cast<const acc_t*>(target),
+                static_cast<const acc_t*>(weight), n, static_cast<acc_t>(eps),
+                sum ? nullptr : static_cast<acc_t*>(out), part);
+    if (sum)  // no boxes: 0 * the mean's scale, as ATen would divide it
       launch<sum_partials_kernel<acc_t>>(1, kThreads, 0, stream, static_cast<const acc_t*>(part), grid,
-                                         static_cast<acc_t*>(out));
+                                         mean_scale<acc_t>(mean, divisor), static_cast<acc_t*>(out), nullptr);
   });
   return cudaGetLastError();
 }
 
+// grad: () (times mean_scale(mean, divisor)) or (n,) when grad_per_row.
 inline cudaError_t giou_loss_backward(DType dt, const void* pred, const void* target, const void* weight, const void* grad,
-                               bool grad_per_row, int64_t n, double eps, void* out, int num_sms, cudaStream_t stream) {
+                               bool grad_per_row, bool mean, double divisor, int64_t n, double eps, void* out,
+                               int num_sms, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   dispatch_dtype(dt, [&](auto t) {
     using scalar_t = typename decltype(t)::scalar_t;
     using acc_t = typename decltype(t)::acc_t;
     constexpr auto K = giou_loss_backward_kernel<scalar_t, acc_t>;
     launch<K>(grid_for<K>(n, num_sms), kThreads, 0, stream, static_cast<const scalar_t*>(pred), static_cast<const acc_t*>(target), static_cast<const acc_t*>(weight),
-        static_cast<const acc_t*>(grad), grad_per_row, n, static_cast<acc_t>(eps), static_cast<scalar_t*>(out));
+        static_cast<const acc_t*>(grad), mean_scale<acc_t>(mean, divisor), grad_per_row, n, static_cast<acc_t>(eps),
+        static_cast<scalar_t*>(out));
   });
   return cudaGetLastError();
 }

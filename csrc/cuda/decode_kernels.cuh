@@ -269,10 +269,8 @@ inline cudaError_t box_branch(const DecodeArgs& a, const void* gt, const void* w
               static_cast<const acc_t*>(a.strides), static_cast<const acc_t*>(gt), static_cast<const acc_t*>(weight),
               a.boxes, a.n1, per_tile, static_cast<acc_t*>(score), part);
     // The kernel writes its giou partials at [0, grid) and dfl partials at [grid, 2 grid).
-    launch<sum_partials_kernel<acc_t>>(1, kThreads, 0, stream, static_cast<const acc_t*>(part), grid,
-                                       static_cast<acc_t*>(giou_sum));
-    launch<sum_partials_kernel<acc_t>>(1, kThreads, 0, stream, static_cast<const acc_t*>(part + grid), grid,
-                                       static_cast<acc_t*>(dfl_sum));
+    launch<sum_partials_kernel<acc_t>>(2, kThreads, 0, stream, static_cast<const acc_t*>(part), grid, acc_t(1),
+                                       static_cast<acc_t*>(giou_sum), static_cast<acc_t*>(dfl_sum));
   });
   return cudaGetLastError();
 }

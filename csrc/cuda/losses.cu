@@ -24,6 +24,8 @@ gc::LossArgs make_args(const LossInputs& in) {
   const int64_t width = 16 / static_cast<int64_t>(in.pred.element_size());
   a.vectorized = reinterpret_cast<uintptr_t>(a.pred) % 16 == 0 && in.cols % width == 0;
   a.num_sms = num_sms(in.pred.get_device());
+  a.mean = in.mean;  // folded into the kernels (gc::mean_scale): no division launched
+  a.divisor = in.divisor;
   return a;
 }
 
@@ -45,7 +47,7 @@ at::Tensor qfl_forward_cuda(const at::Tensor& pred, const at::Tensor& label, con
   at::Tensor partials = at::empty({in.sum ? gc::qfl_forward_blocks(a) : 0}, out.options());
   GF_CUDA_CHECK(gc::qfl_forward(a, in.sum, out.data_ptr(), partials.data_ptr(),
                                  current_stream()));
-  return finish_loss(out, in);
+  return out;
 }
 
 at::Tensor qfl_backward_cuda(const at::Tensor& grad, const at::Tensor& pred, const at::Tensor& label,
@@ -53,7 +55,7 @@ at::Tensor qfl_backward_cuda(const at::Tensor& grad, const at::Tensor& pred, con
                              double beta, c10::string_view reduction, c10::optional<double> avg_factor) {
   const char* op = "gflops.quality_focal_loss_backward";
   LossInputs in = qfl_prepare(pred, label, score, weight, beta, std::string(reduction), avg_factor, op);
-  at::Tensor g = check_loss_grad(grad, in, op);
+  at::Tensor g = check_loss_grad(grad, in, op, /*apply_mean=*/false);
   const DeviceGuard guard(in.pred.device());
   gc::LossArgs a = make_args(in);
   a.beta = beta;
@@ -77,7 +79,7 @@ at::Tensor dfl_forward_cuda(const at::Tensor& pred, const at::Tensor& target,
   at::Tensor partials = at::empty({in.sum ? gc::dfl_forward_blocks(a) : 0}, out.options());
   GF_CUDA_CHECK(gc::dfl_forward(a, in.sum, out.data_ptr(), partials.data_ptr(),
                                  current_stream()));
-  return finish_loss(out, in);
+  return out;
 }
 
 at::Tensor dfl_backward_cuda(const at::Tensor& grad, const at::Tensor& pred, const at::Tensor& target,
@@ -86,7 +88,7 @@ at::Tensor dfl_backward_cuda(const at::Tensor& grad, const at::Tensor& pred, con
   const char* op = "gflops.distribution_focal_loss_backward";
   LossInputs in = dfl_prepare(pred, target, weight, std::string(reduction), avg_factor, op);
   check_rows_fit(in.cols, in.pred, in.cols - 1, op);
-  at::Tensor g = check_loss_grad(grad, in, op);
+  at::Tensor g = check_loss_grad(grad, in, op, /*apply_mean=*/false);
   const DeviceGuard guard(in.pred.device());
   gc::LossArgs a = make_args(in);
   a.grad = g.data_ptr();

@@ -29,6 +29,8 @@ struct LossArgs {
   const void* weight = nullptr;    // (rows,) accumulation dtype, or null
   const void* grad = nullptr;      // backward: () or (rows,), accumulation dtype
   bool grad_per_row = false;
+  bool mean = false;               // "mean": the sum and the incoming gradient scaled by mean_scale()
+  double divisor = 1;
   int64_t rows = 0;
   int64_t cols = 0;
   double beta = 2.0;
@@ -93,12 +95,12 @@ template <typename scalar_t, typename acc_t, int VEC, bool BETA2, typename index
 __global__ void __launch_bounds__(kThreads)
 qfl_backward_kernel(const scalar_t* __restrict__ pred, const int64_t* __restrict__ label,
                     const acc_t* __restrict__ score, const acc_t* __restrict__ weight,
-                    const acc_t* __restrict__ grad, bool grad_per_row, index_t rows, index_t cols,
-                    acc_t beta, scalar_t* __restrict__ out) {
+                    const acc_t* __restrict__ grad, acc_t grad_scale, bool grad_per_row, index_t rows,
+                    index_t cols, acc_t beta, scalar_t* __restrict__ out) {
   using P = Pack<scalar_t, VEC>;
   const index_t npacks = rows * cols / VEC;
   const index_t stride = static_cast<index_t>(gridDim.x) * blockDim.x;
-  const acc_t g0 = grad[0];
+  const acc_t g0 = grad[0] * grad_scale;
   const index_t v0 = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   RowStep<index_t> at(v0 * VEC, stride * VEC, cols > 0 ? cols : index_t(1));  // no columns: no packs, no loop
   for (index_t v = v0; v < npacks; v += stride, at.next()) {
@@ -147,12 +149,12 @@ dfl_forward_kernel(const scalar_t* __restrict__ pred, const acc_t* __restrict__ 
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
 dfl_backward_kernel(const scalar_t* __restrict__ pred, const acc_t* __restrict__ target,
-                          const acc_t* __restrict__ weight, const acc_t* __restrict__ grad, bool grad_per_row,
-                          int64_t rows, int n1, int per_tile, scalar_t* __restrict__ out) {
+                          const acc_t* __restrict__ weight, const acc_t* __restrict__ grad, acc_t grad_scale,
+                          bool grad_per_row, int64_t rows, int n1, int per_tile, scalar_t* __restrict__ out) {
   GF_DYNAMIC_SHARED(unsigned char, smem);
   acc_t* tile = reinterpret_cast<acc_t*>(smem);
   const int stride = n1 | 1;
-  const acc_t g0 = grad[0];
+  const acc_t g0 = grad[0] * grad_scale;
   GF_TILE_LOOP(first, nr, rows, per_tile) {
     __syncthreads();
     load_tile(pred + first * n1, nr * n1, n1, stride, tile);
@@ -179,10 +181,8 @@ inline int dfl_forward_blocks(const LossArgs& a) { return max_tile_grid(a.rows, 
 
 // out: (rows,) when `sum` is false, else a scalar; partials: qfl_forward_blocks() entries.
 inline cudaError_t qfl_forward(const LossArgs& a, bool sum, void* out, void* partials, cudaStream_t stream) {
-  if (a.rows == 0 || (a.cols == 0 && !sum)) {
-    if (a.rows > 0) return cudaMemsetAsync(out, 0, acc_size(a.dtype) * a.rows, stream);
-    return sum ? cudaMemsetAsync(out, 0, acc_size(a.dtype), stream) : cudaSuccess;
-  }
+  if (!sum && (a.rows == 0 || a.cols == 0))
+    return a.rows > 0 ? cudaMemsetAsync(out, 0, acc_size(a.dtype) * a.rows, stream) : cudaSuccess;
   dispatch_dtype(a.dtype, [&](auto t) {
     using scalar_t = typename decltype(t)::scalar_t;
     using acc_t = typename decltype(t)::acc_t;
@@ -208,11 +208,13 @@ inline cudaError_t qfl_forward(const LossArgs& a, bool sum, void* out, void* par
     auto reduce = [&](auto kernel_tag, auto index_tag) {
       constexpr auto K = decltype(kernel_tag)::value;
       using IT = decltype(index_tag);
-      const int grid = grid_for<K>(a.rows * a.cols / (vec ? V : 1), a.num_sms);
-      launch<K>(grid, kThreads, 0, stream, pred, a.label, score, weight, static_cast<IT>(a.rows),
-                static_cast<IT>(a.cols), beta, part);
+      // No rows: no partials, and the sum is 0 * the mean's scale, as ATen would divide it.
+      const int grid = a.rows == 0 ? 0 : grid_for<K>(a.rows * a.cols / (vec ? V : 1), a.num_sms);
+      if (grid > 0)
+        launch<K>(grid, kThreads, 0, stream, pred, a.label, score, weight, static_cast<IT>(a.rows),
+                  static_cast<IT>(a.cols), beta, part);
       launch<sum_partials_kernel<acc_t>>(1, kThreads, 0, stream, static_cast<const acc_t*>(part), grid,
-                                         static_cast<acc_t*>(out));
+                                         mean_scale<acc_t>(a.mean, a.divisor), static_cast<acc_t*>(out), nullptr);
     };
 #define GF_QFL_SUM(VV, BB, IT) reduce(Kern<qfl_forward_sum_kernel<scalar_t, acc_t, VV, BB, IT>>{}, IT{})
     if (fits_int32(a.rows * a.cols)) {
@@ -247,7 +249,8 @@ inline cudaError_t qfl_backward(const LossArgs& a, void* out, cudaStream_t strea
       constexpr auto K = decltype(kernel_tag)::value;
       using IT = decltype(index_tag);
       launch<K>(grid_for<K>(a.rows * a.cols / (vec ? V : 1), a.num_sms), kThreads, 0, stream, pred, a.label, score,
-                weight, grad, a.grad_per_row, static_cast<IT>(a.rows), static_cast<IT>(a.cols), beta, o);
+                weight, grad, mean_scale<acc_t>(a.mean, a.divisor), a.grad_per_row, static_cast<IT>(a.rows),
+                static_cast<IT>(a.cols), beta, o);
     };
 #define GF_QFL_BWD(VV, BB, IT) run(Kern<qfl_backward_kernel<scalar_t, acc_t, VV, BB, IT>>{}, IT{})
     if (fits_int32(a.rows * a.cols)) {
@@ -263,7 +266,7 @@ inline cudaError_t qfl_backward(const LossArgs& a, void* out, cudaStream_t strea
 }
 
 inline cudaError_t dfl_forward(const LossArgs& a, bool sum, void* out, void* partials, cudaStream_t stream) {
-  if (a.rows == 0) return sum ? cudaMemsetAsync(out, 0, acc_size(a.dtype), stream) : cudaSuccess;
+  if (a.rows == 0 && !sum) return cudaSuccess;
   dispatch_dtype(a.dtype, [&](auto t) {
     using scalar_t = typename decltype(t)::scalar_t;
     using acc_t = typename decltype(t)::acc_t;
@@ -271,13 +274,14 @@ inline cudaError_t dfl_forward(const LossArgs& a, bool sum, void* out, void* par
     const int per_tile = dfl_tile(a);
     constexpr auto K = dfl_forward_kernel<scalar_t, acc_t>;
     const size_t smem = tile_smem(per_tile, static_cast<int>(a.cols), sizeof(acc_t));
-    const int grid = tile_grid<K>(a.rows, per_tile, smem, a.num_sms);
-    launch<K>(grid, kThreads, smem, stream, static_cast<const scalar_t*>(a.pred), static_cast<const acc_t*>(a.target),
-              static_cast<const acc_t*>(a.weight), a.rows, static_cast<int>(a.cols), per_tile,
-              sum ? nullptr : static_cast<acc_t*>(out), part);
-    if (sum)
+    const int grid = a.rows == 0 ? 0 : tile_grid<K>(a.rows, per_tile, smem, a.num_sms);
+    if (grid > 0)
+      launch<K>(grid, kThreads, smem, stream, static_cast<const scalar_t*>(a.pred),
+                static_cast<const acc_t*>(a.target), static_cast<const acc_t*>(a.weight), a.rows,
+                static_cast<int>(a.cols), per_tile, sum ? nullptr : static_cast<acc_t*>(out), part);
+    if (sum)  // no rows: 0 * the mean's scale, as ATen would divide it
       launch<sum_partials_kernel<acc_t>>(1, kThreads, 0, stream, static_cast<const acc_t*>(part), grid,
-                                         static_cast<acc_t*>(out));
+                                         mean_scale<acc_t>(a.mean, a.divisor), static_cast<acc_t*>(out), nullptr);
   });
   return cudaGetLastError();
 }
@@ -292,7 +296,8 @@ inline cudaError_t dfl_backward(const LossArgs& a, void* out, cudaStream_t strea
     const size_t smem = tile_smem(per_tile, static_cast<int>(a.cols), sizeof(acc_t));
     launch<K>(tile_grid<K>(a.rows, per_tile, smem, a.num_sms), kThreads, smem, stream,
               static_cast<const scalar_t*>(a.pred), static_cast<const acc_t*>(a.target),
-              static_cast<const acc_t*>(a.weight), static_cast<const acc_t*>(a.grad), a.grad_per_row, a.rows,
+              static_cast<const acc_t*>(a.weight), static_cast<const acc_t*>(a.grad),
+              mean_scale<acc_t>(a.mean, a.divisor), a.grad_per_row, a.rows,
               static_cast<int>(a.cols), per_tile, static_cast<scalar_t*>(out));
   });
   return cudaGetLastError();

@@ -74,12 +74,26 @@ template <typename T> __device__ T block_sum(T v) {
   return v;
 }
 
+// The factor that folds a loss's "mean" into its kernels: x * (1 / divisor),
+// the reciprocal rounded to T on the host. ATen's CUDA division of a tensor
+// by a Python number rounds exactly so (a CPU-scalar divisor becomes a
+// multiply by its reciprocal, BinaryDivTrueKernel.cu), so the fold changes no
+// bit against the division it replaces, and saves its launch. 1 (exact) when
+// the loss is not a mean.
+template <typename T> T mean_scale(bool mean, double divisor) {
+  return mean ? T(1) / static_cast<T>(divisor) : T(1);
+}
+
+// Block b: outs[b] = (sum of partials[b n, (b + 1) n)) * scale; n = 0 writes
+// 0 * scale. One or two blocks (two sums from one kernel's partials: one launch).
 template <typename T>
-__global__ void __launch_bounds__(kThreads) sum_partials_kernel(const T* __restrict__ partials, int n, T* __restrict__ out) {
+__global__ void __launch_bounds__(kThreads)
+sum_partials_kernel(const T* __restrict__ partials, int n, T scale, T* __restrict__ out, T* __restrict__ out2) {
+  const T* p = partials + static_cast<int64_t>(blockIdx.x) * n;
   T v = T(0);
-  for (int i = threadIdx.x; i < n; i += blockDim.x) v += partials[i];
+  for (int i = threadIdx.x; i < n; i += blockDim.x) v += p[i];
   v = block_sum(v);
-  if (threadIdx.x == 0) *out = v;
+  if (threadIdx.x == 0) *(blockIdx.x == 0 ? out : out2) = v * scale;
 }
 
 }  // namespace cuda

@@ -28,7 +28,8 @@ at::Tensor selftest(c10::string_view which, const at::Tensor& x_in) {
     if (c == "block_sum") {
       launch<et::block_sum_kernel>(grid, gf::cuda::kThreads, 0, nullptr, xp, n, part.data_ptr<float>());
       launch<gf::cuda::sum_partials_kernel<float>>(1, gf::cuda::kThreads, 0, nullptr,
-                                                   static_cast<const float*>(part.data_ptr<float>()), grid, o);
+                                                   static_cast<const float*>(part.data_ptr<float>()), grid, 1.0f, o,
+                                                   nullptr);
     } else {
       out.zero_();
       launch<et::atomic_sum_kernel>(grid, gf::cuda::kThreads, 0, nullptr, xp, n, o);
