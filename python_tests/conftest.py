@@ -186,3 +186,13 @@ def poisoned_memory():
     finally:
         torch.use_deterministic_algorithms(before[0])
         torch.utils.deterministic.fill_uninitialized_memory = before[1]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """`-k emu` (make test-sanitizers) selects the tests that run the emulated
+    CUDA kernels: those parametrised on "emu" match by name, and those taking
+    an `emu` fixture (test_cuda_paths: the kernels' own paths) by this mark."""
+    for item in items:
+        if "emu" in getattr(item, "fixturenames", ()):
+            item.add_marker("emu")

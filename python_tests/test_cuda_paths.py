@@ -8,7 +8,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import gflops
 from box_cases import branch_inputs, distribution_inputs, random_boxes
-from conftest import needs_emu
+from conftest import needs_emu, poisoned_memory
 from gflops import _ops, emulation
 from loss_cases import dfl_inputs, grads, qfl_inputs
 
@@ -235,8 +235,8 @@ def _distribution_ops(reg_max, dtype, sms_rows):
 @pytest.mark.parametrize("reg_max", [16, 7, 100, 101, 400, 408])
 def test_distribution_kernels_through_shared_memory_tiles(emu, dtype, reg_max):
     """The distribution rows are staged through shared memory in tiles of up to
-    256 rows (160 anchors) in 47 KiB, fewer for a large reg_max (reg_max 400:
-    30 rows, 7 anchors), leaving the static shared arrays room (101, 408: the
+    256 rows (64 anchors, 4 lanes each) in 47 KiB, fewer for a large reg_max
+    (reg_max 400: 30 rows, 7 anchors), leaving the static shared arrays room (101, 408: the
     tiles alone would fill 48 KiB); one emulated SM, so each block walks
     several tiles. Every op agrees with the CPU kernels."""
     emu.set_num_sms(1)
@@ -262,3 +262,66 @@ def test_reg_max_beyond_a_shared_memory_tile_is_a_clear_error(emu):
     with pytest.raises(RuntimeError, match=r"gflops.gfl_box_branch: reg_max = 3100 is too large"):
         gflops.gfl_box_branch(bp, bpts, bst, bgt, bw, reg_max=3100)
     assert gflops.integral(torch.zeros(1, 4 * 12001), 12000).shape == (1, 4)  # one row fits: a tile of one
+
+
+@pytest.mark.parametrize("mode", ["iou", "giou"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_box_iou_pairwise_tiles_are_the_cpu_bits(emu, mode, dtype):
+    """The pairwise kernel's tiles (128 rows x 32 columns, each box's area
+    staged once, 16 outputs a thread) over full and partial tiles in both
+    directions and several images, degenerate and non-finite boxes among
+    them: the CPU kernel's bits (the same box.h operations)."""
+    a, b = random_boxes(3, 300, seed=1, dtype=dtype), random_boxes(3, 70, seed=2, dtype=dtype)
+    a[0, 3] = a[0, 3].flip(0)  # inverted
+    a[1, 130] = torch.tensor([5.0, 5.0, 5.0, 5.0], dtype=dtype)  # zero area
+    b[2, 33, 2] = float("inf")
+    b[1, 69, 0] = float("nan")
+    emu.set_launch_log(True)
+    ours = gflops.box_iou(a, b, mode)
+    assert [r[1] for r in launched(emu)] == [(3, 3, 3)]
+    cpu = torch.ops.gflops.box_iou(a, b, mode, False, 1e-6)
+    assert torch.equal(ours.isnan(), cpu.isnan())
+    assert torch.equal(ours.nan_to_num(), cpu.nan_to_num())
+
+
+def test_every_output_element_is_written(emu):
+    """Fresh memory poisoned (NaN, the largest integers): every op's outputs and
+    gradients, 'mean' and empty sums included, are the bits of a run on
+    unpoisoned memory, so no kernel leaves an element (or a partial) unwritten."""
+    def run():
+        out = every_op()
+        pred, label, score, weight = qfl_inputs(301, 80, "cpu", weight=True)
+        out += grads(gflops.quality_focal_loss, pred, label, score, weight, reduction="mean", avg_factor=7.0)
+        dpred, target, dweight = dfl_inputs(500, 16, "cpu", weight=True)
+        out += grads(gflops.distribution_focal_loss, dpred, target, dweight, reduction="mean")
+        a, b = random_boxes(90), random_boxes(90, seed=1)
+        out += grads(gflops.giou_loss, a, b, reduction="mean", avg_factor=3.0)
+        empty = torch.zeros(0, 80)
+        out += [gflops.quality_focal_loss(empty, torch.zeros(0, dtype=torch.long), torch.zeros(0), reduction=r)
+                for r in ("sum", "mean")]
+        out += [gflops.distribution_focal_loss(torch.zeros(0, 17), torch.zeros(0), reduction="sum"),
+                gflops.giou_loss(torch.zeros(0, 4), torch.zeros(0, 4), reduction="sum")]
+        return out
+
+    base = run()
+    with poisoned_memory():
+        poisoned = run()
+    assert len(base) == len(poisoned)
+    for i, (x, y) in enumerate(zip(base, poisoned)):
+        assert torch.equal(x.isnan(), y.isnan()) and torch.equal(x.nan_to_num(), y.nan_to_num()), f"output {i}"
+
+
+@pytest.mark.parametrize("cols,lanes", [(3, 1), (4, 1), (8, 2), (80, 4), (81, 4), (1000, 32)])
+def test_qfl_none_gives_a_row_its_lanes(emu, cols, lanes):
+    """reduction='none' gives each row `lanes` lanes of a warp (qfl_row_lanes:
+    the most that leave at most 1/16 idle; 80 classes are 20 packs: 4 lanes),
+    so several rows share a warp and the last warp runs past the rows; 81 and
+    3 columns take the unpacked path. The CPU kernel's values; the grid is
+    rows x lanes threads (capped at the emulated 3 SMs x 8 blocks)."""
+    pred, label, score, weight = qfl_inputs(203, cols, "cpu", weight=True)
+    emu.set_launch_log(True)
+    ours = gflops.quality_focal_loss(pred, label, score, weight, reduction="none")
+    assert [r[1][0] for r in launched(emu)] == [min(-(-203 * lanes // 256), 24)]
+    with _ops.use("gflops"):
+        cpu = gflops.quality_focal_loss(pred, label, score, weight, reduction="none")
+    torch.testing.assert_close(ours, cpu, rtol=1e-5, atol=1e-6)

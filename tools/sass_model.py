@@ -735,8 +735,9 @@ def cases():
                         unit="logit", bytes=2 * R * C * esz + R * 12))
     out.append(dict(label="qfl_forward_rows_kernel float32 (reduction='none')", header="losses",
                     regex=r"qfl_forward_rows_kernelIffLi4ELb1EE",
-                    params=lambda g: [ptr(0), ptr(1), ptr(2), NULL, ("i64", R), ("i64", C), ("f32", 2.0), ptr(3)],
-                    grid=lambda res: min(-(-R * 32 // 256), SMS * res), smem=0, elements=R * C, unit="logit",
+                    params=lambda g: [ptr(0), ptr(1), ptr(2), NULL, ("i64", R), ("i64", C), ("i32", 4), ("f32", 2.0),
+                                      ptr(3)],
+                    grid=lambda res: min(-(-R * 4 // 256), SMS * res), smem=0, elements=R * C, unit="logit",
                     bytes=R * C * 4 + R * 16))
     out.append(dict(label="sum_partials_kernel (QFL: 792 partials)", header="losses",
                     regex=r"sum_partials_kernelIfE",
@@ -774,7 +775,7 @@ def cases():
                         bytes=2 * rows * N1 * 4 + rows * 4 + (A * 12 if dec else 0)))
     # GFL box branch: P = 16 x 1000 positives, 4 x 17 logits each.
     Pn = 16 * 1000
-    ptb = tile_rows(4 * N1)
+    ptb = min(tile_rows(4 * N1), 256 // 4)  # box_branch_tile: 4 lanes an anchor
     out.append(dict(label="box_branch_kernel float32", header="decode", regex=r"17box_branch_kernelIffE",
                     params=lambda g: [ptr(0), ptr(1), ptr(2), ptr(3), ptr(4), ("i64", Pn), ("i32", N1), ("i32", ptb),
                                       ptr(5), ptr(6)],
@@ -802,7 +803,7 @@ def cases():
         out.append(dict(label=f"box_iou_pairwise_kernel<{'giou' if giou else 'iou'}> {tag}", header="boxes",
                         regex=rf"box_iou_pairwise_kernelIffLb{giou}E",
                         params=lambda g, n=n, m=m: [ptr(0), ptr(1), ("i64", n), ("i64", m), ("f32", 1e-6), ptr(2)],
-                        grid=lambda res, n=n, m=m, b=b: (-(-m // 32), -(-n // 32), b), block=(32, 8, 1), smem=0,
+                        grid=lambda res, n=n, m=m, b=b: (-(-m // 32), -(-n // 128), b), block=(32, 8, 1), smem=0,
                         elements=b * n * m, unit="output", bytes=b * (n * 16 + m * 16 + n * m * 4)))
     out.append(dict(label="box_iou_aligned_kernel<iou> 16000", header="boxes", regex=r"box_iou_aligned_kernelIffE",
                     params=lambda g: [ptr(0), ptr(1), ("i64", Pn), ("f32", 1e-6), ("bool", 0), ptr(2)],

@@ -27,13 +27,15 @@ template <typename T> struct Overlap {
   T iw, ih, inter, area_a, area_b, uni, uni_c, ew, eh, enc, enc_c, iou, giou;
 };
 
-template <typename T> GF_HD Overlap<T> overlap(Box4<T> a, Box4<T> b, T eps) {
+// overlap() given each box's box_area(): the same operations, so the same
+// bits, for kernels that compute a box's area once for many pairs.
+template <typename T> GF_HD Overlap<T> overlap_areas(Box4<T> a, T area_a, Box4<T> b, T area_b, T eps) {
   Overlap<T> o;
   o.iw = gmax(gmin(a.x2, b.x2) - gmax(a.x1, b.x1), T(0));
   o.ih = gmax(gmin(a.y2, b.y2) - gmax(a.y1, b.y1), T(0));
   o.inter = mul_rn(o.iw, o.ih);
-  o.area_a = box_area(a);
-  o.area_b = box_area(b);
+  o.area_a = area_a;
+  o.area_b = area_b;
   o.uni = o.area_a + o.area_b - o.inter;
   // clamp(min=eps) as torch has it: a NaN union (inf - inf) stays NaN.
   o.uni_c = o.uni < eps ? eps : o.uni;
@@ -44,6 +46,10 @@ template <typename T> GF_HD Overlap<T> overlap(Box4<T> a, Box4<T> b, T eps) {
   o.enc_c = o.enc < eps ? eps : o.enc;
   o.giou = o.iou - (o.enc_c - o.uni_c) / o.enc_c;
   return o;
+}
+
+template <typename T> GF_HD Overlap<T> overlap(Box4<T> a, Box4<T> b, T eps) {
+  return overlap_areas(a, box_area(a), b, box_area(b), eps);
 }
 
 // IoU alone, with overlap()'s operations (so the same value), for loops that

@@ -19,66 +19,94 @@ GF_HD void sides_lse_dist(const scalar_t* x, int n1, T* lse, T* dist) {
 
 template <typename T> struct BranchOut { T giou_loss, dfl, score; };
 
+// The anchor-wide part of the forward, from the four sides' expected
+// distances: the box's overlap with the target and each side's DFL target.
+// Split from the per-side parts so that a kernel can give each side a lane.
+template <typename T> struct BranchBox {
+  T giou, iou, tgt_dist[4];
+};
+
+template <typename T>
+GF_HD BranchBox<T> box_branch_box(int n1, T px, T py, T stride, const T* gt, const T* dist) {
+  BranchBox<T> r;
+  const T cx = px / stride, cy = py / stride;
+  const Box4<T> box = distance2bbox(cx, cy, dist);
+  const Box4<T> tgt{gt[0] / stride, gt[1] / stride, gt[2] / stride, gt[3] / stride};
+  const Overlap<T> o = overlap(box, tgt, T(kBranchEps));
+  r.giou = o.giou;
+  r.iou = o.iou;
+  bbox2distance(cx, cy, tgt, T(n1 - 1), T(kDflTargetEps), r.tgt_dist);
+  return r;
+}
+
+// Side k's DFL term, from its logits xk, its target and log-sum-exp.
+template <typename T, typename scalar_t> GF_HD T box_branch_side_dfl(const scalar_t* xk, int n1, T tgt, T lse) {
+  const DflSplit<T> sp = dfl_split(tgt, n1 - 1);
+  return dfl_loss_from_lse(lse, cvt<T>(xk[sp.l]), cvt<T>(xk[sp.l + 1]), sp);
+}
+
+// The anchor's outputs from its box part and the sides' DFL terms, summed
+// from side 0 up (the order every backend keeps).
+template <typename T> GF_HD BranchOut<T> box_branch_out(const BranchBox<T>& bx, const T* side_dfl, T w) {
+  T dfl = T(0);
+  for (int k = 0; k < 4; ++k) dfl += side_dfl[k];
+  return BranchOut<T>{w * (T(1) - bx.giou), w * dfl, bx.iou};
+}
+
 // From the sides' log-sum-exp and expected distances (sides_lse_dist), so a
 // CPU loop can compute those for many rows at once.
 template <typename T, typename scalar_t>
 GF_HD BranchOut<T> box_branch_forward_stats(const scalar_t* x, int n1, T px, T py, T stride, const T* gt, T w,
                                             const T* lse, const T* dist) {
-  const T eps = T(kBranchEps);
-  T tgt_dist[4];
+  const BranchBox<T> bx = box_branch_box(n1, px, py, stride, gt, dist);
+  T side_dfl[4];
+  for (int k = 0; k < 4; ++k) side_dfl[k] = box_branch_side_dfl(x + k * n1, n1, bx.tgt_dist[k], lse[k]);
+  return box_branch_out(bx, side_dfl, w);
+}
+
+// The anchor-wide part of the backward: the GIoU term's gradient with
+// respect to each side's distance, each side's DFL target, and the DFL
+// term's weighted gradient.
+template <typename T> struct BranchGrad {
+  T g_dist[4], tgt_dist[4], gdw;
+};
+
+template <typename T>
+GF_HD BranchGrad<T> box_branch_grad(int n1, T px, T py, T stride, const T* gt, T w, T g_giou, T g_dfl,
+                                    const T* dist) {
+  BranchGrad<T> r;
   const T cx = px / stride, cy = py / stride;
   const Box4<T> box = distance2bbox(cx, cy, dist);
   const Box4<T> tgt{gt[0] / stride, gt[1] / stride, gt[2] / stride, gt[3] / stride};
-  const Overlap<T> o = overlap(box, tgt, eps);
-  bbox2distance(cx, cy, tgt, T(n1 - 1), T(kDflTargetEps), tgt_dist);
-  T dfl = T(0);
-  for (int k = 0; k < 4; ++k) {
-    const scalar_t* xk = x + k * n1;
-    const DflSplit<T> sp = dfl_split(tgt_dist[k], n1 - 1);
-    dfl += dfl_loss_from_lse(lse[k], cvt<T>(xk[sp.l]), cvt<T>(xk[sp.l + 1]), sp);
-  }
-  return BranchOut<T>{w * (T(1) - o.giou), w * dfl, o.iou};
+  const Box4<T> d = overlap_grad_a(box, tgt, T(kBranchEps), true, -g_giou * w);
+  r.g_dist[0] = -d.x1;
+  r.g_dist[1] = -d.y1;
+  r.g_dist[2] = d.x2;
+  r.g_dist[3] = d.y2;
+  bbox2distance(cx, cy, tgt, T(n1 - 1), T(kDflTargetEps), r.tgt_dist);
+  r.gdw = g_dfl * w;
+  return r;
 }
 
+// Side k's gradient gk from its logits xk (gk may be xk: each logit is read
+// before its gradient replaces it).
 template <typename T, typename scalar_t>
-GF_HD BranchOut<T> box_branch_forward(const scalar_t* x, int n1, T px, T py, T stride, const T* gt, T w) {
-  T lse[4], dist[4];
-  sides_lse_dist(x, n1, lse, dist);
-  return box_branch_forward_stats(x, n1, px, py, stride, gt, w, lse, dist);
+GF_HD void box_branch_side_grad(const scalar_t* xk, int n1, T g_dist, T tgt, T gdw, T lse, T dist, scalar_t* gk) {
+  const DflSplit<T> sp = dfl_split(tgt, n1 - 1);
+  GF_SIMD
+  for (int b = 0; b < n1; ++b) {
+    const T p = gexp(cvt<T>(xk[b]) - lse);
+    gk[b] = cvt<scalar_t>(g_dist * integral_grad_from_p(p, b, dist) + gdw * dfl_grad_from_p(p, b, sp));
+  }
 }
 
 // d(g_giou * giou_loss + g_dfl * dfl) / d x, written to g (4 * (n+1)).
 template <typename T, typename scalar_t>
 GF_HD void box_branch_backward_stats(const scalar_t* x, int n1, T px, T py, T stride, const T* gt, T w, T g_giou,
                                      T g_dfl, const T* lse, const T* dist, scalar_t* g) {
-  const T eps = T(kBranchEps);
-  T tgt_dist[4];
-  const T cx = px / stride, cy = py / stride;
-  const Box4<T> box = distance2bbox(cx, cy, dist);
-  const Box4<T> tgt{gt[0] / stride, gt[1] / stride, gt[2] / stride, gt[3] / stride};
-  const Box4<T> d = overlap_grad_a(box, tgt, eps, true, -g_giou * w);
-  const T g_dist[4] = {-d.x1, -d.y1, d.x2, d.y2};
-  bbox2distance(cx, cy, tgt, T(n1 - 1), T(kDflTargetEps), tgt_dist);
-  const T gdw = g_dfl * w;
-  for (int k = 0; k < 4; ++k) {
-    const scalar_t* xk = x + k * n1;
-    scalar_t* gk = g + k * n1;
-    const DflSplit<T> sp = dfl_split(tgt_dist[k], n1 - 1);
-    const T gdk = g_dist[k], lk = lse[k], dk = dist[k];
-    GF_SIMD
-    for (int b = 0; b < n1; ++b) {
-      const T p = gexp(cvt<T>(xk[b]) - lk);
-      gk[b] = cvt<scalar_t>(gdk * integral_grad_from_p(p, b, dk) + gdw * dfl_grad_from_p(p, b, sp));
-    }
-  }
-}
-
-template <typename T, typename scalar_t>
-GF_HD void box_branch_backward(const scalar_t* x, int n1, T px, T py, T stride, const T* gt, T w, T g_giou, T g_dfl,
-                               scalar_t* g) {
-  T lse[4], dist[4];
-  sides_lse_dist(x, n1, lse, dist);
-  box_branch_backward_stats(x, n1, px, py, stride, gt, w, g_giou, g_dfl, lse, dist, g);
+  const BranchGrad<T> bg = box_branch_grad(n1, px, py, stride, gt, w, g_giou, g_dfl, dist);
+  for (int k = 0; k < 4; ++k)
+    box_branch_side_grad(x + k * n1, n1, bg.g_dist[k], bg.tgt_dist[k], bg.gdw, lse[k], dist[k], g + k * n1);
 }
 
 // One side k (0..3: l, t, r, b) of the pixel box distance2bbox(point,

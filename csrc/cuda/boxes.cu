@@ -16,9 +16,9 @@ at::Tensor box_iou_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2, c10:
                         double eps) {
   const char* op = "gflops.box_iou";
   BoxPairInputs in = box_iou_prepare(boxes1, boxes2, std::string(mode), aligned, eps, op);
-  TORCH_CHECK(aligned || (in.batch <= 65535 && (in.n + gc::kIouTile - 1) / gc::kIouTile <= 65535), op,
-              ": pairwise CUDA box_iou supports up to 65535 images and 2^21 boxes in boxes1, got ", in.batch,
-              " and ", in.n);
+  TORCH_CHECK(aligned || (in.batch <= 65535 && (in.n + gc::kIouRows - 1) / gc::kIouRows <= 65535), op,
+              ": pairwise CUDA box_iou supports up to 65535 images and ", 65535 * gc::kIouRows,
+              " boxes in boxes1, got ", in.batch, " and ", in.n);
   const DeviceGuard guard(in.a.device());
   at::Tensor out = at::empty(in.out_shape, in.a.options());
   GF_CUDA_CHECK(gc::box_iou(kernel_dtype(in.a.scalar_type()), in.a.data_ptr(), in.b.data_ptr(), in.batch, in.n, in.m,

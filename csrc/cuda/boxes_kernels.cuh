@@ -1,9 +1,11 @@
 // CUDA kernels of the box family (box_iou, GIoU loss) and their torch-free
 // host entry points. Included by boxes.cu alone.
 //
-// Pairwise IoU: a block computes a 32 x 32 tile of the (N, M) matrix of one
-// image; both tiles of boxes are staged through shared memory once and each
-// thread writes four outputs of one column, so stores are coalesced along M.
+// Pairwise IoU: a block computes a 128 x 32 tile of the (N, M) matrix of one
+// image. Both tiles of boxes are staged through shared memory once, each box
+// with its area (computed once, not per pair), and each thread writes 16
+// outputs of one column, so stores are coalesced along M and the staging's
+// load and barrier are paid once for 16 outputs.
 #pragma once
 
 #include "../common/box.h"
@@ -12,35 +14,60 @@
 namespace gf {
 namespace cuda {
 
-constexpr int kIouTile = 32;
-constexpr int kIouRowsPerThread = 4;  // block is 32 x 8 threads
+constexpr int kIouCols = 32;                                    // threadIdx.x: a column each
+constexpr int kIouRowThreads = 8;                               // threadIdx.y
+constexpr int kIouRowsPerThread = 16;
+constexpr int kIouRows = kIouRowThreads * kIouRowsPerThread;  // a tile's rows
+
+// A box in shared memory, aligned so that one 16-byte load (float) reads it.
+template <typename T> struct alignas(4 * sizeof(T)) StagedBox {
+  Box4<T> b;
+};
+
+// Box i of src and its area into shared memory; a box past `count` is zeros.
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ void stage_box(const scalar_t* __restrict__ src, int64_t i, int64_t count,
+                                          StagedBox<acc_t>& box, acc_t& area) {
+  Box4<acc_t> bx{acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
+  if (i < count) bx = Box4<acc_t>{cvt<acc_t>(src[4 * i]), cvt<acc_t>(src[4 * i + 1]), cvt<acc_t>(src[4 * i + 2]),
+                                  cvt<acc_t>(src[4 * i + 3])};
+  box.b = bx;
+  area = box_area(bx);
+}
 
 template <typename scalar_t, typename acc_t, bool GIOU>
-__global__ void __launch_bounds__(kIouTile * kIouTile / kIouRowsPerThread)
+__global__ void __launch_bounds__(kIouCols * kIouRowThreads)
 box_iou_pairwise_kernel(const scalar_t* __restrict__ a, const scalar_t* __restrict__ b, int64_t n, int64_t m,
                         acc_t eps, scalar_t* __restrict__ out) {
-  GF_SHARED(acc_t, sa, [kIouTile][4]);
-  GF_SHARED(acc_t, sb, [kIouTile][4]);
+  GF_SHARED(StagedBox<acc_t>, sa, [kIouRows]);
+  GF_SHARED(acc_t, sa_area, [kIouRows]);
+  GF_SHARED(StagedBox<acc_t>, sb, [kIouCols]);
+  GF_SHARED(acc_t, sb_area, [kIouCols]);
   const int64_t img = blockIdx.z;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.y) * kIouTile;
-  const int64_t col0 = static_cast<int64_t>(blockIdx.x) * kIouTile;
-  const int tid = threadIdx.y * kIouTile + threadIdx.x;
-  if (tid < kIouTile * 4) {
-    const int r = tid >> 2, c = tid & 3;
-    sa[r][c] = row0 + r < n ? cvt<acc_t>(a[(img * n + row0 + r) * 4 + c]) : acc_t(0);
-    sb[r][c] = col0 + r < m ? cvt<acc_t>(b[(img * m + col0 + r) * 4 + c]) : acc_t(0);
+  const int64_t row0 = static_cast<int64_t>(blockIdx.y) * kIouRows;
+  const int64_t col0 = static_cast<int64_t>(blockIdx.x) * kIouCols;
+  const int tid = threadIdx.y * kIouCols + threadIdx.x;
+  if (tid < kIouRows) {
+    stage_box(a + img * n * 4, row0 + tid, n, sa[tid], sa_area[tid]);
+  } else if (tid < kIouRows + kIouCols) {
+    const int j = tid - kIouRows;
+    stage_box(b + img * m * 4, col0 + j, m, sb[j], sb_area[j]);
   }
   __syncthreads();
   const int64_t col = col0 + threadIdx.x;
   if (col >= m) return;
-  const Box4<acc_t> bb{sb[threadIdx.x][0], sb[threadIdx.x][1], sb[threadIdx.x][2], sb[threadIdx.x][3]};
+  const Box4<acc_t> bb = sb[threadIdx.x].b;
+  const acc_t area_b = sb_area[threadIdx.x];
+  const int rows = n - row0 < kIouRows ? static_cast<int>(n - row0) : kIouRows;
+  // Pointer steps from one output to the thread's next: no 64-bit index product per output.
+  scalar_t* o = out + (img * n + row0 + threadIdx.y) * m + col;
+  const int64_t step = kIouRowThreads * m;
 #pragma unroll
-  for (int k = 0; k < kIouRowsPerThread; ++k) {
-    const int r = threadIdx.y + k * (kIouTile / kIouRowsPerThread);
-    const int64_t row = row0 + r;
-    if (row < n) {
-      const Box4<acc_t> ba{sa[r][0], sa[r][1], sa[r][2], sa[r][3]};
-      out[(img * n + row) * m + col] = cvt<scalar_t>(iou_or_giou(ba, bb, eps, GIOU));
+  for (int k = 0; k < kIouRowsPerThread; ++k, o += step) {
+    const int r = threadIdx.y + k * kIouRowThreads;
+    if (r < rows) {
+      const Overlap<acc_t> ov = overlap_areas(sa[r].b, sa_area[r], bb, area_b, eps);
+      *o = cvt<scalar_t>(GIOU ? ov.giou : ov.iou);
     }
   }
 }
@@ -99,7 +126,7 @@ giou_loss_backward_kernel(const scalar_t* __restrict__ pred, const acc_t* __rest
 inline cudaError_t box_iou(DType dt, const void* a, const void* b, int64_t batch, int64_t n, int64_t m, bool aligned,
                     bool giou, double eps, void* out, int num_sms, cudaStream_t stream) {
   if (aligned ? n == 0 : batch * n * m == 0) return cudaSuccess;
-  if (!aligned && (batch > 65535 || (n + kIouTile - 1) / kIouTile > 65535)) return cudaErrorInvalidConfiguration;
+  if (!aligned && (batch > 65535 || (n + kIouRows - 1) / kIouRows > 65535)) return cudaErrorInvalidConfiguration;
   dispatch_dtype(dt, [&](auto t) {
     using scalar_t = typename decltype(t)::scalar_t;
     using acc_t = typename decltype(t)::acc_t;
@@ -112,9 +139,9 @@ inline cudaError_t box_iou(DType dt, const void* a, const void* b, int64_t batch
       launch<K>(grid_for<K>(n, num_sms), kThreads, 0, stream, pa, pb, n, e, giou, o);
       return;
     }
-    const dim3 block(kIouTile, kIouTile / kIouRowsPerThread);
-    const dim3 grid(static_cast<unsigned>((m + kIouTile - 1) / kIouTile),
-                    static_cast<unsigned>((n + kIouTile - 1) / kIouTile), static_cast<unsigned>(batch));
+    const dim3 block(kIouCols, kIouRowThreads);
+    const dim3 grid(static_cast<unsigned>((m + kIouCols - 1) / kIouCols),
+                    static_cast<unsigned>((n + kIouRows - 1) / kIouRows), static_cast<unsigned>(batch));
     if (giou) launch<box_iou_pairwise_kernel<scalar_t, acc_t, true>>(grid, block, 0, stream, pa, pb, n, m, e, o);
     else launch<box_iou_pairwise_kernel<scalar_t, acc_t, false>>(grid, block, 0, stream, pa, pb, n, m, e, o);
   });

@@ -3,11 +3,11 @@
 // The math is in csrc/common. Every kernel stages a block's rows through
 // shared memory with coalesced loads and stores (row_tiles.cuh), then gives
 // each distribution row one thread (integral, and the decode, whose four side
-// rows of an anchor are independent) or each anchor one thread (the box
-// branch, whose GIoU needs all four sides). The box-branch kernels ask for at
-// least 1 resident block, not ptxas's default target: it then keeps their
-// 56-66 registers instead of spilling to reach 8 blocks/SM
-// (benchmarks/results/ptxas_resources.md); grids follow the real occupancy.
+// rows of an anchor are independent) or each anchor 4 lanes (the box branch,
+// whose GIoU needs all four sides). The box-branch kernels ask for at least 1
+// resident block, not ptxas's default target: it then keeps their 56-103
+// registers instead of spilling (benchmarks/results/ptxas_resources.md);
+// grids follow the real occupancy.
 #pragma once
 
 #include "../common/box_branch.h"
@@ -103,6 +103,26 @@ rows_dist_backward_kernel(const acc_t* __restrict__ grad, const scalar_t* __rest
   }
 }
 
+// The box branch gives each anchor 4 lanes of a warp, lane k its side k: the
+// side's softmax and DFL term (forward) or gradient (backward), with the
+// anchor-wide GIoU part computed by all 4 from the sides' distances, which
+// lanes exchange by shuffles. One thread an anchor ran 4 sides one after the
+// other: a dependent chain 4 times as long, on 100 blocks for 132 SMs.
+constexpr int kBranchLanes = 4;
+
+// Each of `v` of the 4 lanes of this lane's anchor, in side order. Every lane
+// of the warp calls it (full-mask shuffles).
+template <typename T> __device__ __forceinline__ void gather_sides(T v, T* out) {
+  const int base = static_cast<int>(threadIdx.x & 31) & ~(kBranchLanes - 1);
+#pragma unroll
+  for (int k = 0; k < kBranchLanes; ++k) out[k] = __shfl_sync(0xffffffffu, v, base + k);
+}
+
+// v[k] by selects: a runtime index into a register array would put it in local memory.
+template <typename T> __device__ __forceinline__ T pick_side(const T* v, int k) {
+  return k == 0 ? v[0] : k == 1 ? v[1] : k == 2 ? v[2] : v[3];
+}
+
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads, 1)
 box_branch_kernel(const scalar_t* __restrict__ pred, const acc_t* __restrict__ pts, const acc_t* __restrict__ st,
@@ -111,15 +131,28 @@ box_branch_kernel(const scalar_t* __restrict__ pred, const acc_t* __restrict__ p
   GF_DYNAMIC_SHARED(unsigned char, smem);
   acc_t* tile = reinterpret_cast<acc_t*>(smem);
   const int len = 4 * n1, stride = len | 1;
+  const int slot = static_cast<int>(threadIdx.x) / kBranchLanes, side = static_cast<int>(threadIdx.x) % kBranchLanes;
   acc_t giou = acc_t(0), dfl = acc_t(0);
   GF_TILE_LOOP(first, nr, p, per_tile) {
     __syncthreads();
     load_tile(pred + first * len, nr * len, len, stride, tile);
     __syncthreads();
-    if (static_cast<int>(threadIdx.x) < nr) {
-      const int64_t i = first + threadIdx.x;
-      const BranchOut<acc_t> r = box_branch_forward<acc_t>(tile + threadIdx.x * stride, n1, pts[2 * i], pts[2 * i + 1],
-                                                           st[i], gt + 4 * i, weight[i]);
+    // Lanes past the tile's anchors take part in the shuffles with zeros.
+    const bool active = slot < nr;
+    const int64_t i = first + (active ? slot : 0);
+    const acc_t* xk = tile + slot * stride + side * n1;
+    acc_t lse_k = acc_t(0), dist_k = acc_t(0), dfl_k = acc_t(0);
+    if (active) row_lse_dist<acc_t>(xk, n1, lse_k, dist_k);
+    acc_t dist[kBranchLanes], side_dfl[kBranchLanes];
+    gather_sides(dist_k, dist);
+    BranchBox<acc_t> bx{};
+    if (active) {
+      bx = box_branch_box<acc_t>(n1, pts[2 * i], pts[2 * i + 1], st[i], gt + 4 * i, dist);
+      dfl_k = box_branch_side_dfl<acc_t>(xk, n1, pick_side(bx.tgt_dist, side), lse_k);
+    }
+    gather_sides(dfl_k, side_dfl);
+    if (active && side == 0) {
+      const BranchOut<acc_t> r = box_branch_out(bx, side_dfl, weight[i]);
       giou += r.giou_loss;
       dfl += r.dfl;
       score[i] = r.score;
@@ -144,15 +177,24 @@ box_branch_backward_kernel(const acc_t* __restrict__ g_giou, const acc_t* __rest
   acc_t* tile = reinterpret_cast<acc_t*>(smem);
   const int len = 4 * n1, stride = len | 1;
   const acc_t gg = *g_giou, gd = *g_dfl;
+  const int slot = static_cast<int>(threadIdx.x) / kBranchLanes, side = static_cast<int>(threadIdx.x) % kBranchLanes;
   GF_TILE_LOOP(first, nr, p, per_tile) {
     __syncthreads();
     load_tile(pred + first * len, nr * len, len, stride, tile);
     __syncthreads();
-    if (static_cast<int>(threadIdx.x) < nr) {
-      const int64_t i = first + threadIdx.x;
-      acc_t* x = tile + threadIdx.x * stride;
-      // In place: every logit is read before its own gradient overwrites it.
-      box_branch_backward<acc_t>(x, n1, pts[2 * i], pts[2 * i + 1], st[i], gt + 4 * i, weight[i], gg, gd, x);
+    const bool active = slot < nr;
+    const int64_t i = first + (active ? slot : 0);
+    acc_t* xk = tile + slot * stride + side * n1;
+    acc_t lse_k = acc_t(0), dist_k = acc_t(0);
+    if (active) row_lse_dist<acc_t>(xk, n1, lse_k, dist_k);
+    acc_t dist[kBranchLanes];
+    gather_sides(dist_k, dist);
+    if (active) {
+      const BranchGrad<acc_t> bg =
+          box_branch_grad<acc_t>(n1, pts[2 * i], pts[2 * i + 1], st[i], gt + 4 * i, weight[i], gg, gd, dist);
+      // In place, side by side: a lane reads and writes its own side's logits only.
+      box_branch_side_grad<acc_t>(xk, n1, pick_side(bg.g_dist, side), pick_side(bg.tgt_dist, side), bg.gdw, lse_k,
+                                  dist_k, xk);
     }
     __syncthreads();
     store_tile(tile, nr * len, len, stride, out + first * len);
@@ -243,8 +285,11 @@ inline cudaError_t decode_backward(const DecodeArgs& a, const void* grad, void* 
   return cudaGetLastError();
 }
 
-// Anchors per box-branch tile (4 * n1 logits each).
-inline int box_branch_tile(const DecodeArgs& a) { return tile_rows(4 * a.n1, acc_size(a.dtype)); }
+// Anchors per box-branch tile (4 * n1 logits each): one per kBranchLanes threads.
+inline int box_branch_tile(const DecodeArgs& a) {
+  const int fit = tile_rows(4 * a.n1, acc_size(a.dtype));
+  return fit < kThreads / kBranchLanes ? fit : kThreads / kBranchLanes;
+}
 
 // Entries per partial sum that box_branch() needs (it takes two of them).
 inline int box_branch_blocks(const DecodeArgs& a) { return max_tile_grid(a.boxes, box_branch_tile(a), a.num_sms); }

@@ -65,29 +65,39 @@ qfl_forward_sum_kernel(const scalar_t* __restrict__ pred, const int64_t* __restr
   if (threadIdx.x == 0) partials[blockIdx.x] = acc;
 }
 
+// 'none': `lanes` lanes a row (a power of two up to 32, qfl_row_lanes), so a
+// warp takes 32 / lanes rows at a time and a row's packs fill its lanes (a
+// warp a row left 12 of 32 lanes idle at 80 classes); each row's lanes then
+// add their sums by butterfly shuffles in a fixed order.
 template <typename scalar_t, typename acc_t, int VEC, bool BETA2>
 __global__ void __launch_bounds__(kThreads)
 qfl_forward_rows_kernel(const scalar_t* __restrict__ pred, const int64_t* __restrict__ label,
                         const acc_t* __restrict__ score, const acc_t* __restrict__ weight,
-                        int64_t rows, int64_t cols, acc_t beta, acc_t* __restrict__ out) {
+                        int64_t rows, int64_t cols, int lanes, acc_t beta, acc_t* __restrict__ out) {
   using P = Pack<scalar_t, VEC>;
   const int lane = threadIdx.x & 31;
+  const int sub = lane & (lanes - 1);
+  const int per_warp = 32 / lanes;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x >> 5);
   const int64_t npacks = cols / VEC;
-  for (int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5); row < rows;
-       row += warps) {
-    const P* rp = reinterpret_cast<const P*>(pred + row * cols);
-    const int64_t lab = label[row];
-    const acc_t sc = score[row];
+  // Warp-uniform bounds: every lane reaches the shuffles.
+  for (int64_t base = (static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5)) * per_warp;
+       base < rows; base += warps * per_warp) {
+    const int64_t row = base + lane / lanes;
     acc_t acc = acc_t(0);
-    for (int64_t p = lane; p < npacks; p += 32) {
-      const P pk = rp[p];
+    if (row < rows) {
+      const P* rp = reinterpret_cast<const P*>(pred + row * cols);
+      const int64_t lab = label[row];
+      const acc_t sc = score[row];
+      for (int64_t p = sub; p < npacks; p += lanes) {
+        const P pk = rp[p];
 #pragma unroll
-      for (int k = 0; k < VEC; ++k)
-        acc += qfl_loss<acc_t, BETA2>(cvt<acc_t>(pk.v[k]), qfl_target<acc_t>(p * VEC + k, lab, sc), beta);
+        for (int k = 0; k < VEC; ++k)
+          acc += qfl_loss<acc_t, BETA2>(cvt<acc_t>(pk.v[k]), qfl_target<acc_t>(p * VEC + k, lab, sc), beta);
+      }
     }
-    acc = warp_sum(acc);
-    if (lane == 0) out[row] = acc * weight_of(weight, row);
+    for (int o = lanes >> 1; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    if (row < rows && sub == 0) out[row] = acc * weight_of(weight, row);
   }
 }
 
@@ -175,6 +185,19 @@ dfl_backward_kernel(const scalar_t* __restrict__ pred, const acc_t* __restrict__
 // DFL rows per tile.
 inline int dfl_tile(const LossArgs& a) { return tile_rows(static_cast<int>(a.cols), acc_size(a.dtype)); }
 
+// Lanes a row for qfl_forward_rows_kernel over `packs` packs: the most (up to
+// 32) that leave at most 1/16 of the lane-steps idle, else the fewest idle.
+inline int qfl_row_lanes(int64_t packs) {
+  int best = 1;
+  int64_t best_idle = 0;
+  for (int l = 32; l >= 1; l >>= 1) {
+    const int64_t idle = (packs + l - 1) / l * l - packs;
+    if (idle * 16 <= packs) return l;
+    if (l == 32 || idle < best_idle) best = l, best_idle = idle;
+  }
+  return best;
+}
+
 // Entries `partials` must have for qfl_forward/dfl_forward with sum = true.
 inline int qfl_forward_blocks(const LossArgs& a) { return max_grid(a.rows * a.cols, a.num_sms); }
 inline int dfl_forward_blocks(const LossArgs& a) { return max_tile_grid(a.rows, dfl_tile(a), a.num_sms); }
@@ -195,10 +218,11 @@ inline cudaError_t qfl_forward(const LossArgs& a, bool sum, void* out, void* par
     const bool vec = a.vectorized && aligned16(a.pred);
     if (!sum) {
       auto* o = static_cast<acc_t*>(out);
+      const int lanes = qfl_row_lanes(a.cols / (vec ? V : 1));
       auto rows = [&](auto kernel_tag) {
         constexpr auto K = decltype(kernel_tag)::value;
-        launch<K>(grid_for<K>(a.rows * 32, a.num_sms), kThreads, 0, stream, pred, a.label, score, weight, a.rows,
-                  a.cols, beta, o);
+        launch<K>(grid_for<K>(a.rows * lanes, a.num_sms), kThreads, 0, stream, pred, a.label, score, weight, a.rows,
+                  a.cols, lanes, beta, o);
       };
       if (vec) { if (b2) rows(Kern<qfl_forward_rows_kernel<scalar_t, acc_t, V, true>>{}); else rows(Kern<qfl_forward_rows_kernel<scalar_t, acc_t, V, false>>{}); }
       else { if (b2) rows(Kern<qfl_forward_rows_kernel<scalar_t, acc_t, 1, true>>{}); else rows(Kern<qfl_forward_rows_kernel<scalar_t, acc_t, 1, false>>{}); }
