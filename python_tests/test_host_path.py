@@ -51,16 +51,18 @@ LOSSES = {"qfl": _qfl, "dfl": _dfl}
 
 
 def _avg(kind, device):
-    return {"none": None, "number": 7.5, "tensor": torch.tensor(7.5, device=device)}[kind]
+    # 7.3 is not a float32: a GPU's division (a multiply by the reciprocal) differs from the CPU's there.
+    return {"none": None, "number": 7.3, "tensor": torch.tensor(7.3, device=device)}[kind]
 
 
 def _divide(x, divisor):
     """x / divisor (a Python number) as PyTorch rounds it where the op's tensors
-    live. ATen on CUDA multiplies by the reciprocal rounded to the dtype
-    (BinaryDivTrueKernel.cu), which the CUDA kernels fold in: on the emulated
-    CUDA device, whose tensors are CPU tensors, that is written out."""
+    live. ATen on CUDA multiplies by the reciprocal, computed in double and
+    rounded to the dtype (BinaryDivTrueKernel.cu), which the CUDA kernels fold
+    in: on the emulated CUDA device, whose tensors are CPU tensors, that is
+    written out."""
     if ops() is torch.ops.gflops_emu:
-        return x * (torch.ones((), dtype=x.dtype) / divisor)
+        return x * torch.tensor(1.0 / divisor, dtype=x.dtype)
     return x / divisor
 
 

@@ -775,18 +775,18 @@ def cases():
                         bytes=2 * rows * N1 * 4 + rows * 4 + (A * 12 if dec else 0)))
     # GFL box branch: P = 16 x 1000 positives, 4 x 17 logits each.
     Pn = 16 * 1000
-    ptb = min(tile_rows(4 * N1), 256 // 4)  # box_branch_tile: 4 lanes an anchor
+    ptb = tile_rows(N1) // 4  # box_branch_tile: 4 side rows (lanes) an anchor
     out.append(dict(label="box_branch_kernel float32", header="decode", regex=r"17box_branch_kernelIffE",
                     params=lambda g: [ptr(0), ptr(1), ptr(2), ptr(3), ptr(4), ("i64", Pn), ("i32", N1), ("i32", ptb),
                                       ptr(5), ptr(6)],
                     grid=lambda res: min(-(-Pn // ptb), SMS * min(res, MAX_BLOCKS_PER_SM)),
-                    smem=ptb * ((4 * N1) | 1) * 4, elements=Pn, unit="anchor", bytes=Pn * 68 * 4 + Pn * 4 * 8))
+                    smem=ptb * 4 * (N1 | 1) * 4, elements=Pn, unit="anchor", bytes=Pn * 68 * 4 + Pn * 4 * 8))
     out.append(dict(label="box_branch_backward_kernel float32", header="decode",
                     regex=r"box_branch_backward_kernelIffE",
                     params=lambda g: [ptr(0), ptr(1), ptr(2), ptr(3), ptr(4), ptr(5), ptr(6), ("i64", Pn),
                                       ("i32", N1), ("i32", ptb), ptr(7)],
                     grid=lambda res: min(-(-Pn // ptb), SMS * min(res, MAX_BLOCKS_PER_SM)),
-                    smem=ptb * ((4 * N1) | 1) * 4, elements=Pn, unit="anchor", bytes=2 * Pn * 68 * 4 + Pn * 4 * 7))
+                    smem=ptb * 4 * (N1 | 1) * 4, elements=Pn, unit="anchor", bytes=2 * Pn * 68 * 4 + Pn * 4 * 7))
     # GIoU loss: 16000 boxes, weight given, 'mean' with avg_factor -> 'sum'.
     out.append(dict(label="giou_loss_kernel float32", header="boxes", regex=r"16giou_loss_kernelIffE",
                     params=lambda g: [ptr(0), ptr(1), ptr(2), ("i64", Pn), ("f32", 1e-6), NULL, ptr(3)],

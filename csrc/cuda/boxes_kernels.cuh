@@ -59,15 +59,15 @@ box_iou_pairwise_kernel(const scalar_t* __restrict__ a, const scalar_t* __restri
   const Box4<acc_t> bb = sb[threadIdx.x].b;
   const acc_t area_b = sb_area[threadIdx.x];
   const int rows = n - row0 < kIouRows ? static_cast<int>(n - row0) : kIouRows;
-  // Pointer steps from one output to the thread's next: no 64-bit index product per output.
-  scalar_t* o = out + (img * n + row0 + threadIdx.y) * m + col;
+  // The offset steps from one output to the thread's next: no 64-bit index product per output.
+  int64_t o = (img * n + row0 + threadIdx.y) * m + col;
   const int64_t step = kIouRowThreads * m;
 #pragma unroll
   for (int k = 0; k < kIouRowsPerThread; ++k, o += step) {
     const int r = threadIdx.y + k * kIouRowThreads;
     if (r < rows) {
       const Overlap<acc_t> ov = overlap_areas(sa[r].b, sa_area[r], bb, area_b, eps);
-      *o = cvt<scalar_t>(GIOU ? ov.giou : ov.iou);
+      out[o] = cvt<scalar_t>(GIOU ? ov.giou : ov.iou);
     }
   }
 }

@@ -81,7 +81,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> box_branch_cuda(const at::Tensor&
                                                                const at::Tensor& weight, int64_t reg_max) {
   const char* op = "gflops.gfl_box_branch";
   BoxBranchInputs in = box_branch_prepare(pred, points, strides, gt_boxes, weight, reg_max, op);
-  check_rows_fit(4 * int64_t(in.dec.dist.n1), in.dec.dist.pred, reg_max, op);
+  check_rows_fit(in.dec.dist.n1, in.dec.dist.pred, reg_max, op, gc::kBranchLanes);
   if (validation_enabled()) check_strides_positive(in.dec.strides, op);
   const DeviceGuard guard(in.dec.dist.pred.device());
   gc::DecodeArgs a = decode_args(in.dec);
@@ -98,7 +98,7 @@ at::Tensor box_branch_backward_cuda(const at::Tensor& grad_giou, const at::Tenso
                                     const at::Tensor& weight, int64_t reg_max) {
   const char* op = "gflops.gfl_box_branch_backward";
   BoxBranchInputs in = box_branch_prepare(pred, points, strides, gt_boxes, weight, reg_max, op);
-  check_rows_fit(4 * int64_t(in.dec.dist.n1), in.dec.dist.pred, reg_max, op);
+  check_rows_fit(in.dec.dist.n1, in.dec.dist.pred, reg_max, op, gc::kBranchLanes);
   at::Tensor gg = check_grad_shape(grad_giou, in.dec.dist.pred, {}, op, "grad_giou");
   at::Tensor gd = check_grad_shape(grad_dfl, in.dec.dist.pred, {}, op, "grad_dfl");
   const DeviceGuard guard(in.dec.dist.pred.device());

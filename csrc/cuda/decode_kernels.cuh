@@ -130,17 +130,19 @@ box_branch_kernel(const scalar_t* __restrict__ pred, const acc_t* __restrict__ p
                         int per_tile, acc_t* __restrict__ score, acc_t* __restrict__ partials) {
   GF_DYNAMIC_SHARED(unsigned char, smem);
   acc_t* tile = reinterpret_cast<acc_t*>(smem);
-  const int len = 4 * n1, stride = len | 1;
+  // Staged as side rows at an odd stride (tile row 4 slot + side): the 32
+  // lanes of a warp, 8 anchors x 4 sides, read 32 distinct banks.
+  const int len = 4 * n1, stride = n1 | 1;
   const int slot = static_cast<int>(threadIdx.x) / kBranchLanes, side = static_cast<int>(threadIdx.x) % kBranchLanes;
   acc_t giou = acc_t(0), dfl = acc_t(0);
   GF_TILE_LOOP(first, nr, p, per_tile) {
     __syncthreads();
-    load_tile(pred + first * len, nr * len, len, stride, tile);
+    load_tile(pred + first * len, nr * len, n1, stride, tile);
     __syncthreads();
     // Lanes past the tile's anchors take part in the shuffles with zeros.
     const bool active = slot < nr;
     const int64_t i = first + (active ? slot : 0);
-    const acc_t* xk = tile + slot * stride + side * n1;
+    const acc_t* xk = tile + static_cast<int>(threadIdx.x) * stride;
     acc_t lse_k = acc_t(0), dist_k = acc_t(0), dfl_k = acc_t(0);
     if (active) row_lse_dist<acc_t>(xk, n1, lse_k, dist_k);
     acc_t dist[kBranchLanes], side_dfl[kBranchLanes];
@@ -175,16 +177,16 @@ box_branch_backward_kernel(const acc_t* __restrict__ g_giou, const acc_t* __rest
                                  scalar_t* __restrict__ out) {
   GF_DYNAMIC_SHARED(unsigned char, smem);
   acc_t* tile = reinterpret_cast<acc_t*>(smem);
-  const int len = 4 * n1, stride = len | 1;
+  const int len = 4 * n1, stride = n1 | 1;  // side rows, as in box_branch_kernel
   const acc_t gg = *g_giou, gd = *g_dfl;
   const int slot = static_cast<int>(threadIdx.x) / kBranchLanes, side = static_cast<int>(threadIdx.x) % kBranchLanes;
   GF_TILE_LOOP(first, nr, p, per_tile) {
     __syncthreads();
-    load_tile(pred + first * len, nr * len, len, stride, tile);
+    load_tile(pred + first * len, nr * len, n1, stride, tile);
     __syncthreads();
     const bool active = slot < nr;
     const int64_t i = first + (active ? slot : 0);
-    acc_t* xk = tile + slot * stride + side * n1;
+    acc_t* xk = tile + static_cast<int>(threadIdx.x) * stride;
     acc_t lse_k = acc_t(0), dist_k = acc_t(0);
     if (active) row_lse_dist<acc_t>(xk, n1, lse_k, dist_k);
     acc_t dist[kBranchLanes];
@@ -197,7 +199,7 @@ box_branch_backward_kernel(const acc_t* __restrict__ g_giou, const acc_t* __rest
                                   dist_k, xk);
     }
     __syncthreads();
-    store_tile(tile, nr * len, len, stride, out + first * len);
+    store_tile(tile, nr * len, n1, stride, out + first * len);
   }
 }
 
@@ -285,11 +287,8 @@ inline cudaError_t decode_backward(const DecodeArgs& a, const void* grad, void* 
   return cudaGetLastError();
 }
 
-// Anchors per box-branch tile (4 * n1 logits each): one per kBranchLanes threads.
-inline int box_branch_tile(const DecodeArgs& a) {
-  const int fit = tile_rows(4 * a.n1, acc_size(a.dtype));
-  return fit < kThreads / kBranchLanes ? fit : kThreads / kBranchLanes;
-}
+// Anchors per box-branch tile: 4 side rows of n1 logits each, one a lane.
+inline int box_branch_tile(const DecodeArgs& a) { return tile_rows(a.n1, acc_size(a.dtype)) / kBranchLanes; }
 
 // Entries per partial sum that box_branch() needs (it takes two of them).
 inline int box_branch_blocks(const DecodeArgs& a) { return max_tile_grid(a.boxes, box_branch_tile(a), a.num_sms); }
@@ -308,7 +307,7 @@ inline cudaError_t box_branch(const DecodeArgs& a, const void* gt, const void* w
     auto* part = static_cast<acc_t*>(partials);
     const int per_tile = box_branch_tile(a);
     constexpr auto K = box_branch_kernel<scalar_t, acc_t>;
-    const size_t smem = tile_smem(per_tile, 4 * a.n1, sizeof(acc_t));
+    const size_t smem = tile_smem(per_tile * kBranchLanes, a.n1, sizeof(acc_t));
     const int grid = tile_grid<K>(a.boxes, per_tile, smem, a.num_sms);
     launch<K>(grid, kThreads, smem, stream, static_cast<const scalar_t*>(a.pred), static_cast<const acc_t*>(a.points),
               static_cast<const acc_t*>(a.strides), static_cast<const acc_t*>(gt), static_cast<const acc_t*>(weight),
@@ -328,7 +327,7 @@ inline cudaError_t box_branch_backward(const DecodeArgs& a, const void* gt, cons
     using acc_t = typename decltype(t)::acc_t;
     const int per_tile = box_branch_tile(a);
     constexpr auto K = box_branch_backward_kernel<scalar_t, acc_t>;
-    const size_t smem = tile_smem(per_tile, 4 * a.n1, sizeof(acc_t));
+    const size_t smem = tile_smem(per_tile * kBranchLanes, a.n1, sizeof(acc_t));
     launch<K>(tile_grid<K>(a.boxes, per_tile, smem, a.num_sms), kThreads, smem, stream,
               static_cast<const acc_t*>(g_giou), static_cast<const acc_t*>(g_dfl), static_cast<const scalar_t*>(a.pred),
               static_cast<const acc_t*>(a.points), static_cast<const acc_t*>(a.strides), static_cast<const acc_t*>(gt),

@@ -75,15 +75,16 @@ inline gf::cuda::DType kernel_dtype(at::ScalarType t) {
 
 inline const void* opt_ptr(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
 
-// The distribution kernels hold whole rows (a box-branch anchor: 4 rows) in
-// shared memory; one must fit the tile budget (47 KiB: 48 KiB, the most a
-// block takes without opting in, less the kernels' static arrays).
-inline void check_rows_fit(int64_t row_len, const at::Tensor& pred, int64_t reg_max, const char* op) {
+// The distribution kernels hold whole rows in shared memory (a box-branch
+// anchor: `rows` = 4 side rows); one item must fit the tile budget (47 KiB:
+// 48 KiB, the most a block takes without opting in, less the kernels' static
+// arrays).
+inline void check_rows_fit(int64_t row_len, const at::Tensor& pred, int64_t reg_max, const char* op, int rows = 1) {
   const size_t acc = pred.scalar_type() == at::kDouble ? sizeof(double) : sizeof(float);
-  TORCH_CHECK(row_len < (int64_t(1) << 30) && gf::cuda::tile_fits(static_cast<int>(row_len), acc), op,
-              ": reg_max = ", reg_max, " is too large for the CUDA kernels (", row_len, " ",
-              acc == sizeof(double) ? "float64" : "float32", " values per thread must fit in ",
-              gf::cuda::kTileBytes / 1024, " KiB of shared memory)");
+  TORCH_CHECK(row_len < (int64_t(1) << 30) && gf::cuda::tile_rows(static_cast<int>(row_len), acc) >= rows, op,
+              ": reg_max = ", reg_max, " is too large for the CUDA kernels (", rows, " x ", row_len, " ",
+              acc == sizeof(double) ? "float64" : "float32", " values must fit in ", gf::cuda::kTileBytes / 1024,
+              " KiB of shared memory)");
 }
 
 }  // namespace gflops

@@ -186,16 +186,11 @@ dfl_backward_kernel(const scalar_t* __restrict__ pred, const acc_t* __restrict__
 inline int dfl_tile(const LossArgs& a) { return tile_rows(static_cast<int>(a.cols), acc_size(a.dtype)); }
 
 // Lanes a row for qfl_forward_rows_kernel over `packs` packs: the most (up to
-// 32) that leave at most 1/16 of the lane-steps idle, else the fewest idle.
+// 32) whose idle lane-steps are at most 1/16 of the packs (1 lane: none).
 inline int qfl_row_lanes(int64_t packs) {
-  int best = 1;
-  int64_t best_idle = 0;
-  for (int l = 32; l >= 1; l >>= 1) {
-    const int64_t idle = (packs + l - 1) / l * l - packs;
-    if (idle * 16 <= packs) return l;
-    if (l == 32 || idle < best_idle) best = l, best_idle = idle;
-  }
-  return best;
+  int l = 32;
+  while (l > 1 && ((packs + l - 1) / l * l - packs) * 16 > packs) l >>= 1;
+  return l;
 }
 
 // Entries `partials` must have for qfl_forward/dfl_forward with sum = true.

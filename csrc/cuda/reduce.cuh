@@ -75,13 +75,15 @@ template <typename T> __device__ T block_sum(T v) {
 }
 
 // The factor that folds a loss's "mean" into its kernels: x * (1 / divisor),
-// the reciprocal rounded to T on the host. ATen's CUDA division of a tensor
-// by a Python number rounds exactly so (a CPU-scalar divisor becomes a
-// multiply by its reciprocal, BinaryDivTrueKernel.cu), so the fold changes no
-// bit against the division it replaces, and saves its launch. 1 (exact) when
-// the loss is not a mean.
+// the reciprocal computed in double and rounded to T on the host. ATen's CUDA
+// division of a tensor by a Python number rounds exactly so (a CPU-scalar
+// divisor becomes a multiply by its reciprocal, BinaryDivTrueKernel.cu; the
+// reciprocal in double since PyTorch 2.10, pytorch#169507: before, in T, which
+// differs only for a divisor that is not a T), so the fold changes no bit
+// against the division it replaces, and saves its launch. 1 (exact) when the
+// loss is not a mean.
 template <typename T> T mean_scale(bool mean, double divisor) {
-  return mean ? T(1) / static_cast<T>(divisor) : T(1);
+  return mean ? static_cast<T>(1.0 / divisor) : T(1);
 }
 
 // Block b: outs[b] = (sum of partials[b n, (b + 1) n)) * scale; n = 0 writes

@@ -28,7 +28,7 @@ inline int tile_stride(int row_len) { return row_len | 1; }
 // Rows (or anchors) of `row_len` accumulation-dtype values per tile: the
 // most that fit kTileBytes, up to kThreads, a multiple of 32 when at least 32
 // fit (whole warps busy); fewer for a very large reg_max; 0 when not even one
-// row fits (the launchers refuse such a reg_max: tile_fits).
+// row fits (the launchers refuse such a reg_max: check_rows_fit).
 inline int tile_rows(int row_len, size_t acc_bytes) {
   const size_t per_row = static_cast<size_t>(tile_stride(row_len)) * acc_bytes;
   size_t n = kTileBytes / per_row;
@@ -36,8 +36,6 @@ inline int tile_rows(int row_len, size_t acc_bytes) {
   if (n >= 32) n -= n % 32;
   return static_cast<int>(n);
 }
-
-inline bool tile_fits(int row_len, size_t acc_bytes) { return tile_rows(row_len, acc_bytes) > 0; }
 
 inline size_t tile_smem(int rows, int row_len, size_t acc_bytes) {
   return static_cast<size_t>(rows) * tile_stride(row_len) * acc_bytes;
