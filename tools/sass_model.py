@@ -573,7 +573,10 @@ class Thread:
     def shf(self, x):
         op, a, V = x.op, x.args, self.val
         sh = V(a[2]) & 63
-        if ".L.U32" in op or ".L.W.U32" in op:
+        if ".L." in op and ".HI" in op:  # SHF.L.U32.HI / .U64.HI: the high word of (hi:lo) << sh
+            lo, hi = V(a[1]), V(a[3])
+            self.setr(a[0], ((((hi << 32) | lo) << sh) >> 32) & M32)
+        elif ".L.U32" in op or ".L.W.U32" in op:
             lo, hi = V(a[1]), V(a[3])
             self.setr(a[0], (((hi << 32) | lo) << sh) & M32)
         elif ".L.U64.HI" in op:
