@@ -181,6 +181,11 @@ def test_empty_inputs_launch_only_the_scalar_sum(emu):
     emu.set_launch_log(True)
     assert gflops.quality_focal_loss(pred, label, score, reduction="none").shape == (0,)
     assert launched(emu) == []
+    # The box branch's two sums over no anchors: one launch of two blocks, no box_branch_kernel.
+    emu.set_launch_log(True)
+    giou, dfl, sc = gflops.gfl_box_branch(*branch_inputs(0, 16))
+    assert [(r[0], r[1]) for r in launched(emu)] == [("gf::cuda::sum_partials_kernel<float>", (2, 1, 1))]
+    assert giou.item() == 0.0 and dfl.item() == 0.0 and sc.shape == (0,)
 
 
 def _aten_ops(fn):
@@ -264,21 +269,24 @@ def test_reg_max_beyond_a_shared_memory_tile_is_a_clear_error(emu):
     assert gflops.integral(torch.zeros(1, 4 * 12001), 12000).shape == (1, 4)  # one row fits: a tile of one
 
 
+@pytest.mark.parametrize("n,m,grid,block", [(300, 90, (3, 3, 3), (32, 8, 1)), (600, 70, (9, 2, 3), (8, 32, 1)),
+                                             (20, 5, (1, 1, 3), (8, 32, 1))])
 @pytest.mark.parametrize("mode", ["iou", "giou"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_box_iou_pairwise_tiles_are_the_cpu_bits(emu, mode, dtype):
-    """The pairwise kernel's tiles (128 rows x 32 columns, each box's area
-    staged once, 16 outputs a thread) over full and partial tiles in both
-    directions and several images, degenerate and non-finite boxes among
-    them: the CPU kernel's bits (the same box.h operations)."""
-    a, b = random_boxes(3, 300, seed=1, dtype=dtype), random_boxes(3, 70, seed=2, dtype=dtype)
+def test_box_iou_pairwise_tiles_are_the_cpu_bits(emu, mode, dtype, n, m, grid, block):
+    """The pairwise kernel's tiles (128 rows x 32 columns, or 512 x 8 where
+    that pads the columns less: 72 of 70, not 96; each box's area staged once,
+    16 outputs a thread) over full and partial tiles in both directions and
+    several images, degenerate and non-finite boxes among them: the CPU
+    kernel's bits (the same box.h operations)."""
+    a, b = random_boxes(3, n, seed=1, dtype=dtype), random_boxes(3, m, seed=2, dtype=dtype)
     a[0, 3] = a[0, 3].flip(0)  # inverted
-    a[1, 130] = torch.tensor([5.0, 5.0, 5.0, 5.0], dtype=dtype)  # zero area
-    b[2, 33, 2] = float("inf")
-    b[1, 69, 0] = float("nan")
+    a[1, n // 2] = torch.tensor([5.0, 5.0, 5.0, 5.0], dtype=dtype)  # zero area
+    b[2, m // 2, 2] = float("inf")
+    b[1, m - 1, 0] = float("nan")
     emu.set_launch_log(True)
     ours = gflops.box_iou(a, b, mode)
-    assert [r[1] for r in launched(emu)] == [(3, 3, 3)]
+    assert [r[1:3] for r in launched(emu)] == [(grid, block)]
     cpu = torch.ops.gflops.box_iou(a, b, mode, False, 1e-6)
     assert torch.equal(ours.isnan(), cpu.isnan())
     assert torch.equal(ours.nan_to_num(), cpu.nan_to_num())
@@ -301,6 +309,7 @@ def test_every_output_element_is_written(emu):
                 for r in ("sum", "mean")]
         out += [gflops.distribution_focal_loss(torch.zeros(0, 17), torch.zeros(0), reduction="sum"),
                 gflops.giou_loss(torch.zeros(0, 4), torch.zeros(0, 4), reduction="sum")]
+        out += list(gflops.gfl_box_branch(*branch_inputs(0, 16)))
         return out
 
     base = run()

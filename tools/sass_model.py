@@ -800,13 +800,21 @@ def cases():
                                       ptr(4)],
                     grid=lambda res: min(-(-Pn // 256), SMS * res), smem=0, elements=Pn, unit="box",
                     bytes=Pn * 52))
-    # box_iou pairwise 4000 x 4000 (the measured size) and the bench's 16 x 22400 x 100, IoU and GIoU.
-    for n, m, b, tag, giou in ((4000, 4000, 1, "4000x4000", 0), (22400, 100, 16, "16x22400x100", 0),
-                               (22400, 100, 16, "16x22400x100", 1)):
-        out.append(dict(label=f"box_iou_pairwise_kernel<{'giou' if giou else 'iou'}> {tag}", header="boxes",
-                        regex=rf"box_iou_pairwise_kernelIffLb{giou}E",
+    # box_iou pairwise 4000 x 4000 (the measured size), the bench's 16 x 22400 x 100 (IoU and GIoU) and
+    # 16 x 22400 x 7 (a COCO image's gt count): each on the tile width box_iou picks (iou_cols), the last two
+    # also on the other width.
+    def iou_cols(m):
+        return 8 if -(-m // 8) * 8 * 109 < -(-m // 32) * 32 * 100 else 32
+
+    for n, m, b, tag, giou, cols in ((4000, 4000, 1, "4000x4000", 0, None), (22400, 100, 16, "16x22400x100", 0, None),
+                                     (22400, 100, 16, "16x22400x100", 1, None), (22400, 100, 16, "16x22400x100", 0, 32),
+                                     (22400, 7, 16, "16x22400x7", 0, None), (22400, 7, 16, "16x22400x7", 0, 32)):
+        c = cols or iou_cols(m)
+        out.append(dict(label=f"box_iou_pairwise_kernel<{'giou' if giou else 'iou'}, {c}> {tag}", header="boxes",
+                        regex=rf"box_iou_pairwise_kernelIffLb{giou}ELi{c}E",
                         params=lambda g, n=n, m=m: [ptr(0), ptr(1), ("i64", n), ("i64", m), ("f32", 1e-6), ptr(2)],
-                        grid=lambda res, n=n, m=m, b=b: (-(-m // 32), -(-n // 128), b), block=(32, 8, 1), smem=0,
+                        grid=lambda res, n=n, m=m, b=b, c=c: (-(-m // c), -(-n // (4096 // c)), b),
+                        block=(c, 256 // c, 1), smem=0,
                         elements=b * n * m, unit="output", bytes=b * (n * 16 + m * 16 + n * m * 4)))
     out.append(dict(label="box_iou_aligned_kernel<iou> 16000", header="boxes", regex=r"box_iou_aligned_kernelIffE",
                     params=lambda g: [ptr(0), ptr(1), ("i64", Pn), ("f32", 1e-6), ("bool", 0), ptr(2)],

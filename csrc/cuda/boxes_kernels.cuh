@@ -1,12 +1,16 @@
 // CUDA kernels of the box family (box_iou, GIoU loss) and their torch-free
 // host entry points. Included by boxes.cu alone.
 //
-// Pairwise IoU: a block computes a 128 x 32 tile of the (N, M) matrix of one
-// image. Both tiles of boxes are staged through shared memory once, each box
-// with its area (computed once, not per pair), and each thread writes 16
-// outputs of one column, so stores are coalesced along M and the staging's
-// load and barrier are paid once for 16 outputs.
+// Pairwise IoU: a block computes a tile of the (N, M) matrix of one image,
+// 32 or 8 columns wide (iou_cols: the narrow tile for the few gt boxes an image
+// usually has, where a 32-wide one would leave most lanes idle) and 4096
+// outputs big. Both tiles of boxes are staged through shared memory once, each
+// box with its area (computed once, not per pair), and each thread writes 16
+// outputs of one column, so the staging's loads and barrier are paid once for
+// 16 outputs. A warp's stores cover 32 (or 4 x 8) consecutive columns.
 #pragma once
+
+#include <type_traits>
 
 #include "../common/box.h"
 #include "common.cuh"
@@ -14,10 +18,21 @@
 namespace gf {
 namespace cuda {
 
-constexpr int kIouCols = 32;                                    // threadIdx.x: a column each
-constexpr int kIouRowThreads = 8;                               // threadIdx.y
+constexpr int kIouThreads = 256;
 constexpr int kIouRowsPerThread = 16;
-constexpr int kIouRows = kIouRowThreads * kIouRowsPerThread;  // a tile's rows
+// A tile of COLS columns: COLS threads across (threadIdx.x), 256 / COLS down
+// (threadIdx.y), 16 rows each.
+template <int COLS> constexpr int iou_tile_rows() { return kIouRowsPerThread * kIouThreads / COLS; }
+constexpr int kIouRows = iou_tile_rows<32>();  // the fewest rows a tile has
+
+// The tile width for m columns: 8 where it pads the columns less than 32 does,
+// counting the narrow tile's extra staging (its a-boxes are staged m / 8 times,
+// not m / 32: 9% more instructions an output by tools/sass_model.py). So 8 for
+// m <= 24 and for m = 100 (104 columns, not 128), 32 for m = 32 or 4000.
+inline int iou_cols(int64_t m) {
+  const int64_t pad8 = (m + 7) / 8 * 8, pad32 = (m + 31) / 32 * 32;
+  return pad8 * 109 < pad32 * 100 ? 8 : 32;
+}
 
 // A box in shared memory, aligned so that one 16-byte load (float) reads it.
 template <typename T> struct alignas(4 * sizeof(T)) StagedBox {
@@ -35,39 +50,42 @@ __device__ __forceinline__ void stage_box(const scalar_t* __restrict__ src, int6
   area = box_area(bx);
 }
 
-template <typename scalar_t, typename acc_t, bool GIOU>
-__global__ void __launch_bounds__(kIouCols * kIouRowThreads)
+template <typename scalar_t, typename acc_t, bool GIOU, int COLS>
+__global__ void __launch_bounds__(kIouThreads)
 box_iou_pairwise_kernel(const scalar_t* __restrict__ a, const scalar_t* __restrict__ b, int64_t n, int64_t m,
                         acc_t eps, scalar_t* __restrict__ out) {
-  GF_SHARED(StagedBox<acc_t>, sa, [kIouRows]);
-  GF_SHARED(acc_t, sa_area, [kIouRows]);
-  GF_SHARED(StagedBox<acc_t>, sb, [kIouCols]);
-  GF_SHARED(acc_t, sb_area, [kIouCols]);
+  constexpr int R = iou_tile_rows<COLS>(), RT = kIouThreads / COLS;
+  GF_SHARED(StagedBox<acc_t>, sa, [R]);
+  GF_SHARED(acc_t, sa_area, [R]);
+  GF_SHARED(StagedBox<acc_t>, sb, [COLS]);
+  GF_SHARED(acc_t, sb_area, [COLS]);
   const int64_t img = blockIdx.z;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.y) * kIouRows;
-  const int64_t col0 = static_cast<int64_t>(blockIdx.x) * kIouCols;
-  const int tid = threadIdx.y * kIouCols + threadIdx.x;
-  if (tid < kIouRows) {
-    stage_box(a + img * n * 4, row0 + tid, n, sa[tid], sa_area[tid]);
-  } else if (tid < kIouRows + kIouCols) {
-    const int j = tid - kIouRows;
-    stage_box(b + img * m * 4, col0 + j, m, sb[j], sb_area[j]);
+  const int64_t row0 = static_cast<int64_t>(blockIdx.y) * R;
+  const int64_t col0 = static_cast<int64_t>(blockIdx.x) * COLS;
+  const int tid = threadIdx.y * COLS + threadIdx.x;
+#pragma unroll
+  for (int k = 0; k < (R + COLS + kIouThreads - 1) / kIouThreads; ++k) {
+    const int t = tid + k * kIouThreads;
+    if (t < R) stage_box(a + img * n * 4, row0 + t, n, sa[t], sa_area[t]);
+    else if (t < R + COLS) stage_box(b + img * m * 4, col0 + (t - R), m, sb[t - R], sb_area[t - R]);
   }
   __syncthreads();
   const int64_t col = col0 + threadIdx.x;
   if (col >= m) return;
   const Box4<acc_t> bb = sb[threadIdx.x].b;
   const acc_t area_b = sb_area[threadIdx.x];
-  const int rows = n - row0 < kIouRows ? static_cast<int>(n - row0) : kIouRows;
-  // The offset steps from one output to the thread's next: no 64-bit index product per output.
-  int64_t o = (img * n + row0 + threadIdx.y) * m + col;
-  const int64_t step = kIouRowThreads * m;
+  const int rows = n - row0 < R ? static_cast<int>(n - row0) : R;
+  // The address steps from one output to the thread's next, as an integer (it
+  // may pass the end, where nothing is stored): no index product per output.
+  uintptr_t addr = reinterpret_cast<uintptr_t>(out) +
+                   static_cast<uintptr_t>((img * n + row0 + threadIdx.y) * m + col) * sizeof(scalar_t);
+  const uintptr_t step = static_cast<uintptr_t>(RT * m) * sizeof(scalar_t);
 #pragma unroll
-  for (int k = 0; k < kIouRowsPerThread; ++k, o += step) {
-    const int r = threadIdx.y + k * kIouRowThreads;
+  for (int k = 0; k < kIouRowsPerThread; ++k, addr += step) {
+    const int r = threadIdx.y + k * RT;
     if (r < rows) {
       const Overlap<acc_t> ov = overlap_areas(sa[r].b, sa_area[r], bb, area_b, eps);
-      out[o] = cvt<scalar_t>(GIOU ? ov.giou : ov.iou);
+      *reinterpret_cast<scalar_t*>(addr) = cvt<scalar_t>(GIOU ? ov.giou : ov.iou);
     }
   }
 }
@@ -139,11 +157,17 @@ inline cudaError_t box_iou(DType dt, const void* a, const void* b, int64_t batch
       launch<K>(grid_for<K>(n, num_sms), kThreads, 0, stream, pa, pb, n, e, giou, o);
       return;
     }
-    const dim3 block(kIouCols, kIouRowThreads);
-    const dim3 grid(static_cast<unsigned>((m + kIouCols - 1) / kIouCols),
-                    static_cast<unsigned>((n + kIouRows - 1) / kIouRows), static_cast<unsigned>(batch));
-    if (giou) launch<box_iou_pairwise_kernel<scalar_t, acc_t, true>>(grid, block, 0, stream, pa, pb, n, m, e, o);
-    else launch<box_iou_pairwise_kernel<scalar_t, acc_t, false>>(grid, block, 0, stream, pa, pb, n, m, e, o);
+    auto pairwise = [&](auto cols_tag) {
+      constexpr int C = decltype(cols_tag)::value;
+      const dim3 block(C, kIouThreads / C);
+      const dim3 grid(static_cast<unsigned>((m + C - 1) / C),
+                      static_cast<unsigned>((n + iou_tile_rows<C>() - 1) / iou_tile_rows<C>()),
+                      static_cast<unsigned>(batch));
+      if (giou) launch<box_iou_pairwise_kernel<scalar_t, acc_t, true, C>>(grid, block, 0, stream, pa, pb, n, m, e, o);
+      else launch<box_iou_pairwise_kernel<scalar_t, acc_t, false, C>>(grid, block, 0, stream, pa, pb, n, m, e, o);
+    };
+    if (iou_cols(m) == 8) pairwise(std::integral_constant<int, 8>{});
+    else pairwise(std::integral_constant<int, 32>{});
   });
   return cudaGetLastError();
 }

@@ -297,10 +297,6 @@ inline int box_branch_blocks(const DecodeArgs& a) { return max_tile_grid(a.boxes
 // 2 * box_branch_blocks() entries; all in the accumulation dtype.
 inline cudaError_t box_branch(const DecodeArgs& a, const void* gt, const void* weight, void* giou_sum, void* dfl_sum,
                        void* score, void* partials, cudaStream_t stream) {
-  if (a.boxes == 0) {
-    cudaError_t e = cudaMemsetAsync(giou_sum, 0, acc_size(a.dtype), stream);
-    return e != cudaSuccess ? e : cudaMemsetAsync(dfl_sum, 0, acc_size(a.dtype), stream);
-  }
   dispatch_dtype(a.dtype, [&](auto t) {
     using scalar_t = typename decltype(t)::scalar_t;
     using acc_t = typename decltype(t)::acc_t;
@@ -308,10 +304,13 @@ inline cudaError_t box_branch(const DecodeArgs& a, const void* gt, const void* w
     const int per_tile = box_branch_tile(a);
     constexpr auto K = box_branch_kernel<scalar_t, acc_t>;
     const size_t smem = tile_smem(per_tile * kBranchLanes, a.n1, sizeof(acc_t));
-    const int grid = tile_grid<K>(a.boxes, per_tile, smem, a.num_sms);
-    launch<K>(grid, kThreads, smem, stream, static_cast<const scalar_t*>(a.pred), static_cast<const acc_t*>(a.points),
-              static_cast<const acc_t*>(a.strides), static_cast<const acc_t*>(gt), static_cast<const acc_t*>(weight),
-              a.boxes, a.n1, per_tile, static_cast<acc_t*>(score), part);
+    // No anchors: no partials, and the two sums over none are the one launch that writes the zeros.
+    const int grid = a.boxes == 0 ? 0 : tile_grid<K>(a.boxes, per_tile, smem, a.num_sms);
+    if (grid > 0)
+      launch<K>(grid, kThreads, smem, stream, static_cast<const scalar_t*>(a.pred),
+                static_cast<const acc_t*>(a.points), static_cast<const acc_t*>(a.strides),
+                static_cast<const acc_t*>(gt), static_cast<const acc_t*>(weight), a.boxes, a.n1, per_tile,
+                static_cast<acc_t*>(score), part);
     // The kernel writes its giou partials at [0, grid) and dfl partials at [grid, 2 grid).
     launch<sum_partials_kernel<acc_t>>(2, kThreads, 0, stream, static_cast<const acc_t*>(part), grid, acc_t(1),
                                        static_cast<acc_t*>(giou_sum), static_cast<acc_t*>(dfl_sum));
