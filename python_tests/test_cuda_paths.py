@@ -310,6 +310,7 @@ def test_every_output_element_is_written(emu):
         out += [gflops.distribution_focal_loss(torch.zeros(0, 17), torch.zeros(0), reduction="sum"),
                 gflops.giou_loss(torch.zeros(0, 4), torch.zeros(0, 4), reduction="sum")]
         out += list(gflops.gfl_box_branch(*branch_inputs(0, 16)))
+        out.append(gflops.box_iou(random_boxes(2, 300), random_boxes(2, 64, seed=1)))  # the 32-wide tile
         return out
 
     base = run()
