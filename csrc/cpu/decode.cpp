@@ -60,6 +60,7 @@ GF_CPU_CLONES void integral_rows(const scalar_t* p, const acc_t* grad, int n1_rt
   acc_t e[kExpRows * cpu::kMaxTileBins], m[kExpRows], s[kExpRows], dist[kExpRows];
   for (int64_t t0 = r0; t0 < r1; t0 += kExpRows) {
     const int nr = static_cast<int>(std::min<int64_t>(kExpRows, r1 - t0));
+    cpu::prefetch_values(p + (t0 + nr) * n1, std::min<int64_t>(kExpRows, r1 - t0 - nr) * n1);
     cpu::rows_exp_dist<N1>(p + t0 * n1, n1, nr, e, m, s, dist);
     for (int j = 0; j < nr; ++j) {
       const acc_t g = put(t0 + j, dist[j]);
@@ -124,6 +125,7 @@ GF_CPU_CLONES void decode_rows(const scalar_t* p, const acc_t* pts, const acc_t*
   acc_t e[kExpRows * cpu::kMaxTileBins], m[kExpRows], s[kExpRows], dist[kExpRows];
   for (int64_t t0 = i0; t0 < i1; t0 += kExpBoxes) {
     const int nb = static_cast<int>(std::min<int64_t>(kExpBoxes, i1 - t0));
+    cpu::prefetch_values(p + (t0 + nb) * 4 * n1, std::min<int64_t>(kExpBoxes, i1 - t0 - nb) * 4 * n1);
     cpu::rows_exp_dist<N1>(p + t0 * 4 * n1, n1, 4 * nb, e, m, s, dist);
     for (int j = 0; j < nb; ++j) {
       const int64_t i = t0 + j, a = put(i, dist + 4 * j);

@@ -139,6 +139,20 @@ GF_HD void rows_exp_dist(const scalar_t* x, int n1_rt, int nr, acc_t* e, acc_t* 
 // buffer of kExpTileRows * kMaxTileBins values (16 KiB in float).
 constexpr int kExpTileRows = 64;
 
+// Asks for n values from x on (the next tile) while this tile computes. On
+// inputs that come from DRAM the flat exponential loop alone left the loads
+// exposed: integral 16 x 22400 x 17 forward took 14.5-17 ms on the 2-core
+// machine, against 12.7 for the kernel before it and 10.8 with this.
+template <typename T> inline void prefetch_values(const T* x, int64_t n) {
+#if defined(__GNUC__)
+  const char* c = reinterpret_cast<const char*>(x);
+  for (int64_t b = 0; b < n * static_cast<int64_t>(sizeof(T)); b += 64) __builtin_prefetch(c + b, 0, 3);
+#else
+  (void)x;
+  (void)n;
+#endif
+}
+
 // run(std::integral_constant<int, N1>()) with N1 = n1 for the common row
 // lengths, whose loops then unroll to whole vectors: 17 (reg_max 16,
 // MMDetection's GFL), 16 (Ultralytics) and 8 bins (NanoDet); else N1 = 0.
