@@ -79,11 +79,13 @@ def _median_ms(fn, budget_s=1.0, min_iters=10):
     return statistics.median(ts) * 1e3
 
 
-def child():
+def child(only):
     import torch
 
     res = {}
     for name, (fn, x) in _cases().items():
+        if only not in name:
+            continue
         with torch.no_grad():
             res[f"{name} fwd"] = _median_ms(lambda: fn(x))
         if name.startswith("box_iou"):
@@ -102,24 +104,26 @@ def main(argv=None):
     ap.add_argument("old", nargs="?")
     ap.add_argument("new", nargs="?")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--only", default="", help="only the calls whose name contains this")
     ap.add_argument("--child", action="store_true")
     args = ap.parse_args(argv)
     if args.child:
-        return child()
+        return child(args.only)
     best = {}
     for _ in range(args.rounds):
         for side, root in (("old", args.old), ("new", args.new)):
             root = os.path.abspath(root)
             env = dict(os.environ, PYTHONPATH=root, GFLOPS_JIT_DIR=os.path.join(root, "build", "jit"))
-            r = subprocess.run([sys.executable, os.path.abspath(__file__), "--child"], env=env, cwd=root,
+            r = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", "--only", args.only], env=env, cwd=root,
                                capture_output=True, text=True, check=True)
             for k, v in json.loads(r.stdout.strip().splitlines()[-1]).items():
                 best.setdefault(k, {}).setdefault(side, []).append(v)
-    print(f"| call | {args.old} (ms) | {args.new} (ms) | new / old |")
-    print("|---|---|---|---|")
+    print(f"| call | {args.old} (ms) | {args.new} (ms) | new / old | rounds, old | rounds, new |")
+    print("|---|---|---|---|---|---|")
     for k, v in best.items():
         o, n = min(v["old"]), min(v["new"])
-        print(f"| {k} | {o:.3f} | {n:.3f} | {n / o:.2f} |")
+        rounds = [" ".join(f"{x:.3g}" for x in v[s]) for s in ("old", "new")]
+        print(f"| {k} | {o:.3f} | {n:.3f} | {n / o:.2f} | {rounds[0]} | {rounds[1]} |")
 
 
 if __name__ == "__main__":
