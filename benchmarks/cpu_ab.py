@@ -114,8 +114,8 @@ def main(argv=None):
         for side, root in (("old", args.old), ("new", args.new)):
             root = os.path.abspath(root)
             env = dict(os.environ, PYTHONPATH=root, GFLOPS_JIT_DIR=os.path.join(root, "build", "jit"))
-            r = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", "--only", args.only], env=env, cwd=root,
-                               capture_output=True, text=True, check=True)
+            cmd = [sys.executable, os.path.abspath(__file__), "--child", "--only", args.only]
+            r = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, check=True)
             for k, v in json.loads(r.stdout.strip().splitlines()[-1]).items():
                 best.setdefault(k, {}).setdefault(side, []).append(v)
     print(f"| call | {args.old} (ms) | {args.new} (ms) | new / old | rounds, old | rounds, new |")
