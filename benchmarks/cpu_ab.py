@@ -3,8 +3,9 @@
 The committed CPU tables were measured on whatever machine a session had (the
 CPU differs from one to the next), so "no CPU table got slower" is checked by
 timing the older checkout's build against the newer one here, in alternating
-processes (each checkout's own JIT build, its own GFLOPS_JIT_DIR), best median
-over the rounds. Only the public functions that every checkout since
+processes (each checkout's own JIT build, its own GFLOPS_JIT_DIR, never an
+ahead-of-time `_C` library an earlier `pip install -e .` left: GFLOPS_FORCE_JIT),
+best median over the rounds. Only the public functions that every checkout since
 2026-11-22 has are called. OLD and NEW are checkout roots (a `git worktree`).
 `--child` is the timed side, run by the driver under each checkout.
 """
@@ -81,8 +82,9 @@ def _median_ms(fn, budget_s=1.0, min_iters=10):
 
 def child(only):
     import torch
+    import gflops
 
-    res = {}
+    res = {"_loaded": getattr(getattr(gflops, "_C", None), "__file__", None) or gflops.__file__}
     for name, (fn, x) in _cases().items():
         if only not in name:
             continue
@@ -104,26 +106,34 @@ def main(argv=None):
     ap.add_argument("old", nargs="?")
     ap.add_argument("new", nargs="?")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--only", default="", help="only the calls whose name contains this")
+    ap.add_argument("--only", default="", help="only the calls whose name (without fwd, fwd+bwd) contains this")
     ap.add_argument("--child", action="store_true")
     args = ap.parse_args(argv)
     if args.child:
         return child(args.only)
-    best = {}
+    if not (args.old and args.new):
+        ap.error("OLD and NEW checkouts are required")
+    best, loaded = {}, {}
     for _ in range(args.rounds):
         for side, root in (("old", args.old), ("new", args.new)):
             root = os.path.abspath(root)
-            env = dict(os.environ, PYTHONPATH=root, GFLOPS_JIT_DIR=os.path.join(root, "build", "jit"))
+            env = dict(os.environ, PYTHONPATH=root, GFLOPS_JIT_DIR=os.path.join(root, "build", "jit"),
+                       GFLOPS_FORCE_JIT="1")
             cmd = [sys.executable, os.path.abspath(__file__), "--child", "--only", args.only]
-            r = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, check=True)
-            for k, v in json.loads(r.stdout.strip().splitlines()[-1]).items():
+            r = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True)
+            if r.returncode:
+                sys.exit(f"cpu_ab: the {side} side ({root}) failed:\n{r.stderr[-3000:]}")
+            res = json.loads(r.stdout.strip().splitlines()[-1])
+            loaded[side] = res.pop("_loaded")
+            for k, v in res.items():
                 best.setdefault(k, {}).setdefault(side, []).append(v)
+    print(f"gflops loaded from: old {loaded['old']}, new {loaded['new']}\n")
     print(f"| call | {args.old} (ms) | {args.new} (ms) | new / old | rounds, old | rounds, new |")
     print("|---|---|---|---|---|---|")
     for k, v in best.items():
         o, n = min(v["old"]), min(v["new"])
         rounds = [" ".join(f"{x:.3g}" for x in v[s]) for s in ("old", "new")]
-        print(f"| {k} | {o:.3f} | {n:.3f} | {n / o:.2f} | {rounds[0]} | {rounds[1]} |")
+        print(f"| {k} | {o:.4g} | {n:.4g} | {n / o:.2f} | {rounds[0]} | {rounds[1]} |")
 
 
 if __name__ == "__main__":

@@ -139,14 +139,17 @@ GF_HD void rows_exp_dist(const scalar_t* x, int n1_rt, int nr, acc_t* e, acc_t* 
 // buffer of kExpTileRows * kMaxTileBins values (16 KiB in float).
 constexpr int kExpTileRows = 64;
 
-// Asks for n values from x on (the next tile) while this tile computes. On
-// inputs that come from DRAM the flat exponential loop alone left the loads
-// exposed: integral 16 x 22400 x 17 forward took 14.5-17 ms on the 2-core
-// machine, against 12.7 for the kernel before it and 10.8 with this.
+// Asks for the n values at x (the caller's next tile, inside its own block of
+// rows) while this tile computes: the flat exponential loop reads a tile in
+// order with little else to overlap, so on inputs larger than the caches its
+// loads waited on DRAM (benchmarks/results/cpu_ab_cpu-x86-64-2t.md). One
+// request a 64-byte cache line, into every cache level: the tile is read in
+// full right after.
 template <typename T> inline void prefetch_values(const T* x, int64_t n) {
 #if defined(__GNUC__)
+  constexpr int64_t kLine = 64;
   const char* c = reinterpret_cast<const char*>(x);
-  for (int64_t b = 0; b < n * static_cast<int64_t>(sizeof(T)); b += 64) __builtin_prefetch(c + b, 0, 3);
+  for (int64_t b = 0; b < n * static_cast<int64_t>(sizeof(T)); b += kLine) __builtin_prefetch(c + b, 0, 3);
 #else
   (void)x;
   (void)n;
